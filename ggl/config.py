@@ -1,0 +1,278 @@
+"""One config system for every job: an OmegaConf schema of dataclasses, YAML files, CLI overrides.
+
+Loading order (later wins): schema defaults <- ``base:`` chain of YAML files <- the YAML file <-
+``key=value`` overrides from the command line. Every key a user writes is checked against the schema
+(a typo is an error that names the key and suggests the nearest valid one), every value is
+type-checked by OmegaConf and range-checked by the section's ``check()``.
+
+The documented meaning of every key lives in the YAML files under ``configs/`` (``_fed_base.yaml``
+for the federation, ``gan_mnist.yaml`` for the GAN, ``attack.yaml`` for the attack).
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ggl.attack.schema import AttackConfig
+from ggl.defenses.specs import parse_defense
+from ggl.errors import ConfigError
+from ggl.gan.schema import GANConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+
+
+def _one_of(value: Any, allowed: tuple, key: str) -> None:
+    if value not in allowed:
+        raise ConfigError(f"config key '{key}' = {value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+def _in_range(value: float, lo: float, hi: float, key: str, lo_open: bool = False) -> None:
+    ok = (lo < value if lo_open else lo <= value) and value <= hi
+    if not ok:
+        bracket = "(" if lo_open else "["
+        raise ConfigError(f"config key '{key}' = {value!r} is out of range {bracket}{lo}, {hi}]")
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist5k"
+    root: str = "data"
+    download: bool = False
+    split_seed: int = 0
+    public_fraction: float = 0.4
+    test_fraction: float = 0.2
+    limit: Optional[int] = None
+    partition: str = "iid"
+    num_clients: int = 10
+    alpha: float = 0.5
+    classes_per_client: int = 2
+
+    def check(self) -> None:
+        from ggl.data.sources import available_datasets
+
+        _one_of(self.name, tuple(available_datasets()), "data.name")
+        _in_range(self.public_fraction, 0.0, 0.9, "data.public_fraction")
+        _in_range(self.test_fraction, 0.0, 0.5, "data.test_fraction", lo_open=True)
+        if self.public_fraction + self.test_fraction >= 0.95:
+            raise ConfigError("config keys 'data.public_fraction' + 'data.test_fraction' must leave "
+                              "at least 5% of the data for the clients' private split")
+        if self.limit is not None and self.limit < 20:
+            raise ConfigError(f"config key 'data.limit' = {self.limit} must be >= 20 (or null for all)")
+        _one_of(self.partition, ("iid", "dirichlet", "shards"), "data.partition")
+        if self.num_clients < 1:
+            raise ConfigError(f"config key 'data.num_clients' = {self.num_clients} must be >= 1")
+        _in_range(self.alpha, 0.0, 1e6, "data.alpha", lo_open=True)
+        if self.classes_per_client < 1:
+            raise ConfigError(f"config key 'data.classes_per_client' = {self.classes_per_client} must be >= 1")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cnn"
+    init: str = "default"
+    checkpoint: Optional[str] = None
+
+    def check(self) -> None:
+        from ggl.models import available_models
+
+        _one_of(self.name, tuple(available_models()), "model.name")
+        _one_of(self.init, ("default", "dlg"), "model.init")
+
+
+@dataclass
+class FLConfig:
+    rounds: int = 30
+    clients_per_round: Optional[int] = None
+    client_fraction: float = 1.0
+    local_epochs: float = 1.0
+    local_steps: Optional[int] = None
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    server_lr: float = 1.0
+    eval_every: int = 5
+    eval_batch_size: int = 1000
+
+    def check(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError(f"config key 'fl.rounds' = {self.rounds} must be >= 1")
+        _in_range(self.client_fraction, 0.0, 1.0, "fl.client_fraction", lo_open=True)
+        if self.clients_per_round is not None and self.clients_per_round < 1:
+            raise ConfigError(f"config key 'fl.clients_per_round' = {self.clients_per_round} must be >= 1")
+        if self.local_steps is None:
+            _in_range(self.local_epochs, 0.0, 1000.0, "fl.local_epochs", lo_open=True)
+        elif self.local_steps < 1:
+            raise ConfigError(f"config key 'fl.local_steps' = {self.local_steps} must be >= 1 (or null to use fl.local_epochs)")
+        for key in ("batch_size", "eval_every", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key 'fl.{key}' = {getattr(self, key)} must be >= 1")
+        _in_range(self.lr, 0.0, 100.0, "fl.lr", lo_open=True)
+        _in_range(self.momentum, 0.0, 0.999, "fl.momentum")
+        _in_range(self.weight_decay, 0.0, 1.0, "fl.weight_decay")
+        _in_range(self.server_lr, 0.0, 100.0, "fl.server_lr", lo_open=True)
+
+
+@dataclass
+class AuditConfig:
+    rounds: List[int] = field(default_factory=list)
+    num_images: int = 8
+    batch_size: int = 1
+    victim_client: int = 0
+
+    def check(self) -> None:
+        if any(r < 0 for r in self.rounds):
+            raise ConfigError(f"config key 'audit.rounds' = {list(self.rounds)} must hold round numbers >= 0")
+        if self.num_images < 1 or self.batch_size < 1:
+            raise ConfigError("config keys 'audit.num_images' and 'audit.batch_size' must be >= 1")
+        if self.num_images % self.batch_size:
+            raise ConfigError(f"config key 'audit.num_images' = {self.num_images} must be a multiple of "
+                              f"'audit.batch_size' = {self.batch_size}")
+
+
+@dataclass
+class LoggerConfig:
+    mode: str = "offline"
+    project: str = "ggl"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        _one_of(self.mode, ("offline", "online", "disabled"), "logger.mode")
+
+
+@dataclass
+class Config:
+    task: str = "fedavg"
+    name: Optional[str] = None
+    seed: int = 0
+    output_dir: str = "runs"
+    resume: Optional[str] = None
+    checkpoint_every: int = 1
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    fl: FLConfig = field(default_factory=FLConfig)
+    defenses: List[Any] = field(default_factory=list)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    gan: GANConfig = field(default_factory=GANConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    trainer: Dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        _one_of(self.task, ("fedavg", "gan", "attack"), "task")
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"config key 'checkpoint_every' = {self.checkpoint_every} must be >= 1")
+        for section in (self.data, self.model, self.fl, self.audit, self.gan, self.attack, self.logger):
+            section.check()
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A path as given, else a bare name looked up in ``configs/`` (``.yaml`` may be left off)."""
+    candidates = [Path(name)]
+    if not Path(name).is_absolute():
+        candidates.append(CONFIG_DIR / name)
+    for c in list(candidates):
+        if c.suffix not in (".yaml", ".yml"):
+            candidates.append(c.with_name(c.name + ".yaml"))
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    available = sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if not p.name.startswith("_"))
+    hint = difflib.get_close_matches(str(name), available, n=1)
+    suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; available: {', '.join(available)}"
+    raise ConfigError(f"config file '{name}' not found (looked in . and {CONFIG_DIR}){suggestion}")
+
+
+def _read_yaml(path: Path, seen: tuple = ()) -> DictConfig:
+    """Read a YAML file and the ``base:`` files it names (relative to itself), base first."""
+    if path in seen:
+        raise ConfigError(f"config file '{path}' includes itself through 'base:'")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as exc:  # yaml.YAMLError, OSError
+        raise ConfigError(f"config file '{path}' could not be read: {str(exc).splitlines()[0]}") from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys, not a {type(node).__name__}")
+    base = node.pop("base", None)
+    if base is None:
+        return node
+    base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+    if not base_path.is_file():
+        raise ConfigError(f"config file '{path}': base '{base}' not found (looked for {base_path})")
+    return OmegaConf.merge(_read_yaml(base_path.resolve(), seen + (path,)), node)
+
+
+def _check_keys(user: Any, schema: Any, prefix: str = "") -> None:
+    """Name the first key the user wrote that the schema does not know, with the nearest valid one."""
+    if not isinstance(user, DictConfig) or not isinstance(schema, DictConfig):
+        return
+    if OmegaConf.get_type(schema) is dict:  # free-form sections (trainer) take any key
+        return
+    for key in user.keys():
+        full = f"{prefix}{key}"
+        if key not in schema:
+            valid = [str(k) for k in schema.keys()]
+            near = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
+            where = f"section '{prefix[:-1]}'" if prefix else "the top level"
+            hint = f"did you mean '{prefix}{near[0]}'?" if near else f"valid keys: {', '.join(valid)}"
+            raise ConfigError(f"unknown config key '{full}' in {where}; {hint}")
+        _check_keys(user._get_node(key), schema._get_node(key), full + ".")
+
+
+def _parse_overrides(overrides: List[str]) -> DictConfig:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. fl.rounds=50)")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"overrides could not be parsed: {str(exc).splitlines()[0]}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: List[str] | None = None,
+                default: str | None = None) -> Config:
+    """Load, merge, check. ``path=None`` uses ``default`` (a name in ``configs/``) if given."""
+    schema = OmegaConf.structured(Config)
+    layers = []
+    chosen = path if path is not None else default
+    source = None
+    if chosen is not None:
+        source = resolve_config_path(chosen)
+        layers.append(_read_yaml(source))
+    if overrides:
+        layers.append(_parse_overrides(overrides))
+    for layer in layers:
+        _check_keys(layer, schema)
+    try:
+        merged = OmegaConf.merge(schema, *layers)
+        cfg: Config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        msg = str(exc).splitlines()[0]
+        raise ConfigError(f"config key '{key}': {msg}") from None
+    cfg.defenses = [parse_defense(d, f"defenses[{i}]") for i, d in enumerate(cfg.defenses)]
+    cfg.check()
+    cfg._source = str(source) if source else None  # type: ignore[attr-defined]
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(to_container(cfg))
+
+
+def to_container(cfg: Config) -> dict:
+    """Plain dict of the resolved config (defence specs included), for logs and results.json."""
+    node = OmegaConf.structured(cfg)
+    return OmegaConf.to_container(node, resolve=True)

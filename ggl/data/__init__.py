@@ -1,0 +1,1 @@
+"""Data: the dataset registry (sources), deterministic splits, the federation's DataModule."""

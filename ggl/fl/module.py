@@ -1,0 +1,165 @@
+"""FedAvg as a LightningModule: one Trainer epoch = one step = one FL round.
+
+Per round: sample clients with a round-seeded generator; each process trains its share of them on a
+functional copy of the global weights; every update passes the defence callbacks; rejected (non-finite)
+updates are dropped and counted; the weighted sum of the rest is all-reduced across processes and
+applied by the server optimizer (plain SGD with ``server_lr``: w += server_lr * weighted mean delta).
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, List
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from ggl.defenses.quantize import FLOAT_BITS
+from ggl.fl.callbacks import apply_defenses
+from ggl.fl.client import as_delta, train_client
+from ggl.fl.update import ClientUpdate
+from ggl.models import build_model
+from ggl.seeding import STREAM_LOCAL_DATA, STREAM_SAMPLING, generator
+
+
+def sample_clients(num_clients: int, per_round: int, seed: int, round: int) -> List[int]:
+    """The clients of a round: depends on (seed, round) only."""
+    rng = np.random.default_rng([seed, round, STREAM_SAMPLING])
+    return sorted(rng.choice(num_clients, size=per_round, replace=False).tolist())
+
+
+class FedAvgModule(L.LightningModule):
+    def __init__(self, model_name: str, channels: int, num_classes: int, fl: Dict, seed: int = 0,
+                 init: str = "default"):
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.fl = fl
+        self.seed = seed
+        self.model = build_model(model_name, channels, num_classes, init=init, seed=seed)
+        self.history: List[dict] = []
+        self.rejected_total = 0
+        self._val_loss = self._val_correct = self._val_count = 0.0
+
+    # -------------------------------------------------------------------------- set-up
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.model.parameters(), lr=self.fl["server_lr"])
+
+    @property
+    def rounds(self) -> int:
+        return self.fl["rounds"]
+
+    def clients_per_round(self, num_clients: int) -> int:
+        if self.fl.get("clients_per_round"):
+            return min(self.fl["clients_per_round"], num_clients)
+        return max(1, int(round(self.fl["client_fraction"] * num_clients)))
+
+    def defense_callbacks(self):
+        return [cb for cb in self.trainer.callbacks if hasattr(cb, "on_client_update")]
+
+    # -------------------------------------------------------------------------- one client
+    def global_params(self) -> Dict[str, Tensor]:
+        return {k: v.detach() for k, v in self.model.named_parameters()}
+
+    def client_update(self, x: Tensor, y: Tensor, client_id: int, round: int) -> ClientUpdate:
+        """What ``client_id`` would send in ``round`` after training on (x, y), before defences."""
+        fl = self.fl
+        return train_client(
+            self.model, self.global_params(), x.to(self.device), y.to(self.device),
+            client_id=client_id, round=round, seed=self.seed, lr=fl["lr"], momentum=fl["momentum"],
+            weight_decay=fl["weight_decay"], batch_size=fl["batch_size"], local_epochs=fl["local_epochs"],
+            local_steps=fl["local_steps"], data_gen=generator(self.seed, round, client_id, STREAM_LOCAL_DATA))
+
+    def defended_update(self, update: ClientUpdate) -> ClientUpdate:
+        """The update as transmitted: passed through this run's defence callbacks, in order."""
+        return apply_defenses(self.defense_callbacks(), self.trainer, self, update)
+
+    # -------------------------------------------------------------------------- one round
+    def training_step(self, batch, batch_idx):
+        start = time.perf_counter()
+        rnd = self.current_epoch
+        dm = self.trainer.datamodule
+        chosen = sample_clients(dm.num_clients, self.clients_per_round(dm.num_clients), self.seed, rnd)
+        mine = chosen[self.global_rank::self.trainer.world_size]
+
+        params = list(self.model.parameters())
+        weighted_sum = torch.zeros(sum(p.numel() for p in params), device=self.device)
+        # [sum of weights, uplink bits, accepted, rejected]: one all-reduce carries all of them
+        counters = torch.zeros(4, dtype=torch.float64, device=self.device)
+        for cid in mine:
+            x, y = dm.client_data(cid)
+            update = self.defended_update(self.client_update(x, y, cid, rnd))
+            counters[1] += update.bits
+            if not update.is_finite():
+                counters[3] += 1
+                rank_zero_warn(f"round {rnd}: client {cid} sent a non-finite update; rejected")
+                continue
+            delta = torch.cat([t.reshape(-1) for t in as_delta(update)])
+            weighted_sum += update.num_samples * delta
+            counters[0] += update.num_samples
+            counters[2] += 1
+
+        weighted_sum = self.trainer.strategy.reduce(weighted_sum, reduce_op="sum")
+        counters = self.trainer.strategy.reduce(counters, reduce_op="sum")
+        total_weight, uplink_bits, accepted, rejected = counters.tolist()
+        self.rejected_total += int(rejected)
+
+        opt = self.optimizers()
+        if total_weight > 0:
+            mean_delta = weighted_sum / total_weight
+            offset = 0
+            for p in params:  # the server optimizer descends along -delta
+                p.grad = -mean_delta[offset:offset + p.numel()].view_as(p).to(p.dtype)
+                offset += p.numel()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        else:
+            rank_zero_warn(f"round {rnd}: no client update was accepted; the global model is unchanged")
+
+        fp32_bits = FLOAT_BITS * weighted_sum.numel() * (accepted + rejected)
+        self.log_dict({
+            "round": float(rnd + 1),
+            "round_seconds": time.perf_counter() - start,
+            "uplink_bits": uplink_bits,
+            "compression_ratio": fp32_bits / uplink_bits if uplink_bits else 1.0,
+            "clients/accepted": accepted,
+            "clients/rejected": rejected,
+            "clients/rejected_total": float(self.rejected_total),
+        }, on_step=True, on_epoch=False, prog_bar=False)
+        self._last_round_stats = {"uplink_bits": uplink_bits,
+                                  "compression_ratio": fp32_bits / uplink_bits if uplink_bits else 1.0}
+
+    # -------------------------------------------------------------------------- evaluation
+    def is_eval_round(self, rnd: int) -> bool:
+        return (rnd + 1) % self.fl["eval_every"] == 0 or rnd + 1 == self.rounds
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_loss = self._val_correct = self._val_count = 0.0
+
+    def validation_step(self, batch, batch_idx):
+        if self.trainer.sanity_checking or not self.is_eval_round(self.current_epoch):
+            return
+        x, y = batch
+        logits = self.model(x)
+        self._val_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        self._val_correct += float((logits.argmax(1) == y).sum())
+        self._val_count += len(y)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_count:
+            return
+        acc, loss = self._val_correct / self._val_count, self._val_loss / self._val_count
+        self.log_dict({"test/acc": acc, "test/loss": loss}, on_epoch=True, prog_bar=True)
+        self.history.append({"round": self.current_epoch + 1, "test_acc": acc, "test_loss": loss})
+
+    # -------------------------------------------------------------------------- checkpoint
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["ggl_history"] = list(self.history)
+        checkpoint["ggl_rejected_total"] = self.rejected_total
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = list(checkpoint.get("ggl_history", []))
+        self.rejected_total = int(checkpoint.get("ggl_rejected_total", 0))
