@@ -72,8 +72,8 @@ def run_federation(cfg: Config) -> dict:
     module = FedAvgModule(cfg.model.name, dm.data.channels, dm.data.num_classes, vars(cfg.fl),
                           seed=cfg.seed, init=cfg.model.init)
     writer = ResultsWriter(run_dir, config, sum(p.numel() for p in module.parameters()))
-    callbacks = build_defense_callbacks(cfg.defenses) + [
-        RoundProgressBar(),
+    show_bar = cfg.trainer.get("enable_progress_bar", True)
+    callbacks = build_defense_callbacks(cfg.defenses) + [RoundProgressBar()] * bool(show_bar) + [
         writer,
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="round{epoch:04d}", save_last=True,
                         save_top_k=0, every_n_epochs=cfg.checkpoint_every, auto_insert_metric_name=False),
