@@ -231,32 +231,57 @@ def _check_keys(user: Any, schema: Any, prefix: str = "") -> None:
         _check_keys(user._get_node(key), schema._get_node(key), full + ".")
 
 
-def _parse_overrides(overrides: List[str]) -> DictConfig:
+def _parse_overrides(overrides: List[str]) -> List[tuple]:
+    """``key=value`` strings -> (key, typed value); values parse as in YAML (``[1, 2]``, ``null``...)."""
+    pairs = []
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override '{item}' must look like key=value (e.g. fl.rounds=50)")
-    try:
-        return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"overrides could not be parsed: {str(exc).splitlines()[0]}") from None
+        key, raw = item.split("=", 1)
+        try:
+            value = OmegaConf.from_dotlist([f"v={raw}"])["v"]
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"override '{item}' could not be parsed: {str(exc).splitlines()[0]}") from None
+        pairs.append((key.strip(), value))
+    return pairs
+
+
+def _check_path(cfg: DictConfig, key: str) -> None:
+    """An override's dotted key must exist in the schema (free-form sections take any key)."""
+    node: Any = cfg
+    walked = ""
+    for part in key.split("."):
+        if isinstance(node, ListConfig):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"config key '{walked}{part}': '{walked[:-1]}' has {len(node)} entries "
+                                  f"(indices 0..{len(node) - 1})")
+            node = node._get_node(int(part))
+        elif isinstance(node, DictConfig):
+            if OmegaConf.get_type(node) is dict:  # trainer, defence entries: checked elsewhere
+                return
+            _check_keys(OmegaConf.create({part: None}), node, walked)
+            node = node._get_node(part)
+        else:
+            raise ConfigError(f"config key '{key}': '{walked[:-1]}' is a value, not a section")
+        walked += part + "."
 
 
 def load_config(path: str | Path | None = None, overrides: List[str] | None = None,
                 default: str | None = None) -> Config:
     """Load, merge, check. ``path=None`` uses ``default`` (a name in ``configs/``) if given."""
     schema = OmegaConf.structured(Config)
-    layers = []
     chosen = path if path is not None else default
-    source = None
-    if chosen is not None:
-        source = resolve_config_path(chosen)
-        layers.append(_read_yaml(source))
-    if overrides:
-        layers.append(_parse_overrides(overrides))
-    for layer in layers:
-        _check_keys(layer, schema)
+    source = resolve_config_path(chosen) if chosen is not None else None
+    pairs = _parse_overrides(overrides or [])
     try:
-        merged = OmegaConf.merge(schema, *layers)
+        merged = schema
+        if source is not None:
+            layer = _read_yaml(source)
+            _check_keys(layer, schema)
+            merged = OmegaConf.merge(schema, layer)
+        for key, value in pairs:
+            _check_path(merged, key)
+            OmegaConf.update(merged, key, value, merge=True)
         cfg: Config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "?"

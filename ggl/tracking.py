@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import string
 import time
 from datetime import datetime
 from pathlib import Path
@@ -37,7 +39,7 @@ def check_writable(folder: Path) -> None:
 def new_run_dir(output_dir: str | Path, name: str) -> Path:
     """Create ``output_dir/name/<timestamp>`` (unique) and point ``latest`` at it."""
     inherited = os.environ.get(RUN_DIR_ENV)
-    if inherited:
+    if inherited and not is_rank_zero():  # a DDP worker joins the folder its rank 0 created
         return Path(inherited)
     parent = Path(output_dir) / name
     check_writable(parent)
@@ -95,9 +97,7 @@ def make_logger(logger_cfg, run_dir: Path, name: str, group: str, tags: Iterable
     if run_id is None and id_file.is_file():
         run_id = id_file.read_text().strip()
     if run_id is None:
-        import wandb
-
-        run_id = wandb.util.generate_id()
+        run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
         if is_rank_zero():
             id_file.write_text(run_id + "\n")
     os.environ.setdefault("WANDB_SILENT", "true")

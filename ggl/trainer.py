@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import inspect
 import warnings
 from typing import Any, Dict
@@ -17,6 +18,8 @@ _OWNED = {"max_epochs": "fl.rounds (or gan.epochs)", "max_steps": "fl.rounds (or
 
 
 def _quiet_lightning() -> None:
+    # Lightning's start-up INFO lines (GPU/TPU availability, product tips) drown the progress bar
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     for pattern in (".*does not have many workers.*", ".*`training_step` returned `None`.*",
                     ".*GPU available but not used.*", ".*LeafSpec.*", ".*Checkpoint directory.*exists.*",
                     ".*The number of training batches.*", ".*isinstance.*LeafSpec.*"):

@@ -11,7 +11,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 @pytest.fixture(autouse=True)
 def _isolated_run_dir_env(monkeypatch):
-    # new_run_dir() exports GGL_RUN_DIR for DDP workers; tests must not inherit each other's.
+    # new_run_dir() exports GGL_RUN_DIR for DDP workers; keep tests independent of each other.
     monkeypatch.delenv("GGL_RUN_DIR", raising=False)
 
 
@@ -21,7 +21,7 @@ def make_cfg(tmp_path):
     from ggl.config import load_config
 
     def _make(*overrides: str, config: str | None = "fed_fp32.yaml"):
-        base = [f"output_dir={tmp_path / 'runs'}", "logger.mode=disabled", "data.name=digits",
+        base = [f"output_dir={tmp_path / 'runs'}", "logger.mode=disabled", "data.name=digits", "data.num_clients=4", "fl.local_epochs=2",
                 "fl.rounds=2", "fl.eval_every=1", "trainer.accelerator=cpu",
                 "trainer.enable_progress_bar=false"]
         return load_config(config, base + list(overrides))

@@ -2,12 +2,88 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, List, Optional
+
+from ggl.errors import ConfigError
+
+OPTIMIZERS = ("cmaes", "adam", "cmaes_adam")
+LOSSES = ("l2", "cosine")
+EVALUATIONS = ("batched", "loop")
 
 
 @dataclass
 class AttackConfig:
-    source: Optional[str] = None
+    source: Optional[str] = None          # null = fresh victims; else a federation run folder / capture file
+    prior: str = "checkpoints/gan_mnist5k.pt"
+    optimizer: str = "cmaes"
+    population: int = 50
+    generations: int = 300
+    restarts: int = 1
+    sigma: float = 1.0
+    latent_bound: Optional[float] = None
+    adam_steps: int = 300
+    adam_lr: float = 0.05
+    adam_restarts: int = 8
+    loss: str = "l2"
+    kl_weight: float = 0.0
+    evaluation: str = "batched"
+    adaptive: bool = False
+    true_labels: bool = False
+    defenses: Optional[List[Any]] = None  # defence settings side by side; null = the top-level chain
+    max_observations: Optional[int] = None
+    torch_threads: Optional[int] = None
+    progress: bool = True
 
     def check(self) -> None:
-        pass
+        from ggl.defenses.specs import parse_defense
+
+        def one_of(key, allowed):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"config key 'attack.{key}' = {getattr(self, key)!r} is not one of "
+                                  f"{', '.join(allowed)}")
+        one_of("optimizer", OPTIMIZERS)
+        one_of("loss", LOSSES)
+        one_of("evaluation", EVALUATIONS)
+        uses_cma = self.optimizer in ("cmaes", "cmaes_adam")
+        uses_adam = self.optimizer in ("adam", "cmaes_adam")
+        if uses_cma:
+            if self.generations < 1:
+                raise ConfigError(f"config key 'attack.generations' = {self.generations}: the CMA-ES "
+                                  f"budget must be >= 1 generation")
+            if self.population < 2:
+                raise ConfigError(f"config key 'attack.population' = {self.population} must be >= 2")
+            if self.restarts < 1:
+                raise ConfigError(f"config key 'attack.restarts' = {self.restarts} must be >= 1")
+            if not self.sigma > 0:
+                raise ConfigError(f"config key 'attack.sigma' = {self.sigma} must be > 0")
+        if uses_adam:
+            if self.adam_steps < 1:
+                raise ConfigError(f"config key 'attack.adam_steps' = {self.adam_steps}: the Adam budget "
+                                  f"must be >= 1 step")
+            if self.adam_restarts < 1:
+                raise ConfigError(f"config key 'attack.adam_restarts' = {self.adam_restarts} must be >= 1")
+            if not self.adam_lr > 0:
+                raise ConfigError(f"config key 'attack.adam_lr' = {self.adam_lr} must be > 0")
+        if self.latent_bound is not None and not self.latent_bound > 0:
+            raise ConfigError(f"config key 'attack.latent_bound' = {self.latent_bound} must be > 0 (or null)")
+        if self.kl_weight < 0:
+            raise ConfigError(f"config key 'attack.kl_weight' = {self.kl_weight} must be >= 0")
+        if self.max_observations is not None and self.max_observations < 1:
+            raise ConfigError(f"config key 'attack.max_observations' = {self.max_observations} must be >= 1")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ConfigError(f"config key 'attack.torch_threads' = {self.torch_threads} must be >= 1")
+        if self.defenses is not None:
+            self.defenses = [self._parse_setting(s, f"attack.defenses[{i}]", parse_defense)
+                             for i, s in enumerate(self.defenses)]
+
+    @staticmethod
+    def _parse_setting(setting: Any, key: str, parse_defense) -> list:
+        """One defence setting: a chain (list) of defence specs; ``[]`` or ``none`` = no defence."""
+        if setting is None or setting == "none":
+            return []
+        if isinstance(setting, dict) or hasattr(setting, "label"):
+            setting = [setting]
+        if not isinstance(setting, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list of defences (a chain, [] for none), "
+                              f"e.g. [{{name: quantize, bits: 4}}]")
+        return [parse_defense(d, f"{key}[{j}]") for j, d in enumerate(setting)]

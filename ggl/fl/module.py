@@ -42,6 +42,7 @@ class FedAvgModule(L.LightningModule):
         self.model = build_model(model_name, channels, num_classes, init=init, seed=seed)
         self.history: List[dict] = []
         self.rejected_total = 0
+        self.rounds_completed = 0
         self._val_loss = self._val_correct = self._val_count = 0.0
 
     # -------------------------------------------------------------------------- set-up
@@ -129,6 +130,7 @@ class FedAvgModule(L.LightningModule):
             "clients/rejected": rejected,
             "clients/rejected_total": float(self.rejected_total),
         }, on_step=True, on_epoch=False, prog_bar=False)
+        self.rounds_completed = rnd + 1
         self._last_round_stats = {"uplink_bits": uplink_bits,
                                   "compression_ratio": fp32_bits / uplink_bits if uplink_bits else 1.0}
 
@@ -159,7 +161,9 @@ class FedAvgModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["ggl_history"] = list(self.history)
         checkpoint["ggl_rejected_total"] = self.rejected_total
+        checkpoint["ggl_rounds_completed"] = self.rounds_completed
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("ggl_history", []))
         self.rejected_total = int(checkpoint.get("ggl_rejected_total", 0))
+        self.rounds_completed = int(checkpoint.get("ggl_rounds_completed", 0))

@@ -39,7 +39,7 @@ class ResultsWriter(Callback):
             "final": {
                 "test_acc": last.get("test_acc"),
                 "test_loss": last.get("test_loss"),
-                "rounds": trainer.current_epoch + (0 if trainer.state.finished else 1),
+                "rounds": module.rounds_completed,
                 "uplink_bits_per_round": stats.get("uplink_bits"),
                 "compression_ratio": stats.get("compression_ratio"),
                 "rejected_updates": module.rejected_total,
@@ -60,7 +60,8 @@ class ResultsWriter(Callback):
         self._write(trainer, module)
 
 
-def run_federation(cfg: Config) -> dict:
+def run_federation(cfg: Config, extra_callbacks=()) -> dict:
+    """Train the configured federation; ``extra_callbacks`` join the chain after the configured defences."""
     dm = FederatedDataModule(cfg.data, cfg.fl.eval_batch_size, cfg.seed)
     dm.setup()
     name = run_name(cfg)
@@ -73,11 +74,15 @@ def run_federation(cfg: Config) -> dict:
                           seed=cfg.seed, init=cfg.model.init)
     writer = ResultsWriter(run_dir, config, sum(p.numel() for p in module.parameters()))
     show_bar = cfg.trainer.get("enable_progress_bar", True)
-    callbacks = build_defense_callbacks(cfg.defenses) + [RoundProgressBar()] * bool(show_bar) + [
+    callbacks = build_defense_callbacks(cfg.defenses) + list(extra_callbacks) + [RoundProgressBar()] * bool(show_bar) + [
         writer,
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="round{epoch:04d}", save_last=True,
                         save_top_k=0, every_n_epochs=cfg.checkpoint_every, auto_insert_metric_name=False),
     ]
+    if cfg.audit.rounds:  # victim updates for attack.py source=<this run> (ggl/audit/capture.py)
+        from ggl.audit.capture import AuditCapture
+
+        callbacks.append(AuditCapture(run_dir, cfg.audit, config["data"], cfg.model.name, cfg.defenses, cfg.seed))
     logger = make_logger(cfg.logger, run_dir, name=f"{name}-s{cfg.seed}", group=label,
                          tags=["fedavg", label, cfg.data.name, cfg.model.name, cfg.data.partition],
                          config=config, job_type="federation")

@@ -1,0 +1,68 @@
+"""``AuditCapture``: the federation's audit callback (``audit.rounds`` in a fed_*.yaml).
+
+At the start of each listed round (so at the global model of that round), the victim client
+(``audit.victim_client``) draws ``audit.num_images`` of its own private images (seeded by the run
+seed, the round and ``STREAM_AUDIT``), computes its update in batches of ``audit.batch_size`` with
+the module's own client code, passes it through the run's own defence chain, and the run saves each
+``Observation`` and its ``GroundTruth`` separately under ``<run>/audit/``. ``python attack.py
+source=runs/<name>/latest`` attacks them. Capturing draws no global randomness, so a run with
+captures trains exactly as one without. Only rank 0 computes and writes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict
+
+from lightning.pytorch.callbacks import Callback
+
+from ggl.audit.truth import GroundTruth, capture_paths
+from ggl.audit.victim import draw_private, observation_from_update
+from ggl.defenses.specs import defenses_label
+from ggl.errors import ConfigError
+
+AUDIT_DIR = "audit"
+
+
+class AuditCapture(Callback):
+    def __init__(self, run_dir: Path, audit_cfg, data_cfg: Dict, model_name: str, defenses, seed: int):
+        self.root = Path(run_dir) / AUDIT_DIR
+        self.rounds = sorted(set(int(r) for r in audit_cfg.rounds))
+        self.num_images = int(audit_cfg.num_images)
+        self.batch_size = int(audit_cfg.batch_size)
+        self.victim = int(audit_cfg.victim_client)
+        self.data_cfg = data_cfg
+        self.model_name = model_name
+        self.defenses = list(defenses)
+        self.label = defenses_label(self.defenses)
+        self.seed = seed
+
+    def on_fit_start(self, trainer, module) -> None:
+        dm = trainer.datamodule
+        if self.victim >= dm.num_clients:
+            raise ConfigError(f"config key 'audit.victim_client' = {self.victim} must be < data.num_clients "
+                              f"= {dm.num_clients}")
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        rnd = int(module.current_epoch)
+        if rnd not in self.rounds or not trainer.is_global_zero:
+            return
+        dm = trainer.datamodule
+        own = dm.client_indices[self.victim]
+        n = min(self.num_images, len(own)) // self.batch_size * self.batch_size
+        if n == 0:
+            return
+        picked = draw_private(own, n, self.seed, rnd, self.victim)
+        fl = module.fl
+        for k in range(n // self.batch_size):
+            idx = picked[k * self.batch_size:(k + 1) * self.batch_size]
+            x, y = dm.data.images[idx], dm.data.labels[idx]
+            sent = module.defended_update(module.client_update(x, y, self.victim, rnd))
+            stem = f"r{rnd:04d}_b{k:03d}"
+            obs = observation_from_update(
+                self.model_name, module.model, sent, channels=dm.data.channels, num_classes=dm.data.num_classes,
+                momentum=fl["momentum"], weight_decay=fl["weight_decay"], local_batch_size=fl["batch_size"],
+                defenses=self.defenses, obs_id=stem)
+            obs_path, truth_path = capture_paths(self.root, self.label, stem)
+            obs.save(obs_path)
+            GroundTruth(obs_id=stem, dataset=self.data_cfg, indices=idx.clone(), labels=y.clone(),
+                        round=rnd, client_id=self.victim).save(truth_path)

@@ -1,0 +1,267 @@
+"""``attack.py``: victims (fresh, or captured by a federation) -> GGL attack -> evaluator -> outputs.
+
+Outputs in ``runs/<name>/<timestamp>/``:
+
+* ``results.json``: ``{"config", "settings", "per_image", "summary": {<setting>: {...}}}``; each
+  defence setting also has its own ``<setting>/results.json`` with ``{"config", "per_image",
+  "summary": {"psnr_mean", "psnr_std", "ssim_mean", "lpips_mean", "label_acc",
+  "baseline_psnr_mean", "n_images", "wall_seconds", ...}}``;
+* ``grid.png``: originals over the reconstructions of each setting (one column per image) and the
+  prior-only baseline; ``<setting>/grid.png`` per setting;
+* one W&B run per setting (offline by default), all in one group, with the grid and the loss curve;
+* ``captures/`` (fresh mode): the observations and, separately, the ground truth.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from ggl.attack import attack, check_prior_fits, search_units
+from ggl.attack.observation import Observation
+from ggl.audit.evaluate import Evaluator, summarize
+from ggl.audit.truth import OBS_DIR, TRUTH_DIR, find_captures
+from ggl.errors import UserError
+from ggl.seeding import derived_seed
+from ggl.tracking import RUN_DIR_ENV, Stopwatch, new_run_dir, write_json
+
+Captures = Dict[str, List[Tuple[Path, Path]]]
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+
+
+def load_attack_prior(path: str):
+    """The GAN prior of ``attack.prior`` (``ggl.gan.prior.load_prior``); relative paths are tried
+    from the working directory, then from the repository root."""
+    from ggl.config import REPO_ROOT
+
+    try:
+        from ggl.gan.prior import load_prior
+    except ImportError as exc:
+        raise UserError(f"the GAN prior loader (ggl.gan.prior) is not available ({exc}); "
+                        f"install the package with its GAN module") from None
+    p = Path(path).expanduser()
+    if not p.is_absolute() and not p.exists() and (REPO_ROOT / p).exists():
+        p = REPO_ROOT / p
+    return load_prior(str(p))
+
+
+def defence_settings(cfg) -> List[Tuple[str, list]]:
+    """[(label, defence chain)] to attack side by side (``attack.defenses``, else ``defenses``)."""
+    from ggl.defenses.specs import defenses_label
+
+    chains = cfg.attack.defenses if cfg.attack.defenses is not None else [list(cfg.defenses)]
+    out, seen = [], {}
+    for chain in chains:
+        label = defenses_label(chain)
+        seen[label] = seen.get(label, 0) + 1
+        out.append((label if seen[label] == 1 else f"{label}-{seen[label]}", list(chain)))
+    return out
+
+
+def source_captures(source: str) -> Captures:
+    """Captures under a federation run folder (``runs/<fed>/latest``), its ``audit/`` folder, a
+    capture folder, or one observation file."""
+    p = Path(source).expanduser()
+    if not p.exists():
+        raise UserError(f"attack source '{source}' does not exist; give a federation run folder such as "
+                        f"runs/fed_q4/latest")
+    if p.is_file():
+        if p.suffix != ".pt":
+            raise UserError(f"attack source '{source}' is neither a run folder nor an observation file (.pt)")
+        root = p.parent.parent.parent if p.parent.parent.name == OBS_DIR else p.parent
+        return {p.parent.name: [(p, root / TRUTH_DIR / p.name)]}
+    for root in (p / "audit", p / "captures", p, p.parent.parent if p.parent.name == OBS_DIR else None):
+        if root is not None and root.is_dir():
+            caps = find_captures(root)
+            if p.parent.name == OBS_DIR and root == p.parent.parent:
+                caps = {k: v for k, v in caps.items() if k == p.name}
+            if caps:
+                return caps
+    raise UserError(f"attack source '{source}' holds no audit captures (looked for "
+                    f"{p}/audit/{OBS_DIR}/<setting>/*.pt); run the federation with audit.rounds=[...] first")
+
+
+def _run_name(cfg) -> str:
+    if cfg.name:
+        return cfg.name
+    if cfg.attack.source:
+        src = Path(cfg.attack.source).expanduser().resolve()
+        fed = src.parent.name if src.is_dir() and src.parent.name not in ("", "runs") else src.name
+        return f"attack_{fed}"
+    source = getattr(cfg, "_source", None)
+    return Path(source).stem if source else "attack"
+
+
+def _validate(captures: Captures, G) -> Dict[Path, Observation]:
+    """Load every observation, check it against its architecture and the prior, before any search."""
+    loaded = {}
+    for pairs in captures.values():
+        for obs_path, _ in pairs:
+            obs = Observation.load(obs_path)
+            obs.build_model(source=f"observation '{obs_path}'")
+            check_prior_fits(G, obs, source=f"observation '{obs_path}'")
+            loaded[obs_path] = obs
+    return loaded
+
+
+# ---------------------------------------------------------------------------------------------
+# outputs
+
+
+def save_grid(path: Path, originals: torch.Tensor, rows: List[Tuple[str, torch.Tensor]]) -> Path:
+    """Originals on top, then one row per (title, images); one column per image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    all_rows = [("original", originals)] + rows
+    n = originals.shape[0]
+    fig, axes = plt.subplots(len(all_rows), n, figsize=(1.1 * n + 1.6, 1.15 * len(all_rows)), squeeze=False)
+    for r, (title, imgs) in enumerate(all_rows):
+        for c in range(n):
+            ax = axes[r][c]
+            img = imgs[c].detach().float().clamp(0, 1).permute(1, 2, 0).numpy()
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
+                      vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r][0].set_ylabel(title, rotation=0, ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def _fmt(v, spec=".2f"):
+    return "n/a" if v is None else format(v, spec)
+
+
+def _log_wandb(cfg, run_dir: Path, name: str, group: str, label: str, config: dict, summary: dict,
+               curves: List[List[float]], grid: Path) -> None:
+    """One W&B run for one defence setting: the loss curve, the grid, the summary."""
+    if cfg.logger.mode == "disabled":
+        return
+    import wandb
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group or group,
+                     name=f"{name}-{label}", job_type="attack", dir=str(run_dir), mode=cfg.logger.mode,
+                     tags=sorted({"attack", label, cfg.attack.optimizer} | set(cfg.logger.tags)),
+                     config={**config, "setting": label})
+    try:
+        length = max((len(c) for c in curves), default=0)
+        for step in range(length):  # mean over images of log10(best loss so far)
+            vals = [math.log10(max(c[min(step, len(c) - 1)], 1e-300)) for c in curves if c]
+            run.log({"attack/log10_best_loss": float(np.mean(vals)), "attack/step": step}, step=step)
+        run.log({"reconstructions": wandb.Image(str(grid), caption=f"{label}: originals over reconstructions")},
+                step=length)
+        run.summary.update({k: v for k, v in summary.items() if v is not None})
+    finally:
+        run.finish()
+
+
+# ---------------------------------------------------------------------------------------------
+# the job
+
+
+def run_attack_cli(cfg, prior=None) -> dict:
+    """``python attack.py``: returns the results dict (also written to ``results.json``)."""
+    from tqdm.auto import tqdm
+
+    from ggl.config import to_container, to_yaml
+
+    clock = Stopwatch()
+    a = cfg.attack
+    if a.torch_threads:
+        torch.set_num_threads(a.torch_threads)
+    captures: Optional[Captures] = source_captures(a.source) if a.source else None
+    G = prior if prior is not None else load_attack_prior(a.prior)
+
+    name = _run_name(cfg)
+    # the attack is one process: never join a run folder an earlier job of this process exported for
+    # its DDP workers (a notebook that trains, then attacks)
+    os.environ.pop(RUN_DIR_ENV, None)
+    run_dir = new_run_dir(cfg.output_dir, name)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    config = to_container(cfg)
+    if captures is None:
+        from ggl.audit.victim import fresh_captures
+
+        captures = fresh_captures(cfg, defence_settings(cfg), run_dir / "captures")
+    if a.max_observations:
+        captures = {k: v[:a.max_observations] for k, v in captures.items()}
+    observations = _validate(captures, G)
+
+    evaluator = Evaluator()
+    labels = list(captures)
+    suffix = "-adaptive" if a.adaptive else ""
+    group = cfg.logger.group or f"{name}-{run_dir.name}"
+    total = sum(len(v) for v in captures.values()) * search_units(a)
+    bar = tqdm(total=total, desc="GGL", unit="gen", disable=not a.progress, dynamic_ncols=True, file=sys.stderr)
+    results = {"config": config, "settings": [l + suffix for l in labels], "per_image": [], "summary": {}}
+    originals, grid_rows, baseline_row = None, [], None
+    try:
+        for label in labels:
+            setting = label + suffix
+            setting_clock = Stopwatch()
+            rows, curves, truths, recons, bases = [], [], [], [], []
+            for k, (obs_path, truth_path) in enumerate(captures[label]):
+                obs = observations[obs_path]
+                bar.set_postfix_str(f"{setting} {obs.obs_id}", refresh=False)
+                given = evaluator.true_labels(truth_path) if a.true_labels else None  # ABLATION ONLY
+                seed = derived_seed(cfg.seed, 0x6617, k)
+                model = obs.build_model()
+                res = attack(obs, G, a, seed, labels=given, tick=bar.update, model=model)
+                img_rows, truth, recon, base = evaluator.evaluate(truth_path, obs.obs_id, res.images, res.labels,
+                                                                  G, model, seed)
+                for r in img_rows:
+                    r.update({"setting": setting, "loss": res.loss, "evaluations": res.evaluations,
+                              "search_seconds": res.seconds,
+                              "labels_given": "true labels (ablation)" if a.true_labels else "inferred"})
+                rows += img_rows
+                curves.append(res.curve)
+                truths.append(truth), recons.append(recon), bases.append(base)
+            summary = summarize(rows, setting_clock.seconds, evaluator.lpips.reason)
+            if a.true_labels:
+                summary["label_acc_note"] = "attack.true_labels=true: the attacker was given the true labels (ablation)"
+            truth_all, recon_all, base_all = torch.cat(truths), torch.cat(recons), torch.cat(bases)
+            originals = truth_all if originals is None else originals
+            baseline_row = base_all if baseline_row is None else baseline_row
+            title = f"{setting}\n{_fmt(summary['psnr_mean'], '.1f')} dB"
+            grid_rows.append((title, recon_all))
+            setting_dir = run_dir / setting
+            grid = save_grid(setting_dir / "grid.png", truth_all,
+                             [(title, recon_all), (f"prior only\n{_fmt(summary['baseline_psnr_mean'], '.1f')} dB", base_all)])
+            write_json(setting_dir / "results.json", {"config": {**config, "setting": setting}, "per_image": rows,
+                                                      "summary": summary})
+            results["per_image"] += rows
+            results["summary"][setting] = summary
+            write_json(run_dir / "results.json", results)
+            _log_wandb(cfg, setting_dir, name, group, setting, config, summary, curves, grid)
+    finally:
+        bar.close()
+    if originals is not None:
+        base_title = f"prior only\n{_fmt(results['summary'][results['settings'][0]]['baseline_psnr_mean'], '.1f')} dB"
+        save_grid(run_dir / "grid.png", originals, grid_rows + [(base_title, baseline_row)])
+    results["wall_seconds"] = clock.seconds
+    write_json(run_dir / "results.json", results)
+    for setting, s in results["summary"].items():
+        print(f"{setting}: PSNR {_fmt(s['psnr_mean'])} +- {_fmt(s['psnr_std'])} dB, SSIM {_fmt(s['ssim_mean'], '.3f')}, "
+              f"LPIPS {_fmt(s['lpips_mean'], '.3f')}, label acc {s['label_acc']:.0%} | prior-only baseline "
+              f"PSNR {_fmt(s['baseline_psnr_mean'])} dB, SSIM {_fmt(s['baseline_ssim_mean'], '.3f')} "
+              f"({s['n_images']} images, {s['wall_seconds']:.0f} s)")
+    if evaluator.lpips.reason:
+        print(f"LPIPS: null ({evaluator.lpips.reason})")
+    print(f"done in {clock.seconds:.0f} s -> {run_dir}")
+    results["run_dir"] = str(run_dir)
+    return results

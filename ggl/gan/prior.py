@@ -1,0 +1,195 @@
+"""The attacker's GAN prior on disk: save, load (``weights_only``), rebuild from the stored spec.
+
+A prior file is a plain dict of tensors and strings/ints, loadable with ``torch.load(weights_only=True)``::
+
+    {"format": "ggl-gan-prior", "version": 1,
+     "spec": {"latent_dim", "channels", "image_size", "num_classes", "conditional"},
+     "generator": {"class": "ggl.models.gan.Generator", "kwargs": {... e.g. "width": 32}},
+     "state_dict": {...}, "meta": {...}}
+
+``load_prior`` rebuilds ``class(latent_dim=, channels=, image_size=, num_classes=, **kwargs)`` (an
+``nn.Module`` subclass, nothing else is ever called), loads the weights and returns it wrapped in a
+``PriorGenerator``: eval mode, frozen, ``G(z, y) -> (N, C, S, S)`` images in [0, 1] with the
+attributes ``latent_dim``, ``num_classes``, ``conditional``, ``channels``, ``image_size``.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ggl.errors import UserError
+from ggl.gan.schema import BUILTIN_GENERATOR
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_PRIOR = REPO_ROOT / "checkpoints" / "gan_mnist5k.pt"
+DEFAULT_PRIOR_COMMAND = "python train.py --config gan_mnist.yaml gan.export=checkpoints/gan_mnist5k.pt"
+FORMAT = "ggl-gan-prior"
+VERSION = 1
+SPEC_KEYS = ("latent_dim", "channels", "image_size", "num_classes")
+
+
+class PriorGenerator(nn.Module):
+    """A generator behind the prior contract: ``G(z, y)`` -> images in [0, 1], plus its spec."""
+
+    def __init__(self, net: nn.Module, latent_dim: int, channels: int, image_size: int, num_classes: int):
+        super().__init__()
+        self.net = net
+        self.latent_dim = int(latent_dim)
+        self.channels = int(channels)
+        self.image_size = int(image_size)
+        self.num_classes = int(num_classes)
+        self.conditional = self.num_classes > 0
+
+    def spec(self) -> Dict[str, Any]:
+        return {"latent_dim": self.latent_dim, "channels": self.channels, "image_size": self.image_size,
+                "num_classes": self.num_classes, "conditional": self.conditional}
+
+    def forward(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        if self.conditional and y is None:
+            raise ValueError(f"this prior is class-conditional ({self.num_classes} classes): "
+                             f"pass labels y, a LongTensor of shape (N,)")
+        return self.net(z, y if self.conditional else None)
+
+
+def _import_class(path: str, where: str) -> type:
+    module_name, _, cls_name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise UserError(f"{where}: generator class '{path}' cannot be imported ({exc})") from None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise UserError(f"{where}: '{path}' is not a torch.nn.Module subclass")
+    return cls
+
+
+def build_generator(class_path: str, latent_dim: int, channels: int, image_size: int, num_classes: int,
+                    kwargs: Optional[Dict[str, Any]] = None, where: str = "config key 'gan.generator'"
+                    ) -> PriorGenerator:
+    """Instantiate ``class_path`` with the spec (+ kwargs) and wrap it; checks its output shape."""
+    cls = _import_class(class_path, where)
+    try:
+        net = cls(latent_dim=latent_dim, channels=channels, image_size=image_size, num_classes=num_classes,
+                  **(kwargs or {}))
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{where}: '{class_path}' could not be built ({exc})") from None
+    G = PriorGenerator(net, latent_dim, channels, image_size, num_classes)
+    _check_output(G, where)
+    return G
+
+
+@torch.no_grad()
+def _check_output(G: PriorGenerator, where: str) -> None:
+    was = G.training
+    G.eval()
+    device = next(iter(G.parameters()), torch.zeros(())).device
+    z = torch.zeros(2, G.latent_dim, device=device)
+    y = torch.zeros(2, dtype=torch.long, device=device) if G.conditional else None
+    try:
+        out = G(z, y)
+    except Exception as exc:  # any failure of a user's class is a user problem
+        raise UserError(f"{where}: the generator fails on (z, y) ({type(exc).__name__}: {exc})") from None
+    finally:
+        G.train(was)
+    want = (2, G.channels, G.image_size, G.image_size)
+    if tuple(out.shape) != want:
+        raise UserError(f"{where}: the generator maps z of shape {tuple(z.shape)} to images of shape "
+                        f"{tuple(out.shape)}, expected {want}")
+
+
+def generator_kwargs(cfg_gan) -> Dict[str, Any]:
+    kwargs = dict(cfg_gan.generator_kwargs)
+    if cfg_gan.generator == BUILTIN_GENERATOR:
+        kwargs.setdefault("width", cfg_gan.g_width)
+    return kwargs
+
+
+def prior_state(G: PriorGenerator, class_path: str, kwargs: Dict[str, Any],
+                meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The dict ``save_prior`` writes: generator weights only (no discriminator, no optimiser)."""
+    return {"format": FORMAT, "version": VERSION, "spec": G.spec(),
+            "generator": {"class": class_path, "kwargs": dict(kwargs)},
+            "state_dict": {k: v.detach().cpu().clone() for k, v in G.net.state_dict().items()},
+            "meta": dict(meta or {})}
+
+
+def save_prior(path: str | Path, state: Dict[str, Any]) -> Path:
+    """Write atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _read(path: Path, default: bool) -> Dict[str, Any]:
+    if not path.is_file():
+        if default:
+            raise UserError(f"GAN prior '{path}' not found; create it with: {DEFAULT_PRIOR_COMMAND}")
+        raise UserError(f"GAN prior '{path}' not found; train one with: python train.py --config "
+                        f"gan_mnist.yaml gan.export={path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise UserError(f"GAN prior '{path}' holds objects other than tensors and plain values and was "
+                        f"refused (weights_only=True): {first[:200]}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"GAN prior '{path}' is truncated or not a torch file ({first[:200]})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise UserError(f"GAN prior '{path}' is not a ggl GAN prior (no 'format: {FORMAT}' entry); "
+                        f"priors are written by python train.py --config gan_mnist.yaml")
+    if blob.get("version") != VERSION:
+        raise UserError(f"GAN prior '{path}' has format version {blob.get('version')!r}; this ggl reads "
+                        f"version {VERSION}")
+    return blob
+
+
+def load_prior(path: str | Path = DEFAULT_PRIOR, channels: Optional[int] = None,
+               image_size: Optional[int] = None, device: str | torch.device = "cpu") -> PriorGenerator:
+    """Load a prior for an attack on images of ``channels`` x ``image_size`` (None = don't check).
+
+    Every problem is a one-line ``UserError`` naming the file: missing (with the command that creates
+    it), truncated or not a torch file, pickled objects (refused), not a prior, spec mismatch.
+    """
+    path = Path(path)
+    default = path.resolve() == DEFAULT_PRIOR.resolve()
+    blob = _read(path, default)
+    where = f"GAN prior '{path}'"
+    try:
+        spec = {k: int(blob["spec"][k]) for k in SPEC_KEYS}
+        class_path = str(blob["generator"]["class"])
+        kwargs = dict(blob["generator"].get("kwargs", {}))
+        state = blob["state_dict"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{where} is incomplete: missing or bad entry {exc}") from None
+    for name, want in (("channels", channels), ("image_size", image_size)):
+        if want is not None and int(want) != spec[name]:
+            raise UserError(f"{where} generates {spec['channels']}x{spec['image_size']}x{spec['image_size']} "
+                            f"images but the attacked data are {channels or spec['channels']}x"
+                            f"{image_size or spec['image_size']}x{image_size or spec['image_size']} "
+                            f"({name} {spec[name]} != {want}); train a prior on that dataset")
+    G = build_generator(class_path, **spec, kwargs=kwargs, where=where)
+    try:
+        G.net.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(s.strip() for s in first[:3])
+        raise UserError(f"{where}: weights do not fit its generator spec ({detail[:300]})") from None
+    G.meta = dict(blob.get("meta", {}))  # type: ignore[attr-defined]
+    return freeze(G.to(device))
+
+
+def freeze(G: nn.Module) -> nn.Module:
+    G.eval()
+    for p in G.parameters():
+        p.requires_grad_(False)
+    return G

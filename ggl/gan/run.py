@@ -1,0 +1,254 @@
+"""``train.py`` with ``task: gan``: train the attacker's GAN prior on the public split and measure it.
+
+Steps: load the split (public only is used for training) -> train the domain classifier on the
+public split -> fit ``GANModule`` with Lightning (sample grid every ``gan.sample_every`` epochs,
+quality every ``gan.quality_every``) -> export the (EMA, BN-recalibrated) generator as a prior ->
+final quality vs the real-vs-real reference -> ``results.json``; with ``gan.export=PATH`` also the
+shipped files ``PATH`` (prior), ``<stem>.json``, ``<stem>_classifier.pt`` and ``<stem>_samples.png``.
+"""
+from __future__ import annotations
+
+import platform
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
+
+from ggl.config import Config, to_container, to_yaml
+from ggl.data.datamodule import load_split
+from ggl.data.splits import indices_hash
+from ggl.errors import ConfigError, UserError
+from ggl.gan.module import EpochSeededSampler, GANModule, sample_grid
+from ggl.gan.prior import generator_kwargs, prior_state, save_prior
+from ggl.gan.quality import (QualityReference, build_reference, classifier_state, evaluate_generator,
+                             seeded_subset, train_classifier)
+from ggl.models.gan import count_params
+from ggl.tracking import Stopwatch, make_logger, new_run_dir, write_json
+from ggl.trainer import build_trainer
+
+
+def run_name(cfg: Config) -> str:
+    if cfg.name:
+        return cfg.name
+    source = getattr(cfg, "_source", None)
+    return Path(source).stem if source else f"gan_{cfg.data.name}"
+
+
+def _save_png(grid: torch.Tensor, path: Path) -> None:
+    from torchvision.utils import save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid, path)
+
+
+class SampleGrid(Callback):
+    """Every ``every`` epochs: the fixed-seed sample grid to ``samples/epochNNNN.png`` and to W&B."""
+
+    def __init__(self, run_dir: Path, seed: int, every: int, per_class: int, size: int):
+        self.dir = Path(run_dir) / "samples"
+        self.seed, self.every, self.per_class, self.size = seed, every, per_class, size
+
+    def on_train_epoch_end(self, trainer, module: GANModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch % self.every and not trainer.should_stop and epoch != trainer.max_epochs:
+            return
+        G = module.sampling_generator
+        was = G.training
+        G.eval()  # the running BN statistics; the exported prior recalibrates them
+        grid = sample_grid(G, self.seed, self.per_class, self.size)
+        G.train(was)
+        if trainer.is_global_zero:
+            _save_png(grid, self.dir / f"epoch{epoch:04d}.png")
+            if trainer.logger is not None and hasattr(trainer.logger, "log_image"):
+                trainer.logger.log_image(key="samples", images=[grid], step=trainer.global_step,
+                                         caption=[f"epoch {epoch}"])
+
+
+class QualityMonitor(Callback):
+    """Every ``every`` epochs: FID and class agreement of the prior as it would be exported now."""
+
+    def __init__(self, ref: QualityReference, seed: int, every: int):
+        self.ref, self.seed, self.every = ref, seed, every
+
+    def on_train_epoch_end(self, trainer, module: GANModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if not self.every or epoch % self.every:
+            return
+        metrics = evaluate_generator(module.export_generator(), self.ref, self.seed)
+        module.epoch_extra.update({f"quality/{k}": v for k, v in metrics.items()})
+        for k, v in metrics.items():
+            module.log(f"quality/{k}", v, on_step=False, on_epoch=True)
+
+
+def _resume_path(resume: Optional[str]) -> Optional[str]:
+    if not resume:
+        return None
+    p = Path(resume)
+    if p.is_dir():
+        p = p / "checkpoints" / "last.ckpt"
+    if not p.is_file():
+        raise UserError(f"config key 'resume' = {resume!r}: no checkpoint at '{p}' (give a GAN run folder "
+                        f"or its checkpoints/last.ckpt)")
+    return str(p)
+
+
+def _command(cfg: Config) -> str:
+    argv0 = Path(sys.argv[0]).name if sys.argv else ""
+    if argv0 in ("train.py", "ggl-train"):
+        return "python train.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    source = getattr(cfg, "_source", None)
+    return f"python train.py --config {Path(source).name if source else '<config>'}  (called from Python)"
+
+
+def _versions() -> dict:
+    import lightning
+    import numpy
+    import omegaconf
+    import torchmetrics
+    import torchvision
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "lightning": lightning.__version__,
+            "torchmetrics": torchmetrics.__version__, "numpy": numpy.__version__,
+            "omegaconf": omegaconf.__version__, "platform": platform.platform(),
+            "torch_threads": torch.get_num_threads()}
+
+
+def run_gan(cfg: Config) -> dict:
+    """Train, measure and save a GAN prior; returns the results dict (also in ``results.json``)."""
+    previous_threads = torch.get_num_threads()
+    if cfg.gan.num_threads:
+        torch.set_num_threads(cfg.gan.num_threads)
+    try:
+        return _run_gan(cfg)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_gan(cfg: Config) -> dict:
+    clock = Stopwatch()
+    g = cfg.gan
+    data, split = load_split(cfg.data)
+    public = torch.from_numpy(split.public)
+    if len(public) < g.batch_size:
+        raise ConfigError(f"config key 'gan.batch_size' = {g.batch_size} exceeds the {len(public)} public "
+                          f"images of '{cfg.data.name}'; lower it or raise data.public_fraction")
+    heldout = torch.from_numpy(split.test[seeded_subset(len(split.test), g.eval_samples, cfg.seed)])
+    x_pub, y_pub = data.images[public], data.labels[public]
+
+    name = run_name(cfg)
+    run_dir = new_run_dir(cfg.output_dir, name)
+    config = to_container(cfg)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    public_hash = indices_hash(split.public)
+
+    module = GANModule(to_container(cfg)["gan"], data.channels, data.images.shape[-1], data.num_classes,
+                       seed=cfg.seed)
+    logger = make_logger(cfg.logger, run_dir, name=f"{name}-s{cfg.seed}", group="gan",
+                         tags=["gan", cfg.data.name, g.loss, "conditional" if g.conditional else "unconditional"],
+                         config=config, job_type="gan")
+    grid_cb = SampleGrid(run_dir, cfg.seed, g.sample_every, g.grid_per_class, g.grid_size)
+    callbacks = [grid_cb]
+    max_epochs = g.epochs
+    if g.max_steps is not None:
+        max_epochs = min(max_epochs, -(-g.max_steps // (len(public) // g.batch_size)))
+    trainer_defaults = {"max_epochs": max_epochs, "default_root_dir": str(run_dir),
+                        "logger": logger if logger is not None else False,
+                        "limit_val_batches": 0, "use_distributed_sampler": False}
+    # the quality monitor needs the classifier, which needs the device: build the trainer in two steps
+    trainer = build_trainer(cfg.trainer, {**trainer_defaults, "callbacks": []})
+    if trainer.world_size > 1:
+        raise ConfigError("GAN training runs on one device; set trainer.devices=1 (config section 'trainer')")
+    device = trainer.strategy.root_device
+
+    classifier = train_classifier(x_pub, y_pub, data.num_classes, seed=cfg.seed, epochs=g.classifier_epochs,
+                                  device=device)
+    ref = build_reference(classifier, x_pub, data.images[heldout], data.labels[heldout])
+    classifier_seconds = clock.seconds
+    callbacks.append(QualityMonitor(ref, cfg.seed, g.quality_every))
+    callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:04d}", save_last=True,
+                                     save_top_k=0, every_n_epochs=cfg.checkpoint_every,
+                                     auto_insert_metric_name=False))
+    trainer = build_trainer(cfg.trainer, {**trainer_defaults, "callbacks": callbacks})
+
+    loader = DataLoader(TensorDataset(x_pub, y_pub), batch_size=g.batch_size,
+                        sampler=EpochSeededSampler(len(public), cfg.seed), drop_last=True)
+    fit_clock = Stopwatch()
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=_resume_path(cfg.resume))
+    train_seconds = fit_clock.seconds
+
+    # the prior: EMA generator with recalibrated BN, in eval mode
+    G = module.export_generator()
+    final = evaluate_generator(G, ref, cfg.seed)
+    grid = sample_grid(G, cfg.seed, g.grid_per_class, g.grid_size)
+    wall = clock.seconds
+    epochs_done = module.history[-1]["epoch"] + 1 if module.history else 0
+    metrics = {
+        "fid": final["fid"], "fid_real_vs_real": ref.metrics["fid_real_vs_real"],
+        "class_agreement": final.get("class_agreement"),
+        "class_agreement_real": ref.metrics["class_agreement_real"] if G.conditional else None,
+        "classifier_heldout_accuracy": ref.metrics["class_agreement_real"],
+        "num_generated": ref.metrics["num_heldout"], "num_heldout_real": ref.metrics["num_heldout"],
+        "num_public": ref.metrics["num_public"],
+    }
+    ips = [h["images_per_second"] for h in module.history]
+    meta = {
+        "dataset": cfg.data.name, "split_seed": cfg.data.split_seed, "public_fraction": cfg.data.public_fraction,
+        "public_indices_hash": public_hash, "num_public": len(public), "seed": cfg.seed, "loss": g.loss,
+        "epochs_trained": epochs_done, "metrics": metrics,
+    }
+    state = prior_state(G, g.generator, generator_kwargs(g), meta)
+    results = {
+        "config": config,
+        "command": _command(cfg),
+        "data": {"dataset": cfg.data.name, "public_indices_hash": public_hash, "num_public": len(public),
+                 "num_private": int(len(split.private)), "num_test": int(len(split.test)),
+                 "public_private_overlap": int(len(set(split.public.tolist()) & set(split.private.tolist())))},
+        "spec": G.spec(), "generator": state["generator"],
+        "params": {"generator": count_params(module.G), "discriminator": count_params(module.D)},
+        "metrics": metrics,
+        "timing": {"wall_seconds": wall, "train_seconds": train_seconds,
+                   "classifier_seconds": classifier_seconds, "epochs": epochs_done,
+                   "images_per_second_median": sorted(ips)[len(ips) // 2] if ips else None,
+                   "torch_threads": torch.get_num_threads()},
+        "versions": _versions(),
+        "history": module.history,
+        "run_dir": str(run_dir),
+    }
+    if trainer.is_global_zero:
+        save_prior(run_dir / "prior.pt", state)
+        torch.save(classifier_state(classifier), run_dir / "classifier.pt")
+        _save_png(grid, run_dir / "samples.png")
+        write_json(run_dir / "results.json", results)
+        if g.export:
+            results["exported"] = _export(Path(g.export), state, classifier, grid, results)
+            write_json(run_dir / "results.json", results)
+        if logger is not None:
+            logger.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},
+                               step=trainer.global_step)
+            logger.log_image(key="final_samples", images=[grid], step=trainer.global_step)
+    agree = metrics["class_agreement"]
+    print(f"done: fid={metrics['fid']:.2f} (real-vs-real {metrics['fid_real_vs_real']:.2f})"
+          + (f" class_agreement={agree:.3f} (real {metrics['class_agreement_real']:.3f})" if agree is not None else "")
+          + f" epochs={epochs_done} wall={wall:.0f}s -> {run_dir}")
+    return results
+
+
+def _export(path: Path, state: dict, classifier, grid: torch.Tensor, results: dict) -> dict:
+    """The shipped artefacts: prior, its record (.json), the domain classifier and the sample grid."""
+    stem = path.with_suffix("")
+    files = {"prior": str(path), "record": f"{stem}.json", "classifier": f"{stem}_classifier.pt",
+             "samples": f"{stem}_samples.png"}
+    save_prior(path, state)
+    save_prior(Path(files["classifier"]), classifier_state(classifier))
+    _save_png(grid, Path(files["samples"]))
+    record = {k: results[k] for k in ("command", "data", "spec", "generator", "params", "metrics", "timing",
+                                      "versions")}
+    record["files"] = files
+    record["config"] = results["config"]
+    write_json(Path(files["record"]), record)
+    return files
