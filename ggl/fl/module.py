@@ -7,6 +7,7 @@ applied by the server optimizer (plain SGD with ``server_lr``: w += server_lr * 
 """
 from __future__ import annotations
 
+import random
 import time
 from typing import Dict, List
 
@@ -159,6 +160,10 @@ class FedAvgModule(L.LightningModule):
 
     # -------------------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Every draw is derived from (seed, round, client), but user code may use the global RNGs.
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        checkpoint["ggl_rng"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                                 "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
         checkpoint["ggl_history"] = list(self.history)
         checkpoint["ggl_rejected_total"] = self.rejected_total
         checkpoint["ggl_rounds_completed"] = self.rounds_completed
@@ -167,3 +172,9 @@ class FedAvgModule(L.LightningModule):
         self.history = list(checkpoint.get("ggl_history", []))
         self.rejected_total = int(checkpoint.get("ggl_rejected_total", 0))
         self.rounds_completed = int(checkpoint.get("ggl_rounds_completed", 0))
+        rng = checkpoint.get("ggl_rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            kind, keys, pos, has_gauss, gauss = rng["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+            random.setstate(rng["python"])

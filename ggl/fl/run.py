@@ -1,9 +1,11 @@
 """``train.py`` with ``task: fedavg``: build the data, module, defences, logger and Trainer; fit."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from omegaconf import OmegaConf
 
 from ggl.config import Config, to_container, to_yaml
 from ggl.data.datamodule import FederatedDataModule
@@ -11,7 +13,9 @@ from ggl.defenses.specs import defenses_label
 from ggl.fl.callbacks import build_defense_callbacks
 from ggl.fl.module import FedAvgModule
 from ggl.progress import RoundProgressBar
-from ggl.tracking import Stopwatch, make_logger, new_run_dir, write_json
+from ggl.errors import UserError
+from ggl.tracking import (RUN_DIR_ENV, Stopwatch, check_writable, is_rank_zero, make_logger, new_run_dir,
+                          write_json)
 from ggl.trainer import build_trainer
 
 
@@ -23,13 +27,22 @@ def run_name(cfg: Config) -> str:
 
 
 class ResultsWriter(Callback):
-    """Keeps ``results.json`` current after every evaluation, so a crash loses nothing."""
+    """Keeps ``results.json`` current after every evaluation, so a crash loses nothing.
 
-    def __init__(self, run_dir: Path, config: dict, num_params: int):
+    Its state (wall time so far) rides in the checkpoint, so a resumed run reports the total.
+    """
+
+    def __init__(self, run_dir: Path, config: dict):
         self.path = Path(run_dir) / "results.json"
         self.config = config
-        self.num_params = num_params
         self.clock = Stopwatch()
+        self.seconds_before = 0.0
+
+    def state_dict(self) -> dict:
+        return {"wall_seconds": self.seconds_before + self.clock.seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seconds_before = float(state.get("wall_seconds", 0.0))
 
     def results(self, trainer, module: FedAvgModule) -> dict:
         last = module.history[-1] if module.history else {}
@@ -45,7 +58,7 @@ class ResultsWriter(Callback):
                 "rejected_updates": module.rejected_total,
             },
             "history": module.history,
-            "wall_seconds": self.clock.seconds,
+            "wall_seconds": self.seconds_before + self.clock.seconds,
         }
 
     def _write(self, trainer, module) -> None:
@@ -60,19 +73,60 @@ class ResultsWriter(Callback):
         self._write(trainer, module)
 
 
+# keys a resumed run may change: how far to go, where to run, how to log
+_RESUMABLE_CHANGES = {"resume", "trainer", "logger", "name", "output_dir", "checkpoint_every"}
+_RESUMABLE_FL_CHANGES = {"rounds", "eval_every", "eval_batch_size"}
+
+
+def resolve_resume(resume: str) -> tuple:
+    """``resume`` = a run folder (its checkpoints/last.ckpt) or a checkpoint file -> (run_dir, ckpt)."""
+    path = Path(resume)
+    if path.is_dir():
+        run_dir, ckpt = path.resolve(), path.resolve() / "checkpoints" / "last.ckpt"
+    else:
+        ckpt = path.resolve()
+        run_dir = ckpt.parent.parent
+    if not ckpt.is_file():
+        raise UserError(f"resume: no checkpoint at '{ckpt}' (config key 'resume' takes a run folder "
+                        f"such as runs/fed_q4/latest, or a .ckpt file)")
+    return run_dir, ckpt
+
+
+def check_resume_config(run_dir: Path, config: dict) -> None:
+    """A resumed run must be the same experiment: only rounds, devices and logging may change."""
+    saved_file = run_dir / "config.yaml"
+    if not saved_file.is_file():
+        return
+    saved = OmegaConf.to_container(OmegaConf.load(saved_file))
+    diffs = [k for k in config if k not in _RESUMABLE_CHANGES and k != "fl" and saved.get(k) != config[k]]
+    diffs += [f"fl.{k}" for k in config["fl"] if k not in _RESUMABLE_FL_CHANGES
+              and saved.get("fl", {}).get(k) != config["fl"][k]]
+    if diffs:
+        raise UserError(f"resume: {', '.join(diffs)} differ from the run's {saved_file}; a resumed run "
+                        f"may only change fl.rounds, devices and logging (start a new run instead)")
+
+
 def run_federation(cfg: Config, extra_callbacks=()) -> dict:
     """Train the configured federation; ``extra_callbacks`` join the chain after the configured defences."""
     dm = FederatedDataModule(cfg.data, cfg.fl.eval_batch_size, cfg.seed)
     dm.setup()
     name = run_name(cfg)
-    run_dir = new_run_dir(cfg.output_dir, name)
     label = defenses_label(cfg.defenses)
     config = to_container(cfg)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    ckpt_path = None
+    if cfg.resume:
+        run_dir, ckpt_path = resolve_resume(cfg.resume)
+        check_resume_config(run_dir, config)
+        check_writable(run_dir)
+        os.environ[RUN_DIR_ENV] = str(run_dir)
+    else:
+        run_dir = new_run_dir(cfg.output_dir, name)
+    if is_rank_zero():
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
 
     module = FedAvgModule(cfg.model.name, dm.data.channels, dm.data.num_classes, vars(cfg.fl),
                           seed=cfg.seed, init=cfg.model.init)
-    writer = ResultsWriter(run_dir, config, sum(p.numel() for p in module.parameters()))
+    writer = ResultsWriter(run_dir, config)
     show_bar = cfg.trainer.get("enable_progress_bar", True)
     callbacks = build_defense_callbacks(cfg.defenses) + list(extra_callbacks) + [RoundProgressBar()] * bool(show_bar) + [
         writer,
@@ -90,7 +144,7 @@ def run_federation(cfg: Config, extra_callbacks=()) -> dict:
         "max_epochs": cfg.fl.rounds, "check_val_every_n_epoch": 1, "default_root_dir": str(run_dir),
         "logger": logger if logger is not None else False, "callbacks": callbacks,
     })
-    trainer.fit(module, datamodule=dm)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
     results = writer.results(trainer, module)
     results["run_dir"] = str(run_dir)
     return results
