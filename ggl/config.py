@@ -99,6 +99,7 @@ class FLConfig:
     server_lr: float = 1.0
     eval_every: int = 5
     eval_batch_size: int = 1000
+    simulate_failures: List[int] = field(default_factory=list)
 
     def check(self) -> None:
         if self.rounds < 1:

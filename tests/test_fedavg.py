@@ -91,3 +91,24 @@ def test_offline_wandb_run_directory_is_created(make_cfg):
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
     run_id = (Path(res["run_dir"]) / "wandb_id.txt").read_text().strip()
     assert runs[0].name.endswith(run_id)
+
+
+def test_failing_clients_are_dropped_and_counted(make_cfg):
+    res = run_federation(make_cfg("fl.rounds=2", "fl.simulate_failures=[1]"))
+    assert res["final"]["failed_clients"] == 2  # client 1 is sampled (and fails) in both rounds
+    assert res["final"]["test_acc"] > 0.5       # the others still trained the model
+    all_fail = run_federation(make_cfg("fl.rounds=1", "fl.simulate_failures=[0, 1, 2, 3]"))
+    from ggl.models import build_model
+    init = {f"model.{k}": v for k, v in build_model("cnn", 1, 10, seed=0).state_dict().items()}
+    assert _same(_weights(all_fail["run_dir"]), init)
+
+
+def test_partition_histogram_is_written(make_cfg):
+    res = run_federation(make_cfg("fl.rounds=1", "data.partition=shards", "data.classes_per_client=2",
+                                  "data.num_clients=5"))
+    saved = json.loads((Path(res["run_dir"]) / "label_histogram.json").read_text())
+    counts = saved["counts"]
+    assert saved["partition"] == "shards" and len(counts) == 5 and len(counts[0]) == 10
+    # 10 label-sorted shards of ~1 class each, 2 per client: two classes hold almost all of a client's data
+    assert all(sum(sorted(row)[-2:]) >= 0.9 * sum(row) for row in counts)
+    assert (Path(res["run_dir"]) / "label_histogram.png").stat().st_size > 1000

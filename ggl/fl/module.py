@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import time
+import warnings
 from typing import Dict, List
 
 import lightning as L
@@ -43,6 +44,7 @@ class FedAvgModule(L.LightningModule):
         self.model = build_model(model_name, channels, num_classes, init=init, seed=seed)
         self.history: List[dict] = []
         self.rejected_total = 0
+        self.failed_total = 0
         self.rounds_completed = 0
         self._val_loss = self._val_correct = self._val_count = 0.0
 
@@ -69,6 +71,8 @@ class FedAvgModule(L.LightningModule):
     def client_update(self, x: Tensor, y: Tensor, client_id: int, round: int) -> ClientUpdate:
         """What ``client_id`` would send in ``round`` after training on (x, y), before defences."""
         fl = self.fl
+        if client_id in fl.get("simulate_failures", ()):
+            raise RuntimeError(f"simulated failure of client {client_id} (fl.simulate_failures)")
         return train_client(
             self.model, self.global_params(), x.to(self.device), y.to(self.device),
             client_id=client_id, round=round, seed=self.seed, lr=fl["lr"], momentum=fl["momentum"],
@@ -89,15 +93,21 @@ class FedAvgModule(L.LightningModule):
 
         params = list(self.model.parameters())
         weighted_sum = torch.zeros(sum(p.numel() for p in params), device=self.device)
-        # [sum of weights, uplink bits, accepted, rejected]: one all-reduce carries all of them
-        counters = torch.zeros(4, dtype=torch.float64, device=self.device)
+        # [sum of weights, uplink bits, accepted, rejected, failed]: one all-reduce carries all of them
+        counters = torch.zeros(5, dtype=torch.float64, device=self.device)
         for cid in mine:
             x, y = dm.client_data(cid)
-            update = self.defended_update(self.client_update(x, y, cid, rnd))
+            try:
+                update = self.defended_update(self.client_update(x, y, cid, rnd))
+            except Exception as exc:  # a crashing client must not take the federation down with it
+                counters[4] += 1
+                warnings.warn(f"round {rnd}: client {cid} failed during local training and was dropped "
+                               f"({type(exc).__name__}: {exc})")
+                continue
             counters[1] += update.bits
             if not update.is_finite():
                 counters[3] += 1
-                rank_zero_warn(f"round {rnd}: client {cid} sent a non-finite update; rejected")
+                warnings.warn(f"round {rnd}: client {cid} sent a non-finite update; rejected")
                 continue
             delta = torch.cat([t.reshape(-1) for t in as_delta(update)])
             weighted_sum += update.num_samples * delta
@@ -106,8 +116,9 @@ class FedAvgModule(L.LightningModule):
 
         weighted_sum = self.trainer.strategy.reduce(weighted_sum, reduce_op="sum")
         counters = self.trainer.strategy.reduce(counters, reduce_op="sum")
-        total_weight, uplink_bits, accepted, rejected = counters.tolist()
+        total_weight, uplink_bits, accepted, rejected, failed = counters.tolist()
         self.rejected_total += int(rejected)
+        self.failed_total += int(failed)
 
         opt = self.optimizers()
         if total_weight > 0:
@@ -130,6 +141,8 @@ class FedAvgModule(L.LightningModule):
             "clients/accepted": accepted,
             "clients/rejected": rejected,
             "clients/rejected_total": float(self.rejected_total),
+            "clients/failed": failed,
+            "clients/failed_total": float(self.failed_total),
         }, on_step=True, on_epoch=False, prog_bar=False)
         self.rounds_completed = rnd + 1
         self._last_round_stats = {"uplink_bits": uplink_bits,
@@ -166,11 +179,13 @@ class FedAvgModule(L.LightningModule):
                                  "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
         checkpoint["ggl_history"] = list(self.history)
         checkpoint["ggl_rejected_total"] = self.rejected_total
+        checkpoint["ggl_failed_total"] = self.failed_total
         checkpoint["ggl_rounds_completed"] = self.rounds_completed
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("ggl_history", []))
         self.rejected_total = int(checkpoint.get("ggl_rejected_total", 0))
+        self.failed_total = int(checkpoint.get("ggl_failed_total", 0))
         self.rounds_completed = int(checkpoint.get("ggl_rounds_completed", 0))
         rng = checkpoint.get("ggl_rng")
         if rng:

@@ -12,6 +12,7 @@ from ggl.data.datamodule import FederatedDataModule
 from ggl.defenses.specs import defenses_label
 from ggl.fl.callbacks import build_defense_callbacks
 from ggl.fl.module import FedAvgModule
+from ggl.plots import label_histogram_png
 from ggl.progress import RoundProgressBar
 from ggl.errors import UserError
 from ggl.tracking import (RUN_DIR_ENV, Stopwatch, check_writable, is_rank_zero, make_logger, new_run_dir,
@@ -56,6 +57,7 @@ class ResultsWriter(Callback):
                 "uplink_bits_per_round": stats.get("uplink_bits"),
                 "compression_ratio": stats.get("compression_ratio"),
                 "rejected_updates": module.rejected_total,
+                "failed_clients": module.failed_total,
             },
             "history": module.history,
             "wall_seconds": self.seconds_before + self.clock.seconds,
@@ -106,6 +108,16 @@ def check_resume_config(run_dir: Path, config: dict) -> None:
                         f"may only change fl.rounds, devices and logging (start a new run instead)")
 
 
+def write_partition(dm: FederatedDataModule, run_dir: Path, cfg: Config):
+    """The clients' label histogram, as JSON and a heat-map PNG in the run folder."""
+    hist = dm.label_histogram()
+    write_json(run_dir / "label_histogram.json", {"partition": cfg.data.partition, "counts": hist.tolist()})
+    detail = {"dirichlet": f" (alpha={cfg.data.alpha})", "shards": f" ({cfg.data.classes_per_client} classes/client)"}
+    label_histogram_png(hist, run_dir / "label_histogram.png",
+                        f"{cfg.data.name}: {cfg.data.partition}{detail.get(cfg.data.partition, '')} partition")
+    return hist
+
+
 def run_federation(cfg: Config, extra_callbacks=()) -> dict:
     """Train the configured federation; ``extra_callbacks`` join the chain after the configured defences."""
     dm = FederatedDataModule(cfg.data, cfg.fl.eval_batch_size, cfg.seed)
@@ -123,6 +135,7 @@ def run_federation(cfg: Config, extra_callbacks=()) -> dict:
         run_dir = new_run_dir(cfg.output_dir, name)
     if is_rank_zero():
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        hist = write_partition(dm, run_dir, cfg)
 
     module = FedAvgModule(cfg.model.name, dm.data.channels, dm.data.num_classes, vars(cfg.fl),
                           seed=cfg.seed, init=cfg.model.init)
@@ -140,6 +153,9 @@ def run_federation(cfg: Config, extra_callbacks=()) -> dict:
     logger = make_logger(cfg.logger, run_dir, name=f"{name}-s{cfg.seed}", group=label,
                          tags=["fedavg", label, cfg.data.name, cfg.model.name, cfg.data.partition],
                          config=config, job_type="federation")
+    if logger is not None and is_rank_zero():
+        logger.log_table("data/label_histogram", columns=["client"] + [f"class_{c}" for c in range(hist.shape[1])],
+                         data=[[i] + row for i, row in enumerate(hist.tolist())])
     trainer = build_trainer(cfg.trainer, {
         "max_epochs": cfg.fl.rounds, "check_val_every_n_epoch": 1, "default_root_dir": str(run_dir),
         "logger": logger if logger is not None else False, "callbacks": callbacks,
