@@ -19,7 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ggl.attack.schema import AttackConfig
-from ggl.defenses.specs import parse_defense
+from ggl.defenses.specs import check_chain, parse_defense
 from ggl.errors import ConfigError
 from ggl.gan.schema import GANConfig
 
@@ -289,6 +289,7 @@ def load_config(path: str | Path | None = None, overrides: List[str] | None = No
         msg = str(exc).splitlines()[0]
         raise ConfigError(f"config key '{key}': {msg}") from None
     cfg.defenses = [parse_defense(d, f"defenses[{i}]") for i, d in enumerate(cfg.defenses)]
+    check_chain(cfg.defenses)
     cfg.check()
     cfg._source = str(source) if source else None  # type: ignore[attr-defined]
     return cfg

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from ggl.config import Config, to_container, to_yaml
 from ggl.data.datamodule import FederatedDataModule
 from ggl.defenses.specs import defenses_label
-from ggl.fl.callbacks import build_defense_callbacks
+from ggl.fl.callbacks import build_defense_callbacks, privacy_summary
 from ggl.fl.module import FedAvgModule
 from ggl.plots import label_histogram_png
 from ggl.progress import RoundProgressBar
@@ -58,6 +58,7 @@ class ResultsWriter(Callback):
                 "compression_ratio": stats.get("compression_ratio"),
                 "rejected_updates": module.rejected_total,
                 "failed_clients": module.failed_total,
+                "privacy": privacy_summary(trainer.callbacks),
             },
             "history": module.history,
             "wall_seconds": self.seconds_before + self.clock.seconds,
