@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from ggl.fl.run import run_federation
 
@@ -60,3 +61,28 @@ def test_two_processes_equal_one(tmp_path):
     assert one["final"]["uplink_bits_per_round"] == two["final"]["uplink_bits_per_round"]
     # only rank 0 writes: one run folder, no stray second one
     assert len([p for p in (tmp_path / "two" / "fed_q4").iterdir() if p.name != "latest"]) == 1
+
+
+class _Crash(Callback):
+    """Dies at the start of a round, as a killed job would."""
+
+    def __init__(self, at_round: int):
+        self.at_round = at_round
+
+    def on_train_epoch_start(self, trainer, module):
+        if trainer.current_epoch == self.at_round:
+            raise RuntimeError("simulated crash")
+
+
+def test_crash_loses_only_the_current_round(make_cfg):
+    straight = run_federation(make_cfg("fl.rounds=3"))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_federation(make_cfg("fl.rounds=3"), extra_callbacks=[_Crash(at_round=2)])
+    crashed_dir = Path(make_cfg().output_dir) / "fed_fp32" / "latest"
+    ckpt = torch.load(crashed_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["epoch"] == 1  # rounds 0 and 1 were checkpointed before the crash
+    assert [h["round"] for h in json.loads((crashed_dir / "results.json").read_text())["history"]] == [1, 2]
+    resumed = run_federation(make_cfg("fl.rounds=3", f"resume={crashed_dir}"))
+    a, b = _weights(straight["run_dir"]), _weights(resumed["run_dir"])
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    assert resumed["history"] == straight["history"]

@@ -144,8 +144,9 @@ def run_federation(cfg: Config, extra_callbacks=()) -> dict:
     show_bar = cfg.trainer.get("enable_progress_bar", True)
     callbacks = build_defense_callbacks(cfg.defenses) + list(extra_callbacks) + [RoundProgressBar()] * bool(show_bar) + [
         writer,
+        # Lightning 2.6 refreshes last.ckpt only when a top-k file is saved, so keep one (the newest)
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="round{epoch:04d}", save_last=True,
-                        save_top_k=0, every_n_epochs=cfg.checkpoint_every, auto_insert_metric_name=False),
+                        save_top_k=1, every_n_epochs=cfg.checkpoint_every, auto_insert_metric_name=False),
     ]
     if cfg.audit.rounds:  # victim updates for attack.py source=<this run> (ggl/audit/capture.py)
         from ggl.audit.capture import AuditCapture

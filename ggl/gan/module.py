@@ -144,7 +144,8 @@ def sample_grid(G: PriorGenerator, seed: int, per_class: int = 10, size: int = 1
     device = next(G.parameters()).device
     images = G(z.to(device), None if y is None else y.to(device)).cpu()
     nrow = per_class if G.conditional else max(1, int(math.ceil(math.sqrt(size))))
-    return make_grid(images, nrow=nrow, padding=1, pad_value=0.5)
+    grid = make_grid(images, nrow=nrow, padding=1, pad_value=0.5)
+    return grid[:1] if G.channels == 1 else grid  # grayscale stays one channel (smaller PNG)
 
 
 # ---------------------------------------------------------------------------------------------- module
@@ -165,10 +166,13 @@ class GANModule(L.LightningModule):
             self.G: PriorGenerator = build_generator(self.cfg["generator"], self.cfg["latent_dim"], channels,
                                                      image_size, classes, _KwargsView(self.cfg).kwargs())
             self.D = Discriminator(channels, image_size, classes, self.cfg["d_width"],
-                                   spectral_norm=self.cfg["spectral_norm"])
+                                   spectral_norm=self.cfg["spectral_norm"],
+                                   aux_classifier=self.cfg.get("ac_weight", 0.0) > 0)
         self.G_ema: Optional[PriorGenerator] = freeze(copy.deepcopy(self.G)).train() if self.cfg["ema"] > 0 else None
         self.history: List[dict] = []
         self._sums: Dict[str, float] = {}
+        self._counts: Dict[str, int] = {}
+        self._images = 0
         self._epoch_start = self._last_batch_end = 0.0
         self.epoch_extra: Dict[str, float] = {}  # filled by callbacks (quality), merged into history
         self.images_per_second: Optional[float] = None
@@ -185,6 +189,10 @@ class GANModule(L.LightningModule):
         """The generator that is sampled and exported: the EMA one when enabled."""
         return self.G_ema if self.G_ema is not None else self.G
 
+    def total_steps(self) -> int:
+        steps = self.trainer.max_epochs * self.trainer.num_training_batches
+        return min(steps, self.cfg["max_steps"]) if self.cfg.get("max_steps") else steps
+
     def step_index(self, batch_idx: int) -> int:
         return self.current_epoch * self.trainer.num_training_batches + batch_idx
 
@@ -194,6 +202,11 @@ class GANModule(L.LightningModule):
         cfg = self.cfg
         step = self.step_index(batch_idx)
         opt_g, opt_d = self.optimizers()
+        if cfg["lr_decay"] == "linear":  # a function of the step: nothing to restore on resume
+            scale = max(0.0, 1.0 - step / max(1, self.total_steps()))
+            for opt, lr in ((opt_g, cfg["lr_g"]), (opt_d, cfg["lr_d"])):
+                for group in opt.param_groups:
+                    group["lr"] = lr * scale
         gen = generator(self.seed, step, STREAM_NOISE)
         cond = self.G.conditional
         y_in = y if cond else None
@@ -204,10 +217,15 @@ class GANModule(L.LightningModule):
         # discriminator
         fake = self.G(z, y_in)
         self.D.requires_grad_(True)
-        d_real = self.D(aug(x), y_in)
+        ac = cfg.get("ac_weight", 0.0) if cond else 0.0
+        d_real, cls_real = self.D(aug(x), y_in, return_aux=True)
         d_fake = self.D(aug(fake.detach()), y_in)
         d_loss = d_loss_fn(cfg["loss"], d_real, d_fake)
         logs = {"d_loss": d_loss.detach(), "d_real": d_real.mean().detach(), "d_fake": d_fake.mean().detach()}
+        if ac > 0:  # AC-GAN: D's class head learns the real images' labels
+            ac_real = F.cross_entropy(cls_real, y)
+            d_loss = d_loss + ac * ac_real
+            logs["ac_real"] = ac_real.detach()
         if cfg["loss"] == "wgan-gp":
             gp = gradient_penalty(self.D, x, fake.detach(), y_in, gen)
             d_loss = d_loss + cfg["gp_weight"] * gp
@@ -219,7 +237,12 @@ class GANModule(L.LightningModule):
         # generator, on the same fakes, every n_critic steps
         if (step + 1) % cfg["n_critic"] == 0:
             self.D.requires_grad_(False)  # only input gradients are needed
-            g_loss = g_loss_fn(cfg["loss"], self.D(aug(fake), y_in))
+            d_gen, cls_gen = self.D(aug(fake), y_in, return_aux=True)
+            g_loss = g_loss_fn(cfg["loss"], d_gen)
+            if ac > 0:  # ... and G makes fakes that head assigns to their class
+                ac_fake = F.cross_entropy(cls_gen, y)
+                g_loss = g_loss + ac * ac_fake
+                logs["ac_fake"] = ac_fake.detach()
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(g_loss)
             opt_g.step()
@@ -230,10 +253,10 @@ class GANModule(L.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, on_step=True, on_epoch=False,
                       prog_bar=False, batch_size=x.shape[0])
         self.log("d_loss", logs["d_loss"], prog_bar=True, on_step=True, on_epoch=False, logger=False)
-        for k, v in logs.items():
+        for k, v in logs.items():  # epoch means (per key: generator losses exist every n_critic steps)
             self._sums[k] = self._sums.get(k, 0.0) + float(v)
-        self._sums["_n"] = self._sums.get("_n", 0.0) + 1
-        self._sums["_images"] = self._sums.get("_images", 0.0) + x.shape[0]
+            self._counts[k] = self._counts.get(k, 0) + 1
+        self._images += x.shape[0]
         max_steps = cfg.get("max_steps")
         if max_steps is not None and step + 1 >= max_steps:
             self.trainer.should_stop = True
@@ -250,17 +273,16 @@ class GANModule(L.LightningModule):
             b_ema.copy_(b)
 
     def on_train_epoch_start(self) -> None:
-        self._sums, self.epoch_extra = {}, {}
+        self._sums, self._counts, self._images, self.epoch_extra = {}, {}, 0, {}
         self._epoch_start = self._last_batch_end = time.perf_counter()
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self._last_batch_end = time.perf_counter()
 
     def on_train_epoch_end(self) -> None:
-        n = max(self._sums.pop("_n", 0.0), 1.0)
-        images = self._sums.pop("_images", 0.0)
+        images = self._images
         seconds = self._last_batch_end - self._epoch_start  # training only, not sampling/quality
-        row = {"epoch": self.current_epoch, **{k: v / n for k, v in self._sums.items()},
+        row = {"epoch": self.current_epoch, **{k: v / self._counts[k] for k, v in self._sums.items()},
                "images_per_second": images / max(seconds, 1e-9), "train_seconds": seconds,
                **self.epoch_extra}
         self.images_per_second = row["images_per_second"]

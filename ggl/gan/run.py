@@ -8,11 +8,12 @@ shipped files ``PATH`` (prior), ``<stem>.json``, ``<stem>_classifier.pt`` and ``
 """
 from __future__ import annotations
 
+import os
 import platform
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Tuple
 
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -27,7 +28,7 @@ from ggl.gan.prior import generator_kwargs, prior_state, save_prior
 from ggl.gan.quality import (QualityReference, build_reference, classifier_state, evaluate_generator,
                              seeded_subset, train_classifier)
 from ggl.models.gan import count_params
-from ggl.tracking import Stopwatch, make_logger, new_run_dir, write_json
+from ggl.tracking import RUN_DIR_ENV, Stopwatch, check_writable, make_logger, new_run_dir, write_json
 from ggl.trainer import build_trainer
 
 
@@ -84,16 +85,34 @@ class QualityMonitor(Callback):
             module.log(f"quality/{k}", v, on_step=False, on_epoch=True)
 
 
-def _resume_path(resume: Optional[str]) -> Optional[str]:
-    if not resume:
-        return None
-    p = Path(resume)
-    if p.is_dir():
-        p = p / "checkpoints" / "last.ckpt"
-    if not p.is_file():
-        raise UserError(f"config key 'resume' = {resume!r}: no checkpoint at '{p}' (give a GAN run folder "
-                        f"or its checkpoints/last.ckpt)")
-    return str(p)
+# keys a resumed GAN run may change: how long to train, where to run, how to log and monitor
+_RESUMABLE_CHANGES = {"resume", "trainer", "logger", "name", "output_dir", "checkpoint_every"}
+_RESUMABLE_GAN_CHANGES = {"epochs", "max_steps", "sample_every", "quality_every", "export", "num_threads"}
+
+
+def _resolve_resume(resume: str, config: dict) -> Tuple[Path, Path]:
+    """``resume`` = a GAN run folder (its checkpoints/last.ckpt) or a checkpoint -> (run_dir, ckpt)."""
+    path = Path(resume)
+    if path.is_dir():
+        run_dir, ckpt = path.resolve(), path.resolve() / "checkpoints" / "last.ckpt"
+    else:
+        ckpt = path.resolve()
+        run_dir = ckpt.parent.parent
+    if not ckpt.is_file():
+        raise UserError(f"config key 'resume' = {resume!r}: no checkpoint at '{ckpt}' (give a GAN run folder "
+                        f"such as runs/gan_mnist/latest, or its checkpoints/last.ckpt)")
+    saved_file = run_dir / "config.yaml"
+    if saved_file.is_file():
+        from omegaconf import OmegaConf
+
+        saved = OmegaConf.to_container(OmegaConf.load(saved_file))
+        diffs = [k for k in config if k not in _RESUMABLE_CHANGES and k != "gan" and saved.get(k) != config[k]]
+        diffs += [f"gan.{k}" for k in config["gan"] if k not in _RESUMABLE_GAN_CHANGES
+                  and saved.get("gan", {}).get(k) != config["gan"][k]]
+        if diffs:
+            raise UserError(f"resume: {', '.join(diffs)} differ from the run's {saved_file}; a resumed GAN run "
+                            f"may only change gan.epochs/max_steps, monitoring, devices and logging")
+    return run_dir, ckpt
 
 
 def _command(cfg: Config) -> str:
@@ -121,12 +140,18 @@ def _versions() -> dict:
 def run_gan(cfg: Config) -> dict:
     """Train, measure and save a GAN prior; returns the results dict (also in ``results.json``)."""
     previous_threads = torch.get_num_threads()
+    previous_run_dir = os.environ.get(RUN_DIR_ENV)  # new_run_dir() exports it (for DDP workers)
     if cfg.gan.num_threads:
         torch.set_num_threads(cfg.gan.num_threads)
     try:
         return _run_gan(cfg)
     finally:
         torch.set_num_threads(previous_threads)
+        # single-device job: don't let a second run in this process (a notebook) reuse this folder
+        if previous_run_dir is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = previous_run_dir
 
 
 def _run_gan(cfg: Config) -> dict:
@@ -141,8 +166,14 @@ def _run_gan(cfg: Config) -> dict:
     x_pub, y_pub = data.images[public], data.labels[public]
 
     name = run_name(cfg)
-    run_dir = new_run_dir(cfg.output_dir, name)
     config = to_container(cfg)
+    ckpt_path = None
+    if cfg.resume:  # continue in the same run folder
+        run_dir, ckpt_path = _resolve_resume(cfg.resume, config)
+        check_writable(run_dir)
+        os.environ[RUN_DIR_ENV] = str(run_dir)
+    else:
+        run_dir = new_run_dir(cfg.output_dir, name)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     public_hash = indices_hash(split.public)
 
@@ -168,17 +199,19 @@ def _run_gan(cfg: Config) -> dict:
     classifier = train_classifier(x_pub, y_pub, data.num_classes, seed=cfg.seed, epochs=g.classifier_epochs,
                                   device=device)
     ref = build_reference(classifier, x_pub, data.images[heldout], data.labels[heldout])
-    classifier_seconds = clock.seconds
+    classifier_seconds = clock.seconds  # everything before GAN training: data, domain classifier, reference
     callbacks.append(QualityMonitor(ref, cfg.seed, g.quality_every))
+    # save_top_k=1 without a monitor keeps the newest epoch file; Lightning (2.6) writes last.ckpt only
+    # when some checkpoint was saved in that epoch, so save_top_k=0 would leave nothing until the end
     callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:04d}", save_last=True,
-                                     save_top_k=0, every_n_epochs=cfg.checkpoint_every,
+                                     save_top_k=1, every_n_epochs=cfg.checkpoint_every,
                                      auto_insert_metric_name=False))
     trainer = build_trainer(cfg.trainer, {**trainer_defaults, "callbacks": callbacks})
 
     loader = DataLoader(TensorDataset(x_pub, y_pub), batch_size=g.batch_size,
                         sampler=EpochSeededSampler(len(public), cfg.seed), drop_last=True)
     fit_clock = Stopwatch()
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=_resume_path(cfg.resume))
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
     train_seconds = fit_clock.seconds
 
     # the prior: EMA generator with recalibrated BN, in eval mode

@@ -8,6 +8,7 @@ from ggl.errors import ConfigError
 
 LOSSES = ("nonsat", "hinge", "wgan-gp")
 AUGMENTS = ("none", "translation")
+LR_DECAYS = ("none", "linear")
 BUILTIN_GENERATOR = "ggl.models.gan.Generator"
 
 
@@ -28,11 +29,13 @@ class GANConfig:
     # objective and optimisation
     loss: str = "nonsat"
     gp_weight: float = 10.0
+    ac_weight: float = 0.0
     n_critic: int = 1
     augment: str = "none"
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     betas: List[float] = field(default_factory=lambda: [0.5, 0.999])
+    lr_decay: str = "none"
     batch_size: int = 64
     epochs: int = 100
     max_steps: Optional[int] = None
@@ -57,6 +60,10 @@ class GANConfig:
             raise _err("loss", self.loss, f"is not one of {', '.join(LOSSES)}")
         if self.augment not in AUGMENTS:
             raise _err("augment", self.augment, f"is not one of {', '.join(AUGMENTS)}")
+        if self.lr_decay not in LR_DECAYS:
+            raise _err("lr_decay", self.lr_decay, f"is not one of {', '.join(LR_DECAYS)}")
+        if not 0.0 <= self.ac_weight <= 100.0:
+            raise _err("ac_weight", self.ac_weight, "is out of range [0, 100]")
         if not 0.0 <= self.gp_weight <= 1e4:
             raise _err("gp_weight", self.gp_weight, "is out of range [0, 10000]")
         for key in ("lr_g", "lr_d"):

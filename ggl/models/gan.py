@@ -9,7 +9,7 @@ with 1 or 3 channels, and are optionally class-conditional:
   latent gives the same image whatever else is in the batch, and ``torch.func`` transforms apply.
 - ``Discriminator(x, y)`` -> one logit per image; spectral norm on every layer (optional, off for
   WGAN-GP if wanted) and a projection term ``<embed(y), features>`` when conditional
-  (Miyato & Koyama, 2018).
+  (Miyato & Koyama, 2018); optionally an auxiliary class head (AC-GAN, Odena et al., 2017).
 
 ``GeneratorSpec`` is the architecture a checkpoint carries, so a loader rebuilds the net from it.
 """
@@ -146,7 +146,7 @@ class Discriminator(nn.Module):
     """DCGAN discriminator with spectral norm and an optional class projection; one logit per image."""
 
     def __init__(self, channels: int = 1, image_size: int = 32, num_classes: int = 0, width: int = 64,
-                 spectral_norm: bool = True):
+                 spectral_norm: bool = True, aux_classifier: bool = False):
         super().__init__()
         sn = _sn if spectral_norm else (lambda m: m)
         n = _stages(image_size)
@@ -161,12 +161,16 @@ class Discriminator(nn.Module):
         self.num_classes = num_classes
         if num_classes:
             self.embed = sn(nn.Embedding(num_classes, feat))
+        # AC-GAN: a class head on the same features (used when gan.ac_weight > 0)
+        self.aux = sn(nn.Linear(feat, num_classes)) if (aux_classifier and num_classes) else None
 
-    def forward(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, y: Optional[Tensor] = None, return_aux: bool = False):
         h = self.body(x * 2.0 - 1.0)  # images arrive in [0, 1]
         out = self.head(h).squeeze(1)
         if self.num_classes:
             out = out + (self.embed(y) * h).sum(1)
+        if return_aux:
+            return out, (self.aux(h) if self.aux is not None else None)
         return out
 
 
