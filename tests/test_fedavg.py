@@ -2,7 +2,6 @@
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
 from ggl.fl.callbacks import UpdateTransform

@@ -41,7 +41,9 @@ def test_resume_refuses_a_different_experiment(make_cfg):
 
 
 def _cli_run(tmp_path, *extra):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # Same per-process thread count in both runs (Lightning gives each of N CPU processes 1/N of the
+    # cores): float sums then agree bit for bit, and only the all-reduce's summation order differs.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     env.pop("GGL_RUN_DIR", None)
     tmp_path.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, str(REPO / "train.py"), "--config", "fed_q4.yaml", f"output_dir={tmp_path}",

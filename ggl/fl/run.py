@@ -5,7 +5,6 @@ import os
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from omegaconf import OmegaConf
 
 from ggl.config import Config, to_container, to_yaml
 from ggl.data.datamodule import FederatedDataModule
@@ -14,7 +13,7 @@ from ggl.fl.callbacks import build_defense_callbacks, privacy_summary
 from ggl.fl.module import FedAvgModule
 from ggl.plots import label_histogram_png
 from ggl.progress import RoundProgressBar
-from ggl.errors import UserError
+from ggl.resume import check_same_experiment, resolve_resume
 from ggl.tracking import (RUN_DIR_ENV, Stopwatch, check_writable, is_rank_zero, make_logger, new_run_dir,
                           write_json)
 from ggl.trainer import build_trainer
@@ -76,37 +75,8 @@ class ResultsWriter(Callback):
         self._write(trainer, module)
 
 
-# keys a resumed run may change: how far to go, where to run, how to log
-_RESUMABLE_CHANGES = {"resume", "trainer", "logger", "name", "output_dir", "checkpoint_every"}
-_RESUMABLE_FL_CHANGES = {"rounds", "eval_every", "eval_batch_size"}
-
-
-def resolve_resume(resume: str) -> tuple:
-    """``resume`` = a run folder (its checkpoints/last.ckpt) or a checkpoint file -> (run_dir, ckpt)."""
-    path = Path(resume)
-    if path.is_dir():
-        run_dir, ckpt = path.resolve(), path.resolve() / "checkpoints" / "last.ckpt"
-    else:
-        ckpt = path.resolve()
-        run_dir = ckpt.parent.parent
-    if not ckpt.is_file():
-        raise UserError(f"resume: no checkpoint at '{ckpt}' (config key 'resume' takes a run folder "
-                        f"such as runs/fed_q4/latest, or a .ckpt file)")
-    return run_dir, ckpt
-
-
-def check_resume_config(run_dir: Path, config: dict) -> None:
-    """A resumed run must be the same experiment: only rounds, devices and logging may change."""
-    saved_file = run_dir / "config.yaml"
-    if not saved_file.is_file():
-        return
-    saved = OmegaConf.to_container(OmegaConf.load(saved_file))
-    diffs = [k for k in config if k not in _RESUMABLE_CHANGES and k != "fl" and saved.get(k) != config[k]]
-    diffs += [f"fl.{k}" for k in config["fl"] if k not in _RESUMABLE_FL_CHANGES
-              and saved.get("fl", {}).get(k) != config["fl"][k]]
-    if diffs:
-        raise UserError(f"resume: {', '.join(diffs)} differ from the run's {saved_file}; a resumed run "
-                        f"may only change fl.rounds, devices and logging (start a new run instead)")
+# what a resumed federation may change besides devices and logging: how far it goes
+_RESUMABLE_FL_KEYS = ("rounds", "eval_every", "eval_batch_size")
 
 
 def write_partition(dm: FederatedDataModule, run_dir: Path, cfg: Config):
@@ -128,8 +98,8 @@ def run_federation(cfg: Config, extra_callbacks=()) -> dict:
     config = to_container(cfg)
     ckpt_path = None
     if cfg.resume:
-        run_dir, ckpt_path = resolve_resume(cfg.resume)
-        check_resume_config(run_dir, config)
+        run_dir, ckpt_path = resolve_resume(cfg.resume, example="runs/fed_q4/latest")
+        check_same_experiment(run_dir, config, "fl", _RESUMABLE_FL_KEYS)
         check_writable(run_dir)
         os.environ[RUN_DIR_ENV] = str(run_dir)
     else:

@@ -13,7 +13,6 @@ import platform
 import shlex
 import sys
 from pathlib import Path
-from typing import Tuple
 
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -22,12 +21,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from ggl.config import Config, to_container, to_yaml
 from ggl.data.datamodule import load_split
 from ggl.data.splits import indices_hash
-from ggl.errors import ConfigError, UserError
+from ggl.errors import ConfigError
 from ggl.gan.module import EpochSeededSampler, GANModule, sample_grid
 from ggl.gan.prior import generator_kwargs, prior_state, save_prior
 from ggl.gan.quality import (QualityReference, build_reference, classifier_state, evaluate_generator,
                              seeded_subset, train_classifier)
 from ggl.models.gan import count_params
+from ggl.resume import check_same_experiment, resolve_resume
 from ggl.tracking import RUN_DIR_ENV, Stopwatch, check_writable, make_logger, new_run_dir, write_json
 from ggl.trainer import build_trainer
 
@@ -85,34 +85,8 @@ class QualityMonitor(Callback):
             module.log(f"quality/{k}", v, on_step=False, on_epoch=True)
 
 
-# keys a resumed GAN run may change: how long to train, where to run, how to log and monitor
-_RESUMABLE_CHANGES = {"resume", "trainer", "logger", "name", "output_dir", "checkpoint_every"}
-_RESUMABLE_GAN_CHANGES = {"epochs", "max_steps", "sample_every", "quality_every", "export", "num_threads"}
-
-
-def _resolve_resume(resume: str, config: dict) -> Tuple[Path, Path]:
-    """``resume`` = a GAN run folder (its checkpoints/last.ckpt) or a checkpoint -> (run_dir, ckpt)."""
-    path = Path(resume)
-    if path.is_dir():
-        run_dir, ckpt = path.resolve(), path.resolve() / "checkpoints" / "last.ckpt"
-    else:
-        ckpt = path.resolve()
-        run_dir = ckpt.parent.parent
-    if not ckpt.is_file():
-        raise UserError(f"config key 'resume' = {resume!r}: no checkpoint at '{ckpt}' (give a GAN run folder "
-                        f"such as runs/gan_mnist/latest, or its checkpoints/last.ckpt)")
-    saved_file = run_dir / "config.yaml"
-    if saved_file.is_file():
-        from omegaconf import OmegaConf
-
-        saved = OmegaConf.to_container(OmegaConf.load(saved_file))
-        diffs = [k for k in config if k not in _RESUMABLE_CHANGES and k != "gan" and saved.get(k) != config[k]]
-        diffs += [f"gan.{k}" for k in config["gan"] if k not in _RESUMABLE_GAN_CHANGES
-                  and saved.get("gan", {}).get(k) != config["gan"][k]]
-        if diffs:
-            raise UserError(f"resume: {', '.join(diffs)} differ from the run's {saved_file}; a resumed GAN run "
-                            f"may only change gan.epochs/max_steps, monitoring, devices and logging")
-    return run_dir, ckpt
+# what a resumed GAN run may change besides devices and logging: how long it trains, how it is monitored
+_RESUMABLE_GAN_KEYS = ("epochs", "max_steps", "sample_every", "quality_every", "export", "num_threads")
 
 
 def _command(cfg: Config) -> str:
@@ -169,7 +143,8 @@ def _run_gan(cfg: Config) -> dict:
     config = to_container(cfg)
     ckpt_path = None
     if cfg.resume:  # continue in the same run folder
-        run_dir, ckpt_path = _resolve_resume(cfg.resume, config)
+        run_dir, ckpt_path = resolve_resume(cfg.resume, example="runs/gan_mnist/latest")
+        check_same_experiment(run_dir, config, "gan", _RESUMABLE_GAN_KEYS)
         check_writable(run_dir)
         os.environ[RUN_DIR_ENV] = str(run_dir)
     else:
