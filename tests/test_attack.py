@@ -128,33 +128,79 @@ def test_match_loss_l2_is_the_layer_average_of_squared_distances():
 
 # ------------------------------------------------------------------------------------------- adaptive
 
-def test_adaptive_loss_is_zero_at_the_true_latent_and_the_non_adaptive_is_not():
+CHAINS = {
+    "q2": [{"name": "quantize", "bits": 2, "rounding": "nearest", "range": "global"}],
+    "q4-per-tensor": [{"name": "quantize", "bits": 4, "rounding": "nearest", "range": "per_tensor"}],
+    "clip+q4": [{"name": "clip", "max_norm": 0.05}, {"name": "quantize", "bits": 4}],
+    "top10%": [{"name": "topk", "fraction": 0.1}],
+    "sign": [{"name": "sign"}],
+}
+
+
+def _client_chain(tensors, chain):
+    """What the client sends: the chain through the federation's own callbacks."""
+    from ggl.defenses.specs import parse_defense
+    from ggl.fl.callbacks import apply_defenses, build_defense_callbacks
+    from ggl.fl.update import ClientUpdate
+
+    specs = [parse_defense(dict(d), "d") for d in chain]
+    update = ClientUpdate(client_id=0, round=0, tensors=list(tensors), names=[str(i) for i in range(len(tensors))],
+                          num_samples=1, kind="gradient", bits=0)
+    return apply_defenses(build_defense_callbacks(specs), None, None, update).tensors
+
+
+@pytest.mark.parametrize("chain", list(CHAINS))
+def test_adaptive_loss_is_zero_at_the_true_latent_and_the_non_adaptive_is_not(chain):
+    from ggl.models import build_model
+
     G = TinyPrior().double()
     z_true = torch.randn(1, 8, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     y = torch.tensor([4])
     x = G(z_true, y)
-    q2 = [{"name": "quantize", "bits": 2, "rounding": "nearest", "range": "global"}]
-    from ggl.models import build_model
-
     model = build_model("lenet", 1, 10, init="dlg", seed=0).double()
-    sent, _ = quantize_update(client_gradient(model, x, y), 2, "nearest", "global")
-    obs = make_observation(x.float(), y, defenses=q2)
+    obs = make_observation(x.float(), y, defenses=CHAINS[chain])
     obs.state = {k: v.clone() for k, v in model.state_dict().items()}
-    obs.update = sent
+    obs.update = _client_chain(client_gradient(model, x, y), CHAINS[chain])
     for mode in ("batched", "loop"):
         adaptive = GGLObjective(obs, G, y, adaptive=True, evaluation=mode, model=model)
         plain = GGLObjective(obs, G, y, adaptive=False, evaluation=mode, model=model)
         with torch.no_grad():
             at_truth, unaware = adaptive(z_true).item(), plain(z_true).item()
-        assert unaware > 1e-6, "the quantized update differs from the raw trial update"
+        assert unaware > 1e-9, "the defended update differs from the raw trial update"
         assert at_truth <= 1e-12 * unaware, f"{mode}: adaptive loss at z* = {at_truth} (want 0)"
-        # the straight-through estimator passes gradients through the quantizer
+        # gradients pass the defence (straight-through where it is not differentiable)
         z = (z_true + 0.3).clone().requires_grad_(True)
         adaptive(z).sum().backward()
         assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
 
 
+def test_adaptive_attacker_refuses_a_defence_it_cannot_model():
+    from ggl.attack.trial import DefenceModel
+    from ggl.errors import UserError
+
+    assert not DefenceModel([{"name": "noise", "std": 0.1}]).active  # zero-mean noise: expectation
+    with pytest.raises(UserError):
+        DefenceModel([{"name": "topk", "fraction": 0.1}])  # the mask needs the observed update
+
+
 # ------------------------------------------------------------------------------------------- search
+
+def test_a_generation_drawn_at_once_is_what_cmaes_ask_draws():
+    import numpy as np
+    from cmaes import CMA
+
+    from ggl.attack.search import ask_generation
+
+    opt, twin = (CMA(mean=np.zeros(16), sigma=0.3, population_size=6, seed=3) for _ in range(2))
+    for _ in range(4):  # through a few covariance updates: from the same state, the same candidates
+        fast = ask_generation(opt, 6)
+        slow = np.stack([twin.ask() for _ in range(6)])
+        np.testing.assert_allclose(fast, slow, rtol=1e-10, atol=1e-12)
+        told = [(x, float((x ** 2).sum() + 3 * x[0])) for x in fast]
+        opt.tell(list(told))
+        twin.tell(list(told))  # the same solutions, so both stay in the same state
+    assert opt.generation == 4
+
 
 def _scores_vs_baseline(cfg, seed=0):
     G = TinyPrior()

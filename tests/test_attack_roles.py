@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from _attack_fixtures import TinyPrior, make_observation, one_torch_thread  # noqa: F401
+from _attack_fixtures import make_observation, one_torch_thread  # noqa: F401
 from ggl.attack.observation import Observation
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -9,8 +9,10 @@
   variance of each latent vector's entries, summed over the batch.
 
 Caveat on ``kl_weight``: the KL term is O(1) whatever the model, while the matching term scales with
-the model's gradients. Measured here, weight 0.1 swamped the L2 matching loss at PyTorch's default
-init (small gradients) and the attack failed; weight 0 worked. Hence the default 0.
+the model's gradients. At PyTorch's default init (small gradients: L2 losses ~1e-6) weight 0.1
+swamps the matching loss and the search only pulls z towards N(0, 1): measured here on 3 images
+(CMA-ES, 150 generations), 10.8 dB PSNR with weight 0.1, the prior-only baseline's level (10.7 dB),
+against 19.5 dB with weight 0. Hence the default 0; use it only rescaled to the loss at hand.
 
 A population of candidates ``z`` (P, B * latent_dim) is evaluated in one vectorised pass
 (``evaluation: batched``) or one candidate at a time (``evaluation: loop``, the reference).
@@ -58,7 +60,7 @@ class GGLObjective:
         self.sim = ClientSimulator(self.model, obs)
         dtype = next(self.model.parameters()).dtype
         self.target: List[Tensor] = [t.to(dtype) for t in obs.update]
-        self.defence = DefenceModel(obs.defenses) if adaptive else None
+        self.defence = DefenceModel(obs.defenses, obs.update) if adaptive else None
         if self.defence is not None and not self.defence.active:
             self.defence = None
         self.G = generator

@@ -57,6 +57,25 @@ class _Best:
         self.curve.append(self.loss)
 
 
+def ask_generation(opt, n: int) -> np.ndarray:
+    """One CMA-ES generation of ``n`` candidates (n, dim).
+
+    ``cmaes``' ``ask()`` draws one candidate at a time and rebuilds ``B @ diag(D)`` (O(dim^3)) for
+    each draw: 32 ms per generation of 50 in 128 dimensions here, as much as evaluating them. Without
+    bounds this draws the same candidates (the optimizer's own RNG stream, same order) with one matrix
+    product; with bounds, or if the package's internals differ, it falls back to ``ask()``.
+    ``tell()`` recomputes everything from the solutions, so it is unaffected.
+    """
+    try:
+        if opt._bounds is None:
+            B, D = opt._eigen_decomposition()
+            z = opt._rng.randn(n, opt.dim)
+            return opt._mean + opt._sigma * (z @ (B * D).T)
+    except AttributeError:
+        pass
+    return np.stack([opt.ask() for _ in range(n)])
+
+
 def cmaes_search(objective: GGLObjective, *, population: int, generations: int, restarts: int,
                  sigma: float, bound: Optional[float], seed: int, best: _Best, tick: Tick = None,
                  keep: int = 1) -> List[Tensor]:
@@ -70,11 +89,14 @@ def cmaes_search(objective: GGLObjective, *, population: int, generations: int, 
         opt = CMA(mean=np.zeros(dim), sigma=sigma, bounds=bounds, population_size=population,
                   seed=derived_seed(seed, r, 0xC3A) % (2 ** 31))
         for _ in range(generations):
-            xs = np.stack([opt.ask() for _ in range(opt.population_size)])
-            z = torch.from_numpy(xs).float()
+            xs = ask_generation(opt, opt.population_size)
+            # the distribution's mean rides along (one extra candidate, never told to CMA-ES): late in
+            # a run the recombined mean is often better than every sample around it
+            z = torch.from_numpy(np.vstack([xs, opt.mean[None]])).float()
             with torch.no_grad():
                 losses = objective(z)
             best.offer(z, losses)
+            losses = losses[:-1]
             vals = np.nan_to_num(losses.double().numpy(), nan=np.inf, posinf=1e300)
             opt.tell(list(zip(xs, vals.clip(max=1e300))))
             if tick:

@@ -104,18 +104,40 @@ class ClientSimulator:
 
 
 class DefenceModel:
-    """The adaptive attacker's copy of the client's defence chain (from the observation's spec)."""
+    """The adaptive attacker's copy of the client's defence chain (from the observation's spec),
+    applied to every trial update with the very ``ggl.defenses`` functions the client used:
 
-    def __init__(self, specs: Sequence[dict]):
-        from ggl.defenses.specs import IdentitySpec, QuantizeSpec, parse_defense
+    * quantize (nearest rounding): ``quantize_update`` at the observed bits and range mode; with
+      stochastic rounding the client's random draws are unknown and E[q(u)] = u, so the expected
+      transmitted update (the update itself) is used;
+    * clip: ``clip_update`` with the bound of the observed spec (``max_norm``; a clipped observed
+      update has exactly that norm, so the bound can also be read off the observation);
+    * top-k: the *observed* mask (the coordinates the client sent);
+    * sign: ``sign_update``;
+    * Gaussian noise: zero-mean and unknown, so its expectation (nothing) is applied.
 
-        self.steps: List = []
+    Non-differentiable steps (rounding, sign) pass gradients straight through (STE).
+    """
+
+    def __init__(self, specs: Sequence[dict], observed: Sequence[Tensor] = ()):
+        from ggl.defenses.specs import (ClipSpec, IdentitySpec, NoiseSpec, QuantizeSpec, SignSpec, TopKSpec,
+                                        parse_defense)
+
+        self.steps: List[Tuple[str, object]] = []
         for i, raw in enumerate(specs):
             spec = parse_defense(dict(raw), f"observation.defenses[{i}]") if isinstance(raw, dict) else raw
             if isinstance(spec, QuantizeSpec):
-                if spec.bits < 32:
-                    self.steps.append(spec)
-            elif isinstance(spec, IdentitySpec):
+                if spec.bits < 32 and spec.rounding == "nearest":
+                    self.steps.append(("quantize", spec))
+            elif isinstance(spec, ClipSpec):
+                self.steps.append(("clip", float(spec.max_norm)))
+            elif isinstance(spec, TopKSpec):
+                if not observed:
+                    raise UserError("attack.adaptive=true: a top-k defence needs the observed update's mask")
+                self.steps.append(("mask", [(t != 0) for t in observed]))
+            elif isinstance(spec, SignSpec):
+                self.steps.append(("sign", spec))
+            elif isinstance(spec, (IdentitySpec, NoiseSpec)):
                 continue
             else:
                 raise UserError(f"attack.adaptive=true: the adaptive attacker has no model of defence "
@@ -126,14 +148,21 @@ class DefenceModel:
         return bool(self.steps)
 
     def __call__(self, tensors: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
+        from ggl.defenses.clip import clip_update
+        from ggl.defenses.sign import sign_update
+
         out = list(tensors)
-        for spec in self.steps:
-            if spec.rounding == "stochastic":
-                # unbiased rounding: E[q(u)] = u and the client's random draws are unknown, so the
-                # expected transmitted update is the update itself
-                continue
-            q, _ = quantize_update(out, spec.bits, "nearest", spec.range)
-            out = [t + (qt - t).detach() for t, qt in zip(out, q)]  # straight-through estimator
+        for kind, arg in self.steps:
+            if kind == "quantize":
+                q, _ = quantize_update(out, arg.bits, "nearest", arg.range)
+                out = [t + (qt - t).detach() for t, qt in zip(out, q)]  # straight-through estimator
+            elif kind == "sign":
+                q, _ = sign_update(out)
+                out = [t + (qt - t).detach() for t, qt in zip(out, q)]
+            elif kind == "clip":
+                out, _ = clip_update(out, arg)
+            elif kind == "mask":
+                out = [t * m.to(t.dtype) for t, m in zip(out, arg)]
         return tuple(out)
 
     def batched(self, tensors: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:

@@ -28,7 +28,7 @@ from ggl.audit.evaluate import Evaluator, summarize
 from ggl.audit.truth import OBS_DIR, TRUTH_DIR, find_captures
 from ggl.errors import UserError
 from ggl.seeding import derived_seed
-from ggl.tracking import RUN_DIR_ENV, Stopwatch, new_run_dir, write_json
+from ggl.tracking import Stopwatch, new_run_dir, write_json
 
 Captures = Dict[str, List[Tuple[Path, Path]]]
 
@@ -188,9 +188,6 @@ def run_attack_cli(cfg, prior=None) -> dict:
     G = prior if prior is not None else load_attack_prior(a.prior)
 
     name = _run_name(cfg)
-    # the attack is one process: never join a run folder an earlier job of this process exported for
-    # its DDP workers (a notebook that trains, then attacks)
-    os.environ.pop(RUN_DIR_ENV, None)
     run_dir = new_run_dir(cfg.output_dir, name)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     config = to_container(cfg)

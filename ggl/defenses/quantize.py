@@ -29,7 +29,7 @@ def _quantize_flat(x: Tensor, bits: int, stochastic: bool, generator: Optional[t
         codes = torch.floor(scaled + noise)  # P(round up) = fractional part: unbiased
     else:
         codes = torch.round(scaled)
-    codes = codes.clamp_(0, levels)
+    codes = codes.clamp(0, levels)  # out-of-place: vmap (adaptive attacker) has no rule for clamp_
     return torch.where(step > 0, codes * step + lo, x)
 
 
