@@ -29,7 +29,7 @@ def tiny_prior(monkeypatch):
 
 def _args(tmp_path, *more):
     return [f"output_dir={tmp_path / 'runs'}", "logger.mode=disabled", "data.name=digits", "audit.num_images=2",
-            "attack.generations=3", "attack.population=8", "attack.progress=false", *more]
+            "attack.optimizer=cmaes", "attack.generations=3", "attack.population=8", "attack.progress=false", *more]
 
 
 def _one_error_line(capsys) -> str:
