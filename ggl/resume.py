@@ -1,12 +1,14 @@
 """Continuing a stopped run: find its checkpoint, and refuse to continue a different experiment."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable, Tuple
 
 from omegaconf import OmegaConf
 
 from ggl.errors import UserError
+from ggl.tracking import RUN_DIR_ENV, check_writable, new_run_dir
 
 # top-level keys any resumed run may change: where it runs and how it logs
 RESUMABLE_KEYS = {"resume", "trainer", "logger", "name", "output_dir", "checkpoint_every"}
@@ -40,3 +42,15 @@ def check_same_experiment(run_dir: Path, config: dict, section: str, resumable: 
         allowed = ", ".join(f"{section}.{k}" for k in sorted(resumable))
         raise UserError(f"resume: {', '.join(diffs)} differ from the run's {saved_file}; a resumed run may "
                         f"only change {allowed}, devices and logging (start a new run instead)")
+
+
+def open_run_dir(resume: str | None, output_dir: str, name: str, config: dict, section: str,
+                 resumable: Iterable[str], example: str) -> Tuple[Path, Path | None]:
+    """The run folder of a job: the resumed run's (and its checkpoint), or a fresh one."""
+    if not resume:
+        return new_run_dir(output_dir, name), None
+    run_dir, ckpt = resolve_resume(resume, example)
+    check_same_experiment(run_dir, config, section, resumable)
+    check_writable(run_dir)
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP workers join this folder
+    return run_dir, ckpt

@@ -1,7 +1,6 @@
 """``train.py`` with ``task: fedavg``: build the data, module, defences, logger and Trainer; fit."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -13,9 +12,8 @@ from ggl.fl.callbacks import build_defense_callbacks, privacy_summary
 from ggl.fl.module import FedAvgModule
 from ggl.plots import label_histogram_png
 from ggl.progress import RoundProgressBar
-from ggl.resume import check_same_experiment, resolve_resume
-from ggl.tracking import (RUN_DIR_ENV, Stopwatch, check_writable, is_rank_zero, make_logger, new_run_dir,
-                          write_json)
+from ggl.resume import open_run_dir
+from ggl.tracking import Stopwatch, is_rank_zero, make_logger, write_json
 from ggl.trainer import build_trainer
 
 
@@ -96,14 +94,8 @@ def run_federation(cfg: Config, extra_callbacks=()) -> dict:
     name = run_name(cfg)
     label = defenses_label(cfg.defenses)
     config = to_container(cfg)
-    ckpt_path = None
-    if cfg.resume:
-        run_dir, ckpt_path = resolve_resume(cfg.resume, example="runs/fed_q4/latest")
-        check_same_experiment(run_dir, config, "fl", _RESUMABLE_FL_KEYS)
-        check_writable(run_dir)
-        os.environ[RUN_DIR_ENV] = str(run_dir)
-    else:
-        run_dir = new_run_dir(cfg.output_dir, name)
+    run_dir, ckpt_path = open_run_dir(cfg.resume, cfg.output_dir, name, config, "fl", _RESUMABLE_FL_KEYS,
+                                      example="runs/fed_q4/latest")
     if is_rank_zero():
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
         hist = write_partition(dm, run_dir, cfg)

@@ -27,8 +27,8 @@ from ggl.gan.prior import generator_kwargs, prior_state, save_prior
 from ggl.gan.quality import (QualityReference, build_reference, classifier_state, evaluate_generator,
                              seeded_subset, train_classifier)
 from ggl.models.gan import count_params
-from ggl.resume import check_same_experiment, resolve_resume
-from ggl.tracking import RUN_DIR_ENV, Stopwatch, check_writable, make_logger, new_run_dir, write_json
+from ggl.resume import open_run_dir
+from ggl.tracking import RUN_DIR_ENV, Stopwatch, make_logger, write_json
 from ggl.trainer import build_trainer
 
 
@@ -141,14 +141,8 @@ def _run_gan(cfg: Config) -> dict:
 
     name = run_name(cfg)
     config = to_container(cfg)
-    ckpt_path = None
-    if cfg.resume:  # continue in the same run folder
-        run_dir, ckpt_path = resolve_resume(cfg.resume, example="runs/gan_mnist/latest")
-        check_same_experiment(run_dir, config, "gan", _RESUMABLE_GAN_KEYS)
-        check_writable(run_dir)
-        os.environ[RUN_DIR_ENV] = str(run_dir)
-    else:
-        run_dir = new_run_dir(cfg.output_dir, name)
+    run_dir, ckpt_path = open_run_dir(cfg.resume, cfg.output_dir, name, config, "gan", _RESUMABLE_GAN_KEYS,
+                                      example="runs/gan_mnist/latest")
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     public_hash = indices_hash(split.public)
 
