@@ -63,3 +63,13 @@ def test_base_chain_and_yaml_errors(tmp_path):
     (tmp_path / "bad.yaml").write_text("fl: [1, 2\n")
     with pytest.raises(ConfigError, match="could not be read"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_unwritable_output_dir_fails_before_training(capsys, tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the runs folder should go")
+    code = train_main(["--config", "fed_q4.yaml", f"output_dir={blocker / 'runs'}", "logger.mode=disabled",
+                       "data.name=digits"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot write run results to" in err and "output_dir=" in err
+    assert "Traceback" not in err
