@@ -38,9 +38,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prior", default=str(REPO / "checkpoints" / "gan_mnist5k.pt"))
     ap.add_argument("--population", type=int, default=50)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (1, as attack.yaml: on a shared 2-core machine 2 threads spin "
-                         "against other jobs; 0 = torch's default)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads for both modes (0 = torch's default, all cores: measure on an idle "
+                         "machine; 1 = as attack.yaml, for a shared one)")
     ap.add_argument("--seconds", type=float, default=10.0, help="time per mode and measurement")
     ap.add_argument("--adaptive", action="store_true", help="trial updates pass the 4-bit quantizer (adaptive attacker)")
     args = ap.parse_args(argv)
