@@ -19,24 +19,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ggl.attack.schema import AttackConfig
+from ggl.checks import in_range, one_of
 from ggl.defenses.specs import check_chain, parse_defense
 from ggl.errors import ConfigError
 from ggl.gan.schema import GANConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
-
-
-def _one_of(value: Any, allowed: tuple, key: str) -> None:
-    if value not in allowed:
-        raise ConfigError(f"config key '{key}' = {value!r} is not one of {', '.join(map(str, allowed))}")
-
-
-def _in_range(value: float, lo: float, hi: float, key: str, lo_open: bool = False) -> None:
-    ok = (lo < value if lo_open else lo <= value) and value <= hi
-    if not ok:
-        bracket = "(" if lo_open else "["
-        raise ConfigError(f"config key '{key}' = {value!r} is out of range {bracket}{lo}, {hi}]")
 
 
 @dataclass
@@ -56,18 +45,18 @@ class DataConfig:
     def check(self) -> None:
         from ggl.data.sources import available_datasets
 
-        _one_of(self.name, tuple(available_datasets()), "data.name")
-        _in_range(self.public_fraction, 0.0, 0.9, "data.public_fraction")
-        _in_range(self.test_fraction, 0.0, 0.5, "data.test_fraction", lo_open=True)
+        one_of(self.name, tuple(available_datasets()), "data.name")
+        in_range(self.public_fraction, 0.0, 0.9, "data.public_fraction")
+        in_range(self.test_fraction, 0.0, 0.5, "data.test_fraction", lo_open=True)
         if self.public_fraction + self.test_fraction >= 0.95:
             raise ConfigError("config keys 'data.public_fraction' + 'data.test_fraction' must leave "
                               "at least 5% of the data for the clients' private split")
         if self.limit is not None and self.limit < 20:
             raise ConfigError(f"config key 'data.limit' = {self.limit} must be >= 20 (or null for all)")
-        _one_of(self.partition, ("iid", "dirichlet", "shards"), "data.partition")
+        one_of(self.partition, ("iid", "dirichlet", "shards"), "data.partition")
         if self.num_clients < 1:
             raise ConfigError(f"config key 'data.num_clients' = {self.num_clients} must be >= 1")
-        _in_range(self.alpha, 0.0, 1e6, "data.alpha", lo_open=True)
+        in_range(self.alpha, 0.0, 1e6, "data.alpha", lo_open=True)
         if self.classes_per_client < 1:
             raise ConfigError(f"config key 'data.classes_per_client' = {self.classes_per_client} must be >= 1")
 
@@ -81,8 +70,8 @@ class ModelConfig:
     def check(self) -> None:
         from ggl.models import available_models
 
-        _one_of(self.name, tuple(available_models()), "model.name")
-        _one_of(self.init, ("default", "dlg"), "model.init")
+        one_of(self.name, tuple(available_models()), "model.name")
+        one_of(self.init, ("default", "dlg"), "model.init")
 
 
 @dataclass
@@ -104,20 +93,20 @@ class FLConfig:
     def check(self) -> None:
         if self.rounds < 1:
             raise ConfigError(f"config key 'fl.rounds' = {self.rounds} must be >= 1")
-        _in_range(self.client_fraction, 0.0, 1.0, "fl.client_fraction", lo_open=True)
+        in_range(self.client_fraction, 0.0, 1.0, "fl.client_fraction", lo_open=True)
         if self.clients_per_round is not None and self.clients_per_round < 1:
             raise ConfigError(f"config key 'fl.clients_per_round' = {self.clients_per_round} must be >= 1")
         if self.local_steps is None:
-            _in_range(self.local_epochs, 0.0, 1000.0, "fl.local_epochs", lo_open=True)
+            in_range(self.local_epochs, 0.0, 1000.0, "fl.local_epochs", lo_open=True)
         elif self.local_steps < 1:
             raise ConfigError(f"config key 'fl.local_steps' = {self.local_steps} must be >= 1 (or null to use fl.local_epochs)")
         for key in ("batch_size", "eval_every", "eval_batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"config key 'fl.{key}' = {getattr(self, key)} must be >= 1")
-        _in_range(self.lr, 0.0, 100.0, "fl.lr", lo_open=True)
-        _in_range(self.momentum, 0.0, 0.999, "fl.momentum")
-        _in_range(self.weight_decay, 0.0, 1.0, "fl.weight_decay")
-        _in_range(self.server_lr, 0.0, 100.0, "fl.server_lr", lo_open=True)
+        in_range(self.lr, 0.0, 100.0, "fl.lr", lo_open=True)
+        in_range(self.momentum, 0.0, 0.999, "fl.momentum")
+        in_range(self.weight_decay, 0.0, 1.0, "fl.weight_decay")
+        in_range(self.server_lr, 0.0, 100.0, "fl.server_lr", lo_open=True)
 
 
 @dataclass
@@ -146,7 +135,7 @@ class LoggerConfig:
     tags: List[str] = field(default_factory=list)
 
     def check(self) -> None:
-        _one_of(self.mode, ("offline", "online", "disabled"), "logger.mode")
+        one_of(self.mode, ("offline", "online", "disabled"), "logger.mode")
 
 
 @dataclass
@@ -168,7 +157,7 @@ class Config:
     trainer: Dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
-        _one_of(self.task, ("fedavg", "gan", "attack"), "task")
+        one_of(self.task, ("fedavg", "gan", "attack"), "task")
         if self.checkpoint_every < 1:
             raise ConfigError(f"config key 'checkpoint_every' = {self.checkpoint_every} must be >= 1")
         for section in (self.data, self.model, self.fl, self.audit, self.gan, self.attack, self.logger):

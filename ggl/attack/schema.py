@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, List, Optional
 
+from ggl.checks import one_of
 from ggl.errors import ConfigError
 
 OPTIMIZERS = ("cmaes", "adam", "cmaes_adam")
@@ -37,13 +38,8 @@ class AttackConfig:
     def check(self) -> None:
         from ggl.defenses.specs import parse_defense
 
-        def one_of(key, allowed):
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"config key 'attack.{key}' = {getattr(self, key)!r} is not one of "
-                                  f"{', '.join(allowed)}")
-        one_of("optimizer", OPTIMIZERS)
-        one_of("loss", LOSSES)
-        one_of("evaluation", EVALUATIONS)
+        for key, allowed in (("optimizer", OPTIMIZERS), ("loss", LOSSES), ("evaluation", EVALUATIONS)):
+            one_of(getattr(self, key), allowed, f"attack.{key}")
         uses_cma = self.optimizer in ("cmaes", "cmaes_adam")
         uses_adam = self.optimizer in ("adam", "cmaes_adam")
         if uses_cma:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from ggl.checks import one_of
 from ggl.errors import ConfigError
 
 LOSSES = ("nonsat", "hinge", "wgan-gp")
@@ -56,12 +57,8 @@ class GANConfig:
                     "grid_per_class", "grid_size", "sample_every", "eval_samples", "classifier_epochs"):
             if getattr(self, key) < 1:
                 raise _err(key, getattr(self, key), "must be >= 1")
-        if self.loss not in LOSSES:
-            raise _err("loss", self.loss, f"is not one of {', '.join(LOSSES)}")
-        if self.augment not in AUGMENTS:
-            raise _err("augment", self.augment, f"is not one of {', '.join(AUGMENTS)}")
-        if self.lr_decay not in LR_DECAYS:
-            raise _err("lr_decay", self.lr_decay, f"is not one of {', '.join(LR_DECAYS)}")
+        for key, allowed in (("loss", LOSSES), ("augment", AUGMENTS), ("lr_decay", LR_DECAYS)):
+            one_of(getattr(self, key), allowed, f"gan.{key}")
         if not 0.0 <= self.ac_weight <= 100.0:
             raise _err("ac_weight", self.ac_weight, "is out of range [0, 100]")
         if not 0.0 <= self.gp_weight <= 1e4:
