@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,19 +23,12 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-
-def _rate(fn, n_per_call: int, seconds: float) -> float:
-    fn()  # warm-up
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        fn()
-        done += n_per_call
-    return done / (time.perf_counter() - start)
+from _attack_setup import DEFAULT_PRIOR, prior, private_observation, rate  # noqa: E402
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prior", default=str(REPO / "checkpoints" / "gan_mnist5k.pt"))
+    ap.add_argument("--prior", default=str(DEFAULT_PRIOR))
     ap.add_argument("--population", type=int, default=50)
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads for both modes (0 = torch's default, all cores: measure on an idle "
@@ -50,37 +42,9 @@ def main(argv=None) -> int:
     from threadpoolctl import threadpool_limits
 
     from ggl.attack import GGLObjective, infer_labels
-    from ggl.attack.observation import Observation
-    from ggl.config import DataConfig
-    from ggl.data.datamodule import load_split
-    from ggl.defenses.quantize import quantize_update
-    from ggl.models import build_model
 
-    if Path(args.prior).is_file():
-        from ggl.gan.prior import load_prior
-
-        G = load_prior(args.prior)
-        prior_note = f"prior: {args.prior}"
-    else:
-        from ggl.models.gan import Generator
-
-        G = Generator(128, 1, 32, 10).eval().requires_grad_(False)
-        prior_note = (f"prior: {args.prior} not found -> an untrained generator of the prior's architecture "
-                      f"(speed only)")
-
-    data, split = load_split(DataConfig())
-    idx = split.private[:1]
-    x, y = data.images[idx], data.labels[idx]
-    model = build_model("lenet", 1, 10, init="dlg", seed=0)
-    loss = torch.nn.functional.cross_entropy(model(x), y)
-    grads = [g.detach() for g in torch.autograd.grad(loss, list(model.parameters()))]
-    defenses = []
-    if args.adaptive:
-        grads, _ = quantize_update(grads, 4)
-        defenses = [{"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}]
-    obs = Observation(arch="lenet", channels=1, num_classes=10, state=model.state_dict(),
-                      names=[n for n, _ in model.named_parameters()], update=grads, kind="gradient",
-                      batch_size=1, local_steps=1, lr=0.05, local_batch_size=32, defenses=defenses)
+    G, prior_note = prior(args.prior)
+    obs = private_observation("lenet", "dlg", adaptive=args.adaptive)
     labels = infer_labels(obs)
     obj = GGLObjective(obs, G, labels, adaptive=args.adaptive)
     z = torch.randn(args.population, obj.dim, generator=torch.Generator().manual_seed(0))
@@ -91,7 +55,7 @@ def main(argv=None) -> int:
         imgs = obj.images(z)
         rates = {}
         for mode in ("batched", "loop"):
-            rates[mode] = _rate(lambda: obj(z, mode), args.population, args.seconds)
+            rates[mode] = rate(lambda: obj(z, mode), args.population, args.seconds)
         from ggl.attack.objective import match_loss
 
         def trial_batched():
@@ -100,8 +64,8 @@ def main(argv=None) -> int:
         def trial_loop():
             return [match_loss(tuple(t.unsqueeze(0) for t in obj.sim.reference(imgs[i], labels)), obj.target)
                     for i in range(len(imgs))]
-        rates["update_batched"] = _rate(trial_batched, args.population, args.seconds / 2)
-        rates["update_loop"] = _rate(trial_loop, args.population, args.seconds / 2)
+        rates["update_batched"] = rate(trial_batched, args.population, args.seconds / 2)
+        rates["update_loop"] = rate(trial_loop, args.population, args.seconds / 2)
 
     print(prior_note)
     print(f"torch threads: {torch.get_num_threads()}, population {args.population}, "

@@ -10,8 +10,8 @@ federation whose captures it attacked (``attack.source``), and writes to ``--out
   adaptive; the prior-only baseline (a random image of the inferred class from the same prior) as a
   horizontal band (mean +- std over the attacked images);
 * ``privacy_utility.md``: the same numbers as a table, with n images, bits per round and compression;
-* ``reconstructions.png``: per setting and attacker, the attack's own grid (the victims' originals
-  over their reconstructions and the prior-only images), stacked.
+* ``reconstructions.png``: the victims' originals, then one row of reconstructions per setting and
+  attacker, then the prior-only images, from each attack's ``<setting>/images.pt``.
 
 When several runs of one (setting, attacker, dataset, model) exist, the newest attack wins. A
 ``results.json`` that cannot be read or lacks its fields is reported by path and skipped. With
@@ -29,6 +29,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from ggl.audit.truth import IMAGES_FILE
 
 ATTACKERS = ("non-adaptive", "adaptive")
 FILES = ("privacy_utility.png", "privacy_utility.md", "reconstructions.png")
@@ -163,11 +165,11 @@ def _read_attack(path: Path, data: dict) -> List[dict]:
     for setting, s in settings:
         fields = _summary_fields(s, f"summary[{setting}]" if "settings" in data else "summary")
         rows = [r for r in per_image if isinstance(r, dict) and r.get("setting", setting) == setting]
-        grid = path.parent / setting / "grid.png"
+        images = path.parent / setting / IMAGES_FILE
         label = setting[:-len("-adaptive")] if adaptive and setting.endswith("-adaptive") else setting
         out.append({**fields, "setting": label, "attacker": "adaptive" if adaptive else "non-adaptive",
                     "dir": path.parent, "stamp": path.parent.name,
-                    "grid": grid if grid.is_file() else (path.parent / "grid.png"),
+                    "images": images if images.is_file() else None,
                     "source": _source_key(config["attack"].get("source")),
                     "victims": tuple(r.get("dataset_index") for r in rows),
                     "ssim_std": _std([r.get("ssim") for r in rows]),
@@ -304,7 +306,8 @@ def plot_privacy_utility(rows: List[dict], path: Path) -> Path:
     labels = list(dict.fromkeys(_label(r, many) for r in plotted))
     markers = "osD^vP*Xhp<>d8H"
     cmap = plt.get_cmap("tab20")
-    style = {lab: (cmap(i % 20), markers[i % len(markers)]) for i, lab in enumerate(labels)}
+    # dark hues first (tab20 pairs a dark and a light shade of each hue), so neighbours in the legend differ
+    style = {lab: (cmap((2 * i) % 20 + (2 * i // 20) % 2), markers[i % len(markers)]) for i, lab in enumerate(labels)}
     fig, axes = plt.subplots(1, 2, figsize=(12.5, 5.2), dpi=110)
     panels = (("psnr", "attack PSNR (dB, mean ± std)", "psnr_std"), ("ssim", "attack SSIM (mean ± std)", "ssim_std"))
     for ax, (metric, ylabel, std_key) in zip(axes, panels):
@@ -342,31 +345,82 @@ def plot_privacy_utility(rows: List[dict], path: Path) -> Path:
     return path
 
 
-def plot_reconstructions(rows: List[dict], path: Path) -> Optional[Path]:
-    """The attacks' own grids (originals / reconstructions / prior only), one per row, stacked."""
-    import numpy as np
-    from matplotlib import image as mpimg
-
-    tiles = []
-    for r in rows:
-        if r["grid"] is None or not Path(r["grid"]).is_file():
-            continue
-        img = mpimg.imread(str(r["grid"]))
-        if img.dtype != np.float32 and img.dtype != np.float64:
-            img = img.astype(np.float32) / 255.0
-        if img.ndim == 2:
-            img = np.stack([img] * 3, axis=-1)
-        tiles.append(img[..., :3])
-    if not tiles:
+def _load_images(path: Optional[Path]) -> Optional[dict]:
+    if path is None or not path.is_file():
         return None
-    width = max(t.shape[1] for t in tiles)
-    sep = np.full((6, width, 3), 0.6, dtype=np.float32)
-    padded = []
-    for t in tiles:
-        pad = np.ones((t.shape[0], width - t.shape[1], 3), dtype=np.float32)
-        padded += [np.concatenate([t.astype(np.float32), pad], axis=1), sep]
+    import torch
+
+    try:
+        images = torch.load(path, map_location="cpu", weights_only=True)
+        return {k: images[k].float().clamp(0, 1) for k in ("originals", "reconstructions", "prior_only")}
+    except Exception as exc:  # a damaged file costs its row in the figure, not the report
+        print(f"skipped {path}: {str(exc).splitlines()[0][:120]}", file=sys.stderr)
+        return None
+
+
+def reconstruction_rows(rows: List[dict]) -> List[Tuple[str, Any]]:
+    """(label, images) rows of the reconstructions figure: the victims' originals, one row of
+    reconstructions per setting and attacker (in table order, labelled with its mean PSNR), and the
+    prior-only images last. An ``original`` row is repeated wherever the attacked victims change.
+    Attacks without an images file are left out (the markdown names them)."""
+    import torch
+
+    labelled: List[Tuple[str, torch.Tensor]] = []
+    shown, first = None, None
+    for r in rows:
+        images = _load_images(r["images"])
+        if images is None:
+            continue
+        originals = images["originals"]
+        if shown is None or shown.shape != originals.shape or not torch.equal(shown, originals):
+            labelled.append(("original", originals))
+            shown = originals
+        first = first or (r, images)
+        labelled.append((f"{r['setting']}, {r['attacker']}: {_fmt(r['psnr_mean'], '.1f')} dB",
+                         images["reconstructions"]))
+    if first is not None:
+        labelled.append((f"prior only: {_fmt(first[0].get('baseline_psnr_mean'), '.1f')} dB",
+                         first[1]["prior_only"]))
+    return labelled
+
+
+def plot_reconstructions(rows: List[dict], path: Path) -> Optional[Path]:
+    """``reconstruction_rows`` as one mosaic (one image on one axis: dozens of rows stay fast to draw),
+    labelled on the left."""
+    import numpy as np
+
+    from ggl.plots import _pyplot
+
+    labelled = reconstruction_rows(rows)
+    if not labelled:
+        return None
+    pad = 2
+    n = max(t.shape[0] for _, t in labelled)
+    c, h, w = labelled[0][1].shape[1:]
+    mosaic = np.ones(((h + pad) * len(labelled), (w + pad) * n, 3), dtype=np.float32)
+    for i, (_, imgs) in enumerate(labelled):
+        for j in range(imgs.shape[0]):
+            tile = imgs[j].permute(1, 2, 0).numpy()
+            mosaic[i * (h + pad):i * (h + pad) + h, j * (w + pad):j * (w + pad) + w] = \
+                np.repeat(tile, 3, axis=-1) if c == 1 else tile[..., :3]
+    plt = _pyplot()
+    scale = 0.6 / h  # inches per pixel: 0.6 in per image
+    fig, ax = plt.subplots(figsize=(3.2 + mosaic.shape[1] * scale, 0.4 + mosaic.shape[0] * scale), dpi=110)
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_yticks([i * (h + pad) + h / 2 for i in range(len(labelled))])
+    ax.set_yticklabels([label for label, _ in labelled], fontsize=8)
+    for tick, (label, _) in zip(ax.get_yticklabels(), labelled):
+        if label == "original" or label.startswith("prior only"):
+            tick.set_fontweight("bold")
+    ax.set_xticks([])
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_title("GGL reconstructions per defence setting and attacker (dB: the row's mean PSNR)", fontsize=9)
+    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    mpimg.imsave(str(path), np.concatenate(padded[:-1], axis=0))
+    fig.savefig(path, bbox_inches="tight")  # the setting labels are wider than the layout reserves
+    plt.close(fig)
     return path
 
 
@@ -423,6 +477,10 @@ def markdown(found: dict, roots: Sequence[Path], seconds: float) -> str:
             f"{f['label']} (`{f['dir']}`, acc {f['test_acc']:.3f})" for f in found["feds_alone"]) + "."]
     if found["skipped"]:
         lines += ["", "Skipped results.json files:", ""] + [f"- `{p}`: {why}" for p, why in found["skipped"]]
+    no_images = [f"{r['setting']} ({r['attacker']})" for r in rows if r["images"] is None]
+    if no_images:
+        lines += ["", f"Not in the reconstructions figure (their attack runs have no {IMAGES_FILE}; rerun those "
+                      f"attacks): " + ", ".join(no_images) + "."]
     lines += ["", "![reconstructions](reconstructions.png)", ""]
     return "\n".join(lines)
 

@@ -10,6 +10,7 @@ import torch
 
 from _attack_fixtures import TinyPrior, make_observation, one_torch_thread  # noqa: F401
 from ggl.cli import attack_main
+from ggl.metrics import psnr
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -56,6 +57,12 @@ def test_fresh_attack_writes_results_json_grid_and_captures(tmp_path, tiny_prior
         own = json.loads((run / setting / "results.json").read_text())  # the per-setting run
         assert set(own) == {"config", "per_image", "summary"} and SUMMARY_KEYS <= set(own["summary"])
         assert (run / setting / "grid.png").stat().st_size > 0
+        # the images the report draws are the ones that were scored, in the rows' order
+        images = torch.load(run / setting / "images.pt", weights_only=True)
+        assert {k: tuple(v.shape) for k, v in images.items()} == {
+            "originals": (2, 1, 32, 32), "reconstructions": (2, 1, 32, 32), "prior_only": (2, 1, 32, 32)}
+        scored = [r["psnr"] for r in own["per_image"]]
+        assert psnr(images["reconstructions"], images["originals"]).tolist() == pytest.approx(scored, abs=1e-3)
     assert len(res["per_image"]) == 4
     for row in res["per_image"]:
         assert ROW_KEYS <= set(row)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ggl.report import collect, main, write_report
+from ggl.report import collect, main, reconstruction_rows, write_report
 
 Q4 = {"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}
 
@@ -32,15 +32,17 @@ def _fed(root: Path, name: str, stamp: str, defenses, acc: float, bits: float, r
     return run
 
 
-def _grid_png(path: Path, value: float, height: int = 20) -> None:
-    from matplotlib import image as mpimg
+def _images(path: Path, recon: float, originals: float = 1.0, n: int = 2) -> None:
+    """The tensors attack.py saves per setting (n images of 1x8x8, constant values)."""
+    import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    mpimg.imsave(str(path), np.full((height, 30, 3), value, dtype=np.float32))
+    torch.save({"originals": torch.full((n, 1, 8, 8), originals), "reconstructions": torch.full((n, 1, 8, 8), recon),
+                "prior_only": torch.zeros(n, 1, 8, 8)}, path)
 
 
 def _attack(root: Path, name: str, stamp: str, source: Path, setting: str, adaptive: bool, psnr, ssims,
-            base=(10.0, 12.0)) -> Path:
+            base=(10.0, 12.0), originals: float = 1.0) -> Path:
     run = root / name / stamp
     rows = [{"setting": setting, "observation": f"r0000_b{i:03d}", "image": 0, "dataset_index": 100 + i,
              "psnr": p, "ssim": s, "baseline_psnr": base[i], "baseline_ssim": 0.5}
@@ -54,7 +56,7 @@ def _attack(root: Path, name: str, stamp: str, source: Path, setting: str, adapt
     # the per-setting copy attack.py writes too: must not be counted twice
     _write(run / setting / "results.json", {"config": {**config, "setting": setting}, "per_image": rows,
                                             "summary": summary})
-    _grid_png(run / setting / "grid.png", 0.5)
+    _images(run / setting / "images.pt", recon=psnr[0] / 100, originals=originals)
     return run
 
 
@@ -97,10 +99,28 @@ def test_report_rows_pairing_and_figures(runs, tmp_path):
     assert "PSNR 11.00 ± 1.00 dB" in md  # prior-only band over the 6 attacked images (10, 12 each)
     for name in ("privacy_utility.png", "reconstructions.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    from matplotlib import image as mpimg
+    # the victims once, then each row of the table, then the prior-only images
+    figure = reconstruction_rows(found["rows"])
+    assert [label for label, _ in figure] == ["original", "fp32, non-adaptive: 21.0 dB", "q4, non-adaptive: 16.0 dB",
+                                              "q4, adaptive: 18.0 dB", "prior only: 11.0 dB"]
+    assert [float(images.mean()) for _, images in figure] == pytest.approx([1.0, 0.20, 0.15, 0.18, 0.0])
 
-    # three 20-px grids stacked with two 6-px separators
-    assert mpimg.imread(str(out / "reconstructions.png")).shape[:2] == (3 * 20 + 2 * 6, 30)
+
+def test_reconstructions_repeat_the_originals_where_the_victims_change_and_name_rows_without_images(tmp_path):
+    root = tmp_path / "runs"
+    fp32 = _fed(root, "fed-fp32", "20250101-000000", [], 0.9, 1.0e6, 1.0)
+    q4 = _fed(root, "fed-q4", "20250101-000100", [Q4], 0.85, 2.5e5, 8.0)
+    _attack(root, "attack-fp32", "20250101-000200", fp32, "fp32", False, [20.0, 22.0], [0.8, 0.9])
+    _attack(root, "attack-q4", "20250101-000300", q4, "q4", False, [15.0, 17.0], [0.6, 0.7], originals=0.5)
+    adaptive = _attack(root, "attack-q4-adaptive", "20250101-000400", q4, "q4-adaptive", True, [18.0, 18.0],
+                       [0.75, 0.75])
+    (adaptive / "q4-adaptive" / "images.pt").unlink()  # an attack run from before images were saved
+    out = tmp_path / "reports"
+    found = write_report([root], out)
+    assert [label for label, _ in reconstruction_rows(found["rows"])] == [
+        "original", "fp32, non-adaptive: 21.0 dB", "original", "q4, non-adaptive: 16.0 dB", "prior only: 11.0 dB"]
+    assert "Not in the reconstructions figure (their attack runs have no images.pt; rerun those attacks): " \
+           "q4 (adaptive)." in (out / "privacy_utility.md").read_text()
 
 
 def test_dp_epsilon_of_the_federation_is_in_the_table(tmp_path):

@@ -8,6 +8,8 @@ Outputs in ``runs/<name>/<timestamp>/``:
   "baseline_psnr_mean", "n_images", "wall_seconds", ...}}``;
 * ``grid.png``: originals over the reconstructions of each setting (one column per image) and the
   prior-only baseline; ``<setting>/grid.png`` per setting;
+* ``<setting>/images.pt``: the same images as tensors (``IMAGES_FILE``: originals, reconstructions,
+  prior-only, each (N, C, H, W) in [0, 1]), from which ``ggl.report`` composes its figure;
 * one W&B run per setting (offline by default), all in one group, with the grid and the loss curve;
 * ``captures/`` (fresh mode): the observations and, separately, the ground truth.
 """
@@ -22,10 +24,11 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from ggl.allocator import retain_freed_memory
 from ggl.attack import attack, check_prior_fits, search_units
 from ggl.attack.observation import Observation
 from ggl.audit.evaluate import Evaluator, summarize
-from ggl.audit.truth import OBS_DIR, TRUTH_DIR, find_captures
+from ggl.audit.truth import IMAGES_FILE, OBS_DIR, TRUTH_DIR, find_captures
 from ggl.errors import UserError
 from ggl.seeding import derived_seed
 from ggl.tracking import Stopwatch, new_run_dir, write_json
@@ -184,6 +187,7 @@ def run_attack_cli(cfg, prior=None) -> dict:
     a = cfg.attack
     if a.torch_threads:
         torch.set_num_threads(a.torch_threads)
+    retain_freed_memory()  # a generation's trial updates reuse the last one's memory (ggl/allocator.py)
     captures: Optional[Captures] = source_captures(a.source) if a.source else None
     G = prior if prior is not None else load_attack_prior(a.prior)
 
@@ -239,6 +243,9 @@ def run_attack_cli(cfg, prior=None) -> dict:
             setting_dir = run_dir / setting
             grid = save_grid(setting_dir / "grid.png", truth_all,
                              [(title, recon_all), (f"prior only\n{_fmt(summary['baseline_psnr_mean'], '.1f')} dB", base_all)])
+            torch.save({k: v.detach().cpu().clamp(0, 1) for k, v in (("originals", truth_all), ("reconstructions", recon_all),
+                                                                    ("prior_only", base_all))},
+                       setting_dir / IMAGES_FILE)
             write_json(setting_dir / "results.json", {"config": {**config, "setting": setting}, "per_image": rows,
                                                       "summary": summary})
             results["per_image"] += rows

@@ -17,6 +17,8 @@ from ggl.errors import UserError
 FORMAT = "ggl.ground_truth/1"
 OBS_DIR = "observations"
 TRUTH_DIR = "ground_truth"
+# per attacked setting of an attack run: its originals, reconstructions and prior-only images (tensors)
+IMAGES_FILE = "images.pt"
 
 
 @dataclass

@@ -1,0 +1,53 @@
+"""ggl.allocator: an attack's freed trial updates are reused, not returned to the OS and faulted in
+again at every generation (measured in benchmarks/bench_allocator.py: ~3x faster on the CNN)."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from ggl.allocator import retention_supported
+
+# Page faults of one batched evaluation of 20 candidates on the federation's CNN (20 x 544,522
+# parameters = 44 MB of trial updates), in steady state, with glibc's defaults and after
+# retain_freed_memory(). A fresh process, so the defaults are really in force.
+SCRIPT = textwrap.dedent("""
+    import resource, torch
+    from ggl.allocator import retain_freed_memory
+    from ggl.attack.objective import GGLObjective
+    from ggl.attack.observation import Observation
+    from ggl.models import build_model
+    from ggl.models.gan import Generator
+
+    torch.manual_seed(0)
+    model = build_model("cnn", 1, 10, seed=0)
+    x, y = torch.rand(1, 1, 32, 32), torch.tensor([3])
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    update = [g.detach() for g in torch.autograd.grad(loss, list(model.parameters()))]
+    obs = Observation(arch="cnn", channels=1, num_classes=10, state=model.state_dict(),
+                      names=[n for n, _ in model.named_parameters()], update=update, kind="gradient",
+                      batch_size=1, local_steps=1, lr=0.05, local_batch_size=32, defenses=[])
+    objective = GGLObjective(obs, Generator(128, 1, 32, 10).eval().requires_grad_(False), y, model=model)
+    z = torch.randn(20, objective.dim)
+
+    def faults_per_generation():
+        with torch.no_grad():
+            for _ in range(3):  # steady state: the allocator has seen this generation's blocks before
+                objective(z)
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            objective(z)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    default = faults_per_generation()
+    assert retain_freed_memory()
+    print(default, faults_per_generation())
+""")
+
+
+@pytest.mark.skipif(not retention_supported(), reason="glibc only (elsewhere retain_freed_memory is a no-op)")
+def test_an_attack_generation_reuses_the_last_ones_memory():
+    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True)
+    default, retained = map(int, out.stdout.split())
+    update_pages = 20 * 544_522 * 4 // 4096
+    assert default > update_pages  # the default: the trial updates' pages are faulted in anew
+    assert retained < default // 10  # retained: the freed heap is reused
