@@ -35,3 +35,39 @@ def label_histogram_png(hist: np.ndarray, path: Path, title: str) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def image_rows_png(path: Path, rows, title: str = "", bold=("original", "prior only")) -> Path:
+    """Rows of images, one labelled row per (label, images (N, C, H, W) in [0, 1]), drawn as one mosaic
+    (one image on one axis: dozens of rows stay fast to draw). Labels starting with one of ``bold``
+    (the references: originals, prior-only images) are set in bold."""
+    pad = 2
+    rows = [(label, imgs.detach().float().cpu().clamp(0, 1)) for label, imgs in rows]
+    n = max(imgs.shape[0] for _, imgs in rows)
+    c, h, w = rows[0][1].shape[1:]
+    mosaic = np.ones(((h + pad) * len(rows), (w + pad) * n, 3), dtype=np.float32)
+    for i, (_, imgs) in enumerate(rows):
+        for j in range(imgs.shape[0]):
+            tile = imgs[j].permute(1, 2, 0).numpy()
+            mosaic[i * (h + pad):i * (h + pad) + h, j * (w + pad):j * (w + pad) + w] = \
+                np.repeat(tile, 3, axis=-1) if c == 1 else tile[..., :3]
+    plt = _pyplot()
+    scale = 0.6 / h  # inches per pixel: 0.6 in per image
+    fig, ax = plt.subplots(figsize=(3.2 + mosaic.shape[1] * scale, 0.4 + mosaic.shape[0] * scale), dpi=110)
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_yticks([i * (h + pad) + h / 2 for i in range(len(rows))])
+    ax.set_yticklabels([label for label, _ in rows], fontsize=8)
+    for tick, (label, _) in zip(ax.get_yticklabels(), rows):
+        if label.startswith(tuple(bold)):
+            tick.set_fontweight("bold")
+    ax.set_xticks([])
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")  # the labels are wider than a fixed layout would reserve
+    plt.close(fig)
+    return path

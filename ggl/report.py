@@ -385,43 +385,14 @@ def reconstruction_rows(rows: List[dict]) -> List[Tuple[str, Any]]:
 
 
 def plot_reconstructions(rows: List[dict], path: Path) -> Optional[Path]:
-    """``reconstruction_rows`` as one mosaic (one image on one axis: dozens of rows stay fast to draw),
-    labelled on the left."""
-    import numpy as np
-
-    from ggl.plots import _pyplot
+    """``reconstruction_rows`` as one labelled figure."""
+    from ggl.plots import image_rows_png
 
     labelled = reconstruction_rows(rows)
     if not labelled:
         return None
-    pad = 2
-    n = max(t.shape[0] for _, t in labelled)
-    c, h, w = labelled[0][1].shape[1:]
-    mosaic = np.ones(((h + pad) * len(labelled), (w + pad) * n, 3), dtype=np.float32)
-    for i, (_, imgs) in enumerate(labelled):
-        for j in range(imgs.shape[0]):
-            tile = imgs[j].permute(1, 2, 0).numpy()
-            mosaic[i * (h + pad):i * (h + pad) + h, j * (w + pad):j * (w + pad) + w] = \
-                np.repeat(tile, 3, axis=-1) if c == 1 else tile[..., :3]
-    plt = _pyplot()
-    scale = 0.6 / h  # inches per pixel: 0.6 in per image
-    fig, ax = plt.subplots(figsize=(3.2 + mosaic.shape[1] * scale, 0.4 + mosaic.shape[0] * scale), dpi=110)
-    ax.imshow(mosaic, interpolation="nearest")
-    ax.set_yticks([i * (h + pad) + h / 2 for i in range(len(labelled))])
-    ax.set_yticklabels([label for label, _ in labelled], fontsize=8)
-    for tick, (label, _) in zip(ax.get_yticklabels(), labelled):
-        if label == "original" or label.startswith("prior only"):
-            tick.set_fontweight("bold")
-    ax.set_xticks([])
-    ax.tick_params(length=0)
-    for side in ax.spines.values():
-        side.set_visible(False)
-    ax.set_title("GGL reconstructions per defence setting and attacker (dB: the row's mean PSNR)", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")  # the setting labels are wider than the layout reserves
-    plt.close(fig)
-    return path
+    return image_rows_png(path, labelled,
+                          "GGL reconstructions per defence setting and attacker (dB: the row's mean PSNR)")
 
 
 TABLE_COLUMNS = ["setting", "attacker", "test acc", "PSNR (dB)", "SSIM", "LPIPS", "label acc",

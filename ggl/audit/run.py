@@ -121,28 +121,9 @@ def _validate(captures: Captures, G) -> Dict[Path, Observation]:
 
 def save_grid(path: Path, originals: torch.Tensor, rows: List[Tuple[str, torch.Tensor]]) -> Path:
     """Originals on top, then one row per (title, images); one column per image."""
-    import matplotlib
+    from ggl.plots import image_rows_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    all_rows = [("original", originals)] + rows
-    n = originals.shape[0]
-    fig, axes = plt.subplots(len(all_rows), n, figsize=(1.1 * n + 1.6, 1.15 * len(all_rows)), squeeze=False)
-    for r, (title, imgs) in enumerate(all_rows):
-        for c in range(n):
-            ax = axes[r][c]
-            img = imgs[c].detach().float().clamp(0, 1).permute(1, 2, 0).numpy()
-            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
-                      vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[r][0].set_ylabel(title, rotation=0, ha="right", va="center", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return image_rows_png(path, [("original", originals)] + rows)
 
 
 def _fmt(v, spec=".2f"):
