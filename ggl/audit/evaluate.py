@@ -1,10 +1,12 @@
 """The evaluator: the only code that opens ground truth. Scores reconstructions against the victim's
-private images, beside the prior-only baseline.
+private images, beside the label-only baselines, with pixel metrics and re-identification.
 
-Baseline: a random latent of the *inferred* class through the same prior (what the prior alone
-gives an attacker who learned the label but nothing else from the update). Leakage is the attack's
-score above it. For batch > 1 the reconstructions are matched to the originals by minimum MSE
-(Hungarian assignment) before scoring; the baseline is matched the same way.
+Baselines (``ggl.audit.baselines``): the prior's and the public split's class mean of the *inferred*
+class, and one random prior sample of it: what an attacker who learned the label but nothing else
+from the update can show. Every metric is computed for each; ``leakage_<metric>`` is the attack's
+score minus the best baseline's on the same image. Re-identification (``ggl.audit.reid``) ranks the
+victim among the private split's images. For batch > 1 the reconstructions are matched to the
+originals by minimum MSE (Hungarian assignment) before scoring; each baseline is matched the same way.
 """
 from __future__ import annotations
 
@@ -17,9 +19,12 @@ import torch
 from torch import Tensor, nn
 
 from ggl import metrics
+from ggl.audit import baselines as label_only
+from ggl.audit.reid import Gallery, load_feature_classifier
 from ggl.audit.truth import GroundTruth
 from ggl.errors import UserError
-from ggl.seeding import derived_seed
+
+METRICS = ("psnr", "ssim", "lpips", "mse", "feature_mse")
 
 
 def _match(recon: Tensor, truth: Tensor) -> np.ndarray:
@@ -40,9 +45,20 @@ def label_accuracy(true: Tensor, pred: Tensor) -> float:
 
 
 class Evaluator:
-    def __init__(self, lpips_net: str = "alex"):
+    """``prior_path``: the GAN prior whose shipped domain classifier (``<stem>_classifier.pt``, trained
+    on the public split) gives re-identification its feature space (default: the shipped prior); it
+    is used only when it was trained on the public split of the dataset being scored."""
+
+    def __init__(self, lpips_net: str = "alex", prior_path: Optional[Path] = None):
         self.lpips = metrics.LPIPSScorer(lpips_net)
         self._data_cache: Dict[str, object] = {}
+        self._gallery_cache: Dict[str, Gallery] = {}
+        self._label_only_cache: Dict[tuple, label_only.LabelOnly] = {}
+        if prior_path is None:
+            from ggl.gan.prior import DEFAULT_PRIOR
+
+            prior_path = DEFAULT_PRIOR
+        self.prior_path = Path(prior_path)
 
     # ------------------------------------------------------------------ ground truth
     def truth(self, path: Path, obs_id: Optional[str] = None) -> Tuple[GroundTruth, Tensor]:
@@ -53,7 +69,7 @@ class Evaluator:
         gt = GroundTruth.load(path)
         if obs_id is not None and gt.obs_id != obs_id:
             raise UserError(f"ground truth '{path}' belongs to observation '{gt.obs_id}', not '{obs_id}'")
-        images = self._dataset(gt.dataset).images[gt.indices]
+        images = self._dataset(gt.dataset)[0].images[gt.indices]
         return gt, images
 
     def true_labels(self, path: Path) -> Tensor:
@@ -66,15 +82,42 @@ class Evaluator:
 
         key = repr(sorted(data_cfg.items()))
         if key not in self._data_cache:
-            self._data_cache[key] = load_split(DataConfig(**data_cfg))[0]
+            self._data_cache[key] = load_split(DataConfig(**data_cfg))
         return self._data_cache[key]
+
+    def gallery(self, data_cfg: dict) -> Gallery:
+        """The private split as the re-identification gallery, with the public classifier's features
+        when that classifier was trained on this dataset's public split."""
+        from ggl.data.splits import indices_hash
+
+        key = repr(sorted(data_cfg.items()))
+        if key not in self._gallery_cache:
+            data, split = self._dataset(data_cfg)
+            classifier, public_hash, reason = load_feature_classifier(self.prior_path)
+            if classifier is not None and public_hash != indices_hash(split.public):
+                classifier, reason = None, (f"the classifier beside {self.prior_path} was trained on another "
+                                            f"public split ({public_hash}) than this dataset's")
+            if classifier is not None and classifier.arch["channels"] != data.channels:
+                classifier, reason = None, f"the classifier beside {self.prior_path} takes other images"
+            idx = torch.as_tensor(split.private, dtype=torch.long)
+            self._gallery_cache[key] = Gallery(data.images[idx], data.labels[idx], idx, classifier, reason)
+        return self._gallery_cache[key]
+
+    def label_only(self, data_cfg: dict, G: nn.Module) -> label_only.LabelOnly:
+        """The label-only baselines of a prior and a dataset: from the prior and the *public* split only."""
+        key = (repr(sorted(data_cfg.items())), id(G))
+        if key not in self._label_only_cache:
+            data, split = self._dataset(data_cfg)
+            pub = torch.as_tensor(split.public, dtype=torch.long)
+            self._label_only_cache[key] = label_only.LabelOnly(G, data.images[pub], data.labels[pub],
+                                                               int(data.num_classes))
+        return self._label_only_cache[key]
 
     # ------------------------------------------------------------------ scores
     @torch.no_grad()
     def baseline(self, G: nn.Module, labels: Tensor, seed: int) -> Tensor:
-        gen = torch.Generator().manual_seed(derived_seed(seed, 0xBA5E))
-        z = torch.randn(len(labels), int(G.latent_dim), generator=gen)
-        return G(z, labels if getattr(G, "conditional", False) else None)
+        """One random prior sample of each label (the ``prior_sample`` baseline)."""
+        return label_only.prior_sample(G, labels, seed)
 
     def scores(self, recon: Tensor, truth: Tensor, model: Optional[nn.Module] = None) -> List[dict]:
         """Per-image scores of ``recon`` against ``truth`` (same order)."""
@@ -91,29 +134,49 @@ class Evaluator:
 
     def evaluate(self, truth_path: Path, obs_id: str, recon: Tensor, pred_labels: Tensor, G: nn.Module,
                  model: nn.Module, seed: int) -> Tuple[List[dict], Tensor, Tensor, Tensor]:
-        """Per-image rows (attack and baseline scores), the originals, the matched reconstructions and
-        the matched baseline images, in the order of the victim's images."""
+        """Per-image rows (attack scores, every label-only baseline's scores, leakage), the originals,
+        the matched reconstructions and the matched prior-sample images, in the victim's image order."""
         gt, truth = self.truth(truth_path, obs_id)
         perm = _match(recon, truth)
-        recon_m, pred_m = recon[perm], pred_labels[perm]
-        base = self.baseline(G, pred_labels, seed)
-        base_m = base[_match(base, truth)]
-        attack_rows = self.scores(recon_m, truth, model)
-        base_rows = self.scores(base_m, truth, model)
+        recon_m, pred_m = recon[perm].float().cpu(), pred_labels[perm]
+        gallery = self.gallery(gt.dataset)
+        guesses = self.label_only(gt.dataset, G).images(pred_labels.cpu(), seed)
+        guesses = {name: img[_match(img, truth)] for name, img in guesses.items()}
+        attack_rows = self._all_scores(recon_m, truth, model, gallery, gt.indices)
+        base_rows = {name: self._all_scores(img, truth, model, gallery, gt.indices) for name, img in guesses.items()}
         acc = label_accuracy(gt.labels, pred_labels)
         rows = []
         for i in range(len(truth)):
             row = {"observation": obs_id, "image": i, "dataset_index": int(gt.indices[i]), "round": gt.round,
-                   "label_true": int(gt.labels[i]), "label_pred": int(pred_m[i]),
+                   "client_id": int(gt.client_id), "label_true": int(gt.labels[i]), "label_pred": int(pred_m[i]),
                    "label_correct": bool(int(gt.labels[i]) == int(pred_m[i])), "batch_label_acc": acc}
             row.update(attack_rows[i])
-            row.update({f"baseline_{k}": v for k, v in base_rows[i].items()})
+            for name in label_only.BASELINES:
+                row.update({f"baseline_{name}_{k}": v for k, v in base_rows[name][i].items()
+                            if not k.startswith("reid_gallery")})
+            for k in attack_rows[i]:
+                if k.startswith("reid_gallery"):
+                    continue
+                per_base = {name: base_rows[name][i][k] for name in label_only.BASELINES}
+                row[f"best_baseline_{k}"] = label_only.best_baseline(k, per_base)
+                row[f"leakage_{k}"] = label_only.leakage(k, attack_rows[i][k], per_base)
             rows.append(row)
-        return rows, truth, recon_m, base_m
+        return rows, truth, recon_m, guesses["prior_sample"]
+
+    def _all_scores(self, images: Tensor, truth: Tensor, model: Optional[nn.Module], gallery: Gallery,
+                    victims: Tensor) -> List[dict]:
+        rows = self.scores(images, truth, model)
+        for row, reid in zip(rows, gallery.score(images, victims)):
+            row.update(reid)
+        return rows
 
 
 def summarize(rows: List[dict], wall_seconds: float, lpips_reason: Optional[str]) -> dict:
-    """The ``summary`` block of results.json for one defence setting."""
+    """The ``summary`` block of results.json for one defence setting: the mean of every per-image score
+    (``<key>_mean``), the re-identification chance levels, and ``baseline_*`` = the random prior sample
+    (as before), ``best_baseline_*`` = the best label-only baseline per image."""
+    from ggl.audit.reid import chance, reid_keys
+
     def col(key):
         vals = [r[key] for r in rows if r.get(key) is not None]
         return np.array(vals, dtype=np.float64) if vals else None
@@ -127,13 +190,24 @@ def summarize(rows: List[dict], wall_seconds: float, lpips_reason: Optional[str]
     for r in rows:
         obs_acc[r["observation"]] = (r["batch_label_acc"], obs_acc.get(r["observation"], (0, 0))[1] + 1)
     n = sum(c for _, c in obs_acc.values())
-    return {
+    out = {
         "psnr_mean": mean("psnr"), "psnr_std": None if psnr is None else float(psnr.std()),
         "ssim_mean": mean("ssim"), "lpips_mean": mean("lpips"),
         "label_acc": sum(a * c for a, c in obs_acc.values()) / max(1, n),
-        "baseline_psnr_mean": mean("baseline_psnr"), "baseline_ssim_mean": mean("baseline_ssim"),
-        "baseline_lpips_mean": mean("baseline_lpips"),
+        "baseline_psnr_mean": mean("baseline_prior_sample_psnr"),
+        "baseline_ssim_mean": mean("baseline_prior_sample_ssim"),
+        "baseline_lpips_mean": mean("baseline_prior_sample_lpips"),
         "mse_mean": mean("mse"), "feature_mse_mean": mean("feature_mse"),
         "n_images": len(rows), "wall_seconds": float(wall_seconds),
         "lpips_note": lpips_reason,
     }
+    for key in METRICS + tuple(reid_keys()):
+        out.setdefault(f"{key}_mean", mean(key))
+        out[f"best_baseline_{key}_mean"] = mean(f"best_baseline_{key}")
+        out[f"leakage_{key}_mean"] = mean(f"leakage_{key}")
+    for gallery in ("all", "class"):
+        sizes = col(f"reid_gallery_{gallery}")
+        for kind in ("top1", "rr"):
+            out[f"reid_{kind}_{gallery}_chance"] = (None if sizes is None else
+                                                    float(np.mean([chance(kind, m) for m in sizes])))
+    return out
