@@ -37,10 +37,11 @@ def label_histogram_png(hist: np.ndarray, path: Path, title: str) -> Path:
     return Path(path)
 
 
-def image_rows_png(path: Path, rows, title: str = "", bold=("original", "prior only")) -> Path:
+def image_rows_png(path: Path, rows, title: str = "", bold=("original", "prior only"), columns=None) -> Path:
     """Rows of images, one labelled row per (label, images (N, C, H, W) in [0, 1]), drawn as one mosaic
     (one image on one axis: dozens of rows stay fast to draw). Labels starting with one of ``bold``
-    (the references: originals, prior-only images) are set in bold."""
+    (the references: originals, prior-only images) are set in bold. ``columns``: a title per column
+    (e.g. the victim's id and label), set above the mosaic."""
     pad = 2
     rows = [(label, imgs.detach().float().cpu().clamp(0, 1)) for label, imgs in rows]
     n = max(imgs.shape[0] for _, imgs in rows)
@@ -60,12 +61,17 @@ def image_rows_png(path: Path, rows, title: str = "", bold=("original", "prior o
     for tick, (label, _) in zip(ax.get_yticklabels(), rows):
         if label.startswith(tuple(bold)):
             tick.set_fontweight("bold")
-    ax.set_xticks([])
+    if columns:
+        ax.xaxis.tick_top()
+        ax.set_xticks([j * (w + pad) + w / 2 for j in range(len(columns))])
+        ax.set_xticklabels(list(columns), fontsize=6, rotation=90)
+    else:
+        ax.set_xticks([])
     ax.tick_params(length=0)
     for side in ax.spines.values():
         side.set_visible(False)
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=9, pad=28 if columns else 6)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight")  # the labels are wider than a fixed layout would reserve

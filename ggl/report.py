@@ -1,22 +1,28 @@
 """The privacy-utility report: federation runs (utility) paired with the attacks on their captures (privacy).
 
-    python -m ggl.report runs/sweep_defenses [--out reports] [--wandb disabled|offline|online]
+    python -m ggl.report runs/sweep_defenses [--out reports] [--metric psnr|ssim|reid] [--wandb ...]
+    python -m ggl.report --from-csv reports/per_image.csv [--out reports] [--metric ...]
 
-Reads every ``results.json`` under the folder (never the network), pairs each attack with the
-federation whose captures it attacked (``attack.source``), and writes to ``--out``:
+Reads every ``results.json`` under the folders (never the network), pairs each attack with the
+federation whose captures it attacked (the attack's recorded ``federation``; older files: its
+``attack.source`` path), and writes to ``--out``:
 
-* ``privacy_utility.png``: x = the federation's final test accuracy, y = mean attack PSNR with a std
-  error bar (left) and SSIM (right); one marker per defence, filled = non-adaptive attacker, hollow =
-  adaptive; the prior-only baseline (a random image of the inferred class from the same prior) as a
-  horizontal band (mean +- std over the attacked images);
-* ``privacy_utility.md``: the same numbers as a table, with n images, bits per round and compression;
-* ``reconstructions.png``: the victims' originals, then one row of reconstructions per setting and
+* ``per_image.csv``: one row per attacked image (``ggl.results``: setting, attacker, round, victim id,
+  label, every metric, every label-only baseline's scores, leakage, its federation's numbers). Every
+  number of the table and of ``privacy_utility.png`` is computed from it alone; ``--from-csv``
+  rebuilds them from it;
+* ``privacy_utility.md``: per point (defence setting x attacker, seeds pooled) the mean and 95%
+  bootstrap CI over the attacked images (``ggl.stats``) of PSNR, SSIM, re-identification, the best
+  label-only baseline and the leakage over it; then paired comparisons on the same victims;
+* ``privacy_utility.png``: x = the federation's final test accuracy, y = the ``--metric`` (PSNR, SSIM
+  or re-identification top-1) with 95% CI bars, one panel per defence family (fp32 in each as the
+  reference), points at the same accuracy spread sideways; filled = non-adaptive attacker, hollow =
+  adaptive; the band = the strongest label-only baseline's 95% CI;
+* ``reconstructions.png``: the victims as columns; the originals, then one titled row per setting and
   attacker, then the prior-only images, from each attack's ``<setting>/images.pt``.
 
-When several runs of one (setting, attacker, dataset, model) exist, the newest attack wins. A
-``results.json`` that cannot be read or lacks its fields is reported by path and skipped. With
-``--wandb online`` (or offline) the table and the figures are also logged to a W&B run (job type
-``report``).
+When several runs of one (setting, attacker, dataset, model, seed) exist, the newest attack wins. A
+``results.json`` that cannot be read or lacks its fields is reported by path and skipped.
 """
 from __future__ import annotations
 
@@ -24,16 +30,28 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from ggl.audit.baselines import BASELINES
+from ggl.audit.reid import HEADLINE, chance
 from ggl.audit.truth import IMAGES_FILE
+from ggl.results import (ATTACKERS, FederationRef, FederationResult, ImageRecord, SchemaError, read_attack_records,
+                         read_csv, write_csv)
+from ggl.stats import MeanCI, mean_ci, paired
 
-ATTACKERS = ("non-adaptive", "adaptive")
-FILES = ("privacy_utility.png", "privacy_utility.md", "reconstructions.png")
+CSV_FILE = "per_image.csv"
+FILES = ("privacy_utility.png", "privacy_utility.md", "reconstructions.png", CSV_FILE)
+# --metric -> (per-image key, axis label, number format)
+PLOT_METRICS = {"psnr": ("psnr", "attack PSNR (dB)", ".2f"), "ssim": ("ssim", "attack SSIM", ".3f"),
+                "reid": (HEADLINE, "re-identification top-1 (feature space, same-class private images)", ".2f")}
+BOOTSTRAP_SEED = 0
+
+Pair = Tuple[ImageRecord, Optional[FederationResult]]
 
 
 class Malformed(Exception):
@@ -65,152 +83,31 @@ def _results_files(roots: Iterable[Path]) -> List[Path]:
     return out
 
 
-def _num(value: Any, what: str, allow_none: bool = False) -> Optional[float]:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise Malformed(f"{what} = {value!r} is not a number")
-    return float(value)
-
-
-def _fed_label(config: dict) -> str:
-    from ggl.defenses.specs import defenses_label, parse_defense
-
-    chain = config.get("defenses")
-    if not isinstance(chain, list):
-        raise Malformed("config.defenses is missing")
-    try:
-        return defenses_label([parse_defense(dict(d), f"defenses[{i}]") for i, d in enumerate(chain)])
-    except Exception as exc:
-        raise Malformed(f"config.defenses: {exc}") from None
-
-
-def _read_fed(path: Path, data: dict) -> dict:
-    final, config = data.get("final"), data.get("config")
-    if not isinstance(final, dict) or not isinstance(config, dict):
-        raise Malformed("a federation result needs 'final' and 'config' objects")
-    fl = config.get("fl") if isinstance(config.get("fl"), dict) else {}
-    rounds_done = final.get("rounds")
-    if final.get("test_acc") is None:
-        raise Malformed("final.test_acc is null (the federation has not been evaluated yet)")
-    return {
-        "key": (path.parent.parent.name, path.parent.name), "dir": path.parent, "label": _fed_label(config),
-        "test_acc": _num(final.get("test_acc"), "final.test_acc"),
-        "bits_per_round": _num(final.get("uplink_bits_per_round"), "final.uplink_bits_per_round", True),
-        "compression_ratio": _num(final.get("compression_ratio"), "final.compression_ratio", True),
-        "rounds": rounds_done, "rounds_planned": fl.get("rounds"),
-        "dataset": (config.get("data") or {}).get("name"), "model": (config.get("model") or {}).get("name"),
-        "seed": config.get("seed"), "epsilon": _epsilon(final.get("privacy")),
-    }
-
-
-def _epsilon(privacy: Any) -> Optional[Tuple[float, float]]:
-    """(epsilon, delta) of a DP run (``final.privacy``), None without a DP guarantee."""
-    if not isinstance(privacy, dict):
-        return None
-    eps, delta = privacy.get("epsilon"), privacy.get("delta")
-    if not isinstance(eps, (int, float)) or not isinstance(delta, (int, float)):
-        return None
-    return float(eps), float(delta)
-
-
-def _summary_fields(s: Any, what: str) -> dict:
-    if not isinstance(s, dict):
-        raise Malformed(f"{what} is not an object")
-    out = {"psnr_mean": _num(s.get("psnr_mean"), f"{what}.psnr_mean"),
-           "psnr_std": _num(s.get("psnr_std"), f"{what}.psnr_std", True),
-           "ssim_mean": _num(s.get("ssim_mean"), f"{what}.ssim_mean", True),
-           "lpips_mean": _num(s.get("lpips_mean"), f"{what}.lpips_mean", True),
-           "label_acc": _num(s.get("label_acc"), f"{what}.label_acc", True),
-           "baseline_psnr_mean": _num(s.get("baseline_psnr_mean"), f"{what}.baseline_psnr_mean", True),
-           "baseline_ssim_mean": _num(s.get("baseline_ssim_mean"), f"{what}.baseline_ssim_mean", True),
-           "n_images": s.get("n_images")}
-    if not isinstance(out["n_images"], int) or out["n_images"] < 1:
-        raise Malformed(f"{what}.n_images = {out['n_images']!r} is not a positive integer")
-    return out
-
-
-def _source_key(source: Any) -> Optional[Tuple[str, str]]:
-    """(name, timestamp) of the federation run an attack's ``attack.source`` points into."""
-    if not isinstance(source, str) or not source:
-        return None
-    p = Path(source).expanduser()
-    if p.exists():
-        p = p.resolve()
-        for q in [p] + list(p.parents):  # the run folder holds the audit/ folder and results.json
-            if (q / "results.json").is_file() and (q / "audit").is_dir():
-                return q.parent.name, q.name
-    parts = list(p.parts)
-    if "audit" in parts:
-        parts = parts[:parts.index("audit")]
-    return (parts[-2], parts[-1]) if len(parts) >= 2 else None
-
-
-def _read_attack(path: Path, data: dict) -> List[dict]:
-    """One entry per attacked setting of an attack run."""
-    config = data.get("config")
-    if not isinstance(config, dict) or not isinstance(config.get("attack"), dict):
-        raise Malformed("an attack result needs a 'config' with an 'attack' section")
-    adaptive = bool(config["attack"].get("adaptive"))
-    per_image = data.get("per_image") if isinstance(data.get("per_image"), list) else []
-    summary = data.get("summary")
-    if isinstance(data.get("settings"), list):
-        if not isinstance(summary, dict):
-            raise Malformed("'summary' must map each setting to its numbers")
-        settings = [(s, summary[s]) for s in data["settings"] if s in summary]  # a stopped run: those done
-    else:
-        name = config.get("setting") or next((r.get("setting") for r in per_image if isinstance(r, dict)), None)
-        settings = [(name or "?", summary)]
-    out = []
-    for setting, s in settings:
-        fields = _summary_fields(s, f"summary[{setting}]" if "settings" in data else "summary")
-        rows = [r for r in per_image if isinstance(r, dict) and r.get("setting", setting) == setting]
-        images = path.parent / setting / IMAGES_FILE
-        label = setting[:-len("-adaptive")] if adaptive and setting.endswith("-adaptive") else setting
-        out.append({**fields, "setting": label, "attacker": "adaptive" if adaptive else "non-adaptive",
-                    "dir": path.parent, "stamp": path.parent.name,
-                    "images": images if images.is_file() else None,
-                    "source": _source_key(config["attack"].get("source")),
-                    "victims": tuple(r.get("dataset_index") for r in rows),
-                    "ssim_std": _std([r.get("ssim") for r in rows]),
-                    "baseline_psnr": [r["baseline_psnr"] for r in rows if isinstance(r.get("baseline_psnr"), (int, float))],
-                    "baseline_ssim": [r["baseline_ssim"] for r in rows if isinstance(r.get("baseline_ssim"), (int, float))],
-                    "seed": config.get("seed")})
-    return out
-
-
-def _std(values: Sequence[Any]) -> Optional[float]:
-    v = [float(x) for x in values if isinstance(x, (int, float))]
-    if not v:
-        return None
-    m = sum(v) / len(v)
-    return math.sqrt(sum((x - m) ** 2 for x in v) / len(v))
-
-
 def _kind(data: dict) -> Optional[str]:
     config = data.get("config") if isinstance(data.get("config"), dict) else {}
     if "final" in data or config.get("task") == "fedavg":
         return "fed"
-    if "summary" in data or config.get("task") == "attack":
+    if "summary" in data or "records" in data or config.get("task") == "attack":
         return "attack"
     return None  # GAN runs and other jobs: not part of this report
 
 
 def collect(roots: Sequence[Path]) -> dict:
-    """Read the results under ``roots`` and pair them: {"rows", "feds_alone", "skipped", "ignored", ...}."""
-    feds: Dict[Tuple[str, str], dict] = {}
-    attacks: List[dict] = []
+    """Read the results under ``roots``, pair attacks with federations, keep the newest attack of each
+    (setting, attacker, dataset, model, seed), and group the images into points:
+    {"rows" (the points), "pairs" (record, federation), "feds_alone", "skipped", "ignored", ...}."""
+    feds: Dict[Tuple[str, str], FederationResult] = {}
+    attacks: List[Tuple[Path, List[ImageRecord]]] = []
     skipped: List[Tuple[str, str]] = []
     ignored = 0
     files = _results_files(roots)
-    tops = set()
-    loaded = []
+    loaded, tops = [], set()
     for path in files:
         try:
             data = json.loads(path.read_text())
             if not isinstance(data, dict):
-                raise Malformed("not a JSON object")
-        except (OSError, ValueError, Malformed) as exc:
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
             skipped.append((str(path), f"cannot be read as JSON ({str(exc).splitlines()[0][:120]})"))
             continue
         loaded.append((path, data))
@@ -220,43 +117,97 @@ def collect(roots: Sequence[Path]) -> dict:
         kind = _kind(data)
         try:
             if kind == "fed":
-                fed = _read_fed(path, data)
-                feds[fed["key"]] = fed
+                fed = FederationResult.from_json(path, data)
+                feds[fed.key] = fed
             elif kind == "attack":
                 if "settings" not in data and path.parent.parent.resolve() in tops:
                     continue  # a per-setting copy of an attack run already read as a whole
-                attacks.extend(_read_attack(path, data))
+                attacks.append((path, read_attack_records(path, data)))
             else:
                 ignored += 1
-        except Malformed as exc:
-            skipped.append((str(path), str(exc)))
-    latest_by_name: Dict[str, dict] = {}
+        except SchemaError as exc:
+            msg = str(exc)
+            skipped.append((str(path), msg[len(f"{path}: "):] if msg.startswith(f"{path}: ") else msg))
+    latest_by_name: Dict[str, FederationResult] = {}
     for key, fed in sorted(feds.items()):
         latest_by_name[key[0]] = fed
-    # pair, then keep the newest attack of each (setting, attacker, dataset, model, seed)
-    best: Dict[tuple, dict] = {}
-    paired_feds = set()
-    superseded = 0
-    for a in attacks:
-        src = a["source"]
-        fed = None
-        if src is not None:
-            fed = feds.get(src) or (latest_by_name.get(src[0]) if src[1] == "latest" else None)
-        row = dict(a)
-        row.update({k: fed[k] if fed else None for k in ("test_acc", "bits_per_round", "compression_ratio",
-                                                          "rounds", "dataset", "model", "epsilon")})
-        row["fed_dir"] = fed["dir"] if fed else None
-        if fed:
-            paired_feds.add(fed["key"])
-        key = (row["setting"], row["attacker"], row["dataset"], row["model"], row["seed"])
-        if key in best:
-            superseded += 1
-        if key not in best or (row["stamp"], str(row["dir"])) > (best[key]["stamp"], str(best[key]["dir"])):
-            best[key] = row
-    rows = sorted(best.values(), key=_row_order)
+
+    def fed_of(ref: Optional[FederationRef]) -> Optional[FederationResult]:
+        if ref is None:
+            return None
+        return feds.get(ref.key) or (latest_by_name.get(ref.name) if ref.stamp == "latest" else None)
+
+    # one unit per (attack run, setting); the newest unit of each key wins
+    units: Dict[tuple, Tuple[tuple, List[Pair]]] = {}
+    superseded, n_attacks, paired_feds = 0, 0, set()
+    for path, recs in attacks:
+        by_setting: Dict[str, List[ImageRecord]] = {}
+        for r in recs:
+            by_setting.setdefault(r.setting, []).append(r)
+        for setting, group in by_setting.items():
+            n_attacks += 1
+            fed = fed_of(group[0].federation)
+            key = (group[0].defense, group[0].attacker, fed.dataset if fed else None, fed.model if fed else None,
+                   group[0].seed)
+            stamp = (path.parent.name, str(path.parent))
+            if key in units:
+                superseded += 1
+                if units[key][0] >= stamp:
+                    continue
+            units[key] = (stamp, [(r, fed) for r in group])
+    pairs: List[Pair] = []
+    for _, unit in units.values():
+        pairs += unit
+        if unit and unit[0][1] is not None:
+            paired_feds.add(unit[0][1].key)
+    points = build_points(pairs)
+    pairs = [p for point in points for p in point["pairs"]]  # in table order: the CSV follows the table
     feds_alone = [f for k, f in sorted(feds.items()) if k not in paired_feds]
-    return {"rows": rows, "feds_alone": feds_alone, "skipped": skipped, "ignored": ignored, "superseded": superseded,
-            "n_feds": len(feds), "n_attacks": len(attacks), "n_files": len(files)}
+    return {"rows": points, "pairs": pairs, "feds_alone": feds_alone, "skipped": skipped, "ignored": ignored,
+            "superseded": superseded, "n_feds": len(feds), "n_attacks": n_attacks, "n_files": len(files)}
+
+
+# ---------------------------------------------------------------------------------------------
+# points and their statistics (from records alone: the CSV holds everything used here)
+
+
+def _values(pairs: Sequence[Pair], key: str) -> List[Optional[float]]:
+    return [r.metric(key) for r, _ in pairs]
+
+
+def _ci(pairs: Sequence[Pair], key: str) -> Optional[MeanCI]:
+    return mean_ci(_values(pairs, key), seed=BOOTSTRAP_SEED)
+
+
+def _mean(values: Iterable[Optional[float]]) -> Optional[float]:
+    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
+    return sum(v) / len(v) if v else None
+
+
+def build_points(pairs: Sequence[Pair]) -> List[dict]:
+    """Group images into points (defence setting x attacker x dataset x model; seeds pooled), in table
+    order: dataset, best test accuracy first, setting, non-adaptive before adaptive."""
+    groups: Dict[tuple, List[Pair]] = {}
+    for rec, fed in pairs:
+        key = (rec.defense, rec.attacker, fed.dataset if fed else None, fed.model if fed else None)
+        groups.setdefault(key, []).append((rec, fed))
+    points = []
+    for (defense, attacker, dataset, model), group in groups.items():
+        group = sorted(group, key=lambda p: (p[0].seed if p[0].seed is not None else -1, p[0].round or 0,
+                                             p[0].probe or "", p[0].image))
+        feds = list({f.key: f for _, f in group if f is not None}.values())
+        first = feds[0] if feds else None
+        points.append({
+            "setting": defense, "attacker": attacker, "dataset": dataset, "model": model, "pairs": group,
+            "seeds": sorted({r.seed for r, _ in group if r.seed is not None}),
+            "test_acc": _mean(f.test_acc for f in feds) if feds else None,
+            "bits_per_round": first.bits_per_round if first else None,
+            "compression_ratio": first.compression_ratio if first else None,
+            "epsilon": (first.epsilon, first.delta) if first and first.epsilon is not None else None,
+            "rounds": first.rounds if first else None,
+            "images": next((Path(r.images) for r, _ in group if r.images), None),
+            "n_images": len(group), "victims": tuple((r.seed, r.victim_id) for r, _ in group)})
+    return sorted(points, key=_row_order)
 
 
 def _row_order(row: dict) -> tuple:
@@ -265,12 +216,33 @@ def _row_order(row: dict) -> tuple:
             ATTACKERS.index(row["attacker"]))
 
 
+def strongest_baseline(pairs: Sequence[Pair], metric: str) -> Optional[str]:
+    """The label-only baseline with the best mean ``metric`` over these images."""
+    from ggl.audit.baselines import direction
+
+    means = {b: _mean(r.baselines.get(b, {}).get(metric) for r, _ in pairs) for b in BASELINES}
+    means = {b: m for b, m in means.items() if m is not None}
+    if not means:
+        return None
+    sign = direction(metric) or 1
+    return max(means, key=lambda b: sign * means[b])
+
+
+def chance_level(pairs: Sequence[Pair], kind: str = "top1", gallery: str = "class") -> Optional[float]:
+    return _mean(chance(kind, r.metrics[f"reid_gallery_{gallery}"]) for r, _ in pairs
+                 if r.metrics.get(f"reid_gallery_{gallery}") is not None)
+
+
 # ---------------------------------------------------------------------------------------------
-# writing
+# the table
 
 
 def _fmt(v: Any, spec: str = ".2f", none: str = "–") -> str:
     return none if v is None else format(v, spec)
+
+
+def _fmt_ci(ci: Optional[MeanCI], spec: str = ".2f") -> str:
+    return "–" if ci is None else ci.fmt(spec)
 
 
 def _bits(v: Optional[float]) -> str:
@@ -282,63 +254,225 @@ def _bits(v: Optional[float]) -> str:
     return f"{v:.0f} bit"
 
 
-def baseline_band(rows: List[dict], key: str) -> Optional[Tuple[float, float]]:
-    """(mean, std) of the prior-only baseline over every attacked image (or over the runs' means)."""
-    per_image = [v for r in rows for v in r[key]]
-    if per_image:
-        return sum(per_image) / len(per_image), _std(per_image) or 0.0
-    means = [r[f"{key}_mean"] for r in rows if r.get(f"{key}_mean") is not None]
-    if not means:
-        return None
-    return sum(means) / len(means), _std(means) or 0.0
+TABLE_COLUMNS = ["setting", "attacker", "test acc", "PSNR (dB)", "SSIM", "re-id top-1 (chance)", "re-id MRR (chance)",
+                 "LPIPS", "label acc", "best label-only PSNR (dB)", "PSNR leakage (dB)", "re-id leakage", "n images",
+                 "seeds", "uplink bits / round", "compression", "DP ε (δ)", "rounds", "dataset"]
+MRR_KEY = "reid_rr_feature_class"
 
 
-def _label(row: dict, many_datasets: bool) -> str:
-    return f"{row['setting']} ({row['dataset']})" if many_datasets else row["setting"]
+def table_rows(rows: List[dict]) -> List[List[str]]:
+    out = []
+    for r in rows:
+        pairs = r["pairs"]
+        best = strongest_baseline(pairs, "psnr")
+        top1, mrr = _ci(pairs, HEADLINE), _ci(pairs, MRR_KEY)
+        out.append([
+            r["setting"], r["attacker"], _fmt(r["test_acc"], ".3f"), _fmt_ci(_ci(pairs, "psnr")),
+            _fmt_ci(_ci(pairs, "ssim"), ".3f"),
+            "–" if top1 is None else f"{top1.fmt()} ({_fmt(chance_level(pairs, 'top1'), '.3f')})",
+            "–" if mrr is None else f"{mrr.fmt()} ({_fmt(chance_level(pairs, 'rr'), '.3f')})",
+            _fmt_ci(_ci(pairs, "lpips"), ".3f"), _fmt(_mean(rec.batch_label_acc for rec, _ in pairs), ".0%"),
+            _fmt_ci(_ci(pairs, "best_baseline_psnr")) + (f" ({best.replace('_', ' ')})" if best else ""),
+            _fmt_ci(_ci(pairs, "leakage_psnr")), _fmt_ci(_ci(pairs, f"leakage_{HEADLINE}")),
+            str(r["n_images"]), str(len(r["seeds"])) if r["seeds"] else "–", _bits(r["bits_per_round"]),
+            _fmt(r["compression_ratio"], ".1f") + ("×" if r["compression_ratio"] is not None else ""),
+            f"{r['epsilon'][0]:.3g} ({r['epsilon'][1]:g})" if r.get("epsilon") else "–",
+            str(r["rounds"]) if r["rounds"] is not None else "–", r["dataset"] or "–"])
+    return out
 
 
-def plot_privacy_utility(rows: List[dict], path: Path) -> Path:
-    from ggl.plots import _pyplot
+COMPARE_COLUMNS = ["comparison", "metric", "n pairs", "mean difference [95% CI]", "Wilcoxon p", "Cohen's d_z",
+                   "rank-biserial"]
+COMPARE_METRICS = (("psnr", "PSNR (dB)"), (HEADLINE, "re-id top-1"))
 
-    plt = _pyplot()
-    plotted = [r for r in rows if r["test_acc"] is not None]
-    many = len({r["dataset"] for r in plotted}) > 1
-    labels = list(dict.fromkeys(_label(r, many) for r in plotted))
-    markers = "osD^vP*Xhp<>d8H"
-    cmap = plt.get_cmap("tab20")
-    # dark hues first (tab20 pairs a dark and a light shade of each hue), so neighbours in the legend differ
-    style = {lab: (cmap((2 * i) % 20 + (2 * i // 20) % 2), markers[i % len(markers)]) for i, lab in enumerate(labels)}
-    fig, axes = plt.subplots(1, 2, figsize=(12.5, 5.2), dpi=110)
-    panels = (("psnr", "attack PSNR (dB, mean ± std)", "psnr_std"), ("ssim", "attack SSIM (mean ± std)", "ssim_std"))
-    for ax, (metric, ylabel, std_key) in zip(axes, panels):
-        band = baseline_band(rows, f"baseline_{metric}")
-        if band is not None:
-            m, s = band
-            ax.axhspan(m - s, m + s, color="0.85", zorder=0, label="prior-only baseline (mean ± std)")
-            ax.axhline(m, color="0.55", lw=1, ls="--", zorder=1)
-        for r in plotted:
-            y = r[f"{metric}_mean"]
-            if y is None:
-                continue
-            color, marker = style[_label(r, many)]
-            hollow = r["attacker"] == "adaptive"
-            ax.errorbar(r["test_acc"], y, yerr=r[std_key] or 0.0, fmt=marker, ms=8, capsize=3,
-                        color=color, mfc="white" if hollow else color, mec=color, mew=1.6, zorder=3)
-        ax.set_xlabel("federation's final test accuracy (utility)")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
+
+def _aligned(a: Sequence[Pair], b: Sequence[Pair], key_a: str, key_b: str) -> Tuple[List[float], List[float]]:
+    """Values of two image sets on their common victims (seed, round, victim id, image)."""
+    def index(pairs):
+        return {(r.seed, r.round, r.victim_id, r.image): r for r, _ in pairs if r.victim_id is not None}
+
+    ia, ib = index(a), index(b)
+    common = [k for k in ia if k in ib]
+    va = [ia[k].metric(key_a) for k in common]
+    vb = [ib[k].metric(key_b) for k in common]
+    keep = [i for i in range(len(common)) if va[i] is not None and vb[i] is not None]
+    return [float(va[i]) for i in keep], [float(vb[i]) for i in keep]
+
+
+def comparisons(rows: List[dict]) -> List[Tuple[str, str, Any]]:
+    """(comparison, metric label, ggl.stats.Paired) on the same victims: each point against the best
+    label-only baseline (does it leak?), and the adaptive against the non-adaptive attacker."""
+    out = []
+    for r in rows:
+        for key, label in COMPARE_METRICS:
+            res = paired(*_aligned(r["pairs"], r["pairs"], key, f"best_baseline_{key}"), seed=BOOTSTRAP_SEED)
+            if res is not None:
+                out.append((f"{r['setting']} {r['attacker']} − best label-only baseline", label, res))
+    by_key = {(r["setting"], r["attacker"], r["dataset"]): r for r in rows}
+    for r in rows:
+        other = by_key.get((r["setting"], "non-adaptive", r["dataset"]))
+        if r["attacker"] != "adaptive" or other is None:
+            continue
+        for key, label in COMPARE_METRICS:
+            res = paired(*_aligned(r["pairs"], other["pairs"], key, key), seed=BOOTSTRAP_SEED)
+            if res is not None:
+                out.append((f"{r['setting']}: adaptive − non-adaptive", label, res))
+    return out
+
+
+def comparison_rows(rows: List[dict]) -> List[List[str]]:
+    return [[name, label, str(res.n), res.ci.fmt(".2f"), f"{res.p_value:.2g}", _fmt(res.cohens_dz, ".2f"),
+             f"{res.rank_biserial:.2f}"] for name, label, res in comparisons(rows)]
+
+
+def _md_table(columns: List[str], cells: List[List[str]]) -> List[str]:
+    return (["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+            + ["| " + " | ".join(c) + " |" for c in cells])
+
+
+def markdown(found: dict, command: str, seconds: float) -> str:
+    rows = found["rows"]
+    pairs = found["pairs"]
+    lines = ["# Privacy–utility report", "",
+             f"`{command}` — {found.get('n_feds', 0)} federation runs, {found.get('n_attacks', 0)} attacked settings "
+             f"read from {found.get('n_files', 0)} results files ({datetime.now():%Y-%m-%d %H:%M}, {seconds:.1f} s). "
+             f"Per-image data: [`{CSV_FILE}`]({CSV_FILE}) (`python -m ggl.report --from-csv {CSV_FILE}` rebuilds "
+             f"this table and the figure from it).", "",
+             "![privacy vs utility](privacy_utility.png)", "",
+             "Utility: the federation's final test accuracy on its full test split. Privacy: how well GGL "
+             "reconstructs the victim's images from the captured update, against the originals (higher = more "
+             "leakage). Every score is the mean over the attacked images with its 95% bootstrap CI in brackets "
+             "(seeds pooled). Re-identification: the share of reconstructions whose nearest private image of the "
+             "same class, in the feature space of a classifier trained on the public split, is the victim (chance "
+             "in brackets: 1 / the class's private images). Label-only baselines (what the label alone gives): "
+             "the prior's class mean, the public split's class mean, a random prior sample; leakage = the attack's "
+             "score minus the best of them on the same image.", ""]
+    lines += _md_table(TABLE_COLUMNS, table_rows(rows))
+    cmp_rows = comparison_rows(rows)
+    if cmp_rows:
+        lines += ["", "Paired comparisons on the same victims (difference of means, Wilcoxon signed-rank "
+                      "two-sided, effect sizes):", ""]
+        lines += _md_table(COMPARE_COLUMNS, cmp_rows)
+    band = {b: _ci(pairs, f"baseline_{b}_psnr") for b in BASELINES}
+    shown = [f"{b.replace('_', ' ')} {ci.fmt()} dB" for b, ci in band.items() if ci is not None]
+    if shown:
+        lines += ["", "Label-only baselines over all attacked images, PSNR: " + "; ".join(shown) + "."]
+    victims = {r["victims"] for r in rows if r["victims"]}
+    if len(victims) > 1:
+        lines += ["", f"Note: the settings attacked {len(victims)} different sets of victim images "
+                      f"(different audit configs); rows are not the same images."]
+    if found.get("superseded"):
+        lines += ["", f"{found['superseded']} older attack result(s) of a setting and attacker already shown "
+                      f"were left out (the newest run wins; point the report at one sweep's folder to compare "
+                      f"like with like)."]
+    if any(r["test_acc"] is None for r in rows):
+        lines += ["", "Rows with test acc `–`: attacks whose federation run was not found under the folder "
+                      "(fresh victims, or a moved/deleted federation); they are not plotted."]
+    if found.get("feds_alone"):
+        lines += ["", "Federations without an attack yet: " + ", ".join(
+            f"{f.label} (`{f.dir}`, acc {f.test_acc:.3f})" for f in found["feds_alone"]) + "."]
+    if found.get("skipped"):
+        lines += ["", "Skipped results.json files:", ""] + [f"- `{p}`: {why}" for p, why in found["skipped"]]
+    no_images = [f"{r['setting']} ({r['attacker']})" for r in rows if r["images"] is None or not r["images"].is_file()]
+    if no_images:
+        lines += ["", f"Not in the reconstructions figure (no {IMAGES_FILE} of their attack runs here; rerun those "
+                      f"attacks): " + ", ".join(no_images) + "."]
+    lines += ["", "![reconstructions](reconstructions.png)", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+
+
+def defense_family(label: str) -> str:
+    """'q4-stochastic-global' -> 'quantize', 'clip0.25+nm0.1' -> 'clip+noise', 'top0.01-ef' -> 'top-k'."""
+    names = []
+    for part in label.split("+"):
+        for pattern, name in ((r"q\d", "quantize"), (r"clip", "clip"), (r"(nm|std)[\d.]", "noise"),
+                              (r"top", "top-k"), (r"sign", "sign"), (r"fp32", "fp32")):
+            if re.match(pattern, part):
+                names.append(name)
+                break
+        else:
+            names.append(re.sub(r"[\d.]+.*$", "", part) or part)
+    return "+".join(dict.fromkeys(names))
+
+
+def dodge(xs: Sequence[float], width: float) -> List[float]:
+    """Spread points whose x lie within ``width`` of each other by ``width`` steps, centred on them."""
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    out = list(map(float, xs))
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] - xs[order[i]] < width:
+            j += 1
+        k = j - i + 1
+        for pos, idx in enumerate(order[i:j + 1]):
+            out[idx] = xs[idx] + (pos - (k - 1) / 2) * width
+        i = j + 1
+    return out
+
+
+def plot_privacy_utility(rows: List[dict], path: Path, metric: str = "psnr") -> Path:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    handles = [Line2D([], [], ls="", marker=style[lab][1], color=style[lab][0], ms=8, label=lab) for lab in labels]
-    handles += [Line2D([], [], ls="", marker="o", color="0.3", ms=8, label="non-adaptive attacker (filled)"),
-                Line2D([], [], ls="", marker="o", color="0.3", mfc="white", ms=8, label="adaptive attacker (hollow)"),
-                Patch(color="0.85", label="prior-only baseline")]
-    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(0.82, 0.5), fontsize=8, frameon=False)
+    from ggl.plots import _pyplot
+
+    key, ylabel, _ = PLOT_METRICS[metric]
+    plt = _pyplot()
+    plotted = [r for r in rows if r["test_acc"] is not None and _ci(r["pairs"], key) is not None]
+    families = list(dict.fromkeys(defense_family(r["setting"]) for r in plotted if r["setting"] != "fp32")) or ["fp32"]
+    ncols = min(3, len(families))
+    nrows = -(-len(families) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols + 2.6, 3.9 * nrows + 0.6), dpi=110, squeeze=False,
+                             sharey=True)
+    labels = list(dict.fromkeys(r["setting"] for r in plotted))
+    markers = "osD^vP*Xhp<>d8H"
+    cmap = plt.get_cmap("tab20")
+    style = {lab: (cmap((2 * i) % 20 + (2 * i // 20) % 2), markers[i % len(markers)]) for i, lab in enumerate(labels)}
+    all_pairs = [p for r in plotted for p in r["pairs"]]
+    band = mean_ci(_values(all_pairs, f"best_baseline_{key}"), seed=BOOTSTRAP_SEED)
+    accs = [r["test_acc"] for r in plotted]
+    width = 0.012 * max(max(accs, default=1) - min(accs, default=0), 0.05)
+    for ax, family in zip(axes.flat, families):
+        members = [r for r in plotted if defense_family(r["setting"]) == family or r["setting"] == "fp32"]
+        xs = dodge([r["test_acc"] for r in members], width)
+        if band is not None:
+            ax.axhspan(band.low, band.high, color="0.85", zorder=0)
+            ax.axhline(band.mean, color="0.55", lw=1, ls="--", zorder=1)
+        if metric == "reid":
+            ch = chance_level(all_pairs, "top1")
+            if ch is not None:
+                ax.axhline(ch, color="0.3", lw=1, ls=":", zorder=1)
+        for x, r in zip(xs, members):
+            ci = _ci(r["pairs"], key)
+            color, marker = style[r["setting"]]
+            hollow = r["attacker"] == "adaptive"
+            ax.errorbar(x, ci.mean, yerr=[[ci.mean - ci.low], [ci.high - ci.mean]], fmt=marker, ms=7, capsize=3,
+                        color=color, mfc="white" if hollow else color, mec=color, mew=1.5, zorder=3)
+        ax.set_title(family, fontsize=9)
+        ax.set_xlabel("final test accuracy (same accuracy: spread sideways)", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(families):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel, fontsize=8)
+    handles = [Line2D([], [], ls="", marker=style[lab][1], color=style[lab][0], ms=7, label=lab) for lab in labels]
+    handles += [Line2D([], [], ls="", marker="o", color="0.3", ms=7, label="non-adaptive attacker (filled)"),
+                Line2D([], [], ls="", marker="o", color="0.3", mfc="white", ms=7, label="adaptive attacker (hollow)"),
+                Patch(color="0.85", label="strongest label-only baseline (95% CI)")]
+    if metric == "reid":
+        handles.append(Line2D([], [], color="0.3", ls=":", label="chance"))
+    fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     n = sorted({r["n_images"] for r in plotted})
-    fig.suptitle(f"Privacy vs utility under GGL: higher = more leakage, right = better model "
-                 f"(n = {', '.join(map(str, n)) or '–'} images per point)", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.82, 0.95))
+    seeds = sorted({len(r["seeds"]) for r in plotted})
+    fig.suptitle(f"Privacy vs utility under GGL (mean, 95% bootstrap CI; n = {', '.join(map(str, n)) or '–'} images, "
+                 f"{', '.join(map(str, seeds)) or '–'} seed(s) per point): higher = more leakage, right = better "
+                 f"model", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1 - 2.4 / fig.get_figwidth(), 0.95))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
@@ -346,7 +480,7 @@ def plot_privacy_utility(rows: List[dict], path: Path) -> Path:
 
 
 def _load_images(path: Optional[Path]) -> Optional[dict]:
-    if path is None or not path.is_file():
+    if path is None or not Path(path).is_file():
         return None
     import torch
 
@@ -358,11 +492,17 @@ def _load_images(path: Optional[Path]) -> Optional[dict]:
         return None
 
 
+def _row_title(r: dict) -> str:
+    psnr, reid = _ci(r["pairs"], "psnr"), _ci(r["pairs"], HEADLINE)
+    return (f"{r['setting']}, {r['attacker']}: {_fmt(psnr.mean if psnr else None, '.1f')} dB"
+            + (f", re-id {reid.mean:.2f}" if reid is not None else ""))
+
+
 def reconstruction_rows(rows: List[dict]) -> List[Tuple[str, Any]]:
-    """(label, images) rows of the reconstructions figure: the victims' originals, one row of
-    reconstructions per setting and attacker (in table order, labelled with its mean PSNR), and the
-    prior-only images last. An ``original`` row is repeated wherever the attacked victims change.
-    Attacks without an images file are left out (the markdown names them)."""
+    """(title, images) rows of the reconstructions figure: the victims' originals, one row of
+    reconstructions per setting and attacker (in table order, titled with its mean PSNR and
+    re-identification), and the prior-only images last. An ``original`` row is repeated wherever the
+    attacked victims change. Attacks without an images file are left out (the markdown names them)."""
     import torch
 
     labelled: List[Tuple[str, torch.Tensor]] = []
@@ -376,84 +516,38 @@ def reconstruction_rows(rows: List[dict]) -> List[Tuple[str, Any]]:
             labelled.append(("original", originals))
             shown = originals
         first = first or (r, images)
-        labelled.append((f"{r['setting']}, {r['attacker']}: {_fmt(r['psnr_mean'], '.1f')} dB",
-                         images["reconstructions"]))
+        labelled.append((_row_title(r), images["reconstructions"]))
     if first is not None:
-        labelled.append((f"prior only: {_fmt(first[0].get('baseline_psnr_mean'), '.1f')} dB",
-                         first[1]["prior_only"]))
+        base = _ci(first[0]["pairs"], "baseline_prior_sample_psnr")
+        labelled.append((f"prior only: {_fmt(base.mean if base else None, '.1f')} dB", first[1]["prior_only"]))
     return labelled
 
 
+def victim_titles(rows: List[dict]) -> Optional[List[str]]:
+    """Column titles of the reconstructions figure (victim id and label) of the first row with images."""
+    for r in rows:
+        if _load_images(r["images"]) is not None:
+            recs = [rec for rec, _ in r["pairs"]]
+            return [f"#{rec.victim_id}" + (f" ({rec.label})" if rec.label is not None else "") for rec in recs]
+    return None
+
+
 def plot_reconstructions(rows: List[dict], path: Path) -> Optional[Path]:
-    """``reconstruction_rows`` as one labelled figure."""
+    """``reconstruction_rows`` as one labelled figure, victims as columns."""
     from ggl.plots import image_rows_png
 
     labelled = reconstruction_rows(rows)
     if not labelled:
         return None
-    return image_rows_png(path, labelled,
-                          "GGL reconstructions per defence setting and attacker (dB: the row's mean PSNR)")
+    cols = victim_titles(rows)
+    if cols is not None and len(cols) != max(len(images) for _, images in labelled):
+        cols = None
+    return image_rows_png(path, labelled, "GGL reconstructions per defence setting and attacker (victims as "
+                                          "columns; row title: mean PSNR, re-identification top-1)", columns=cols)
 
 
-TABLE_COLUMNS = ["setting", "attacker", "test acc", "PSNR (dB)", "SSIM", "LPIPS", "label acc",
-                 "prior-only PSNR (dB)", "n images", "uplink bits / round", "compression", "DP ε (δ)", "rounds",
-                 "dataset"]
-
-
-def table_rows(rows: List[dict]) -> List[List[str]]:
-    out = []
-    for r in rows:
-        out.append([r["setting"], r["attacker"], _fmt(r["test_acc"], ".3f"),
-                    f"{_fmt(r['psnr_mean'])} ± {_fmt(r['psnr_std'])}",
-                    _fmt(r["ssim_mean"], ".3f") + (f" ± {r['ssim_std']:.3f}" if r["ssim_std"] is not None else ""),
-                    _fmt(r["lpips_mean"], ".3f"), _fmt(r["label_acc"], ".0%"), _fmt(r["baseline_psnr_mean"]),
-                    str(r["n_images"]), _bits(r["bits_per_round"]),
-                    _fmt(r["compression_ratio"], ".1f") + ("×" if r["compression_ratio"] is not None else ""),
-                    f"{r['epsilon'][0]:.3g} ({r['epsilon'][1]:g})" if r.get("epsilon") else "–",
-                    str(r["rounds"]) if r["rounds"] is not None else "–", r["dataset"] or "–"])
-    return out
-
-
-def markdown(found: dict, roots: Sequence[Path], seconds: float) -> str:
-    rows = found["rows"]
-    lines = ["# Privacy–utility report", "",
-             f"`python -m ggl.report {' '.join(str(r) for r in roots)}` — {found['n_feds']} federation runs, "
-             f"{found['n_attacks']} attacked settings read from {found['n_files']} results.json files "
-             f"({datetime.now():%Y-%m-%d %H:%M}, {seconds:.1f} s).", "",
-             "![privacy vs utility](privacy_utility.png)", "",
-             "Utility: the federation's final test accuracy on its full test split. Privacy: how well GGL "
-             "reconstructs the victim's images from the captured update (PSNR/SSIM against the originals; "
-             "higher = more leakage). The prior-only baseline is a random image of the inferred class from "
-             "the same GAN prior: an attack at the baseline learned nothing from the update beyond the label.", ""]
-    lines += ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(rows)]
-    band = baseline_band(rows, "baseline_psnr")
-    sband = baseline_band(rows, "baseline_ssim")
-    if band:
-        lines += ["", f"Prior-only baseline over all attacked images: PSNR {band[0]:.2f} ± {band[1]:.2f} dB"
-                  + (f", SSIM {sband[0]:.3f} ± {sband[1]:.3f}" if sband else "") + "."]
-    victims = {r["victims"] for r in rows if r["victims"]}
-    if len(victims) > 1:
-        lines += ["", f"Note: the settings attacked {len(victims)} different sets of victim images "
-                      f"(different audit configs); rows are not the same images."]
-    if found["superseded"]:
-        lines += ["", f"{found['superseded']} older attack result(s) of a setting and attacker already shown "
-                      f"were left out (the newest run wins; point the report at one sweep's folder to compare "
-                      f"like with like)."]
-    if any(r["test_acc"] is None for r in rows):
-        lines += ["", "Rows with test acc `–`: attacks whose federation run was not found under the folder "
-                      "(fresh victims, or a moved/deleted federation); they are not plotted."]
-    if found["feds_alone"]:
-        lines += ["", "Federations without an attack yet: " + ", ".join(
-            f"{f['label']} (`{f['dir']}`, acc {f['test_acc']:.3f})" for f in found["feds_alone"]) + "."]
-    if found["skipped"]:
-        lines += ["", "Skipped results.json files:", ""] + [f"- `{p}`: {why}" for p, why in found["skipped"]]
-    no_images = [f"{r['setting']} ({r['attacker']})" for r in rows if r["images"] is None]
-    if no_images:
-        lines += ["", f"Not in the reconstructions figure (their attack runs have no {IMAGES_FILE}; rerun those "
-                      f"attacks): " + ", ".join(no_images) + "."]
-    lines += ["", "![reconstructions](reconstructions.png)", ""]
-    return "\n".join(lines)
+# ---------------------------------------------------------------------------------------------
+# the job
 
 
 def log_wandb(found: dict, out: Path, mode: str, project: str) -> None:
@@ -471,7 +565,19 @@ def log_wandb(found: dict, out: Path, mode: str, project: str) -> None:
         run.finish()
 
 
-def write_report(roots: Sequence[Path], out: Path, wandb_mode: str = "disabled", project: str = "ggl") -> dict:
+def _write_outputs(found: dict, out: Path, command: str, clock: float, metric: str, csv: bool = True) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if csv:
+        write_csv(out / CSV_FILE, found["pairs"])
+    plot_privacy_utility(found["rows"], out / "privacy_utility.png", metric)
+    recon = plot_reconstructions(found["rows"], out / "reconstructions.png")
+    if recon is None and (out / "reconstructions.png").exists():
+        (out / "reconstructions.png").unlink()  # never leave a figure of other runs behind
+    (out / "privacy_utility.md").write_text(markdown(found, command, time.perf_counter() - clock))
+
+
+def write_report(roots: Sequence[Path], out: Path, wandb_mode: str = "disabled", project: str = "ggl",
+                 metric: str = "psnr") -> dict:
     clock = time.perf_counter()
     roots = [Path(r) for r in roots]
     for r in roots:
@@ -483,22 +589,67 @@ def write_report(roots: Sequence[Path], out: Path, wandb_mode: str = "disabled",
     for p, why in found["skipped"]:
         print(f"skipped {p}: {why}", file=sys.stderr)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    plot_privacy_utility(found["rows"], out / "privacy_utility.png")
-    recon = plot_reconstructions(found["rows"], out / "reconstructions.png")
-    if recon is None and (out / "reconstructions.png").exists():
-        (out / "reconstructions.png").unlink()  # never leave a figure of other runs behind
-    (out / "privacy_utility.md").write_text(markdown(found, roots, time.perf_counter() - clock))
+    _write_outputs(found, out, f"python -m ggl.report {' '.join(str(r) for r in roots)}", clock, metric)
     if wandb_mode != "disabled":
         log_wandb(found, out, wandb_mode, project)
     found["seconds"] = time.perf_counter() - clock
     return found
 
 
+def report_from_csv(csv_path: Path, out: Path, metric: str = "psnr") -> dict:
+    """The table and the figures from a per-image CSV alone (the reconstructions figure also needs the
+    images files its ``images`` column names, where they still exist)."""
+    from ggl.errors import UserError
+
+    clock = time.perf_counter()
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise UserError(f"'{csv_path}' does not exist; give a per-image CSV written by the report "
+                        f"(e.g. reports/{CSV_FILE})")
+    try:
+        pairs = read_csv(csv_path)
+    except SchemaError as exc:
+        raise UserError(str(exc)) from None
+    rows = build_points(pairs)
+    found = {"rows": rows, "pairs": [p for r in rows for p in r["pairs"]], "n_files": 1,
+             "n_attacks": len(rows), "n_feds": len({f.key for _, f in pairs if f is not None})}
+    out = Path(out)
+    same = out.resolve() == csv_path.parent.resolve() and (out / CSV_FILE).resolve() == csv_path.resolve()
+    _write_outputs(found, out, f"python -m ggl.report --from-csv {csv_path}", clock, metric, csv=not same)
+    found["seconds"] = time.perf_counter() - clock
+    return found
+
+
+def finish_line(found: dict, out: Path, metric: str) -> str:
+    """One line: where the output went, the key numbers, the next command."""
+    rows = found["rows"]
+    n = sorted({r["n_images"] for r in rows})
+    worst = None
+    for r in rows:
+        leak = _ci(r["pairs"], "leakage_psnr")
+        if leak is not None and (worst is None or leak.mean > worst[1].mean):
+            worst = (r, leak)
+    key = ""
+    if worst is not None:
+        r, leak = worst
+        reid = _ci(r["pairs"], HEADLINE)
+        key = (f"; most leakage: {r['setting']} {r['attacker']} PSNR {leak.fmt()} dB over the best label-only "
+               f"baseline" + (f", re-id top-1 {reid.mean:.2f} (chance {_fmt(chance_level(r['pairs']), '.3f')})"
+                              if reid is not None else ""))
+    other = "reid" if metric != "reid" else "psnr"
+    return (f"report: {len(rows)} points (n = {', '.join(map(str, n)) or '–'} images each, "
+            f"{len(found.get('skipped', []))} files skipped) -> {out}/{{{','.join(FILES)}}}{key}; next: "
+            f"python -m ggl.report --from-csv {out / CSV_FILE} --metric {other}")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ggl.report", description=__doc__.splitlines()[0])
-    ap.add_argument("roots", nargs="+", help="folders of runs (searched recursively) or results.json files")
+    ap.add_argument("roots", nargs="*", help="folders of runs (searched recursively) or results.json files")
+    ap.add_argument("--from-csv", default=None, metavar="CSV",
+                    help=f"rebuild the table and figures from a per-image CSV ({CSV_FILE}) instead of runs")
     ap.add_argument("--out", default="reports", help="output folder (default: reports)")
+    ap.add_argument("--metric", default="psnr", choices=sorted(PLOT_METRICS),
+                    help="privacy axis of privacy_utility.png (default: psnr)")
     ap.add_argument("--wandb", default="disabled", choices=("disabled", "offline", "online"),
                     help="also log the table and figures to a W&B report run (default: disabled)")
     ap.add_argument("--project", default="ggl", help="W&B project of the report run")
@@ -506,13 +657,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     from ggl.errors import UserError
 
     try:
-        found = write_report(args.roots, Path(args.out), args.wandb, args.project)
+        if args.from_csv is not None:
+            if args.roots:
+                raise UserError("give either run folders or --from-csv, not both")
+            found = report_from_csv(Path(args.from_csv), Path(args.out), args.metric)
+        else:
+            if not args.roots:
+                raise UserError("give the folder of the runs (e.g. runs/sweep_defenses) or --from-csv <csv>")
+            found = write_report(args.roots, Path(args.out), args.wandb, args.project, args.metric)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"report: {len(found['rows'])} points from {found['n_feds']} federations and {found['n_attacks']} "
-          f"attacked settings ({len(found['skipped'])} files skipped) -> "
-          f"{', '.join(str(Path(args.out) / f) for f in FILES)} ({found['seconds']:.1f} s)")
+    print(finish_line(found, Path(args.out), args.metric))
     return 0
 
 

@@ -1,16 +1,22 @@
-"""ggl.report on a folder of synthetic results.json files with fixed numbers: the table rows, the
-pairing of attacks with their federations, newest-wins, the figures, and malformed files skipped."""
+"""ggl.report on a folder of synthetic results.json files with fixed numbers: the table rows (means with
+95% bootstrap CIs), the pairing of attacks with their federations, newest-wins, the per-image CSV from
+which every number of the table is recomputed, ``--from-csv``, the figures, old and malformed files."""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ggl.report import collect, main, reconstruction_rows, write_report
+from ggl.report import collect, defense_family, dodge, main, reconstruction_rows, write_report
+from ggl.results import add_records
+from ggl.stats import mean_ci
 
 Q4 = {"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}
+# per image: the three label-only baselines' PSNR; the best is 12 and 14 (mean 13)
+BASE = {"prior_mean": (12.0, 13.0), "public_mean": (11.0, 14.0), "prior_sample": (10.0, 12.0)}
 
 
 def _write(path: Path, obj) -> Path:
@@ -20,11 +26,11 @@ def _write(path: Path, obj) -> Path:
 
 
 def _fed(root: Path, name: str, stamp: str, defenses, acc: float, bits: float, ratio: float,
-         privacy=None) -> Path:
+         privacy=None, seed=0) -> Path:
     run = root / name / stamp
     (run / "audit" / "observations").mkdir(parents=True)
     _write(run / "results.json", {
-        "config": {"task": "fedavg", "seed": 0, "data": {"name": "digits"}, "model": {"name": "cnn"},
+        "config": {"task": "fedavg", "seed": seed, "data": {"name": "digits"}, "model": {"name": "cnn"},
                    "fl": {"rounds": 2}, "defenses": defenses},
         "final": {"test_acc": acc, "test_loss": 1.0, "rounds": 2, "uplink_bits_per_round": bits,
                   "compression_ratio": ratio, "rejected_updates": 0, "failed_clients": 0, "privacy": privacy},
@@ -41,18 +47,31 @@ def _images(path: Path, recon: float, originals: float = 1.0, n: int = 2) -> Non
                 "prior_only": torch.zeros(n, 1, 8, 8)}, path)
 
 
+def _row(setting, i, p, s, reid, old):
+    row = {"setting": setting, "observation": f"r0003_b{i:03d}", "image": 0, "dataset_index": 100 + i, "round": 3,
+           "label_true": i % 10, "label_pred": i % 10, "psnr": p, "ssim": s}
+    if old:  # results.json of the previous version: baseline_<metric> was the random prior sample
+        row.update({"baseline_psnr": BASE["prior_sample"][i], "baseline_ssim": 0.5})
+        return row
+    row.update({"batch_label_acc": 1.0, "lpips": None, "reid_top1_feature_class": reid[i],
+                "reid_rr_feature_class": 1.0 / (1 + 3 * (1 - reid[i])), "reid_gallery_all": 100.0,
+                "reid_gallery_class": 10.0})
+    for name, values in BASE.items():
+        row.update({f"baseline_{name}_psnr": values[i], f"baseline_{name}_ssim": 0.5,
+                    f"baseline_{name}_reid_top1_feature_class": 0.0, f"baseline_{name}_reid_rr_feature_class": 0.25})
+    return row
+
+
 def _attack(root: Path, name: str, stamp: str, source: Path, setting: str, adaptive: bool, psnr, ssims,
-            base=(10.0, 12.0), originals: float = 1.0) -> Path:
+            originals: float = 1.0, reid=(1.0, 0.0), old=False, seed=0) -> Path:
     run = root / name / stamp
-    rows = [{"setting": setting, "observation": f"r0000_b{i:03d}", "image": 0, "dataset_index": 100 + i,
-             "psnr": p, "ssim": s, "baseline_psnr": base[i], "baseline_ssim": 0.5}
-            for i, (p, s) in enumerate(zip(psnr, ssims))]
+    rows = [_row(setting, i, p, s, reid, old) for i, (p, s) in enumerate(zip(psnr, ssims))]
     summary = {"psnr_mean": float(np.mean(psnr)), "psnr_std": float(np.std(psnr)), "ssim_mean": float(np.mean(ssims)),
-               "lpips_mean": None, "label_acc": 1.0, "baseline_psnr_mean": float(np.mean(base)),
-               "baseline_ssim_mean": 0.5, "n_images": len(psnr), "wall_seconds": 1.0}
-    config = {"task": "attack", "seed": 0, "attack": {"source": str(source), "adaptive": adaptive}}
-    _write(run / "results.json", {"config": config, "settings": [setting], "per_image": rows,
-                                  "summary": {setting: summary}, "wall_seconds": 1.0})
+               "lpips_mean": None, "label_acc": 1.0, "n_images": len(psnr), "wall_seconds": 1.0}
+    config = {"task": "attack", "seed": seed, "attack": {"source": str(source), "adaptive": adaptive}}
+    results = {"config": config, "settings": [setting], "per_image": rows, "summary": {setting: summary},
+               "wall_seconds": 1.0}
+    _write(run / "results.json", results if old else add_records(results))
     # the per-setting copy attack.py writes too: must not be counted twice
     _write(run / setting / "results.json", {"config": {**config, "setting": setting}, "per_image": rows,
                                             "summary": summary})
@@ -68,59 +87,141 @@ def runs(tmp_path):
     _attack(root, "attack-fp32", "20250101-000200", fp32, "fp32", False, [20.0, 22.0], [0.8, 0.9])
     # an older attack of the same setting and attacker: the newer one wins
     _attack(root, "attack-q4", "20250101-000250", q4, "q4", False, [30.0, 30.0], [0.99, 0.99])
-    _attack(root, "attack-q4", "20250101-000300", q4, "q4", False, [15.0, 17.0], [0.6, 0.7])
+    _attack(root, "attack-q4", "20250101-000300", q4, "q4", False, [15.0, 17.0], [0.6, 0.7], reid=(0.0, 0.0))
     _attack(root, "attack-q4-adaptive", "20250101-000400", q4 / "audit", "q4-adaptive", True, [18.0, 18.0],
-            [0.75, 0.75])
+            [0.75, 0.75], reid=(1.0, 1.0))
     _write(root / "gan_mnist" / "20250101-000500" / "results.json", {"config": {"task": "gan"}, "metrics": {}})
     return root
 
 
-def _table(md: str):
-    lines = [l for l in md.splitlines() if l.startswith("| ") and not l.startswith("| setting")]
-    return [[c.strip() for c in l.strip("|").split("|")] for l in lines]
+def _table(md: str, header: str = "| setting"):
+    """The cells of the markdown table whose header starts with ``header``."""
+    lines = md.splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith(header))
+    out = []
+    for l in lines[start + 2:]:
+        if not l.startswith("| "):
+            break
+        out.append([c.strip() for c in l.strip("|").split("|")])
+    return out
 
 
 def test_report_rows_pairing_and_figures(runs, tmp_path):
     out = tmp_path / "reports"
     found = write_report([runs], out)
     rows = _table((out / "privacy_utility.md").read_text())
+    ci = lambda v, spec=".2f": mean_ci(v).fmt(spec)  # noqa: E731
     # sorted by accuracy (best first), then setting, non-adaptive before adaptive
-    assert rows == [
-        ["fp32", "non-adaptive", "0.900", "21.00 ± 1.00", "0.850 ± 0.050", "–", "100%", "11.00", "2",
-         "1.00 Mbit", "1.0×", "–", "2", "digits"],
-        ["q4", "non-adaptive", "0.850", "16.00 ± 1.00", "0.650 ± 0.050", "–", "100%", "11.00", "2",
-         "250.00 kbit", "8.0×", "–", "2", "digits"],
-        ["q4", "adaptive", "0.850", "18.00 ± 0.00", "0.750 ± 0.000", "–", "100%", "11.00", "2",
-         "250.00 kbit", "8.0×", "–", "2", "digits"],
-    ]
+    assert [r[:5] for r in rows] == [
+        ["fp32", "non-adaptive", "0.900", ci([20.0, 22.0]), ci([0.8, 0.9], ".3f")],
+        ["q4", "non-adaptive", "0.850", ci([15.0, 17.0]), ci([0.6, 0.7], ".3f")],
+        ["q4", "adaptive", "0.850", "18.00 [18.00, 18.00]", "0.750 [0.750, 0.750]"]]
+    fp32 = rows[0]
+    assert fp32[5] == f"{ci([1.0, 0.0])} (0.100)"  # re-id top-1, chance 1/10 (10 private images of the class)
+    assert fp32[6].endswith(f"({(1 + 1/2 + 1/3 + 1/4 + 1/5 + 1/6 + 1/7 + 1/8 + 1/9 + 1/10) / 10:.3f})")
+    assert fp32[7:10] == ["–", "100%", f"{ci([12.0, 14.0])} (prior mean)"]  # strongest baseline: the prior's mean
+    assert fp32[10] == ci([20.0 - 12.0, 22.0 - 14.0]) and fp32[11] == ci([1.0, 0.0])
+    assert fp32[12:] == ["2", "1", "1.00 Mbit", "1.0×", "–", "2", "digits"]
     assert found["skipped"] == [] and found["ignored"] == 1  # the GAN run is not an error
     assert found["superseded"] == 1  # the older q4 attack
     md = (out / "privacy_utility.md").read_text()
-    assert "PSNR 11.00 ± 1.00 dB" in md  # prior-only band over the 6 attacked images (10, 12 each)
+    assert f"prior mean {ci([12.0, 13.0] * 3)} dB" in md  # the baselines over all 6 attacked images
+    cmp = _table(md, "| comparison")
+    assert ["q4: adaptive − non-adaptive", "PSNR (dB)", "2", ci([3.0, 1.0])] == cmp[-2][:4]
     for name in ("privacy_utility.png", "reconstructions.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the victims once, then each row of the table, then the prior-only images
     figure = reconstruction_rows(found["rows"])
-    assert [label for label, _ in figure] == ["original", "fp32, non-adaptive: 21.0 dB", "q4, non-adaptive: 16.0 dB",
-                                              "q4, adaptive: 18.0 dB", "prior only: 11.0 dB"]
+    assert [label for label, _ in figure] == ["original", "fp32, non-adaptive: 21.0 dB, re-id 0.50",
+                                              "q4, non-adaptive: 16.0 dB, re-id 0.00",
+                                              "q4, adaptive: 18.0 dB, re-id 1.00", "prior only: 11.0 dB"]
     assert [float(images.mean()) for _, images in figure] == pytest.approx([1.0, 0.20, 0.15, 0.18, 0.0])
 
 
-def test_reconstructions_repeat_the_originals_where_the_victims_change_and_name_rows_without_images(tmp_path):
-    root = tmp_path / "runs"
-    fp32 = _fed(root, "fed-fp32", "20250101-000000", [], 0.9, 1.0e6, 1.0)
-    q4 = _fed(root, "fed-q4", "20250101-000100", [Q4], 0.85, 2.5e5, 8.0)
-    _attack(root, "attack-fp32", "20250101-000200", fp32, "fp32", False, [20.0, 22.0], [0.8, 0.9])
-    _attack(root, "attack-q4", "20250101-000300", q4, "q4", False, [15.0, 17.0], [0.6, 0.7], originals=0.5)
-    adaptive = _attack(root, "attack-q4-adaptive", "20250101-000400", q4, "q4-adaptive", True, [18.0, 18.0],
-                       [0.75, 0.75])
-    (adaptive / "q4-adaptive" / "images.pt").unlink()  # an attack run from before images were saved
+def _recompute_table(csv_path: Path) -> list:
+    """Every cell of the report's table from the CSV alone: plain csv, numpy, and ggl.stats.mean_ci."""
+    with csv_path.open(newline="") as fh:
+        lines = list(csv.DictReader(fh))
+    points = {}
+    for line in lines:  # in file order (the bootstrap resamples in this order)
+        points.setdefault((line["defense"], line["attacker"]), []).append(line)
+
+    def col(group, key):
+        return [float(l[key]) if l[key] != "" else None for l in group]
+
+    def ci(values, spec=".2f"):
+        c = mean_ci(values)
+        return "–" if c is None else c.fmt(spec)
+
+    out = []
+    for (defense, attacker), g in points.items():
+        base = {b: col(g, f"baseline_{b}_psnr") for b in ("prior_mean", "public_mean", "prior_sample")}
+        best = [max(v[i] for v in base.values() if v[i] is not None) for i in range(len(g))]
+        strongest = max((b for b in base if all(v is not None for v in base[b])), key=lambda b: np.mean(base[b]))
+        gal = col(g, "reid_gallery_class")
+        top1_chance = np.mean([1 / m for m in gal])
+        rr_chance = np.mean([np.sum(1 / np.arange(1, int(m) + 1)) / m for m in gal])
+        bits = float(g[0]["bits_per_round"])
+        out.append([defense, attacker, f"{np.mean(sorted({l['fed_run']: float(l['test_acc']) for l in g}.values())):.3f}",
+                    ci(col(g, "psnr")), ci(col(g, "ssim"), ".3f"),
+                    f"{ci(col(g, 'reid_top1_feature_class'))} ({top1_chance:.3f})",
+                    f"{ci(col(g, 'reid_rr_feature_class'))} ({rr_chance:.3f})",
+                    ci(col(g, "lpips"), ".3f"), f"{np.mean(col(g, 'batch_label_acc')):.0%}",
+                    f"{ci(best)} ({strongest.replace('_', ' ')})",
+                    ci([p - b for p, b in zip(col(g, "psnr"), best)]),
+                    ci(col(g, "leakage_reid_top1_feature_class")), str(len(g)), str(len({l["seed"] for l in g})),
+                    f"{bits / 1e6:.2f} Mbit" if bits >= 1e6 else f"{bits / 1e3:.2f} kbit",
+                    f"{float(g[0]['compression_ratio']):.1f}×", "–", g[0]["rounds"], g[0]["dataset"]])
+    return out
+
+
+def test_every_number_of_the_table_is_recomputed_from_the_csv_alone(runs, tmp_path):
     out = tmp_path / "reports"
-    found = write_report([root], out)
-    assert [label for label, _ in reconstruction_rows(found["rows"])] == [
-        "original", "fp32, non-adaptive: 21.0 dB", "original", "q4, non-adaptive: 16.0 dB", "prior only: 11.0 dB"]
-    assert "Not in the reconstructions figure (their attack runs have no images.pt; rerun those attacks): " \
-           "q4 (adaptive)." in (out / "privacy_utility.md").read_text()
+    write_report([runs], out)
+    table = _table((out / "privacy_utility.md").read_text())
+    assert _recompute_table(out / "per_image.csv") == table
+    with (out / "per_image.csv").open(newline="") as fh:
+        first = next(csv.DictReader(fh))
+    assert (first["setting"], first["attacker"], first["round"], first["victim_id"], first["label"]) == \
+        ("fp32", "non-adaptive", "3", "100", "0")
+    assert first["fed_run"] == "fed-fp32/20250101-000000"  # recorded by the attack, not read off a path
+
+
+def test_from_csv_rebuilds_the_same_table_and_figures(runs, tmp_path, capsys):
+    out = tmp_path / "reports"
+    assert main([str(runs), "--out", str(out)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("report: 3 points (n = 2 images each") and str(out) in line
+    assert "most leakage: fp32 non-adaptive" in line and "next: python -m ggl.report --from-csv" in line
+    again = tmp_path / "again"
+    assert main(["--from-csv", str(out / "per_image.csv"), "--out", str(again), "--metric", "reid"]) == 0
+    md, md2 = (out / "privacy_utility.md").read_text(), (again / "privacy_utility.md").read_text()
+    assert _table(md2) == _table(md) and _table(md2, "| comparison") == _table(md, "| comparison")
+    assert (again / "per_image.csv").read_text() == (out / "per_image.csv").read_text()
+    for name in ("privacy_utility.png", "reconstructions.png"):
+        assert (again / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_several_seeds_pool_into_one_point(tmp_path):
+    root = tmp_path / "runs"
+    for seed, acc, psnr in ((0, 0.8, [20.0, 22.0]), (1, 0.9, [24.0, 26.0])):
+        fed = _fed(root, f"fed-s{seed}", "20250101-000000", [], acc, 1e6, 1.0, seed=seed)
+        _attack(root, f"attack-s{seed}", "20250101-000100", fed, "fp32", False, psnr, [0.8, 0.9], seed=seed)
+    write_report([root], tmp_path / "reports")
+    rows = _table((tmp_path / "reports" / "privacy_utility.md").read_text())
+    assert len(rows) == 1 and rows[0][2] == "0.850" and rows[0][3] == mean_ci([20.0, 22.0, 24.0, 26.0]).fmt()
+    assert rows[0][12:14] == ["4", "2"]
+
+
+def test_old_results_files_are_still_read(tmp_path):
+    root = tmp_path / "runs"
+    fed = _fed(root, "fed-fp32", "20250101-000000", [], 0.9, 1.0e6, 1.0)
+    _attack(root, "attack-fp32", "20250101-000200", fed, "fp32", False, [20.0, 22.0], [0.8, 0.9], old=True)
+    write_report([root], tmp_path / "reports")
+    row = _table((tmp_path / "reports" / "privacy_utility.md").read_text())[0]
+    # label acc from the old summary; the old baseline is the random prior sample; no re-identification
+    assert row[5] == "–" and row[8] == "100%" and row[9] == f"{mean_ci([10.0, 12.0]).fmt()} (prior sample)"
+    assert row[10] == mean_ci([10.0, 10.0]).fmt()
 
 
 def test_dp_epsilon_of_the_federation_is_in_the_table(tmp_path):
@@ -130,12 +231,12 @@ def test_dp_epsilon_of_the_federation_is_in_the_table(tmp_path):
     _attack(tmp_path / "runs", "attack-dp", "20250101-000100", fed, "clip0.25+nm1", False, [11.0, 13.0], [0.5, 0.5])
     write_report([tmp_path / "runs"], tmp_path / "reports")
     rows = _table((tmp_path / "reports" / "privacy_utility.md").read_text())
-    assert [(r[0], r[2], r[11]) for r in rows] == [("clip0.25+nm1", "0.500", "7.25 (1e-05)")]
+    assert [(r[0], r[2], r[16]) for r in rows] == [("clip0.25+nm1", "0.500", "7.25 (1e-05)")]
 
 
 def test_attack_paired_after_the_runs_folder_moved(runs, tmp_path):
     moved = tmp_path / "elsewhere"
-    runs.rename(moved)  # attack.source paths now point nowhere: pairing by <name>/<timestamp>
+    runs.rename(moved)  # attack.source paths now point nowhere: the recorded federation still pairs them
     rows = collect([moved])["rows"]
     assert [(r["setting"], r["attacker"], r["test_acc"]) for r in rows] == [
         ("fp32", "non-adaptive", 0.9), ("q4", "non-adaptive", 0.85), ("q4", "adaptive", 0.85)]
@@ -145,16 +246,34 @@ def test_malformed_results_are_reported_by_path_and_skipped(runs, tmp_path, caps
     broken = _write(runs / "fed-q2" / "20250101-000600" / "results.json", '{"config": {"task": "fedavg"}, "fin')
     wrong = _write(runs / "attack-q2" / "20250101-000700" / "results.json",
                    {"config": {"attack": {"source": "x", "adaptive": False}}, "settings": ["q2"],
-                    "summary": {"q2": {"psnr_mean": "high", "n_images": 8}}})
+                    "per_image": [{"setting": "q2", "psnr": "high"}], "summary": {"q2": {"n_images": 8}}})
+    ancient = _write(runs / "attack-q1" / "20250101-000800" / "results.json",
+                     {"config": {"attack": {"source": "x", "adaptive": False}}, "settings": ["q1"],
+                      "summary": {"q1": {"psnr_mean": 10.0, "n_images": 8}}})
     out = tmp_path / "reports"
     assert main([str(runs), "--out", str(out)]) == 0
     err = capsys.readouterr().err
-    assert f"skipped {broken}:" in err and f"skipped {wrong}: summary[q2].psnr_mean = 'high' is not a number" in err
+    assert f"skipped {broken}:" in err and f"skipped {wrong}: per_image[0].psnr = 'high' is not a number" in err
+    assert f"skipped {ancient}: no 'records' and no 'per_image' rows" in err
     md = (out / "privacy_utility.md").read_text()
     assert str(broken) in md and str(wrong) in md
     assert len(_table(md)) == 3  # the good runs are all still there
 
 
-def test_missing_folder_is_one_line_exit_2(tmp_path, capsys):
+def test_missing_folder_or_csv_is_one_line_exit_2(tmp_path, capsys):
     assert main([str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.strip().startswith("error: ")
+    assert main(["--from-csv", str(tmp_path / "nope.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "nope.csv" in err and "\n" not in err
+    bad = _write(tmp_path / "other.csv", "a,b\n1,2\n")
+    assert main(["--from-csv", str(bad), "--out", str(tmp_path / "r")]) == 2
+    assert f"{bad}: not a ggl per-image CSV" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing half-written
+
+
+def test_defense_families_and_dodge():
+    assert [defense_family(l) for l in ("fp32", "q4", "q4-stochastic-global", "clip0.25+nm0.1", "top0.01-ef",
+                                        "sign")] == ["fp32", "quantize", "quantize", "clip+noise", "top-k", "sign"]
+    xs = dodge([0.895, 0.895, 0.895, 0.5], 0.01)
+    assert xs[3] == 0.5 and sorted(xs[:3]) == pytest.approx([0.885, 0.895, 0.905])
