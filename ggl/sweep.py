@@ -489,31 +489,74 @@ def run_points(points: List[Point], progress: bool = True) -> dict:
     return summary
 
 
+def results_of(points: List[Point]) -> dict:
+    """The report's points (``ggl.report.collect``: same pairing, statistics) of the finished jobs."""
+    from ggl.report import collect
+
+    folders = [d for p in points for d in [p.fed.done_dir] + [a.done_dir for a in p.attacks] if d]
+    return collect(folders) if folders else {"rows": [], "skipped": []}
+
+
+def output_root(points: List[Point]) -> Optional[Path]:
+    """The folder holding the sweep's runs (``<output_dir>`` of ``<output_dir>/<name>/<timestamp>``)."""
+    roots = {Path(d).parent.parent for p in points for d in [p.fed.done_dir] + [a.done_dir for a in p.attacks] if d}
+    return next(iter(roots)) if len(roots) == 1 else None
+
+
 def _log_agent_run(point: Point) -> None:
     """Under ``wandb agent``: the sweep's own run (the agent's WANDB_RUN_ID) gets the setting's numbers."""
     import wandb
 
-    from ggl.report import collect  # the same pairing the report uses
+    from ggl.report import HEADLINE, _ci, chance_level
 
     run = wandb.init(config={k: v for k, v in point.params.items()}, job_type="sweep-point",
                      name=point.setting, tags=["sweep", point.setting])
     try:
-        folders = [point.fed.done_dir] + [a.done_dir for a in point.attacks if a.done_dir]
-        rows = collect(folders)["rows"]
+        rows = results_of([point])["rows"]
         summary = {"setting": point.setting}
-        grids = {f"reconstructions/{r['attacker']}": wandb.Image(str(r["grid"])) for r in rows
-                 if r["grid"] is not None and Path(r["grid"]).is_file()}
+        grids = {f"reconstructions/{r['attacker']}": wandb.Image(str(Path(r["images"]).parent / "grid.png"))
+                 for r in rows if r["images"] is not None and (Path(r["images"]).parent / "grid.png").is_file()}
         if grids:
             run.log(grids)
         for r in rows:
             summary["test_acc"] = r["test_acc"]
             summary["uplink_bits_per_round"] = r["bits_per_round"]
-            for key in ("psnr_mean", "psnr_std", "ssim_mean", "lpips_mean", "label_acc", "baseline_psnr_mean",
-                        "n_images"):
-                summary[f"{r['attacker']}/{key}"] = r.get(key)
+            summary[f"{r['attacker']}/n_images"] = r["n_images"]
+            summary[f"{r['attacker']}/reid_chance"] = chance_level(r["pairs"])
+            for key in ("psnr", "ssim", "lpips", HEADLINE, "best_baseline_psnr", "leakage_psnr"):
+                ci = _ci(r["pairs"], key)
+                if ci is not None:
+                    summary.update({f"{r['attacker']}/{key}_mean": ci.mean, f"{r['attacker']}/{key}_ci_low": ci.low,
+                                    f"{r['attacker']}/{key}_ci_high": ci.high})
         run.summary.update({k: v for k, v in summary.items() if v is not None})
     finally:
         run.finish()
+
+
+def finish_line(summary: dict, points: List[Point]) -> str:
+    """One line: what ran, where the output went, the key numbers, the next command."""
+    line = (f"sweep: {len(summary['ran'])} jobs run, {len(summary['skipped'])} skipped (done before), "
+            f"{len(summary['failed'])} failed, {summary['wall_seconds']:.0f} s"
+            + (f"; failed: {', '.join(summary['failed'])}" if summary["failed"] else ""))
+    root = output_root(points)
+    if root is None:
+        return line
+    from ggl.report import HEADLINE, _ci, chance_level
+
+    rows = results_of(points)["rows"]
+    worst = None
+    for r in rows:
+        leak = _ci(r["pairs"], "leakage_psnr")
+        if leak is not None and (worst is None or leak.mean > worst[1].mean):
+            worst = (r, leak)
+    key = ""
+    if worst is not None:
+        r, leak = worst
+        reid = _ci(r["pairs"], HEADLINE)
+        key = (f"; most leakage: {r['setting']} {r['attacker']} PSNR {leak.fmt()} dB over the best label-only "
+               f"baseline (n = {r['n_images']})"
+               + (f", re-id top-1 {reid.mean:.2f} (chance {chance_level(r['pairs']):.3f})" if reid is not None else ""))
+    return f"{line} -> {root} ({len(rows)} points){key}; next: python -m ggl.report {root}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -559,9 +602,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to continue (finished jobs are skipped)", file=sys.stderr)
         return 130
-    print(f"sweep: {len(summary['ran'])} jobs run, {len(summary['skipped'])} skipped (done before), "
-          f"{len(summary['failed'])} failed, {summary['wall_seconds']:.0f} s"
-          + (f"; failed: {', '.join(summary['failed'])}" if summary["failed"] else ""))
+    print(finish_line(summary, points))
     return 1 if summary["failed"] else 0
 
 

@@ -154,6 +154,8 @@ class Evaluator:
             for name in label_only.BASELINES:
                 row.update({f"baseline_{name}_{k}": v for k, v in base_rows[name][i].items()
                             if not k.startswith("reid_gallery")})
+            # the previous rows' names of the random prior sample, kept for readers of older results
+            row.update({f"baseline_{k}": base_rows["prior_sample"][i][k] for k in METRICS})
             for k in attack_rows[i]:
                 if k.startswith("reid_gallery"):
                     continue
