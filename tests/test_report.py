@@ -277,3 +277,22 @@ def test_defense_families_and_dodge():
                                         "sign")] == ["fp32", "quantize", "quantize", "clip+noise", "top-k", "sign"]
     xs = dodge([0.895, 0.895, 0.895, 0.5], 0.01)
     assert xs[3] == 0.5 and sorted(xs[:3]) == pytest.approx([0.885, 0.895, 0.905])
+
+
+def test_sweep_finish_line_names_the_folder_the_key_numbers_and_the_next_command(runs):
+    from ggl.sweep import Job, Point, finish_line
+
+    def point(setting, fed, attacks):
+        p = Point(params={}, setting=setting, fed=Job("fed", setting, f"fed-{setting}", "x", [], done_dir=fed))
+        p.attacks = [Job("attack", setting, a.parent.name, "x", [], done_dir=a) for a in attacks]
+        return p
+
+    fp32 = runs / "fed-fp32" / "20250101-000000"
+    q4 = runs / "fed-q4" / "20250101-000100"
+    points = [point("fp32", fp32, [runs / "attack-fp32" / "20250101-000200"]),
+              point("q4", q4, [runs / "attack-q4" / "20250101-000300", runs / "attack-q4-adaptive" / "20250101-000400"])]
+    summary = {"ran": ["a"], "skipped": ["b", "c"], "failed": [], "wall_seconds": 12.0}
+    line = finish_line(summary, points)
+    assert line.startswith("sweep: 1 jobs run, 2 skipped (done before), 0 failed, 12 s -> ")
+    assert f"-> {runs} (3 points); most leakage: fp32 non-adaptive PSNR {mean_ci([8.0, 8.0]).fmt()} dB" in line
+    assert "re-id top-1 0.50 (chance 0.100)" in line and line.endswith(f"; next: python -m ggl.report {runs}")
