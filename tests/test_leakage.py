@@ -141,9 +141,31 @@ def test_evaluate_scores_the_attack_and_every_baseline_with_every_metric(tmp_pat
     assert torch.equal(recon_m, recon) and [r["dataset_index"] for r in rows] == [31, 44]
     for r in rows:
         assert r["reid_top1_pixel_class"] == 1.0 and r["reid_gallery_all"] == 20
-        assert r["reid_top1_feature_all"] is None  # no public classifier in this test
+        assert r["reid_top1_feature_all"] is None  # no public classifier in this test, and the row says why
+        assert "no domain classifier beside the prior" in r["reid_feature_note"]
         for name in baselines.BASELINES:
             assert isinstance(r[f"baseline_{name}_psnr"], float) and f"baseline_{name}_reid_rr_pixel_all" in r
         best = max(r[f"baseline_{name}_psnr"] for name in baselines.BASELINES)
         assert r["best_baseline_psnr"] == best and r["leakage_psnr"] == pytest.approx(r["psnr"] - best)
         assert r["leakage_psnr"] > 10 and r["round"] == 2
+
+
+def test_summary_has_the_means_chance_levels_and_the_reason_feature_reid_is_missing(tmp_path):
+    from ggl.audit.evaluate import summarize
+
+    G = TinyPrior(num_classes=3)
+    data, split = _synthetic_data()
+    ev = _evaluator(data, split, tmp_path)
+    victims = torch.tensor([31, 44])
+    truth_path = GroundTruth("obs", DATA_CFG, victims, data.labels[victims]).save(tmp_path / "gt.pt")
+    recon = (data.images[victims] + 0.01).clamp(0, 1)
+    rows, *_ = ev.evaluate(truth_path, "obs", recon, data.labels[victims], G, None, seed=0)
+    for r in rows:
+        r["setting"] = "fp32"
+    s = summarize(rows, 1.0, None)
+    assert s["reid_top1_pixel_class_mean"] == 1.0 and s["n_images"] == 2
+    # 20 private images, 3 classes: victim 31 (class 1) and 44 (class 2) have 7 and 6 same-class images
+    assert s["reid_top1_class_chance"] == pytest.approx((1 / 7 + 1 / 6) / 2)
+    assert s["reid_top1_all_chance"] == pytest.approx(1 / 20)
+    assert s["leakage_psnr_mean"] == pytest.approx(np.mean([r["psnr"] - r["best_baseline_psnr"] for r in rows]))
+    assert "no domain classifier" in s["reid_feature_note"]

@@ -154,6 +154,8 @@ class Evaluator:
             for name in label_only.BASELINES:
                 row.update({f"baseline_{name}_{k}": v for k, v in base_rows[name][i].items()
                             if not k.startswith("reid_gallery")})
+            if gallery.feature_reason:
+                row["reid_feature_note"] = gallery.feature_reason
             # the previous rows' names of the random prior sample, kept for readers of older results
             row.update({f"baseline_{k}": base_rows["prior_sample"][i][k] for k in METRICS})
             for k in attack_rows[i]:
@@ -202,6 +204,7 @@ def summarize(rows: List[dict], wall_seconds: float, lpips_reason: Optional[str]
         "mse_mean": mean("mse"), "feature_mse_mean": mean("feature_mse"),
         "n_images": len(rows), "wall_seconds": float(wall_seconds),
         "lpips_note": lpips_reason,
+        "reid_feature_note": next((r["reid_feature_note"] for r in rows if r.get("reid_feature_note")), None),
     }
     for key in METRICS + tuple(reid_keys()):
         out.setdefault(f"{key}_mean", mean(key))
