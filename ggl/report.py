@@ -54,10 +54,6 @@ BOOTSTRAP_SEED = 0
 Pair = Tuple[ImageRecord, Optional[FederationResult]]
 
 
-class Malformed(Exception):
-    pass
-
-
 # ---------------------------------------------------------------------------------------------
 # reading
 

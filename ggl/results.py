@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
@@ -321,6 +322,8 @@ def write_csv(path: Path, rows: Iterable[Tuple[ImageRecord, Optional[FederationR
                                                                  "round", "probe", "victim_id", "image", "label",
                                                                  "label_pred", "batch_label_acc", "images")}
             flat["fed_run"] = "/".join(rec.federation.key) if rec.federation else None
+            if rec.images:  # relative to the CSV's folder, so a committed report still finds the runs
+                flat["images"] = os.path.relpath(Path(rec.images).resolve(), path.parent.resolve())
             for k in FED_COLUMNS:
                 flat[k] = getattr(fed, k) if fed is not None else None
             flat.update({k: rec.metrics.get(k) for k in METRICS + GALLERY_KEYS})
@@ -368,7 +371,7 @@ def read_csv(path: Path) -> List[Tuple[ImageRecord, Optional[FederationResult]]]
             baselines={b: {m: f(f"baseline_{b}_{m}") for m in METRICS if line.get(f"baseline_{b}_{m}", "") != ""}
                        for b in BASELINES if any(line.get(f"baseline_{b}_{m}", "") != "" for m in METRICS)},
             leakage={m: f(f"leakage_{m}") for m in METRICS if line.get(f"leakage_{m}", "") != ""},
-            federation=ref, images=line.get("images") or None)
+            federation=ref, images=str(path.parent / line["images"]) if line.get("images") else None)
         acc = f("test_acc")
         fed = None if acc is None else FederationResult(key=ref.key if ref else ("", ""), dir="", label=rec.defense,
                                test_acc=acc,
