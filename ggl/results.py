@@ -367,10 +367,10 @@ def read_csv(path: Path) -> List[Tuple[ImageRecord, Optional[FederationResult]]]
             adaptive=line.get("adaptive") == "true", seed=n("seed"), round=n("round"), probe=line.get("probe") or None,
             victim_id=n("victim_id"), image=n("image") or 0, label=n("label"), label_pred=n("label_pred"),
             batch_label_acc=f("batch_label_acc"),
-            metrics={k: f(k) for k in METRICS + GALLERY_KEYS if line.get(k, "") != ""},
-            baselines={b: {m: f(f"baseline_{b}_{m}") for m in METRICS if line.get(f"baseline_{b}_{m}", "") != ""}
+            metrics={k: f(k) for k in METRICS + GALLERY_KEYS},  # an empty cell is a null score
+            baselines={b: {m: f(f"baseline_{b}_{m}") for m in METRICS}
                        for b in BASELINES if any(line.get(f"baseline_{b}_{m}", "") != "" for m in METRICS)},
-            leakage={m: f(f"leakage_{m}") for m in METRICS if line.get(f"leakage_{m}", "") != ""},
+            leakage={m: f(f"leakage_{m}") for m in METRICS},
             federation=ref, images=str(path.parent / line["images"]) if line.get("images") else None)
         acc = f("test_acc")
         fed = None if acc is None else FederationResult(key=ref.key if ref else ("", ""), dir="", label=rec.defense,
