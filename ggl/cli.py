@@ -1,73 +1,142 @@
 """Command-line front ends of train.py and attack.py: parse, load the config, dispatch, report errors.
 
 A ``UserError`` (bad config, missing file or data) prints one line on stderr and exits with code 2.
+Ctrl-C prints one line saying how to resume (or rerun) and exits with code 130.
 """
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+from pathlib import Path
 from typing import Callable, List, Optional
 
 from ggl.errors import UserError
 
 USAGE_OVERRIDES = "overrides as key=value, e.g. fl.rounds=50 trainer.devices=2 trainer.strategy=ddp"
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+
+TRAIN_EXAMPLES = """examples:
+  python train.py --config fed_q4.yaml                              a federation, 4-bit quantized updates
+  python train.py --config fed_q4.yaml fl.rounds=50 seed=3          overrides as key=value
+  python train.py --config fed_q4.yaml resume=runs/fed_q4/latest    continue a stopped run
+  python train.py --config gan_mnist.yaml                           the GAN prior of the attack"""
+
+ATTACK_EXAMPLES = """examples:
+  python attack.py                                      fresh victims, configs/attack.yaml
+  python attack.py --config attack_adaptive.yaml        another attack config
+  python attack.py source=runs/fed_q4/latest            attack a federation's audit captures
+  python attack.py attack.generations=20 audit.num_images=2"""
 
 
-def _parse(argv: Optional[List[str]], prog: str, default_config: Optional[str], description: str):
-    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=USAGE_OVERRIDES)
+def _configs_epilog(tasks: tuple) -> str:
+    try:
+        from ggl.config import available_configs, config_task
+
+        from ggl.config import resolve_config_path
+
+        names = [n for n in available_configs() if config_task(resolve_config_path(n)) in tasks]
+    except Exception:  # --help must work even if a config file is broken
+        names = []
+    return "configs (a bare name is looked up in configs/): " + (", ".join(names) or "none found")
+
+
+def _parse(argv: Optional[List[str]], prog: str, default_config: Optional[str], description: str,
+           examples: str, tasks: tuple):
+    # the config list is only built for --help (it reads every config file)
+    wants_help = any(a in ("-h", "--help") for a in (sys.argv[1:] if argv is None else argv))
+    epilog = f"{USAGE_OVERRIDES}\n\n{examples}" + (f"\n\n{_configs_epilog(tasks)}" if wants_help else "")
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", "-c", default=default_config,
                         help="YAML file, or a bare name in configs/ (e.g. fed_q4.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value")
     return parser.parse_args(argv)
 
 
-def _run(fn: Callable[[], object]) -> int:
+def _command(script: str, config: Optional[str], overrides: List[str], resume: Optional[str] = None) -> str:
+    """The command line that reruns this job (with ``resume=`` replaced when given)."""
+    words = ["python", script] + (["--config", config] if config else [])
+    words += [o for o in overrides if not (resume is not None and o.startswith("resume="))]
+    if resume is not None:
+        words.append(f"resume={resume}")
+    return shlex.join(words)
+
+
+def _run(fn: Callable[[], object], on_interrupt: Callable[[KeyboardInterrupt], str]) -> int:
     try:
         fn()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: results so far are in the run folder", file=sys.stderr)
-        return 130
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt as exc:
+        print(on_interrupt(exc), file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 
 def train_main(argv: Optional[List[str]] = None) -> int:
-    args = _parse(argv, "train.py", None, "Train a federation (task: fedavg) or a GAN prior (task: gan).")
+    args = _parse(argv, "train.py", None, "Train a federation (task: fedavg) or a GAN prior (task: gan).",
+                  TRAIN_EXAMPLES, ("fedavg", "gan"))
     if args.config is None:
         print("error: --config is required, e.g. python train.py --config fed_q4.yaml", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
 
     def go():
         from ggl.config import load_config
+        from ggl.trainer import apply_torch_threads
 
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, tasks=("fedavg", "gan"))
+        apply_torch_threads(cfg.torch_threads)
         if cfg.task == "fedavg":
             from ggl.fl.run import run_federation
+            from ggl.initial_weights import start_from
 
-            res = run_federation(cfg)
+            res = run_federation(cfg, extra_callbacks=start_from(cfg))
             final = res["final"]
             print(f"done: test_acc={final['test_acc']:.4f} rounds={final['rounds']} "
                   f"uplink_bits_per_round={final['uplink_bits_per_round']:.0f} "
                   f"compression_ratio={final['compression_ratio']:.2f} -> {res['run_dir']}")
-        elif cfg.task == "gan":
+        else:
             from ggl.gan.run import run_gan
 
             run_gan(cfg)
-        else:
-            raise UserError(f"config key 'task' = {cfg.task!r}: train.py runs 'fedavg' or 'gan'; "
-                            f"attacks run with attack.py")
-    return _run(go)
+
+    def interrupted(exc: KeyboardInterrupt) -> str:
+        run_dir = getattr(exc, "run_dir", None)
+        if run_dir is None:
+            return f"interrupted before training started; start again with: {_command('train.py', args.config, args.overrides)}"
+        if not (Path(run_dir) / "checkpoints" / "last.ckpt").is_file():
+            return (f"interrupted before the first checkpoint of {run_dir}; nothing to resume, start again with: "
+                    f"{_command('train.py', args.config, args.overrides)}")
+        return f"interrupted; resume with: {_command('train.py', args.config, args.overrides, resume=str(run_dir))}"
+    return _run(go, interrupted)
 
 
 def attack_main(argv: Optional[List[str]] = None) -> int:
-    args = _parse(argv, "attack.py", "attack.yaml", "Run the GGL attack (default config: configs/attack.yaml).")
+    args = _parse(argv, "attack.py", "attack.yaml", "Run the GGL attack (default config: configs/attack.yaml).",
+                  ATTACK_EXAMPLES, ("attack",))
+    overrides = [f"attack.{o}" if o.startswith("source=") else o for o in args.overrides]
+    state = {}
 
     def go():
         from ggl.audit.run import run_attack_cli
         from ggl.config import load_config
+        from ggl.trainer import apply_torch_threads
 
-        overrides = [f"attack.{o}" if o.startswith("source=") else o for o in args.overrides]
-        run_attack_cli(load_config(args.config, overrides))
-    return _run(go)
+        cfg = state["cfg"] = load_config(args.config, overrides, tasks=("attack",))
+        apply_torch_threads(cfg.torch_threads)
+        run_attack_cli(cfg)
+
+    def interrupted(exc: KeyboardInterrupt) -> str:
+        again = _command("attack.py", args.config, args.overrides)
+        cfg = state.get("cfg")
+        if cfg is None:
+            return f"interrupted; start again with: {again}"
+        from ggl.audit.run import _run_name
+
+        latest = Path(cfg.output_dir) / _run_name(cfg) / "latest"
+        return (f"interrupted; an attack does not resume: the settings it finished are in {latest}/results.json; "
+                f"start again with: {again}")
+    return _run(go, interrupted)

@@ -25,7 +25,11 @@ from ggl.errors import ConfigError
 from ggl.gan.schema import GANConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# the repository's configs/ in a checkout; an installed wheel carries the same files as ggl/configs
+# (pyproject.toml maps the package ggl.configs onto configs/)
 CONFIG_DIR = REPO_ROOT / "configs"
+SEED_MAX = 2**32 - 1       # numpy's legacy seeding and Lightning's seed_everything take [0, 2**32 - 1]
+INT_MAX = 2**63 - 1        # every integer key must fit an int64 (torch, numpy)
 
 
 @dataclass
@@ -46,6 +50,7 @@ class DataConfig:
         from ggl.data.sources import available_datasets
 
         one_of(self.name, tuple(available_datasets()), "data.name")
+        check_seed(self.split_seed, "data.split_seed")
         in_range(self.public_fraction, 0.0, 0.9, "data.public_fraction")
         in_range(self.test_fraction, 0.0, 0.5, "data.test_fraction", lo_open=True)
         if self.public_fraction + self.test_fraction >= 0.95:
@@ -76,10 +81,10 @@ class ModelConfig:
 
 @dataclass
 class FLConfig:
-    rounds: int = 30
+    rounds: int = 20
     clients_per_round: Optional[int] = None
     client_fraction: float = 1.0
-    local_epochs: float = 1.0
+    local_epochs: float = 2.0
     local_steps: Optional[int] = None
     batch_size: int = 32
     lr: float = 0.05
@@ -146,6 +151,7 @@ class Config:
     output_dir: str = "runs"
     resume: Optional[str] = None
     checkpoint_every: int = 1
+    torch_threads: Optional[int] = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     fl: FLConfig = field(default_factory=FLConfig)
@@ -154,35 +160,104 @@ class Config:
     gan: GANConfig = field(default_factory=GANConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    trainer: Dict[str, Any] = field(default_factory=dict)
+    trainer: Dict[str, Any] = field(default_factory=lambda: {"accelerator": "auto", "devices": 1})
 
     def check(self) -> None:
+        from ggl.trainer import check_trainer_args
+
         one_of(self.task, ("fedavg", "gan", "attack"), "task")
+        check_seed(self.seed, "seed")
+        check_trainer_args(self.trainer)
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ConfigError(f"config key 'torch_threads' = {self.torch_threads} must be >= 1 (or null for "
+                              f"torch's default)")
         if self.checkpoint_every < 1:
             raise ConfigError(f"config key 'checkpoint_every' = {self.checkpoint_every} must be >= 1")
         for section in (self.data, self.model, self.fl, self.audit, self.gan, self.attack, self.logger):
             section.check()
 
 
+def check_seed(value: int, key: str) -> None:
+    if not 0 <= value <= SEED_MAX:
+        raise ConfigError(f"config key '{key}' = {_short(value)} must be in 0..{SEED_MAX} (2**32 - 1)")
+
+
+def _short(value: Any) -> str:
+    """A value for an error message: thousands of digits shortened to their count."""
+    text = repr(value) if not isinstance(value, int) else str(value)
+    return text if len(text) <= 40 else f"{text[:12]}...({len(text)} characters)"
+
+
+def _check_int_sizes(node: Any, prefix: str = "") -> None:
+    """Every integer must fit an int64: a 1000-digit seed or round count is a typo, not a request."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        full = f"{prefix}.{key}" if isinstance(node, dict) and prefix else f"{prefix}[{key}]" if prefix else str(key)
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_MAX:
+            raise ConfigError(f"config key '{full}' = {_short(value)} is too large (integers must fit in 64 bits)")
+        _check_int_sizes(value, full)
+
+
 # ----------------------------------------------------------------------------------------------
 # loading
 
 
+def config_dirs() -> List[Path]:
+    """Where bare config names are looked up: the checkout's configs/, else the installed package's."""
+    dirs = [CONFIG_DIR] if CONFIG_DIR.is_dir() else []
+    try:
+        from importlib.resources import files
+
+        packaged = Path(str(files("ggl.configs")))
+        if packaged.is_dir() and packaged not in dirs:
+            dirs.append(packaged)
+    except (ImportError, TypeError):  # not installed as a wheel: the checkout's folder is all there is
+        pass
+    return dirs
+
+
+def available_configs(task: str | None = None) -> List[str]:
+    """Config names users can pass to ``--config`` (``_base`` files left out), of one task if given."""
+    names = sorted({p.name for d in config_dirs() for p in d.glob("*.yaml") if not p.name.startswith("_")})
+    if task is None:
+        return names
+    return [n for n in names if config_task(resolve_config_path(n)) == task]
+
+
+def config_task(path: Path) -> str | None:
+    """The job a config file is for (its ``task:``, through its ``base:`` chain; the schema default
+    ``fedavg`` when unset); None for a file that is not a job config (a sweep file)."""
+    try:
+        node = _read_yaml(path)
+    except ConfigError:
+        return None
+    if "fed" in node or "attackers" in node:  # sweep files (ggl.sweep) describe several jobs
+        return None
+    return str(node.get("task", Config.task))
+
+
 def resolve_config_path(name: str | Path) -> Path:
     """A path as given, else a bare name looked up in ``configs/`` (``.yaml`` may be left off)."""
-    candidates = [Path(name)]
-    if not Path(name).is_absolute():
-        candidates.append(CONFIG_DIR / name)
+    if str(name).strip() == "":
+        raise ConfigError("--config is empty; give a YAML file, e.g. --config fed_q4.yaml")
+    given = Path(name).expanduser()
+    candidates = [given]
+    if not given.is_absolute() and len(given.parts) == 1:
+        candidates += [d / given for d in config_dirs()]
     for c in list(candidates):
         if c.suffix not in (".yaml", ".yml"):
             candidates.append(c.with_name(c.name + ".yaml"))
     for c in candidates:
         if c.is_file():
             return c.resolve()
-    available = sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if not p.name.startswith("_"))
+    if given.is_dir():
+        raise ConfigError(f"--config '{name}' is a folder; give one YAML file in it "
+                          f"(e.g. --config {given / 'fed_q4.yaml'})")
+    available = available_configs()
     hint = difflib.get_close_matches(str(name), available, n=1)
     suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; available: {', '.join(available)}"
-    raise ConfigError(f"config file '{name}' not found (looked in . and {CONFIG_DIR}){suggestion}")
+    where = ", ".join(str(d) for d in config_dirs())
+    raise ConfigError(f"config file '{name}' not found (looked in . and {where}){suggestion}")
 
 
 def _read_yaml(path: Path, seen: tuple = ()) -> DictConfig:
@@ -191,13 +266,21 @@ def _read_yaml(path: Path, seen: tuple = ()) -> DictConfig:
         raise ConfigError(f"config file '{path}' includes itself through 'base:'")
     try:
         node = OmegaConf.load(path)
-    except Exception as exc:  # yaml.YAMLError, OSError
-        raise ConfigError(f"config file '{path}' could not be read: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # yaml.YAMLError, OSError, UnicodeDecodeError, int over 4300 digits
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "Exceeds the limit" in first:
+            first = "it holds an integer of thousands of digits (integers must fit in 64 bits)"
+        raise ConfigError(f"config file '{path}' could not be read: {first}") from None
+    if node is None or (isinstance(node, DictConfig) and len(node) == 0):
+        raise ConfigError(f"config file '{path}' is empty; start it with 'base: _fed_base.yaml' (a federation) "
+                          f"or copy a config from configs/")
     if not isinstance(node, DictConfig):
         raise ConfigError(f"config file '{path}' must hold a mapping of keys, not a {type(node).__name__}")
     base = node.pop("base", None)
     if base is None:
         return node
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"config file '{path}': 'base' = {base!r} must be the file name of another config")
     base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
     if not base_path.is_file():
         raise ConfigError(f"config file '{path}': base '{base}' not found (looked for {base_path})")
@@ -228,11 +311,18 @@ def _parse_overrides(overrides: List[str]) -> List[tuple]:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override '{item}' must look like key=value (e.g. fl.rounds=50)")
         key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override '{_short(item)}': '{key}' is not a config key (e.g. fl.rounds=50)")
         try:
             value = OmegaConf.from_dotlist([f"v={raw}"])["v"]
-        except OmegaConfBaseException as exc:
-            raise ConfigError(f"override '{item}' could not be parsed: {str(exc).splitlines()[0]}") from None
-        pairs.append((key.strip(), value))
+        except (OmegaConfBaseException, ValueError) as exc:  # ValueError: an int of > 4300 digits
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "Exceeds the limit" in first:
+                raise ConfigError(f"config key '{key}' = {_short(raw)} is too large (integers must fit in "
+                                  f"64 bits)") from None
+            raise ConfigError(f"override '{_short(item)}' could not be parsed: {first}") from None
+        pairs.append((key, value))
     return pairs
 
 
@@ -256,9 +346,29 @@ def _check_path(cfg: DictConfig, key: str) -> None:
         walked += part + "."
 
 
+# which script runs which task
+TASK_SCRIPTS = {"fedavg": "train.py", "gan": "train.py", "attack": "attack.py"}
+
+
+def _check_task(task: str, tasks: tuple, source: Path | None) -> None:
+    """A job given another job's config (``attack.py --config fed_q4.yaml``) is an error, not a run."""
+    if task in tasks or task not in TASK_SCRIPTS:  # an unknown task is Config.check()'s to report
+        return
+    script = TASK_SCRIPTS[tasks[0]]
+    name = source.name if source is not None else "<config>"
+    own = ", ".join(n for n in available_configs() if config_task(resolve_config_path(n)) in tasks)
+    hint = (f"; to attack a federation's audit captures: python attack.py source=runs/{source.stem if source else '<name>'}/latest"
+            if script == "attack.py" and task == "fedavg" else "")
+    raise ConfigError(f"config '{name}' has task: {task}, a job for {TASK_SCRIPTS[task]}, not {script}; run "
+                      f"python {TASK_SCRIPTS[task]} --config {name}, or give {script} one of: {own}{hint}")
+
+
 def load_config(path: str | Path | None = None, overrides: List[str] | None = None,
-                default: str | None = None) -> Config:
-    """Load, merge, check. ``path=None`` uses ``default`` (a name in ``configs/``) if given."""
+                default: str | None = None, tasks: tuple | None = None) -> Config:
+    """Load, merge, check. ``path=None`` uses ``default`` (a name in ``configs/``) if given.
+
+    ``tasks``: the tasks the calling script runs (train.py: fedavg, gan); another job's config is an error.
+    """
     schema = OmegaConf.structured(Config)
     chosen = path if path is not None else default
     source = resolve_config_path(chosen) if chosen is not None else None
@@ -272,11 +382,14 @@ def load_config(path: str | Path | None = None, overrides: List[str] | None = No
         for key, value in pairs:
             _check_path(merged, key)
             OmegaConf.update(merged, key, value, merge=True)
+        _check_int_sizes(OmegaConf.to_container(merged, resolve=False))
         cfg: Config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "?"
         msg = str(exc).splitlines()[0]
         raise ConfigError(f"config key '{key}': {msg}") from None
+    if tasks:
+        _check_task(cfg.task, tasks, source)
     cfg.defenses = [parse_defense(d, f"defenses[{i}]") for i, d in enumerate(cfg.defenses)]
     check_chain(cfg.defenses)
     cfg.check()
