@@ -184,7 +184,7 @@ def check_seed(value: int, key: str) -> None:
 
 def _short(value: Any) -> str:
     """A value for an error message: thousands of digits shortened to their count."""
-    text = repr(value) if not isinstance(value, int) else str(value)
+    text = value if isinstance(value, str) else str(value) if isinstance(value, int) else repr(value)
     return text if len(text) <= 40 else f"{text[:12]}...({len(text)} characters)"
 
 
@@ -231,7 +231,7 @@ def config_task(path: Path) -> str | None:
         node = _read_yaml(path)
     except ConfigError:
         return None
-    if "fed" in node or "attackers" in node:  # sweep files (ggl.sweep) describe several jobs
+    if any(str(k) not in Config.__dataclass_fields__ for k in node):  # a sweep file (ggl.sweep), not a job
         return None
     return str(node.get("task", Config.task))
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import inspect
 import logging
-import os
 import signal
 import warnings
 from pathlib import Path
@@ -117,17 +116,7 @@ def build_trainer(user_args: Dict[str, Any], defaults: Dict[str, Any]) -> Traine
 
 
 # ----------------------------------------------------------------------------------------------
-# CPU threads
-
-# OpenMP threads that wait for work sleep instead of spinning: on a machine whose cores other jobs
-# use, spinning threads steal those cores and every parallel region waits for a descheduled thread
-# (measured with benchmarks/bench_threads.py). Read by the OpenMP runtime when torch loads it, so it
-# must be set before ``import torch``: ggl/__init__.py does. A value the user set wins.
-OMP_WAIT_POLICY = "PASSIVE"
-
-
-def set_wait_policy() -> None:
-    os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
+# CPU threads (the OpenMP wait policy is set in ggl/__init__.py: it must precede ``import torch``)
 
 
 def apply_torch_threads(n: Optional[int]) -> None:

@@ -22,6 +22,21 @@ from ggl.errors import UserError
 FORMAT = "ggl.observation/1"
 
 
+def _check_finite(obs: "Observation", path) -> None:
+    """A NaN/Inf update has no image to reconstruct: any score would be noise (the federation rejects
+    such updates too), so the attack refuses it instead of scoring it."""
+    if not (isinstance(obs.state, dict) and isinstance(obs.update, (list, tuple))
+            and all(isinstance(t, Tensor) for t in list(obs.update) + list(obs.state.values()))):
+        raise UserError(f"observation file '{path}': 'update' and 'state' must hold tensors")
+    bad = sum(int((~torch.isfinite(t)).sum()) for t in obs.update if t.is_floating_point())
+    if bad:
+        total = sum(t.numel() for t in obs.update)
+        raise UserError(f"observation file '{path}': its update holds {bad} NaN/Inf of {total} values; "
+                        f"nothing to attack (recapture it; the federation rejects such updates)")
+    if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in obs.state.values()):
+        raise UserError(f"observation file '{path}': its global model state holds NaN/Inf; recapture it")
+
+
 @dataclass
 class Observation:
     arch: str                       # model name for ggl.models.build_model
@@ -77,6 +92,7 @@ class Observation:
         if len(obs.update) != len(obs.names):
             raise UserError(f"observation file '{path}': {len(obs.update)} update tensors for "
                             f"{len(obs.names)} parameter names")
+        _check_finite(obs, path)
         return obs
 
     # ------------------------------------------------------------------ the attacked model

@@ -69,20 +69,28 @@ class Evaluator:
         gt = GroundTruth.load(path)
         if obs_id is not None and gt.obs_id != obs_id:
             raise UserError(f"ground truth '{path}' belongs to observation '{gt.obs_id}', not '{obs_id}'")
-        images = self._dataset(gt.dataset)[0].images[gt.indices]
-        return gt, images
+        data = self._dataset(gt.dataset, path)[0]
+        if int(gt.indices.max()) >= len(data):
+            raise UserError(f"ground truth '{path}': dataset index {int(gt.indices.max())} is out of range for "
+                            f"'{data.name}' ({len(data)} images); it belongs to another dataset (recapture it)")
+        return gt, data.images[gt.indices]
 
     def true_labels(self, path: Path) -> Tensor:
         """ABLATION ONLY (attack.true_labels=true): hand the attacker the true labels."""
         return GroundTruth.load(path).labels.clone()
 
-    def _dataset(self, data_cfg: dict):
+    def _dataset(self, data_cfg: dict, path: Optional[Path] = None):
         from ggl.config import DataConfig
         from ggl.data.datamodule import load_split
 
         key = repr(sorted(data_cfg.items()))
         if key not in self._data_cache:
-            self._data_cache[key] = load_split(DataConfig(**data_cfg))
+            try:
+                cfg = DataConfig(**data_cfg)
+            except TypeError as exc:  # a key DataConfig does not have
+                raise UserError(f"ground truth '{path}': its dataset config does not fit this version of ggl "
+                                f"({exc}); recapture it") from None
+            self._data_cache[key] = load_split(cfg)
         return self._data_cache[key]
 
     def gallery(self, data_cfg: dict) -> Gallery:

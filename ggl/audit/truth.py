@@ -49,7 +49,27 @@ class GroundTruth:
         if not isinstance(blob, dict) or blob.get("format") != FORMAT:
             raise UserError(f"'{path}' is not a ggl ground-truth file")
         blob.pop("format")
-        return cls(**blob)
+        return cls(**_checked(blob, path))
+
+
+def _checked(blob: dict, path) -> dict:
+    """The fields of a ground-truth file, each of the type the evaluator relies on."""
+    known = set(GroundTruth.__dataclass_fields__)
+    unknown = sorted(str(k) for k in blob if k not in known)
+    missing = sorted(k for k in ("obs_id", "dataset", "indices", "labels") if k not in blob)
+    if unknown or missing:
+        what = f"unknown key '{unknown[0]}'" if unknown else f"no '{missing[0]}'"
+        raise UserError(f"ground-truth file '{path}' has {what}; it was not written by ggl (recapture it)")
+    idx, labels = blob["indices"], blob["labels"]
+    if not (isinstance(idx, Tensor) and isinstance(labels, Tensor) and idx.dim() == 1 and labels.dim() == 1
+            and len(idx) == len(labels) and len(idx) > 0 and not idx.is_floating_point()
+            and not labels.is_floating_point() and isinstance(blob["dataset"], dict)):
+        raise UserError(f"ground-truth file '{path}': 'indices' and 'labels' must be equal-length 1-D integer "
+                        f"tensors and 'dataset' a mapping; recapture it")
+    if int(idx.min()) < 0:  # Python would read -1 as the dataset's last image: the wrong victim
+        raise UserError(f"ground-truth file '{path}': dataset index {int(idx.min())} is negative; indices "
+                        f"count from 0 (recapture it)")
+    return blob
 
 
 def capture_paths(root: Path, setting: str, stem: str) -> Tuple[Path, Path]:

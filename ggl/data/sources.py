@@ -90,8 +90,8 @@ def _torchvision(name: str, root: str, download: bool, build) -> ImageData:
     """Load a torchvision dataset, turning its missing-file/download errors into one clear line."""
     cache = Path(root) / f"ggl_{name}_32.pt"
     if cache.is_file():
-        blob = torch.load(cache, weights_only=True)
-        return ImageData(name, blob["images"].float() / 255.0, blob["labels"], int(blob["num_classes"]))
+        images_u8, labels, num_classes = _read_cache(cache)
+        return ImageData(name, images_u8.float() / 255.0, labels, num_classes)
     try:
         images_u8, labels, num_classes = build(root, download)
     except (RuntimeError, OSError, ValueError) as exc:
@@ -106,6 +106,27 @@ def _torchvision(name: str, root: str, download: bool, build) -> ImageData:
     except OSError:
         pass
     return ImageData(name, images_u8.float() / 255.0, labels, num_classes)
+
+
+def _read_cache(cache: Path):
+    """The 32x32 uint8 cache ``_torchvision`` wrote; a truncated or foreign file is a clear error."""
+    fix = f"delete it and run again (it is rebuilt from the dataset files in '{cache.parent}')"
+    try:
+        blob = torch.load(cache, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, a pickle that needs code, not a torch file
+        first = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+        raise UserError(f"dataset cache '{cache}' could not be read ({first}); {fix}") from None
+    images, labels = (blob.get("images"), blob.get("labels")) if isinstance(blob, dict) else (None, None)
+    num_classes = blob.get("num_classes") if isinstance(blob, dict) else None
+    ok = (isinstance(images, Tensor) and images.dtype == torch.uint8 and images.dim() == 4
+          and tuple(images.shape[2:]) == (IMAGE_SIZE, IMAGE_SIZE) and images.shape[1] in (1, 3)
+          and isinstance(labels, Tensor) and labels.dtype == torch.int64 and labels.shape == images.shape[:1]
+          and len(labels) > 0 and isinstance(num_classes, int) and not isinstance(num_classes, bool)
+          and num_classes >= 2)
+    if not ok or int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+        raise UserError(f"dataset cache '{cache}' is not a ggl image cache (uint8 images (N, C, 32, 32), "
+                        f"int64 labels in 0..num_classes-1); {fix}")
+    return images, labels, num_classes
 
 
 def _grayscale_28(cls_name: str):
