@@ -28,6 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # the repository's configs/ in a checkout; an installed wheel carries the same files as ggl/configs
 # (pyproject.toml maps the package ggl.configs onto configs/)
 CONFIG_DIR = REPO_ROOT / "configs"
+PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SEED_MAX = 2**32 - 1       # numpy's legacy seeding and Lightning's seed_everything take [0, 2**32 - 1]
 INT_MAX = 2**63 - 1        # every integer key must fit an int64 (torch, numpy)
 
@@ -203,17 +204,9 @@ def _check_int_sizes(node: Any, prefix: str = "") -> None:
 
 
 def config_dirs() -> List[Path]:
-    """Where bare config names are looked up: the checkout's configs/, else the installed package's."""
-    dirs = [CONFIG_DIR] if CONFIG_DIR.is_dir() else []
-    try:
-        from importlib.resources import files
-
-        packaged = Path(str(files("ggl.configs")))
-        if packaged.is_dir() and packaged not in dirs:
-            dirs.append(packaged)
-    except (ImportError, TypeError):  # not installed as a wheel: the checkout's folder is all there is
-        pass
-    return dirs
+    """Where bare config names are looked up: the checkout's configs/, and the copy an installed wheel
+    carries as ggl/configs (pyproject.toml ships configs/ as the package data ggl.configs)."""
+    return [d for d in (CONFIG_DIR, PACKAGED_CONFIG_DIR) if d.is_dir()]
 
 
 def available_configs(task: str | None = None) -> List[str]:

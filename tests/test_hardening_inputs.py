@@ -11,7 +11,6 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -287,6 +286,7 @@ def _third_party_imports() -> set:
 
 
 def test_pyproject_declares_and_caps_what_ggl_imports():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     parsed = {re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower().replace("_", "-"): d for d in deps}
     missing = {m for m in _third_party_imports() if IMPORT_TO_DIST.get(m, m).lower() not in parsed}
@@ -356,6 +356,7 @@ def test_openmp_threads_wait_passively_unless_the_user_says_otherwise():
 
 
 def test_wheel_package_list_is_every_ggl_package():
+    tomllib = pytest.importorskip("tomllib")
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "ggl").rglob("__init__.py")}
     assert listed - {"ggl.configs"} == found
