@@ -360,3 +360,58 @@ def test_wheel_package_list_is_every_ggl_package():
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "ggl").rglob("__init__.py")}
     assert listed - {"ggl.configs"} == found
+
+
+# ------------------------------------------------------------------------------- 7. one round numbering
+# Round r names the state after r completed rounds (0 = the initial model): history/results "round",
+# the logged "round" metric, audit.rounds (a capture at round r uses the global model after r rounds),
+# checkpoint roundNNNN.ckpt and the W&B step.
+@pytest.fixture(scope="module")
+def two_round_run(tmp_path_factory):
+    from lightning.pytorch.loggers import WandbLogger
+
+    from ggl.fl.run import run_federation
+
+    tmp = tmp_path_factory.mktemp("rounds")
+    logged = []
+    real = WandbLogger.log_metrics
+
+    def record(self, metrics, step=None):
+        logged.append((step, dict(metrics)))
+        return real(self, metrics, step)
+
+    WandbLogger.log_metrics = record
+    try:
+        cfg = load_config("fed_fp32.yaml", [f"output_dir={tmp}", *TINY, "logger.mode=offline", "audit.rounds=[1]",
+                                            "audit.num_images=1"])
+        res = run_federation(cfg)
+    finally:
+        WandbLogger.log_metrics = real
+    return res, Path(res["run_dir"]), logged
+
+
+def test_history_results_and_audit_count_completed_rounds(two_round_run):
+    from ggl.attack.observation import Observation
+    from ggl.audit.truth import GroundTruth
+
+    res, run_dir, logged = two_round_run
+    assert [h["round"] for h in res["history"]] == [1, 2] and res["final"]["rounds"] == 2
+    assert sorted(m["round"] for _, m in logged if "round" in m) == [1.0, 2.0]
+    obs_files = list((run_dir / "audit" / "observations").rglob("*.pt"))
+    assert [p.name for p in obs_files] == ["r0001_b000.pt"]
+    assert Observation.load(obs_files[0]).round == 1
+    assert GroundTruth.load(run_dir / "audit" / "ground_truth" / "r0001_b000.pt").round == 1
+
+
+@pytest.mark.xfail(strict=True, reason="needs ggl/fl/run.py: ModelCheckpoint(filename='round{round:04.0f}') "
+                                       "(owned by another branch; see the hardening report)")
+def test_checkpoint_names_count_completed_rounds(two_round_run):
+    _, run_dir, _ = two_round_run
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("round*.ckpt")) == ["round0002.ckpt"]
+
+
+@pytest.mark.xfail(strict=True, reason="needs the federation's W&B step = rounds completed (ggl/fl/module.py or "
+                                       "ggl/tracking.py, owned by other branches; see the hardening report)")
+def test_wandb_step_counts_completed_rounds(two_round_run):
+    _, _, logged = two_round_run
+    assert all(step == int(m["round"]) for step, m in logged if "round" in m)
