@@ -244,8 +244,9 @@ def resolve_config_path(name: str | Path) -> Path:
         if c.is_file():
             return c.resolve()
     if given.is_dir():
-        raise ConfigError(f"--config '{name}' is a folder; give one YAML file in it "
-                          f"(e.g. --config {given / 'fed_q4.yaml'})")
+        inside = sorted(p.name for p in given.glob("*.y*ml"))[:5]
+        raise ConfigError(f"--config '{name}' is a folder; give one YAML file"
+                          + (f" in it ({', '.join(inside)})" if inside else " (it holds none)"))
     available = available_configs()
     hint = difflib.get_close_matches(str(name), available, n=1)
     suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; available: {', '.join(available)}"
@@ -349,6 +350,9 @@ def _check_task(task: str, tasks: tuple, source: Path | None) -> None:
         return
     script = TASK_SCRIPTS[tasks[0]]
     name = source.name if source is not None else "<config>"
+    if source is None or config_task(source) in tasks:  # the file is right; an override changed the task
+        raise ConfigError(f"config key 'task' = {task!r}: {script} runs {' or '.join(tasks)}; "
+                          f"{TASK_SCRIPTS[task]} runs {task}")
     own = ", ".join(n for n in available_configs() if config_task(resolve_config_path(n)) in tasks)
     hint = (f"; to attack a federation's audit captures: python attack.py source=runs/{source.stem if source else '<name>'}/latest"
             if script == "attack.py" and task == "fedavg" else "")
