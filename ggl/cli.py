@@ -32,9 +32,7 @@ ATTACK_EXAMPLES = """examples:
 
 def _configs_epilog(tasks: tuple) -> str:
     try:
-        from ggl.config import available_configs, config_task
-
-        from ggl.config import resolve_config_path
+        from ggl.config import available_configs, config_task, resolve_config_path
 
         names = [n for n in available_configs() if config_task(resolve_config_path(n)) in tasks]
     except Exception:  # --help must work even if a config file is broken
@@ -49,8 +47,9 @@ def _parse(argv: Optional[List[str]], prog: str, default_config: Optional[str], 
     epilog = f"{USAGE_OVERRIDES}\n\n{examples}" + (f"\n\n{_configs_epilog(tasks)}" if wants_help else "")
     parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    example = "attack.yaml" if "attack" in tasks else "fed_q4.yaml"
     parser.add_argument("--config", "-c", default=default_config,
-                        help="YAML file, or a bare name in configs/ (e.g. fed_q4.yaml)")
+                        help=f"YAML file, or a bare name in configs/ (e.g. {example})")
     parser.add_argument("overrides", nargs="*", help="key=value")
     return parser.parse_args(argv)
 

@@ -227,6 +227,7 @@ def test_help_shows_own_examples_and_configs(main, own, other, capsys):
     script = "train.py" if main is train_main else "attack.py"
     assert all(line.strip().startswith(f"python {script}") for line in examples.strip().splitlines())
     assert all(name in configs for name in own) and other not in configs and "sweep" not in configs
+    assert other not in out  # not even as the --config example
 
 
 # ------------------------------------------------------------------------------- 5. model.checkpoint
