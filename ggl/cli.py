@@ -13,7 +13,8 @@ from typing import Callable, List, Optional
 
 from ggl.errors import UserError
 
-USAGE_OVERRIDES = "overrides as key=value, e.g. fl.rounds=50 trainer.devices=2 trainer.strategy=ddp"
+TRAIN_OVERRIDES = "overrides as key=value, e.g. fl.rounds=50 trainer.devices=2 trainer.strategy=ddp"
+ATTACK_OVERRIDES = "overrides as key=value, e.g. attack.generations=50 seed=3 source=runs/fed_q4/latest"
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
@@ -44,7 +45,8 @@ def _parse(argv: Optional[List[str]], prog: str, default_config: Optional[str], 
            examples: str, tasks: tuple):
     # the config list is only built for --help (it reads every config file)
     wants_help = any(a in ("-h", "--help") for a in (sys.argv[1:] if argv is None else argv))
-    epilog = f"{USAGE_OVERRIDES}\n\n{examples}" + (f"\n\n{_configs_epilog(tasks)}" if wants_help else "")
+    usage = ATTACK_OVERRIDES if "attack" in tasks else TRAIN_OVERRIDES
+    epilog = f"{usage}\n\n{examples}" + (f"\n\n{_configs_epilog(tasks)}" if wants_help else "")
     parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     example = "attack.yaml" if "attack" in tasks else "fed_q4.yaml"
