@@ -308,9 +308,16 @@ def test_bare_config_name_resolves_from_another_folder(tmp_path, monkeypatch):
 def test_installed_wheel_finds_its_configs_anywhere(tmp_path):
     """Build the wheel, unpack it (no checkout beside it), load a bare config name from another folder."""
     pytest.importorskip("setuptools")
+    import shutil
+
+    source = tmp_path / "source"  # a copy: building in the checkout would leave build/ there
+    for part in ("pyproject.toml", "README.md", "ggl", "configs"):
+        copy = shutil.copytree if (REPO / part).is_dir() else shutil.copy
+        copy(REPO / part, source / part, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                            if (REPO / part).is_dir() else {}))
     wheel_dir = tmp_path / "wheel"
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(wheel_dir), str(REPO)], capture_output=True, text=True)
+                            "-w", str(wheel_dir), str(source)], capture_output=True, text=True)
     if build.returncode:
         pytest.skip(f"cannot build a wheel offline here: {build.stderr[-300:]}")
     import zipfile
