@@ -206,12 +206,15 @@ def test_bad_defence_keys_name_the_key(entry, key):
 
 
 @pytest.mark.parametrize("config, label", [("fed_clip.yaml", "clip0.25"), ("fed_noise.yaml", "clip0.25+nm"),
-                                           ("fed_topk.yaml", "top0.01-ef"), ("fed_sign.yaml", "sign")])
+                                           ("fed_topk.yaml", "top0.01-ef"), ("fed_sign.yaml", "sign"),
+                                           ("fed_soteria.yaml", "soteria60"), ("fed_prune.yaml", "prune90"),
+                                           ("fed_qsgd.yaml", "qsgd4-b512")])
 def test_shipped_configs_load(config, label):
     cfg = load_config(config)
     assert defenses_label(cfg.defenses).startswith(label)
     callbacks = build_defense_callbacks(cfg.defenses)
     assert len(callbacks) == len(cfg.defenses)
+    assert all(cb.defense.label == d.label for cb, d in zip(callbacks, cfg.defenses))
     if config == "fed_noise.yaml":
         assert callbacks[1].defense.resolved[1] == cfg.defenses[1].noise_multiplier > 0  # a DP run
 

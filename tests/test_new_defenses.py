@@ -185,3 +185,20 @@ def test_qsgd_is_modelled_by_its_expectation_so_the_adaptive_search_is_the_plain
     chain = [{"name": "qsgd", "levels": 4}]
     assert not DefenseModel(chain).active and not adaptive_differs(chain)
     assert adaptive_differs([{"name": "prune", "percent": 50}])
+
+
+def test_second_sweep_holds_the_new_settings_and_their_attackers():
+    from ggl.config import CONFIG_DIR
+    from ggl.sweep import ATTACKERS, load_sweep, plan
+
+    _, grid = load_sweep(CONFIG_DIR / "sweep_more_defenses.yaml")
+    points = plan(grid)
+    attackers = {p.setting: [a.attacker for a in p.attacks] for p in points}
+    assert list(attackers) == ["soteria60", "soteria80", "prune90", "prune99", "qsgd4-b512", "qsgd1-b512",
+                               "q8-seedgrid", "q4-seedgrid"]
+    # unbiased QSGD gives the adaptive attacker nothing to model: one (non-adaptive) attack
+    assert attackers["qsgd4-b512"] == ["non-adaptive"]
+    assert attackers["soteria60"] == attackers["prune90"] == attackers["q4-seedgrid"] == list(ATTACKERS)
+    _, default = load_sweep(CONFIG_DIR / "sweep_defenses.yaml")  # not in the default sweep yet
+    assert not any(d and d[0]["name"] in ("soteria", "prune", "qsgd") or (d and d[0].get("grid") == "seed")
+                   for d in default["defenses"])
