@@ -123,3 +123,9 @@ def test_example_defense_is_modelled_by_the_adaptive_attacker(example):
     cfg = AttackConfig(optimizer="cmaes", population=8, generations=3, adaptive=True)
     res = attack(obs, G, cfg, seed=0)  # the whole adaptive path: labels, objective with the model, search
     assert res.labels.tolist() == [5] and torch.isfinite(torch.tensor(res.loss))
+
+
+def test_readme_shows_the_example_file_verbatim():
+    readme = (EXAMPLE.parent.parent / "README.md").read_text()
+    code = EXAMPLE.read_text()
+    assert code[code.index("import torch"):] in readme  # the README cannot drift from the tested file
