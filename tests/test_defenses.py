@@ -200,7 +200,7 @@ def test_sign_payload_and_signs():
     ({"name": "topk", "fraction": 0.1, "error_feedbak": True}, "error_feedback"),
     ({"name": "sign", "bits": 1}, "bits"),
 ])
-def test_bad_defence_keys_name_the_key(entry, key):
+def test_bad_defense_keys_name_the_key(entry, key):
     with pytest.raises(ConfigError, match=rf"defenses\[2\]\.{key}"):
         parse_defense(entry, "defenses[2]")
 
