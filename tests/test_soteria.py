@@ -100,3 +100,13 @@ def test_adaptive_loss_is_zero_at_the_true_latent():
 
     adaptive, unaware = _at_truth([{"name": "soteria", "percent": 60}])
     assert unaware > 1e-9 and adaptive <= 1e-12 * unaware
+
+
+def test_the_chain_can_be_checked_against_the_model_before_a_run_writes_anything():
+    from ggl.fl.callbacks import check_defenses_fit
+
+    model, _, _, _ = _client("cnn")
+    check_defenses_fit([parse_defense({"name": "soteria", "layer": "classifier.1"}, "d")], model)
+    with pytest.raises(ConfigError, match=r"'defenses\[1\]\.layer' = 'fc'"):
+        check_defenses_fit([parse_defense({"name": "clip"}, "d"), parse_defense({"name": "soteria", "layer": "fc"}, "d")],
+                           model)

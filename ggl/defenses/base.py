@@ -174,7 +174,7 @@ def parse_defense(entry: Any, key: str) -> Defense:
         near = difflib.get_close_matches(str(name), known_names(), n=1)
         hint = f"did you mean '{near[0]}'? " if near else ""
         raise ConfigError(f"config key '{key}.name' = {name!r} is not a known defence; {hint}"
-                          f"(known: {', '.join(known_names())})")
+                          f"known: {', '.join(known_names())}")
     cls = REGISTRY[name]
     valid = [f.name for f in fields(cls)]
     for k in entry:

@@ -136,6 +136,15 @@ def build_defense_callbacks(specs) -> List[DefenseCallback]:
     return [DefenseCallback(s, specs, i) for i, s in enumerate(specs)]
 
 
+def check_defenses_fit(specs, model) -> None:
+    """Checks of the chain against the federation's model (e.g. Soteria's ``layer``), as
+    ``DefenseCallback.on_fit_start`` runs them: call it before writing anything to fail with nothing
+    half-written."""
+    specs = list(specs)
+    for i, s in enumerate(specs):
+        s.bind(specs, i, "defenses").setup(model, f"defenses[{i}]")
+
+
 def privacy_summary(callbacks) -> Optional[Dict]:
     """The privacy budget of a run for results.json: the first defence's non-empty ``summary()``, or None."""
     for cb in callbacks:
