@@ -184,6 +184,15 @@ def classifier_state(classifier: DomainClassifier) -> dict:
             "state_dict": {k: v.detach().cpu() for k, v in classifier.state_dict().items()}}
 
 
+def classifier_from_state(blob: dict) -> DomainClassifier:
+    model = DomainClassifier(**blob["arch"])
+    model.load_state_dict(blob["state_dict"])
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
 def seeded_subset(n_total: int, n: int, seed: int) -> np.ndarray:
     """Up to ``n`` indices out of ``n_total`` (all of them, in order, when ``n >= n_total``)."""
     if n >= n_total:
