@@ -180,7 +180,7 @@ def _split(params: Dict[str, Any]) -> Tuple[List[str], List[str]]:
 
 def make_point(params: Dict[str, Any], seeds_vary: bool = False) -> Point:
     from ggl.config import load_config
-    from ggl.defenses.specs import defenses_label
+    from ggl.defenses import defenses_label
 
     for key in params:
         _check_parameter_name(key, "sweep")
@@ -205,6 +205,8 @@ def make_point(params: Dict[str, Any], seeds_vary: bool = False) -> Point:
         if attacker not in ATTACKERS:
             raise ConfigError(f"sweep parameter 'attackers' = {attackers}: '{attacker}' is not one of "
                               f"{', '.join(ATTACKERS)}")
+        if attacker == "adaptive":
+            check_adaptive(chain, setting)
         if attacker == "adaptive" and "non-adaptive" in attackers and not adaptive_differs(chain):
             continue  # the adaptive attacker would run the very same search as the non-adaptive one
         name = f"attack-{setting}" + ("-adaptive" if attacker == "adaptive" else "")
@@ -221,18 +223,23 @@ def make_point(params: Dict[str, Any], seeds_vary: bool = False) -> Point:
 
 
 def adaptive_differs(chain: Sequence[dict]) -> bool:
-    """False when the adaptive attacker models nothing of the chain (no defence; stochastic rounding and
-    noise, whose expectation it applies, are the identity), so its search is the non-adaptive one."""
-    if not chain:
-        return False
-    try:
-        import torch
+    """False when the adaptive attacker models nothing of the chain (no defence; unbiased randomness, whose
+    expectation it applies, is the identity), so its search is the non-adaptive one. Each defense says."""
+    from ggl.defenses import parse_defense
 
-        from ggl.attack.trial import DefenceModel
+    return any(parse_defense(dict(d), f"defenses[{i}]").attack_model().changes_search for i, d in enumerate(chain))
 
-        return bool(DefenceModel([dict(d) for d in chain], observed=(torch.ones(1),)).active)
-    except Exception:  # when in doubt, run it
-        return True
+
+def check_adaptive(chain: Sequence[dict], setting: str) -> None:
+    """An adaptive attacker on a defence it has no model of is an error, never a silent non-adaptive run."""
+    from ggl.defenses import NONE, parse_defense
+
+    for i, d in enumerate(chain):
+        defense = parse_defense(dict(d), f"defenses[{i}]")
+        model = defense.attack_model()
+        if model.kind == NONE:
+            raise ConfigError(f"sweep setting '{setting}': the adaptive attacker has no model of defence "
+                              f"'{defense.label}' ({model.reason}); drop 'adaptive' from 'attackers'")
 
 
 def plan(grid: Dict[str, List[Any]], seeds_vary: Optional[bool] = None) -> List[Point]:

@@ -70,7 +70,8 @@ def test_fresh_captures_keep_ground_truth_out_of_observations(make_cfg, tmp_path
             obs = Observation.load(obs_path)
             assert obs.batch_size == 2 and obs.kind == "gradient"
             if setting == "q4":
-                assert obs.defenses == [{"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}]
+                assert obs.defenses == [{"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global",
+                                        "grid": "project"}]
                 assert all(len(torch.unique(torch.cat([t.flatten() for t in obs.update]))) <= 16 for _ in [0])
             else:
                 assert obs.defenses == []

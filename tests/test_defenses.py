@@ -11,11 +11,14 @@ from ggl.defenses.accounting import dp_epsilon
 from ggl.defenses.clip import clip_update, global_norm
 from ggl.defenses.noise import add_gaussian_noise
 from ggl.defenses.sign import sign_update
-from ggl.defenses.specs import (ClipSpec, NoiseSpec, QuantizeSpec, SignSpec, TopKSpec, defenses_label, parse_defense,
-                                resolve_noise)
-from ggl.defenses.topk import index_bits, topk_sparsify
+from ggl.defenses import defenses_label, parse_defense, resolve_noise
+from ggl.defenses.clip import Clip
+from ggl.defenses.noise import Noise
+from ggl.defenses.quantize import Quantize
+from ggl.defenses.sign import Sign
+from ggl.defenses.topk import TopK, index_bits, topk_sparsify
 from ggl.errors import ConfigError
-from ggl.fl.callbacks import GaussianNoise, SignUpdates, TopKSparsify, build_defense_callbacks
+from ggl.fl.callbacks import DefenseCallback, build_defense_callbacks
 from ggl.fl.update import ClientUpdate
 
 
@@ -63,7 +66,7 @@ def test_noise_has_the_configured_std_and_is_seeded_per_client():
     assert float(flat.std()) == pytest.approx(0.3, rel=0.01)
     assert abs(float(flat.mean())) < 0.005
 
-    cb = GaussianNoise(NoiseSpec(std=0.3))
+    cb = DefenseCallback(Noise(std=0.3))
     tensors = _tensors()
     a = cb.on_client_update(None, None, _update(tensors, client=1, rnd=2))
     b = cb.on_client_update(None, None, _update(tensors, client=1, rnd=2))
@@ -77,21 +80,21 @@ def test_noise_has_the_configured_std_and_is_seeded_per_client():
 
 
 def test_noise_multiplier_is_relative_to_the_clip_before_it():
-    clip, noise = ClipSpec(max_norm=2.0), NoiseSpec(noise_multiplier=0.5)
+    clip, noise = Clip(max_norm=2.0), Noise(noise_multiplier=0.5)
     assert resolve_noise([clip, noise], 1) == (1.0, 0.5)
     # an absolute std behind a clip still gets a DP multiplier: std / bound
-    assert resolve_noise([clip, NoiseSpec(std=0.5)], 1) == (0.5, 0.25)
+    assert resolve_noise([clip, Noise(std=0.5)], 1) == (0.5, 0.25)
     # norm-preserving defences in between keep the bound; quantization or error feedback break it
-    assert resolve_noise([clip, TopKSpec(fraction=0.5), SignSpec(), noise], 3) == (1.0, 0.5)
-    assert resolve_noise([clip, QuantizeSpec(bits=4), noise], 2) == (1.0, None)
-    assert resolve_noise([clip, TopKSpec(error_feedback=True), noise], 2) == (1.0, None)
-    assert resolve_noise([NoiseSpec(std=0.1)], 0) == (0.1, None)  # no clip: no DP guarantee
+    assert resolve_noise([clip, TopK(fraction=0.5), Sign(), noise], 3) == (1.0, 0.5)
+    assert resolve_noise([clip, Quantize(bits=4), noise], 2) == (1.0, None)
+    assert resolve_noise([clip, TopK(error_feedback=True), noise], 2) == (1.0, None)
+    assert resolve_noise([Noise(std=0.1)], 0) == (0.1, None)  # no clip: no DP guarantee
     with pytest.raises(ConfigError, match=r"defenses\[1\]\.noise_multiplier"):
-        resolve_noise([QuantizeSpec(), noise], 1)
+        resolve_noise([Quantize(), noise], 1)
     with pytest.raises(ConfigError, match=r"defenses\[0\]\.noise_multiplier"):
         build_defense_callbacks([noise, clip])  # the clip must come *before* the noise
     cbs = build_defense_callbacks([clip, noise])
-    assert cbs[1].std == 1.0 and cbs[1].noise_multiplier == 0.5
+    assert cbs[1].defense.resolved == (1.0, 0.5)
 
 
 # ------------------------------------------------------------------------------------------ DP epsilon
@@ -133,40 +136,40 @@ def _round(cb, updates):
 
 
 def test_error_feedback_carries_the_residual_per_client_and_survives_state_dict():
-    spec = TopKSpec(fraction=0.1, error_feedback=True)
-    cb = TopKSparsify(spec)
+    spec = TopK(fraction=0.1, error_feedback=True)
+    cb = DefenseCallback(spec)
     u0 = [_update(_tensors(0), client=0, rnd=0), _update(_tensors(1), client=1, rnd=0)]
     s0 = _round(cb, u0)
     for u, s in zip(u0, s0):  # residual = what was not sent, per client
-        assert torch.allclose(cb.residuals[u.client_id], _flat(u.tensors) - _flat(s.tensors))
-    assert not torch.equal(cb.residuals[0], cb.residuals[1])
+        assert torch.allclose(cb.states[u.client_id], _flat(u.tensors) - _flat(s.tensors))
+    assert not torch.equal(cb.states[0], cb.states[1])
 
     saved = cb.state_dict()
     u1 = _update(_tensors(2), client=0, rnd=1)
     expected, _ = topk_sparsify(
-        [c.view_as(t) for c, t in zip(torch.split(_flat(u1.tensors) + cb.residuals[0], [t.numel() for t in u1.tensors]),
+        [c.view_as(t) for c, t in zip(torch.split(_flat(u1.tensors) + cb.states[0], [t.numel() for t in u1.tensors]),
                                       u1.tensors)], 0.1)
     (s1,) = _round(cb, [u1])
     assert torch.equal(_flat(s1.tensors), _flat(expected))
     # nothing is lost: what client 0 sent over both rounds + its residual = the sum of its updates
-    assert torch.allclose(_flat(s0[0].tensors) + _flat(s1.tensors) + cb.residuals[0],
+    assert torch.allclose(_flat(s0[0].tensors) + _flat(s1.tensors) + cb.states[0],
                           _flat(u0[0].tensors) + _flat(u1.tensors), atol=1e-6)
 
-    fresh = TopKSparsify(spec)
+    fresh = DefenseCallback(spec)
     fresh.load_state_dict(saved)
     assert fresh.state_key == cb.state_key
     (again,) = _round(fresh, [u1])
     assert torch.equal(_flat(again.tensors), _flat(s1.tensors))
 
     # outside a round (an audit capture) the residual is sent but the state is left alone
-    before = {c: r.clone() for c, r in fresh.residuals.items()}
+    before = {c: r.clone() for c, r in fresh.states.items()}
     fresh.on_client_update(None, None, _update(_tensors(3), client=0, rnd=2))
-    assert before.keys() == fresh.residuals.keys()
-    assert all(torch.equal(before[c], fresh.residuals[c]) for c in before)
+    assert before.keys() == fresh.states.keys()
+    assert all(torch.equal(before[c], fresh.states[c]) for c in before)
     # without error feedback nothing is remembered
-    plain = TopKSparsify(TopKSpec(fraction=0.1))
+    plain = DefenseCallback(TopK(fraction=0.1))
     _round(plain, u0)
-    assert plain.residuals == {}
+    assert plain.states == {}
 
 
 # ------------------------------------------------------------------------------------------ sign
@@ -182,7 +185,7 @@ def test_sign_payload_and_signs():
         assert torch.unique(o).numel() <= 2
     assert float(out[1][0]) > 0  # a zero is sent as +scale (1 bit carries no zero)
     assert torch.equal(sign_update([torch.zeros(4)])[0][0], torch.zeros(4))
-    cb_out = SignUpdates(SignSpec()).on_client_update(None, None, _update(tensors))
+    cb_out = DefenseCallback(Sign()).on_client_update(None, None, _update(tensors))
     assert cb_out.bits == bits
 
 
@@ -197,20 +200,23 @@ def test_sign_payload_and_signs():
     ({"name": "topk", "fraction": 0.1, "error_feedbak": True}, "error_feedback"),
     ({"name": "sign", "bits": 1}, "bits"),
 ])
-def test_bad_defence_keys_name_the_key(entry, key):
+def test_bad_defense_keys_name_the_key(entry, key):
     with pytest.raises(ConfigError, match=rf"defenses\[2\]\.{key}"):
         parse_defense(entry, "defenses[2]")
 
 
 @pytest.mark.parametrize("config, label", [("fed_clip.yaml", "clip0.25"), ("fed_noise.yaml", "clip0.25+nm"),
-                                           ("fed_topk.yaml", "top0.01-ef"), ("fed_sign.yaml", "sign")])
+                                           ("fed_topk.yaml", "top0.01-ef"), ("fed_sign.yaml", "sign"),
+                                           ("fed_soteria.yaml", "soteria60"), ("fed_prune.yaml", "prune90"),
+                                           ("fed_qsgd.yaml", "qsgd4-b512")])
 def test_shipped_configs_load(config, label):
     cfg = load_config(config)
     assert defenses_label(cfg.defenses).startswith(label)
     callbacks = build_defense_callbacks(cfg.defenses)
     assert len(callbacks) == len(cfg.defenses)
+    assert all(cb.defense.label == d.label for cb, d in zip(callbacks, cfg.defenses))
     if config == "fed_noise.yaml":
-        assert callbacks[1].noise_multiplier == cfg.defenses[1].noise_multiplier > 0  # a DP run
+        assert callbacks[1].defense.resolved[1] == cfg.defenses[1].noise_multiplier > 0  # a DP run
 
 
 # ------------------------------------------------------------------------------------------ in a federation
@@ -226,7 +232,7 @@ def test_dp_fedavg_run_reports_epsilon(make_cfg):
     from ggl.fl.run import run_federation
 
     z = 0.7
-    noise = GaussianNoise(NoiseSpec(noise_multiplier=z), std=z * 1.0, noise_multiplier=z)
+    noise = DefenseCallback(Noise(noise_multiplier=z), [Clip(max_norm=1.0), Noise(noise_multiplier=z)], 1)
     metrics = _Metrics()
     res = run_federation(make_cfg("defenses.0.max_norm=1.0", *_TINY, config="fed_clip.yaml"),
                          extra_callbacks=[noise, metrics])  # clip to 1.0, then the noise
@@ -254,7 +260,7 @@ def test_topk_error_feedback_run_counts_bits_and_checkpoints_residuals(make_cfg)
     numel = sum(v.numel() for v in ckpt["state_dict"].values())
     k = math.ceil(0.01 * numel)
     assert res["final"]["uplink_bits_per_round"] == 4 * k * (32 + index_bits(numel))
-    key = TopKSparsify(TopKSpec(fraction=0.01, error_feedback=True)).state_key
-    residuals = ckpt["callbacks"][key]["residuals"]
+    key = DefenseCallback(TopK(fraction=0.01, error_feedback=True)).state_key
+    residuals = ckpt["callbacks"][key]["states"]
     assert sorted(residuals) == [0, 1, 2, 3] and all(r.numel() == numel for r in residuals.values())
     assert all(float(r.abs().sum()) > 0 for r in residuals.values())

@@ -62,3 +62,32 @@ def test_payload_bits_counts_codes_and_scales():
 def test_constant_tensor_is_kept():
     out, _ = quantize_update([torch.full((5,), 0.25)], 2, "nearest", "per_tensor")
     assert torch.equal(out[0], torch.full((5,), 0.25))
+
+
+# ------------------------------------------------------------------------------ the seed's grid
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_seed_grid_has_2_pow_bits_plus_one_levels_and_reproduces_the_formula(bits):
+    from ggl.defenses.quantize import code_bits
+
+    x = torch.linspace(-1.0, 3.0, 4097, dtype=torch.float64)  # dense enough to hit every level
+    out, payload = quantize_update([x], bits, "nearest", "global", grid="seed")
+    assert torch.unique(out[0]).numel() == 2 ** bits + 1  # one more level than `bits` bits carry
+    lo, hi = -1.0, 3.0
+    step = (hi - lo) / 2 ** bits  # the seed's formula, written out
+    expected = torch.round((x - lo) / step) * step + lo
+    assert torch.allclose(out[0], expected, rtol=0, atol=1e-12)
+    assert code_bits(bits, "seed") == bits + 1  # ceil(log2(2**bits + 1)): stated honestly
+    assert payload == (bits + 1) * x.numel() + SCALE_BITS_PER_RANGE
+    # the project default keeps exactly 2**bits levels and `bits` bits
+    default, default_bits = quantize_update([x], bits, "nearest", "global")
+    assert torch.unique(default[0]).numel() == 2 ** bits and default_bits == bits * x.numel() + SCALE_BITS_PER_RANGE
+
+
+def test_seed_grid_is_a_config_key_with_its_own_label():
+    from ggl.defenses import parse_defense
+    from ggl.errors import ConfigError
+
+    q = parse_defense({"name": "quantize", "bits": 8, "grid": "seed"}, "defenses[0]")
+    assert q.label == "q8-seedgrid" and parse_defense({"name": "quantize", "bits": 8}, "d").label == "q8"
+    with pytest.raises(ConfigError, match=r"defenses\[0\]\.grid"):
+        parse_defense({"name": "quantize", "grid": "paper"}, "defenses[0]")

@@ -8,16 +8,16 @@
 autograd, one candidate at a time, as the reference implementation's loop does (``evaluation:
 loop``); the tests check that both give the same losses.
 
-``DefenceModel`` is what an *adaptive* attacker knows of the defence: it applies the very function
-the client applied (``ggl.defenses.quantize.quantize_update``) to each trial update. Its forward
-value is exact; its gradient is the straight-through estimator (identity), so gradient-based search
-can pass through the quantizer.
+``DefenseModel`` is what an *adaptive* attacker knows of the defence chain: each defense's own
+model for the attacker (``ggl.defenses``), applied to every trial update in chain order. Re-applied
+transforms use the very functions the client used; where those are not differentiable (rounding,
+sign) the gradient is the straight-through estimator (identity), so gradient-based search passes them.
 """
 from __future__ import annotations
 
 import copy
-import warnings
-from typing import Dict, List, Sequence, Tuple
+import functools
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,6 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from ggl.attack.observation import Observation
-from ggl.defenses.quantize import quantize_update
 from ggl.errors import UserError
 
 
@@ -103,69 +102,58 @@ class ClientSimulator:
             return out if outer else tuple(t.detach() for t in out)
 
 
-class DefenceModel:
-    """The adaptive attacker's copy of the client's defence chain (from the observation's spec),
-    applied to every trial update with the very ``ggl.defenses`` functions the client used:
-
-    * quantize (nearest rounding): ``quantize_update`` at the observed bits and range mode; with
-      stochastic rounding the client's random draws are unknown and E[q(u)] = u, so the expected
-      transmitted update (the update itself) is used;
-    * clip: ``clip_update`` with the bound of the observed spec (``max_norm``; a clipped observed
-      update has exactly that norm, so the bound can also be read off the observation);
-    * top-k: the *observed* mask (the coordinates the client sent);
-    * sign: ``sign_update``;
-    * Gaussian noise: zero-mean and unknown, so its expectation (nothing) is applied.
-
-    Non-differentiable steps (rounding, sign) pass gradients straight through (STE).
+class DefenseModel:
+    """The adaptive attacker's copy of the client's defence chain (from the observation's spec): each
+    defense's own ``attack_model()`` (``ggl.defenses.base.AttackModel``), applied in chain order to every
+    trial update. Re-applied transforms (quantize with nearest rounding, clip, sign) use the very
+    functions the client used, with a straight-through (identity) gradient where they are not
+    differentiable; unbiased randomness (stochastic rounding, QSGD, Gaussian noise) is modelled by its
+    expectation, the update itself; sparsifiers (top-k, per-layer pruning, Soteria) by the observed mask,
+    the coordinates the client did not send (exact zeros in ``observed``). A defense without a model
+    is refused with its reason: an adaptive attack never silently falls back to a non-adaptive one.
     """
 
-    def __init__(self, specs: Sequence[dict], observed: Sequence[Tensor] = ()):
-        from ggl.defenses.specs import (ClipSpec, IdentitySpec, NoiseSpec, QuantizeSpec, SignSpec, TopKSpec,
-                                        parse_defense)
+    def __init__(self, specs: Sequence, observed: Sequence[Tensor] = ()):
+        from ggl.defenses import MASK, NONE, parse_defense
 
-        self.steps: List[Tuple[str, object]] = []
+        self.steps: List[Callable[[Sequence[Tensor]], List[Tensor]]] = []
         for i, raw in enumerate(specs):
-            spec = parse_defense(dict(raw), f"observation.defenses[{i}]") if isinstance(raw, dict) else raw
-            if isinstance(spec, QuantizeSpec):
-                if spec.bits < 32 and spec.rounding == "nearest":
-                    self.steps.append(("quantize", spec))
-            elif isinstance(spec, ClipSpec):
-                self.steps.append(("clip", float(spec.max_norm)))
-            elif isinstance(spec, TopKSpec):
-                if not observed:
-                    raise UserError("attack.adaptive=true: a top-k defence needs the observed update's mask")
-                self.steps.append(("mask", [(t != 0) for t in observed]))
-            elif isinstance(spec, SignSpec):
-                self.steps.append(("sign", spec))
-            elif isinstance(spec, (IdentitySpec, NoiseSpec)):
-                continue
-            else:
+            defense = parse_defense(dict(raw) if isinstance(raw, dict) else raw, f"observation.defenses[{i}]")
+            model = defense.attack_model()
+            if model.kind == NONE:
                 raise UserError(f"attack.adaptive=true: the adaptive attacker has no model of defence "
-                                f"'{getattr(spec, 'name', spec)}'; set attack.adaptive=false")
+                                f"'{defense.label}' ({model.reason}); set attack.adaptive=false")
+            if model.kind == MASK:
+                if not len(observed):
+                    raise UserError(f"attack.adaptive=true: defence '{defense.label}' is modelled by the "
+                                    f"observed update's mask, and no observed update was given")
+                self.steps.append(functools.partial(_apply_mask, tuple(t != 0 for t in observed)))
+            elif model.fn is not None:
+                self.steps.append(functools.partial(_straight_through, model.fn) if model.straight_through
+                                  else model.fn)
 
     @property
     def active(self) -> bool:
         return bool(self.steps)
 
     def __call__(self, tensors: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
-        from ggl.defenses.clip import clip_update
-        from ggl.defenses.sign import sign_update
-
         out = list(tensors)
-        for kind, arg in self.steps:
-            if kind == "quantize":
-                q, _ = quantize_update(out, arg.bits, "nearest", arg.range)
-                out = [t + (qt - t).detach() for t, qt in zip(out, q)]  # straight-through estimator
-            elif kind == "sign":
-                q, _ = sign_update(out)
-                out = [t + (qt - t).detach() for t, qt in zip(out, q)]
-            elif kind == "clip":
-                out, _ = clip_update(out, arg)
-            elif kind == "mask":
-                out = [t * m.to(t.dtype) for t, m in zip(out, arg)]
+        for step in self.steps:
+            out = list(step(out))
         return tuple(out)
 
     def batched(self, tensors: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
-        with warnings.catch_warnings():  # vmap has no batching rule for the quantizer's clamp_ (a
-            warnings.filterwarnings("ignore", message=".*batching rule.*")  # small fallback loop)
-            return vmap(self.__call__)(tuple(tensors))
+        return vmap(self.__call__)(tuple(tensors))
+
+
+def _straight_through(fn, tensors: Sequence[Tensor]) -> List[Tensor]:
+    """fn's value with the identity's gradient (for rounding and sign, whose gradient is zero)."""
+    q = fn(tensors)
+    return [t + (qt - t).detach() for t, qt in zip(tensors, q)]
+
+
+def _apply_mask(masks: Sequence[Tensor], tensors: Sequence[Tensor]) -> List[Tensor]:
+    return [t * m.to(t.dtype) for t, m in zip(tensors, masks)]
+
+
+DefenceModel = DefenseModel  # the old spelling, for callers not renamed yet (ggl/attack/objective.py)

@@ -73,9 +73,6 @@ class FederatedDataModule(L.LightningDataModule):
         idx = torch.from_numpy(self.client_indices[cid])
         return self.data.images[idx], self.data.labels[idx]
 
-    def client_sizes(self) -> List[int]:
-        return [len(p) for p in self.client_indices]
-
     def test_tensors(self) -> Tuple[Tensor, Tensor]:
         idx = torch.from_numpy(self.split.test)
         return self.data.images[idx], self.data.labels[idx]

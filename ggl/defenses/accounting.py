@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import math
 
-from opacus.accountants import RDPAccountant
-
 
 def dp_epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> float:
     """Epsilon of ``rounds`` sampled Gaussian mechanisms at (``noise_multiplier``, ``sample_rate``).
@@ -21,6 +19,8 @@ def dp_epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: 
         return 0.0
     if noise_multiplier <= 0.0:
         return math.inf
+    from opacus.accountants import RDPAccountant  # imported here: opacus takes seconds to import
+
     accountant = RDPAccountant()
     accountant.history = [(float(noise_multiplier), float(sample_rate), int(rounds))]  # what `rounds` step() calls build
     return float(accountant.get_epsilon(delta=delta))

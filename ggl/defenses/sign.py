@@ -1,7 +1,4 @@
-"""Sign compression of a client update (a list of tensors): 1 bit per coordinate, one scale per tensor.
-
-Pure functions, shared by the federation's callback and by the adaptive attacker.
-"""
+"""Sign compression (``{name: sign}``): 1 bit per coordinate, one float32 scale (mean |x|) per tensor."""
 from __future__ import annotations
 
 from typing import List, Sequence, Tuple
@@ -9,7 +6,7 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ggl.defenses.quantize import FLOAT_BITS
+from ggl.defenses.base import FLOAT_BITS, Defense, reapply, register
 
 
 def sign_payload_bits(numels: Sequence[int]) -> int:
@@ -30,3 +27,17 @@ def sign_update(tensors: Sequence[Tensor]) -> Tuple[List[Tensor], int]:
         scale = t.abs().mean()
         out.append(torch.where(t >= 0, scale, -scale))
     return out, sign_payload_bits([t.numel() for t in tensors])
+
+
+@register
+class Sign(Defense):
+    """The adaptive attacker re-applies it, with a straight-through gradient."""
+    name: str = "sign"
+
+    norm_preserving = True  # mean(|x|) * sign has L2 norm ||x||_1 / sqrt(n) <= ||x||_2
+
+    def transform(self, tensors, update):
+        return sign_update(tensors)
+
+    def attack_model(self):
+        return reapply(lambda ts: sign_update(ts)[0], straight_through=True)

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ggl.defenses.quantize import FLOAT_BITS
-from ggl.fl.update import ClientUpdate
+from ggl.defenses.base import FLOAT_BITS
+from ggl.fl.update import ClientData, ClientUpdate
 
 
 def local_step_count(num_samples: int, batch_size: int, local_epochs: float, local_steps: int | None) -> int:
@@ -38,7 +38,8 @@ def train_client(model: nn.Module, global_params: Dict[str, Tensor], x: Tensor, 
     """Train from ``global_params`` with SGD; return the update the client would send.
 
     One local step (FedSGD) sends the gradient of that step; more steps (FedAvg) send the weight
-    delta. Either way the same loop runs: FedSGD is a config, not a code path.
+    delta. Either way the same loop runs: FedSGD is a config, not a code path. The update carries the
+    data it came from (``update.private``) for defenses that look at it; none of it is ever sent.
     """
     names = list(global_params)
     params = {k: v.detach().clone().requires_grad_(True) for k, v in global_params.items()}
@@ -63,7 +64,8 @@ def train_client(model: nn.Module, global_params: Dict[str, Tensor], x: Tensor, 
     numel = sum(t.numel() for t in tensors)
     return ClientUpdate(client_id=client_id, round=round, tensors=tensors, names=names,
                         num_samples=int(len(y)), kind=kind, bits=FLOAT_BITS * numel, seed=seed,
-                        meta={"lr": lr, "local_steps": steps, "batch_size": batch_size})
+                        meta={"lr": lr, "local_steps": steps, "batch_size": batch_size},
+                        private=ClientData(model=model, params=dict(global_params), x=x, y=y))
 
 
 def as_delta(update: ClientUpdate) -> List[Tensor]:

@@ -2,12 +2,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import List
+from typing import Dict, List, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ggl.seeding import generator
+
+
+@dataclass
+class ClientData:
+    """What the client computed its update from: the model, the global weights it started from and its
+    own images and labels. Only defenses that look at the data use it (Soteria); it never leaves the
+    client (an ``Observation`` copies none of it)."""
+    model: nn.Module
+    params: Dict[str, Tensor]
+    x: Tensor
+    y: Tensor
 
 
 @dataclass
@@ -21,6 +32,7 @@ class ClientUpdate:
     bits: int                      # uplink payload size in bits, as transmitted
     seed: int = 0                  # run seed: defences derive their randomness from it
     meta: dict = field(default_factory=dict)
+    private: Optional[ClientData] = field(default=None, repr=False)  # client-side only (see ClientData)
 
     def with_tensors(self, tensors: List[Tensor], bits: int | None = None) -> "ClientUpdate":
         return replace(self, tensors=list(tensors), bits=self.bits if bits is None else bits)

@@ -3,20 +3,24 @@
 Both work on square images of ``image_size`` (a power of two >= 8; 32 everywhere in this project)
 with 1 or 3 channels, and are optionally class-conditional:
 
-- ``Generator(z, y)`` -> images in [0, 1] (the data's range). Class conditioning is conditional
-  batch norm (a per-class gain and bias after each normalisation), as in SNGAN/BigGAN. In eval mode
-  the normalisation uses fixed statistics, so G is a pure, per-sample function of (z, y): the same
-  latent gives the same image whatever else is in the batch, and ``torch.func`` transforms apply.
+- ``Generator(z, y)`` -> images in [0, 1] (the data's range). When class-conditional, the class
+  enters twice: a learned 4x4 class map added to the projected latent, and conditional batch norm (a
+  per-class gain and bias after each normalisation), as in SNGAN/BigGAN. In eval mode the
+  normalisation uses fixed statistics, so G is a pure, per-sample function of (z, y): the same latent
+  gives the same image whatever else is in the batch, and ``torch.func`` transforms apply.
 - ``Discriminator(x, y)`` -> one logit per image; spectral norm on every layer (optional, off for
   WGAN-GP if wanted) and a projection term ``<embed(y), features>`` when conditional
   (Miyato & Koyama, 2018); optionally an auxiliary class head (AC-GAN, Odena et al., 2017).
 
-``GeneratorSpec`` is the architecture a checkpoint carries, so a loader rebuilds the net from it.
+``GeneratorSpec`` is the generator's record of its constructor arguments, checked on construction and
+behind its ``latent_dim``/``num_classes``/... attributes. A prior file does not store it: it stores the
+generator's class path, kwargs (``width``) and the prior contract's spec, and ``ggl.gan.prior``
+rebuilds the net from those.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
@@ -26,7 +30,7 @@ from torch.nn.utils.parametrizations import spectral_norm as _sn
 
 @dataclass(frozen=True)
 class GeneratorSpec:
-    """Everything needed to rebuild a generator (stored in every prior checkpoint)."""
+    """The generator's constructor arguments (see the module docstring)."""
 
     latent_dim: int = 128
     channels: int = 1
@@ -40,14 +44,6 @@ class GeneratorSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GeneratorSpec":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown generator spec keys {sorted(unknown)}")
-        return cls(**{k: int(v) for k, v in d.items()})
 
     def validate(self) -> None:
         if self.latent_dim < 1 or self.width < 1 or self.num_classes < 0:

@@ -1,0 +1,220 @@
+"""The defense plugin contract: one defense = one dataclass in one file under ``ggl/defenses/``.
+
+A defense is a dataclass whose fields are its config keys (``name`` first, with the config name as
+its default), registered with ``@register``. Everything about it lives on that one object:
+
+* ``check(key)``: range checks of its own keys (a ``ConfigError`` naming ``key.<field>``);
+* ``label``: a short name for run names and W&B groups (``q4``, ``clip0.25``);
+* ``transform(tensors, update) -> (tensors, bits)``: the pure transform of one client update
+  (``bits=None``: the payload size does not change). ``update`` (a ``ggl.fl.update.ClientUpdate``)
+  gives the seeded randomness (``update.rng``) and, for defenses that need it, the client's data
+  (``update.private``);
+* ``norm_preserving``: never increases an update's L2 norm (so a clip before it still bounds it);
+* ``keeps_client_state`` + ``apply(tensors, update, state)``: per-client state (error feedback), a
+  flat tensor of the update's size per client that the generic callback stores, checkpoints and
+  shares across processes;
+* ``attack_model()``: what the adaptive attacker applies to its trial updates (``reapply`` with or
+  without a straight-through gradient, ``expectation``, ``observed_mask``, or ``no_model(reason)``).
+
+Optional hooks for the federation (defaults do nothing): ``bind`` (settings that depend on the chain,
+e.g. noise relative to the clip before it), ``setup`` (checks against the model), ``round_stats``
+(numbers averaged over a round's updates and logged), ``round_metrics`` / ``summary`` (per-run
+numbers such as a DP epsilon). The generic callback ``ggl.fl.callbacks.DefenseCallback`` calls them.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, fields
+from fractions import Fraction
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
+
+from torch import Tensor
+
+from ggl.errors import ConfigError
+
+FLOAT_BITS = 32
+
+REGISTRY: Dict[str, Type["Defense"]] = {}
+
+# what the adaptive attacker knows of a defense (AttackModel.kind)
+REAPPLY, EXPECTATION, MASK, NONE = "reapply", "expectation", "observed mask", "none"
+
+Tensors = List[Tensor]
+
+
+@dataclass(frozen=True)
+class AttackModel:
+    """How the adaptive attacker models one defense on its trial updates.
+
+    ``reapply``: ``fn`` (tensors -> tensors) is the client's own deterministic transform, applied as is
+    (``straight_through=False``: it is differentiable) or with an identity gradient (rounding, sign).
+    ``expectation``: ``fn`` is E[transform] (``None``: the identity, for unbiased randomness).
+    ``observed mask``: the coordinates the observed update does not carry (exact zeros) are zeroed.
+    ``none``: the attacker has no model; ``reason`` says why (an adaptive attack is refused).
+    """
+    kind: str
+    fn: Optional[Callable[[Sequence[Tensor]], Tensors]] = None
+    straight_through: bool = False
+    reason: str = ""
+
+    @property
+    def changes_search(self) -> bool:
+        """False when applying it is the identity: an adaptive search would be the non-adaptive one."""
+        return self.kind == MASK or self.fn is not None
+
+
+def reapply(fn: Optional[Callable] = None, straight_through: bool = False) -> AttackModel:
+    return AttackModel(REAPPLY, fn, straight_through)
+
+
+def expectation(fn: Optional[Callable] = None) -> AttackModel:
+    return AttackModel(EXPECTATION, fn)
+
+
+def observed_mask() -> AttackModel:
+    return AttackModel(MASK)
+
+
+def no_model(reason: str) -> AttackModel:
+    return AttackModel(NONE, reason=reason)
+
+
+class Defense:
+    """Base class of the defenses (see the module docstring); subclasses are dataclasses."""
+
+    norm_preserving = False       # class default; a property where it depends on the settings
+    round_stat_keys: Tuple[str, ...] = ()
+
+    def check(self, key: str) -> None:
+        pass
+
+    @property
+    def label(self) -> str:
+        return self.name  # type: ignore[attr-defined]
+
+    def transform(self, tensors: Sequence[Tensor], update) -> Tuple[Tensors, Optional[int]]:
+        raise NotImplementedError(f"defense '{self.name}' defines no transform")  # type: ignore[attr-defined]
+
+    @property
+    def keeps_client_state(self) -> bool:
+        return False
+
+    def apply(self, tensors: Sequence[Tensor], update, state: Optional[Tensor]
+              ) -> Tuple[Tensors, Optional[int], Optional[Tensor]]:
+        """(sent tensors, bits or None, the client's new state or None); stateless: ``transform``."""
+        out, bits = self.transform(list(tensors), update)
+        return out, bits, None
+
+    def attack_model(self) -> AttackModel:
+        return no_model(f"defense '{self.name}' declares no model for the adaptive attacker")  # type: ignore
+
+    # ------------------------------------------------------------------ optional federation hooks
+    @property
+    def sensitivity_bound(self) -> Optional[float]:
+        """An L2 bound this defense puts on every update it sends (a clip), else None."""
+        return None
+
+    def bind(self, chain: Sequence["Defense"], index: int, key: str) -> "Defense":
+        """This defense as entry ``index`` of ``chain`` (checks that need the chain raise here)."""
+        return self
+
+    def setup(self, model, key: str) -> Optional[str]:
+        """Checks against the federation's model before training; returns a warning to show, or None."""
+        return None
+
+    def round_stats(self, before: Sequence[Tensor], after: Sequence[Tensor]) -> Dict[str, float]:
+        """Numbers (``round_stat_keys``) of one update, averaged over a round's updates and logged."""
+        return {}
+
+    def round_metrics(self, rounds: int, sample_rate: float) -> Dict[str, float]:
+        """Metrics logged after each round (e.g. a DP epsilon so far)."""
+        return {}
+
+    def summary(self, rounds: int, sample_rate: Optional[float]) -> Optional[dict]:
+        """What results.json says about this defense (``final.privacy``), or None."""
+        return None
+
+
+def register(cls):
+    """Class decorator: a ``Defense`` subclass becomes a dataclass known to configs by its ``name``."""
+    if "__dataclass_fields__" not in vars(cls):
+        cls = dataclass(cls)
+    names = {f.name: f for f in fields(cls)}
+    if "name" not in names or not isinstance(names["name"].default, str):
+        raise TypeError(f"defense {cls.__qualname__} needs a first field `name: str = '<config name>'`")
+    if not issubclass(cls, Defense):
+        raise TypeError(f"defense {cls.__qualname__} must subclass ggl.defenses.Defense")
+    name = names["name"].default
+    known = REGISTRY.get(name)
+    if known is not None and known.__qualname__ != cls.__qualname__:
+        raise ValueError(f"two defenses are named '{name}': {known.__module__}.{known.__qualname__} and "
+                         f"{cls.__module__}.{cls.__qualname__}")
+    REGISTRY[name] = cls
+    return cls
+
+
+def known_names() -> List[str]:
+    return sorted(REGISTRY)
+
+
+def parse_defense(entry: Any, key: str) -> Defense:
+    """Turn one ``defenses:`` entry (a mapping with ``name``) into its checked defense object."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(entry, Defense):
+        entry.check(key)
+        return entry
+    if hasattr(entry, "items") and not isinstance(entry, dict):  # an OmegaConf node
+        entry = dict(entry.items())
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise ConfigError(f"config key '{key}' must be a mapping with a 'name' (one of {', '.join(known_names())})")
+    name = entry["name"]
+    if name not in REGISTRY:
+        near = difflib.get_close_matches(str(name), known_names(), n=1)
+        hint = f"did you mean '{near[0]}'? " if near else ""
+        raise ConfigError(f"config key '{key}.name' = {name!r} is not a known defence; {hint}"
+                          f"known: {', '.join(known_names())}")
+    cls = REGISTRY[name]
+    valid = [f.name for f in fields(cls)]
+    for k in entry:
+        if k not in valid:
+            near = difflib.get_close_matches(str(k), valid, n=1, cutoff=0.5)
+            hint = f"did you mean '{key}.{near[0]}'?" if near else f"valid keys: {', '.join(valid)}"
+            raise ConfigError(f"unknown config key '{key}.{k}' for defence '{name}'; {hint}")
+    try:
+        spec = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), entry))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"config key '{key}.{getattr(exc, 'full_key', '?')}': {str(exc).splitlines()[0]}") from None
+    spec.check(key)
+    return spec
+
+
+def check_chain(specs: Sequence[Defense], key: str = "defenses") -> None:
+    """Checks that need the whole chain (each entry's own keys are checked by ``parse_defense``)."""
+    specs = list(specs)
+    for i, spec in enumerate(specs):
+        spec.bind(specs, i, f"{key}")
+
+
+def defenses_label(specs: Sequence[Defense]) -> str:
+    """A short name for a defence chain, used for run names and W&B groups ('fp32' when empty)."""
+    labels = [s.label for s in specs if s.label not in ("fp32", "identity")]
+    return "+".join(labels) if labels else "fp32"
+
+
+def share_count(percent: float, n: int) -> int:
+    """floor(percent / 100 * n), computed on the decimal value written (33.3% of 1000 is 333, not 332)."""
+    return int(Fraction(str(float(percent))) * n / 100)
+
+
+def flat_cat(tensors: Sequence[Tensor]) -> Tensor:
+    import torch
+
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def split_like(flat: Tensor, tensors: Sequence[Tensor]) -> Tensors:
+    import torch
+
+    return [c.view_as(t) for c, t in zip(torch.split(flat, [t.numel() for t in tensors]), tensors)]
