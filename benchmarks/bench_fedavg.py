@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
-import ggl.fl.callbacks as fl_callbacks
+import ggl.defenses.quantize as defense_quantize  # the transform looks up quantize_update here at call time
 from ggl.config import load_config
 from ggl.fl.run import run_federation
 
@@ -40,7 +40,7 @@ class RoundTimer(Callback):
 
 def quantizer_share(config: str, rounds: int, overrides: list) -> None:
     spent = []
-    original = fl_callbacks.quantize_update
+    original = defense_quantize.quantize_update
 
     def timed_quantize(*a, **kw):
         t = time.perf_counter()
@@ -48,7 +48,7 @@ def quantizer_share(config: str, rounds: int, overrides: list) -> None:
         spent.append(time.perf_counter() - t)
         return out
 
-    fl_callbacks.quantize_update = timed_quantize
+    defense_quantize.quantize_update = timed_quantize
     try:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = load_config(config, [f"fl.rounds={rounds}", f"fl.eval_every={rounds}", "logger.mode=disabled",
@@ -56,7 +56,7 @@ def quantizer_share(config: str, rounds: int, overrides: list) -> None:
             timer = RoundTimer()
             run_federation(cfg, extra_callbacks=[timer])
     finally:
-        fl_callbacks.quantize_update = original
+        defense_quantize.quantize_update = original
     steady = timer.seconds[1:] or timer.seconds  # the first round pays one-off warm-up costs
     per_round = sum(steady) / len(steady)
     q_per_round = sum(spent) / len(timer.seconds)
