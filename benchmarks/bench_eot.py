@@ -4,8 +4,8 @@
                                    [--generations 60] [--adam-steps 120] [--threads 1]
                                    [--attackers ggl-l2-adaptive,ggl-eot]
 
-Victims: the first ``--victims`` private MNIST digits (``mnist5k``, split_seed 0: never seen by the
-shipped prior ``checkpoints/gan_mnist5k.pt``), one FedSGD gradient each at a fresh ``--arch`` model
+Victims: ``--victims`` private MNIST digits drawn as attack.py draws them (``draw_private``, seed 0;
+``mnist5k``, split_seed 0: never seen by the shipped prior ``checkpoints/gan_mnist5k.pt``), one FedSGD gradient each at a fresh ``--arch`` model
 (round 0, as the headline), sent through ``{name: quantize, bits: --bits, rounding: stochastic,
 range: global}`` with the client's own seeded draws. Every attacker attacks the very same
 observations with the same search budget (the sweep's: CMA-ES 50 x ``--generations``, then Adam
@@ -33,6 +33,7 @@ from _attack_setup import DEFAULT_PRIOR  # noqa: E402
 def victims(n: int, arch: str, init: str, bits: int):
     """[(observation, true image, true label)] of the first n private digits, stochastic-rounded."""
     from ggl.attack.observation import Observation
+    from ggl.audit.victim import draw_private
     from ggl.config import DataConfig
     from ggl.data.datamodule import load_split
     from ggl.defenses.quantize import quantize_update
@@ -43,7 +44,7 @@ def victims(n: int, arch: str, init: str, bits: int):
     model = build_model(arch, 1, 10, init=init, seed=0)
     spec = {"name": "quantize", "bits": bits, "rounding": "stochastic", "range": "global"}
     out = []
-    for k, i in enumerate(split.private[:n].tolist()):
+    for k, i in enumerate(draw_private(split.private, n, seed=0).tolist()):
         x, y = data.images[i:i + 1], data.labels[i:i + 1]
         loss = torch.nn.functional.cross_entropy(model(x), y)
         grads = [g.detach() for g in torch.autograd.grad(loss, list(model.parameters()))]

@@ -13,6 +13,9 @@ public GAN prior, if it uses one); it never sees private data. Each registered a
 
     from ggl.attack.attackers import get_attacker, available_attackers
     result = get_attacker("ggl-eot", {"samples": 8})(obs, G, cfg.attack, seed)   # a SearchResult
+    attackers = build_portfolio(cfg.attack.attackers, cfg.attack.attacker_options)
+    results = run_portfolio(attackers, obs, G, cfg.attack, seed)  # {name: SearchResult | refusal reason}
+    leakage = best_per_victim(rows)                              # rows: per-image scores + "attacker"
 
 Adding an attacker = one file here with a class derived from ``Attacker`` and decorated with
 ``@register("name")`` (+ an import line at the bottom of this file) + its test.
@@ -104,7 +107,8 @@ def build_portfolio(names: Sequence[str], options: Optional[Mapping[str, Any]] =
 
 from ggl.attack.attackers.base import Attacker  # noqa: E402  (the registry must exist first)
 from ggl.attack.attackers.best import best_per_victim  # noqa: E402
+from ggl.attack.attackers.portfolio import portfolio_units, run_portfolio  # noqa: E402
 from ggl.attack.attackers import ggl_latent, eot, inverting_gradients  # noqa: E402,F401
 
 __all__ = ["Attacker", "available_attackers", "best_per_victim", "build_portfolio", "check_portfolio",
-           "get_attacker", "option_names", "register"]
+           "get_attacker", "option_names", "portfolio_units", "register", "run_portfolio"]

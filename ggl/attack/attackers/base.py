@@ -29,6 +29,12 @@ class Attacker:
     def check(self, key: str) -> None:
         """Check the attacker's own options (raise ConfigError naming ``key``)."""
 
+    def units(self, cfg) -> int:
+        """Progress-bar units one attack takes (the latent search's by default)."""
+        from ggl.attack import search_units
+
+        return search_units(cfg)
+
     def refusal(self, obs) -> Optional[str]:
         """Why this attacker cannot attack ``obs`` (one line), or None."""
         return None

@@ -153,24 +153,25 @@ class DefenceChainModel:
         return x
 
     def _nll(self, x: Tensor) -> Tensor:
-        """(K, P) exact negative log-likelihood of the observed update given x (K, P, N) before the last step."""
+        """(K, P) exact negative log-likelihood of the observed update given x (K, P, N) before the last step.
+        Summed in float64: on a large model the likelihoods of two candidates differ in the 6th digit."""
         kind, arg = self.steps[-1]
         q = self.target.to(device=x.device, dtype=x.dtype)
         if kind == "noise":
-            return ((x - q) ** 2).sum(-1) / (2 * arg ** 2)
+            return ((x - q) ** 2).sum(-1, dtype=torch.float64) / (2 * arg ** 2)
         levels = 2 ** arg.bits - 1
-        total = torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
+        total = torch.zeros(x.shape[:-1], dtype=torch.float64, device=x.device)
         for part, qg in zip(self._groups(x, arg.range), self._groups(q, arg.range)):
             lo, hi = qg.min(), qg.max()
             step = (hi - lo) / levels
             if not step > 0:  # the quantizer sent this group unchanged (all equal): no grid to score on
                 continue
             codes = torch.round((qg - lo) / step)
-            total = total + tent_nll((part - lo) / step - codes).sum(-1)
+            total = total + tent_nll((part - lo) / step - codes).sum(-1, dtype=torch.float64)
         return total
 
     def loss(self, trial: Tensor) -> Tensor:
-        """(P,) losses of flat trial updates (P, N)."""
+        """(P,) losses (float64) of flat trial updates (P, N)."""
         from ggl.attack.objective import match_loss
 
         n = trial.shape[-1]
@@ -182,7 +183,7 @@ class DefenceChainModel:
         k, p = out.shape[:2]
         layers = tuple(torch.split(out.reshape(k * p, n), self.sizes, dim=-1))
         target = [t.to(trial.dtype) for t in torch.split(self.target.to(trial.device), self.sizes)]
-        return match_loss(layers, target, self.match).view(k, p).mean(0)
+        return match_loss(layers, target, self.match).view(k, p).double().mean(0)
 
 
 def _objective_class():

@@ -75,7 +75,7 @@ class InvertingGradients(Attacker):
         if not self.tv_weight >= 0:
             raise ConfigError(f"config key '{key}.tv_weight' = {self.tv_weight} must be >= 0")
 
-    def units(self) -> int:
+    def units(self, cfg) -> int:
         return self.steps
 
     def run(self, obs, G, cfg, seed, labels=None, tick=None, model=None):
