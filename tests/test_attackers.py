@@ -179,6 +179,53 @@ def test_eot_accepts_noise_and_noise_after_clipping():
     assert eot.refusal(obs) is not None
 
 
+def test_eot_is_exact_where_the_chain_ends_in_its_random_step_and_samples_elsewhere():
+    from ggl.attack.attackers.eot import DefenceChainModel
+
+    g = [torch.randn(6, 5), torch.randn(5)]
+    noise = {"name": "noise", "std": 0.01}
+    for chain, exact, samples in [
+        (Q2S, True, 1),                                                          # exact tent, nothing sampled
+        ([noise], True, 1),                                                      # exact Gaussian
+        ([noise, Q2S[0]], True, 8),                                              # noise sampled, tent exact
+        ([noise, {"name": "quantize", "bits": 4, "rounding": "nearest"}], False, 8),  # EOT over the noise
+    ]:
+        model = DefenceChainModel(chain, g, samples=8, mode="likelihood")
+        assert (model.exact, model.samples) == (exact, samples), chain
+        losses = model.loss(torch.randn(3, 35))
+        assert losses.shape == (3,) and torch.isfinite(losses).all()
+    assert not DefenceChainModel(Q2S, g, samples=8, mode="sample").exact
+
+
+def test_eot_sampling_mode_beats_the_class_mean_on_gaussian_noise():
+    G = TinyPrior()
+    eot = get_attacker("ggl-eot", {"mode": "sample", "samples": 4})
+    for k in (0, 2):
+        x, y, obs = _victim(G, k)
+        rms = float(torch.cat([t.flatten() for t in obs.update]).pow(2).mean().sqrt())
+        gen = torch.Generator().manual_seed(k)
+        obs.update = [t + 0.5 * rms * torch.randn(t.shape, generator=gen) for t in obs.update]
+        obs.defenses = [{"name": "noise", "std": 0.5 * rms}]
+        res = eot(obs, G, FAST, seed=k)
+        gain = _psnr(res.images, x) - _psnr(_class_mean(G, y), x)
+        assert gain > 4.0, f"victim {k}: {gain:.1f} dB over the class mean"
+
+
+def test_run_portfolio_pairs_attackers_on_one_seed_and_records_refusals():
+    from ggl.attack.attackers import portfolio_units, run_portfolio
+
+    G = TinyPrior()
+    _, _, obs = _victim(G, 4)
+    cfg = AttackConfig(optimizer="cmaes", population=8, generations=3)
+    attackers = build_portfolio(["ggl-l2", "ggl-eot", "inverting-gradients"], {"inverting-gradients": {"steps": 5}})
+    out = run_portfolio(attackers, obs, G, cfg, seed=3)
+    assert list(out) == ["ggl-l2", "ggl-eot", "inverting-gradients"]
+    assert isinstance(out["ggl-eot"], str) and "deterministic" in out["ggl-eot"]  # no defence: refused, recorded
+    assert torch.equal(out["ggl-l2"].images, get_attacker("ggl-l2")(obs, G, cfg, seed=3).images)
+    assert len(out["inverting-gradients"].curve) == 5
+    assert portfolio_units(attackers, cfg) == 3 + 3 + 5
+
+
 def test_batched_chain_replays_the_clients_quantizer_exactly():
     from ggl.attack.attackers.eot import DefenceChainModel
 

@@ -2,6 +2,8 @@
 the attacker can replay either; a probe batch larger than the victim's data is a one-line error."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -76,3 +78,20 @@ def test_a_probe_batch_larger_than_the_victims_data_names_both_numbers(tmp_path,
     assert "'audit.batch_size' = 400" in err and "victim client 0" in err
     own = int(err.split("exceeds the ")[1].split()[0])
     assert 0 < own < 400
+
+
+def test_a_federation_captures_the_local_update_probe_at_its_global_model(make_cfg):
+    from ggl.attack.observation import Observation
+    from ggl.audit.truth import find_captures
+    from ggl.audit.victim import probe_kind
+    from ggl.fl.run import run_federation
+
+    cfg = make_cfg("fl.rounds=1", "audit.rounds=[0]", "audit.num_images=4", "audit.batch_size=4",
+                   "fl.local_steps=1")
+    cfg.audit.probe, cfg.audit.local_steps = "local_update", 3
+    out = run_federation(cfg)
+    caps = find_captures(Path(out["run_dir"]) / "audit")
+    (obs_path, _), = caps["fp32"]
+    obs = Observation.load(obs_path)
+    # the federation itself sends one-step gradients; the probe is the client's 3-step local update
+    assert (obs.kind, obs.local_steps, obs.batch_size, probe_kind(obs)) == ("delta", 3, 4, "local_update")
