@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _attack_fixtures import TinyPrior, client_gradient, make_observation, one_torch_thread  # noqa: F401
+from _attack_fixtures import TinyPrior, make_observation, one_torch_thread  # noqa: F401
 from ggl.attack.attackers import (available_attackers, best_per_victim, build_portfolio, check_portfolio,
                                   get_attacker)
 from ggl.attack.attackers.best import wins
