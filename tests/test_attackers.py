@@ -182,7 +182,8 @@ def test_eot_accepts_noise_and_noise_after_clipping():
 def test_eot_is_exact_where_the_chain_ends_in_its_random_step_and_samples_elsewhere():
     from ggl.attack.attackers.eot import DefenceChainModel
 
-    g = [torch.randn(6, 5), torch.randn(5)]
+    gen = torch.Generator().manual_seed(0)
+    g = [torch.randn(6, 5, generator=gen), torch.randn(5, generator=gen)]
     noise = {"name": "noise", "std": 0.01}
     for chain, exact, samples in [
         (Q2S, True, 1),                                                          # exact tent, nothing sampled
@@ -192,7 +193,7 @@ def test_eot_is_exact_where_the_chain_ends_in_its_random_step_and_samples_elsewh
     ]:
         model = DefenceChainModel(chain, g, samples=8, mode="likelihood")
         assert (model.exact, model.samples) == (exact, samples), chain
-        losses = model.loss(torch.randn(3, 35))
+        losses = model.loss(torch.randn(3, 35, generator=gen))
         assert losses.shape == (3,) and torch.isfinite(losses).all()
     assert not DefenceChainModel(Q2S, g, samples=8, mode="sample").exact
 
@@ -229,7 +230,8 @@ def test_run_portfolio_pairs_attackers_on_one_seed_and_records_refusals():
 def test_batched_chain_replays_the_clients_quantizer_exactly():
     from ggl.attack.attackers.eot import DefenceChainModel
 
-    g = [torch.randn(3, 4, dtype=torch.float64), torch.randn(5, dtype=torch.float64)]
+    gen = torch.Generator().manual_seed(11)
+    g = [torch.randn(30, 4, dtype=torch.float64, generator=gen), torch.randn(5, dtype=torch.float64, generator=gen)]
     flat = torch.cat([t.reshape(-1) for t in g])[None]
     for rng in ("global", "per_tensor"):
         for rounding in ("nearest", "stochastic"):
@@ -250,8 +252,8 @@ def test_likelihood_at_the_true_update_is_the_exact_probability_of_the_clients_d
     """-mean log P(q | u) from the observed grid == the probability of the codes the client drew."""
     from ggl.attack.attackers.eot import TAIL, DefenceChainModel, tent_nll
 
-    torch.manual_seed(0)
-    g = [torch.randn(40, 7, dtype=torch.float64), torch.randn(9, dtype=torch.float64)]
+    gen = torch.Generator().manual_seed(0)
+    g = [torch.randn(40, 7, dtype=torch.float64, generator=gen), torch.randn(9, dtype=torch.float64, generator=gen)]
     flat = torch.cat([t.reshape(-1) for t in g])
     lo, hi = flat.min(), flat.max()
     step = (hi - lo) / 3

@@ -57,8 +57,8 @@ def tent_nll(d: Tensor) -> Tensor:
 
 
 def _ste(x: Tensor, value: Tensor) -> Tensor:
-    """``value`` forward, identity backward (straight-through)."""
-    return x + (value - x).detach()
+    """``value`` forward (bit-exact: ``x - x.detach()`` is exactly 0), identity backward (straight-through)."""
+    return value.detach() + (x - x.detach())
 
 
 class DefenceChainModel:
