@@ -10,7 +10,8 @@ Victims: ``--victims`` private MNIST digits drawn as attack.py draws them (``dra
 range: global}`` with the client's own seeded draws. Every attacker attacks the very same
 observations with the same search budget (the sweep's: CMA-ES 50 x ``--generations``, then Adam
 ``--adam-steps``) and seed. Per victim: PSNR (dB) of each attacker and of the strongest label-only
-baseline (the prior's class mean: mean of G(z, y) over 512 z, with the true label). Last lines: the
+baseline (``ggl.audit.baselines``: the better of the prior's and the public split's class mean of the
+true label, per victim). Last lines: the
 mean of each, and the paired difference (EOT - expectation) with its 95% bootstrap CI over victims
 (scipy.stats.bootstrap, seeded) and the Wilcoxon signed-rank p-value.
 """
@@ -31,7 +32,8 @@ from _attack_setup import DEFAULT_PRIOR  # noqa: E402
 
 
 def victims(n: int, arch: str, init: str, bits: int):
-    """[(observation, true image, true label)] of the first n private digits, stochastic-rounded."""
+    """([(observation, true image, true label)] of n private digits, stochastic-rounded; the public
+    split's class means)."""
     from ggl.attack.observation import Observation
     from ggl.audit.victim import draw_private
     from ggl.config import DataConfig
@@ -54,7 +56,9 @@ def victims(n: int, arch: str, init: str, bits: int):
                           batch_size=1, local_steps=1, lr=0.05, local_batch_size=32, defenses=[spec],
                           obs_id=f"victim{k}")
         out.append((obs, x, y))
-    return out
+    from ggl.audit.baselines import public_class_means
+
+    return out, public_class_means(data.images[split.public], data.labels[split.public], 10)
 
 
 def main(argv=None) -> int:
@@ -88,11 +92,12 @@ def main(argv=None) -> int:
     print("victim label " + " ".join(f"{n:>16}" for n in names) + "   class-mean")
     psnr = {n: [] for n in names}
     base, seconds = [], {n: 0.0 for n in names}
-    for k, (obs, x, y) in enumerate(victims(args.victims, args.arch, args.init, args.bits)):
-        with torch.no_grad():
-            z = torch.randn(512, G.latent_dim, generator=torch.Generator().manual_seed(k))
-            mean_img = G(z, y.repeat(512)).mean(0, keepdim=True)
-        base.append(float(metrics.psnr(mean_img.clamp(0, 1), x)[0]))
+    from ggl.audit.baselines import prior_class_means
+
+    prior_means = prior_class_means(G, 10)
+    observed, public_means = victims(args.victims, args.arch, args.init, args.bits)
+    for k, (obs, x, y) in enumerate(observed):
+        base.append(max(float(metrics.psnr(means[y].clamp(0, 1), x)[0]) for means in (prior_means, public_means)))
         for n, att in zip(names, attackers):
             start = time.perf_counter()
             res = att(obs, G, cfg, seed=1000 + k)

@@ -37,9 +37,10 @@ def _victim(G, k: int, defenses=(), seed_offset=0):
 
 
 def _class_mean(G, y) -> torch.Tensor:
-    """The strongest label-only baseline: the prior's mean image of the true class."""
-    z = torch.randn(512, G.latent_dim, generator=torch.Generator().manual_seed(99))
-    return G(z, y.repeat(512)).mean(0, keepdim=True)
+    """The strongest label-only baseline (ggl.audit.baselines): the prior's mean image of the true class."""
+    from ggl.audit.baselines import prior_class_means
+
+    return prior_class_means(G, 10)[y]
 
 
 def _psnr(a, b) -> float:
@@ -323,3 +324,17 @@ def test_best_per_victim_can_leave_attackers_out_and_keeps_settings_apart():
     assert [(b["setting"], b["observation"], b["best_attacker"]) for b in best] == [
         (None, "a", "ggl-l2"), (None, "b", "ggl-l2"), (None, "c", None), ("q2", "a", None)]
     assert math.isclose(best[0]["best_psnr"], 20.0)
+
+
+def test_best_per_victim_reads_the_results_schemas_image_records():
+    from ggl.results import ImageRecord
+
+    def rec(attacker, capture, psnr):
+        return ImageRecord(setting="q2-stochastic-global", defense="q2-stochastic-global", attacker=attacker,
+                           adaptive=False, seed=0, round=0, probe=capture, victim_id=7, image=0, label=3,
+                           label_pred=3, batch_label_acc=1.0, metrics={"psnr": psnr})
+
+    best = best_per_victim([rec("ggl-l2-adaptive", "r0000_b000", 15.4), rec("ggl-eot", "r0000_b000", 16.9),
+                            rec("ggl-l2-adaptive", "r0000_b001", 19.5), rec("ggl-eot", "r0000_b001", 19.1)])
+    assert [(b["probe"], b["best_attacker"], b["best_psnr"]) for b in best] == [
+        ("r0000_b000", "ggl-eot", 16.9), ("r0000_b001", "ggl-l2-adaptive", 19.5)]

@@ -12,14 +12,27 @@ from typing import Any, Dict, Hashable, Iterable, List, Mapping, Optional, Seque
 LOWER_IS_WORSE_PRIVACY = ("lpips", "mse", "feature_mse", "loss")
 
 
-def best_per_victim(records: Iterable[Mapping[str, Any]], metric: str = "psnr",
-                    victim_key: Sequence[str] | str = ("setting", "observation", "image"),
+def _field(record: Any, key: str) -> Any:
+    return record.get(key) if isinstance(record, Mapping) else getattr(record, key, None)
+
+
+def _score(record: Any, metric: str) -> Any:
+    """A flat row's ``record[metric]``, or an ``ggl.results.ImageRecord``'s ``record.metric(metric)``."""
+    if not isinstance(record, Mapping) and callable(getattr(record, "metric", None)):
+        return record.metric(metric)
+    return _field(record, metric)
+
+
+def best_per_victim(records: Iterable[Any], metric: str = "psnr",
+                    victim_key: Sequence[str] | str = ("defense", "round", "probe", "image"),
                     attacker_key: str = "attacker", higher_is_better: Optional[bool] = None,
                     exclude: Sequence[str] = ()) -> List[Dict[str, Any]]:
     """Per victim, the attacker whose reconstruction scores best on ``metric``, and its score.
 
-    ``records``: one mapping per (attacker, victim), e.g. the ``per_image`` rows of the attack runs,
-    each with ``attacker_key`` and the ``victim_key`` fields (the same victim = the same values).
+    ``records``: one per (attacker, victim): flat mappings (e.g. the ``per_image`` rows of the attack
+    runs) or ``ggl.results.ImageRecord`` objects (metrics through ``.metric``), each with
+    ``attacker_key`` and the ``victim_key`` fields (the same victim = the same values). The default
+    key suits ``ImageRecord``: defence setting (without the attacker), round, capture, image.
     ``higher_is_better``: None = from the metric's name (lpips, mse, feature_mse, loss: lower wins).
     Missing or non-finite scores never win; a victim with none is reported with ``best_attacker``
     None. Ties go to the attacker seen first (the order of ``records``), so the result is deterministic.
@@ -33,11 +46,11 @@ def best_per_victim(records: Iterable[Mapping[str, Any]], metric: str = "psnr",
         higher_is_better = metric not in LOWER_IS_WORSE_PRIVACY
     out: Dict[Hashable, Dict[str, Any]] = {}
     for r in records:
-        vid = tuple(r.get(k) for k in keys)
-        entry = out.setdefault(vid, {**{k: r.get(k) for k in keys}, "best_attacker": None,
+        vid = tuple(_field(r, k) for k in keys)
+        entry = out.setdefault(vid, {**{k: _field(r, k) for k in keys}, "best_attacker": None,
                                      f"best_{metric}": None, "scores": {}})
-        name = r[attacker_key]
-        value = r.get(metric)
+        name = _field(r, attacker_key)
+        value = _score(r, metric)
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         entry["scores"][name] = float(value) if ok else None
         if not ok or name in exclude:
