@@ -5,8 +5,8 @@ At the start of each listed round (so at the global model of that round), the vi
 seed, the round and ``STREAM_AUDIT``), computes its update in batches of ``audit.batch_size`` with
 the module's own client code, passes it through the run's own defence chain, and the run saves each
 ``Observation`` and its ``GroundTruth`` separately under ``<run>/audit/``. ``audit.probe`` picks what
-the update is (``ggl.audit.victim``: fedsgd, local_update, or null = the federation's own protocol). ``python attack.py
-source=runs/<name>/latest`` attacks them. Capturing draws no global randomness, so a run with
+the update is (``ggl.audit.victim``: fedsgd, local_update, or null = the federation's own protocol).
+``python attack.py source=runs/<name>/latest`` attacks them. Capturing draws no global randomness, so a run with
 captures trains exactly as one without. Only rank 0 computes and writes.
 """
 from __future__ import annotations

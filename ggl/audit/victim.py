@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -41,7 +41,7 @@ DEFAULT_PROBE_STEPS = 5   # local_update: local SGD steps when audit.local_steps
 
 def _get(section: Any, key: str, default: Any = None) -> Any:
     """``section.key`` of a config object or mapping (the federation module keeps ``fl`` as a dict)."""
-    if isinstance(section, dict):
+    if isinstance(section, Mapping):
         return section.get(key, default)
     return getattr(section, key, default)
 
