@@ -4,8 +4,9 @@ At the start of each listed round (so at the global model of that round), the vi
 (``audit.victim_client``) draws ``audit.num_images`` of its own private images (seeded by the run
 seed, the round and ``STREAM_AUDIT``), computes its update in batches of ``audit.batch_size`` with
 the module's own client code, passes it through the run's own defence chain, and the run saves each
-``Observation`` and its ``GroundTruth`` separately under ``<run>/audit/``. ``python attack.py
-source=runs/<name>/latest`` attacks them. Capturing draws no global randomness, so a run with
+``Observation`` and its ``GroundTruth`` separately under ``<run>/audit/``. ``audit.probe`` picks what
+the update is (``ggl.audit.victim``: fedsgd, local_update, or null = the federation's own protocol).
+``python attack.py source=runs/<name>/latest`` attacks them. Capturing draws no global randomness, so a run with
 captures trains exactly as one without. Only rank 0 computes and writes.
 """
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import Dict
 from lightning.pytorch.callbacks import Callback
 
 from ggl.audit.truth import GroundTruth, capture_paths
-from ggl.audit.victim import draw_private, observation_from_update
+from ggl.audit.victim import check_probe_fits, draw_private, observation_from_update, probe_of, probe_update
 from ggl.defenses.specs import defenses_label
 from ggl.errors import ConfigError
+from ggl.seeding import STREAM_LOCAL_DATA, generator
 
 AUDIT_DIR = "audit"
 
@@ -30,6 +32,8 @@ class AuditCapture(Callback):
         self.num_images = int(audit_cfg.num_images)
         self.batch_size = int(audit_cfg.batch_size)
         self.victim = int(audit_cfg.victim_client)
+        self.audit = audit_cfg
+        self.probe, _ = probe_of(audit_cfg)
         self.data_cfg = data_cfg
         self.model_name = model_name
         self.defenses = list(defenses)
@@ -41,6 +45,7 @@ class AuditCapture(Callback):
         if self.victim >= dm.num_clients:
             raise ConfigError(f"config key 'audit.victim_client' = {self.victim} must be < data.num_clients "
                               f"= {dm.num_clients}")
+        check_probe_fits(self.batch_size, len(dm.client_indices[self.victim]), self.victim)
 
     def on_train_epoch_start(self, trainer, module) -> None:
         rnd = int(module.current_epoch)
@@ -56,7 +61,13 @@ class AuditCapture(Callback):
         for k in range(n // self.batch_size):
             idx = picked[k * self.batch_size:(k + 1) * self.batch_size]
             x, y = dm.data.images[idx], dm.data.labels[idx]
-            sent = module.defended_update(module.client_update(x, y, self.victim, rnd))
+            if self.probe is None:  # the federation's own protocol
+                update = module.client_update(x, y, self.victim, rnd)
+            else:
+                update = probe_update(module.model, module.global_params(), x.to(module.device), y.to(module.device),
+                                      audit=self.audit, fl=fl, client_id=self.victim, round=rnd, seed=module.seed,
+                                      data_gen=generator(module.seed, rnd, self.victim, STREAM_LOCAL_DATA))
+            sent = module.defended_update(update)
             stem = f"r{rnd:04d}_b{k:03d}"
             obs = observation_from_update(
                 self.model_name, module.model, sent, channels=dm.data.channels, num_classes=dm.data.num_classes,

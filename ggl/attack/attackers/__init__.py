@@ -1,0 +1,114 @@
+"""The attacker portfolio: one attacker, one file, one registry (this module).
+
+An attacker reconstructs the images behind one ``Observation`` from what the server sees (and the
+public GAN prior, if it uses one); it never sees private data. Each registered attacker declares
+
+* ``loss``   - what it matches: ``l2``, ``cosine``, ``likelihood`` (exact log-likelihood of the
+  transmitted update), ``cosine+tv`` ...;
+* ``search`` - how it searches: ``cmaes``, ``adam``, ``cmaes_adam`` (``ggl.attack.search.run_search``
+  with the ``attack:`` budget) or its own (``adam-pixels``);
+* ``models`` - what of the defence it models: ``none``, ``adaptive`` (re-applies the known
+  deterministic defence) or ``eot`` (samples / the exact likelihood of a randomised defence);
+* ``uses_prior`` - whether it searches the GAN prior's latent space.
+
+    from ggl.attack.attackers import get_attacker, available_attackers
+    result = get_attacker("ggl-eot", {"samples": 8})(obs, G, cfg.attack, seed)   # a SearchResult
+    attackers = build_portfolio(cfg.attack.attackers, cfg.attack.attacker_options)
+    results = run_portfolio(attackers, obs, G, cfg.attack, seed)  # {name: SearchResult | refusal reason}
+    leakage = best_per_victim(rows)                              # rows: per-image scores + "attacker"
+
+Adding an attacker = one file here with a class derived from ``Attacker`` and decorated with
+``@register("name")`` (+ an import line at the bottom of this file) + its test.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import fields
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from ggl.errors import ConfigError
+
+# name -> (attacker class, fixed constructor arguments that make this entry what its name says)
+_REGISTRY: Dict[str, Tuple[type, Dict[str, Any]]] = {}
+
+
+def register(name: str, **fixed: Any) -> Callable[[type], type]:
+    """Class decorator: register ``cls`` under ``name``; ``fixed`` are constructor arguments that the
+    name stands for (e.g. ``loss='cosine', adaptive=True``), not settable as options."""
+    def deco(cls: type) -> type:
+        if name in _REGISTRY:
+            raise ValueError(f"attacker name '{name}' registered twice")
+        _REGISTRY[name] = (cls, dict(fixed))
+        return cls
+    return deco
+
+
+def available_attackers() -> List[str]:
+    return sorted(_REGISTRY)
+
+
+def _unknown(name: Any, key: str) -> ConfigError:
+    near = difflib.get_close_matches(str(name), available_attackers(), n=1)
+    hint = f"did you mean '{near[0]}'? " if near else ""
+    return ConfigError(f"config key '{key}' = {name!r} is not a known attacker; {hint}"
+                       f"known: {', '.join(available_attackers())}")
+
+
+def option_names(name: str) -> List[str]:
+    """The options a user may set for attacker ``name`` (``attack.attacker_options.<name>``)."""
+    cls, fixed = _REGISTRY[name]
+    return [f.name for f in fields(cls) if f.init and f.name not in fixed and f.name != "name"]
+
+
+def get_attacker(name: str, options: Optional[Mapping[str, Any]] = None, key: str = "attack.attackers"):
+    """The attacker registered as ``name``, built with ``options`` (its own keys; unknown ones are errors)."""
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise _unknown(name, key)
+    cls, fixed = _REGISTRY[name]
+    options = dict(options or {})
+    valid = option_names(name)
+    for k in options:
+        if k not in valid:
+            near = difflib.get_close_matches(str(k), valid, n=1, cutoff=0.5)
+            hint = f"did you mean '{near[0]}'?" if near else (f"valid keys: {', '.join(valid)}" if valid
+                                                            else "it takes no options")
+            raise ConfigError(f"unknown config key 'attack.attacker_options.{name}.{k}'; {hint}")
+    attacker = cls(name=name, **fixed, **options)
+    attacker.check(f"attack.attacker_options.{name}")
+    return attacker
+
+
+def check_portfolio(names: Optional[Sequence[str]], options: Optional[Mapping[str, Any]] = None) -> None:
+    """Config check of ``attack.attackers`` and ``attack.attacker_options`` (one-line ConfigError)."""
+    options = dict(options or {})
+    if names is not None:
+        if isinstance(names, str) or not len(names):
+            raise ConfigError("config key 'attack.attackers' must be a non-empty list of attacker names "
+                              f"(known: {', '.join(available_attackers())})")
+        for i, n in enumerate(names):
+            if n not in _REGISTRY:
+                raise _unknown(n, f"attack.attackers[{i}]")
+            if list(names).count(n) > 1:
+                raise ConfigError(f"config key 'attack.attackers' lists '{n}' twice")
+    for n, opts in options.items():
+        if n not in _REGISTRY:
+            raise _unknown(n, f"attack.attacker_options.{n}")
+        if opts is not None and not isinstance(opts, Mapping):
+            raise ConfigError(f"config key 'attack.attacker_options.{n}' must be a mapping of its options")
+        get_attacker(n, opts or {})
+
+
+def build_portfolio(names: Sequence[str], options: Optional[Mapping[str, Any]] = None) -> list:
+    """The attackers of ``attack.attackers`` with their ``attack.attacker_options``, in order."""
+    options = dict(options or {})
+    check_portfolio(names, options)
+    return [get_attacker(n, options.get(n) or {}) for n in names]
+
+
+from ggl.attack.attackers.base import Attacker  # noqa: E402  (the registry must exist first)
+from ggl.attack.attackers.best import best_per_victim  # noqa: E402
+from ggl.attack.attackers.portfolio import portfolio_units, run_portfolio  # noqa: E402
+from ggl.attack.attackers import ggl_latent, eot, inverting_gradients  # noqa: E402,F401
+
+__all__ = ["Attacker", "available_attackers", "best_per_victim", "build_portfolio", "check_portfolio",
+           "get_attacker", "option_names", "portfolio_units", "register", "run_portfolio"]

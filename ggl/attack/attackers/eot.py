@@ -1,0 +1,250 @@
+"""``ggl-eot``: GGL against a *randomised* defence, modelling its randomness instead of its mean.
+
+The adaptive attacker replaces stochastic rounding and Gaussian noise by their expectation (the
+update itself). This one scores a candidate ``z`` by how likely the transmitted update ``q`` is given
+the candidate's trial update ``u = update(G(z, y))`` and the public defence spec:
+
+* ``mode: likelihood`` (default), exact where the chain *ends* in the randomised step:
+
+  - stochastic rounding on the min/max grid: the grid is public (``lo = min q``, ``hi = max q``: the
+    client's own extremes land exactly on the end levels; ``step = (hi - lo) / (2**bits - 1)``) and
+    each coordinate's code ``c`` is drawn independently with ``P(c | u) = max(0, 1 - |s - c|)``,
+    ``s = (u - lo) / step`` (a tent: round up with probability equal to the fractional part). The
+    loss is the mean negative log-likelihood per coordinate. ``P = 0`` (``|s - c| >= 1``) is
+    continued linearly below probability ``TAIL`` so the search still sees a slope there;
+  - Gaussian noise of known std: ``||q - u||^2 / (2 std^2)`` per coordinate (equal, up to scale, to
+    GGL's L2 loss: for noise alone the likelihood attacker *is* the L2 attacker).
+
+  Randomised steps before the last one (e.g. noise, then stochastic rounding) are sampled
+  ``samples`` times and the likelihoods averaged (``-log mean_k exp(-NLL_k)``).
+* ``mode: sample`` (or a chain that ends in a deterministic step): Expectation over Transformation,
+  as inversefed's EOT used by the official GGL CelebA script: the mean over ``samples`` draws of the
+  chain of the matching loss ``match`` (l2 | cosine) between the transformed trial update and ``q``.
+
+Deterministic steps of the chain (clip, nearest rounding, sign, the observed top-k mask) are
+replayed with the very formulas of ``ggl.defenses`` (rounding and sign with straight-through
+gradients). The draws are fixed per attack (seeded; common to every candidate), so candidates are
+compared on the same randomness and the search is deterministic given ``seed``.
+
+On a chain with nothing random (no defence, nearest rounding, clip, sign, top-k) the attacker
+refuses with a one-line reason: there is no expectation to take; use ``ggl-l2-adaptive``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from ggl.attack.attackers import register
+from ggl.attack.attackers.base import Attacker
+from ggl.errors import ConfigError, UserError
+
+MODES = ("likelihood", "sample")
+MATCHES = ("l2", "cosine")
+# below this probability the tent's -log(1 - |d|) is continued by its tangent (finite, with a slope)
+TAIL = 1e-2
+
+
+def tent_nll(d: Tensor) -> Tensor:
+    """-log max(0, 1 - |d|) per coordinate, continued linearly where the probability is below TAIL."""
+    d = d.abs()
+    edge = 1.0 - TAIL
+    inside = -torch.log1p(-d.clamp(max=edge))
+    return torch.where(d < edge, inside, -math.log(TAIL) + (d - edge) / TAIL)
+
+
+def _ste(x: Tensor, value: Tensor) -> Tensor:
+    """``value`` forward (bit-exact: ``x - x.detach()`` is exactly 0), identity backward (straight-through)."""
+    return value.detach() + (x - x.detach())
+
+
+class DefenceChainModel:
+    """The client's defence chain applied to flat trial updates (..., N), randomised steps sampled."""
+
+    def __init__(self, specs: Sequence, observed: Sequence[Tensor], samples: int = 8, mode: str = "likelihood",
+                 match: str = "l2", seed: int = 0):
+        from ggl.defenses.specs import (ClipSpec, IdentitySpec, NoiseSpec, QuantizeSpec, SignSpec, TopKSpec,
+                                        defenses_label, parse_defense, resolve_noise)
+
+        parsed = [parse_defense(dict(s), f"observation.defenses[{i}]") if isinstance(s, dict) else s
+                  for i, s in enumerate(specs)]
+        self.label = defenses_label(parsed)
+        self.sizes = [t.numel() for t in observed]
+        self.target = torch.cat([t.reshape(-1) for t in observed]).double()
+        self.steps: List[Tuple[str, object]] = []
+        for i, s in enumerate(parsed):
+            if isinstance(s, QuantizeSpec):
+                if s.bits < 32:
+                    self.steps.append(("sround" if s.rounding == "stochastic" else "quantize", s))
+            elif isinstance(s, NoiseSpec):
+                std, _ = resolve_noise(parsed, i, "observation.defenses")
+                if std > 0:
+                    self.steps.append(("noise", float(std)))
+            elif isinstance(s, ClipSpec):
+                self.steps.append(("clip", float(s.max_norm)))
+            elif isinstance(s, SignSpec):
+                self.steps.append(("sign", None))
+            elif isinstance(s, TopKSpec):
+                self.steps.append(("mask", self.target != 0))
+            elif not isinstance(s, IdentitySpec):
+                raise UserError(f"attacker 'ggl-eot' has no model of defence '{getattr(s, 'name', s)}'")
+        self.randomised = any(k in ("sround", "noise") for k, _ in self.steps)
+        self.exact = mode == "likelihood" and bool(self.steps) and self.steps[-1][0] in ("sround", "noise")
+        self.match = match
+        sampled = self.steps[:-1] if self.exact else self.steps
+        self.samples = samples if any(k in ("sround", "noise") for k, _ in sampled) else 1
+        gen = torch.Generator().manual_seed(int(seed) % (2 ** 63))
+        n = len(self.target)
+        self.draws = {}  # step index -> (K, N) draws, fixed for the whole search
+        for j, (kind, _) in enumerate(sampled):
+            if kind == "sround":
+                self.draws[j] = torch.rand(self.samples, n, generator=gen, dtype=torch.float64)
+            elif kind == "noise":
+                self.draws[j] = torch.randn(self.samples, n, generator=gen, dtype=torch.float64)
+        self._cache = {}
+
+    # ------------------------------------------------------------------ pieces
+    def _draw(self, j: int, like: Tensor) -> Tensor:
+        key = (j, like.dtype, like.device)
+        if key not in self._cache:
+            self._cache[key] = self.draws[j].to(device=like.device, dtype=like.dtype)
+        return self._cache[key]
+
+    def _groups(self, x: Tensor, range_mode: str) -> List[Tensor]:
+        return [x] if range_mode == "global" else list(torch.split(x, self.sizes, dim=-1))
+
+    def _quantize(self, x: Tensor, spec, noise: Optional[Tensor]) -> Tensor:
+        """``ggl.defenses.quantize._quantize_flat`` over the last dimension (per range group)."""
+        levels = 2 ** spec.bits - 1
+        noise_groups = self._groups(noise, spec.range) if noise is not None else None
+        out = []
+        for g, part in enumerate(self._groups(x, spec.range)):
+            lo, hi = part.amin(-1, keepdim=True), part.amax(-1, keepdim=True)
+            step = (hi - lo) / levels
+            scaled = (part - lo) / torch.where(step > 0, step, torch.ones_like(step))
+            codes = torch.floor(scaled + noise_groups[g]) if noise is not None else torch.round(scaled)
+            out.append(torch.where(step > 0, codes.clamp(0, levels) * step + lo, part))
+        return _ste(x, torch.cat(out, -1))
+
+    def transform(self, x: Tensor, steps) -> Tensor:
+        """Apply ``steps`` to trial updates x (P, N) -> (K, P, N) (K = 1 without sampled steps)."""
+        from ggl.defenses.clip import EPS
+
+        x = x.unsqueeze(0)
+        for j, (kind, arg) in enumerate(steps):
+            if kind == "quantize":
+                x = self._quantize(x, arg, None)
+            elif kind == "sround":
+                x = self._quantize(x, arg, self._draw(j, x).unsqueeze(1))
+            elif kind == "noise":
+                x = x + arg * self._draw(j, x).unsqueeze(1)
+            elif kind == "clip":
+                x = x * (arg / (x.norm(dim=-1, keepdim=True) + EPS)).clamp(max=1.0)
+            elif kind == "sign":
+                parts = torch.split(x, self.sizes, dim=-1)
+                signed = [torch.where(p >= 0, p.abs().mean(-1, keepdim=True), -p.abs().mean(-1, keepdim=True))
+                          for p in parts]
+                x = _ste(x, torch.cat(signed, -1))
+            elif kind == "mask":
+                x = x * arg.to(device=x.device, dtype=x.dtype)
+        return x
+
+    def _nll(self, x: Tensor) -> Tensor:
+        """(K, P) exact negative log-likelihood of the observed update given x (K, P, N) before the last step.
+        Summed in float64: on a large model the likelihoods of two candidates differ in the 6th digit."""
+        kind, arg = self.steps[-1]
+        q = self.target.to(device=x.device, dtype=x.dtype)
+        if kind == "noise":
+            return ((x - q) ** 2).sum(-1, dtype=torch.float64) / (2 * arg ** 2)
+        levels = 2 ** arg.bits - 1
+        total = torch.zeros(x.shape[:-1], dtype=torch.float64, device=x.device)
+        for part, qg in zip(self._groups(x, arg.range), self._groups(q, arg.range)):
+            lo, hi = qg.min(), qg.max()
+            step = (hi - lo) / levels
+            if not step > 0:  # the quantizer sent this group unchanged (all equal): no grid to score on
+                continue
+            codes = torch.round((qg - lo) / step)
+            total = total + tent_nll((part - lo) / step - codes).sum(-1, dtype=torch.float64)
+        return total
+
+    def loss(self, trial: Tensor) -> Tensor:
+        """(P,) losses (float64) of flat trial updates (P, N)."""
+        from ggl.attack.objective import match_loss
+
+        n = trial.shape[-1]
+        if self.exact:
+            nll = self._nll(self.transform(trial, self.steps[:-1]))
+            k = nll.shape[0]
+            return (-(torch.logsumexp(-nll, 0) - math.log(k))) / n
+        out = self.transform(trial, self.steps)
+        k, p = out.shape[:2]
+        layers = tuple(torch.split(out.reshape(k * p, n), self.sizes, dim=-1))
+        target = [t.to(trial.dtype) for t in torch.split(self.target.to(trial.device), self.sizes)]
+        return match_loss(layers, target, self.match).view(k, p).double().mean(0)
+
+
+def _objective_class():
+    """GGL's objective with the chain's likelihood / EOT loss as its matching term (defined lazily so
+    the registry imports without the search stack)."""
+    from ggl.attack.objective import GGLObjective, kl_latent
+
+    class EOTObjective(GGLObjective):
+        def __init__(self, obs, generator, labels, chain: DefenceChainModel, kl_weight: float = 0.0, model=None):
+            super().__init__(obs, generator, labels, loss="l2", kl_weight=kl_weight, adaptive=False,
+                             evaluation="batched", model=model)
+            self.chain = chain
+
+        def _total(self, trial, z):
+            loss = self.chain.loss(torch.cat([t.flatten(1) for t in trial], 1))
+            if self.kl_weight:
+                loss = loss + self.kl_weight * kl_latent(z.reshape(z.shape[0], self.batch, self.latent_dim))
+            return loss
+
+    return EOTObjective
+
+
+@register("ggl-eot")
+@dataclass
+class EOTAttacker(Attacker):
+    samples: int = 8            # draws of each sampled randomised step (K)
+    mode: str = "likelihood"    # likelihood (exact where the chain ends in the random step) | sample (EOT)
+    match: str = "l2"           # matching loss of the sampled EOT: l2 | cosine
+    search: ClassVar[str] = "attack.optimizer (cmaes | adam | cmaes_adam)"
+    models: ClassVar[str] = "eot"
+
+    @property
+    def loss(self) -> str:  # type: ignore[override]
+        return "likelihood" if self.mode == "likelihood" else f"eot-{self.match}"
+
+    def check(self, key: str) -> None:
+        if not isinstance(self.samples, int) or self.samples < 1:
+            raise ConfigError(f"config key '{key}.samples' = {self.samples!r} must be an integer >= 1")
+        if self.mode not in MODES:
+            raise ConfigError(f"config key '{key}.mode' = {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.match not in MATCHES:
+            raise ConfigError(f"config key '{key}.match' = {self.match!r} is not one of {', '.join(MATCHES)}")
+
+    def chain(self, obs, seed: int = 0) -> DefenceChainModel:
+        return DefenceChainModel(obs.defenses, obs.update, self.samples, self.mode, self.match, seed)
+
+    def refusal(self, obs) -> Optional[str]:
+        chain = self.chain(obs)
+        if not chain.randomised:
+            return (f"its defence '{chain.label}' is deterministic (no stochastic rounding, no noise): there is "
+                    f"no randomness to take an expectation over; use ggl-l2-adaptive")
+        return None
+
+    def run(self, obs, G, cfg, seed, labels=None, tick=None, model=None):
+        from ggl.attack import infer_labels, prior_probes, run_search
+        from ggl.seeding import derived_seed
+
+        model = model if model is not None else obs.build_model()
+        if labels is None:
+            probes = prior_probes(G, 64, obs.num_classes, seed) if obs.batch_size > 1 else None
+            labels = infer_labels(obs, model, probes)
+        chain = self.chain(obs, derived_seed(seed, 0xE07))
+        objective = _objective_class()(obs, G, labels, chain, kl_weight=cfg.kl_weight, model=model)
+        return run_search(objective, cfg, seed, tick=tick)

@@ -1,0 +1,126 @@
+"""``inverting-gradients``: the pixel-space attack of Geiping et al. (NeurIPS 2020), with no prior.
+
+Adam on the pixels themselves, kept in [0, 1] (boxed), minimising
+
+    loss(x) = (1 - cos(update(x), observed)) + tv_weight * TV(x)
+
+with the project's cosine loss (1 - cosine similarity per layer, averaged over layers; the paper
+takes one cosine over all layers together) and the anisotropic total variation ``TV(x)`` = mean
+|horizontal difference| + mean |vertical difference| per image. As in the paper: signed gradients
+(Adam is fed ``sign(grad)``), the learning rate divided by 10 at 3/8, 5/8 and 7/8 of the steps, and
+``restarts`` independent random starts (uniform in [0, 1], run together in one batch) of which the
+one with the lowest final loss wins. Labels come from ``ggl.attack.labels.infer_labels`` without
+prior probes (no prior at all: for batch > 1 the mean softmax is taken as uniform).
+
+Its trial updates are GGL's (``ggl.attack.objective.GGLObjective``) with the identity in place of the
+generator, so it replays the client's computation exactly as the latent attackers do. It models no
+defence (a user comparing priors compares it with ``ggl-cosine``).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import ClassVar, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ggl.attack.attackers import register
+from ggl.attack.attackers.base import Attacker
+from ggl.errors import ConfigError
+
+
+class PixelParametrisation(nn.Module):
+    """The 'generator' of a prior-free attack: the latent vector *is* the image (C*H*W values)."""
+    conditional = False
+    num_classes = 0
+
+    def __init__(self, channels: int, image_size: int):
+        super().__init__()
+        self.channels, self.image_size = channels, image_size
+        self.latent_dim = channels * image_size * image_size
+
+    def forward(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        return z.view(-1, self.channels, self.image_size, self.image_size)
+
+
+def total_variation(x: Tensor) -> Tensor:
+    """(P,) anisotropic TV of candidate batches x (P, B, C, H, W): mean |dx| + mean |dy| per candidate."""
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1)
+    return dx + dy
+
+
+@register("inverting-gradients")
+@dataclass
+class InvertingGradients(Attacker):
+    steps: int = 1000           # Adam steps on the pixels
+    lr: float = 0.1             # Adam learning rate (divided by 10 at 3/8, 5/8, 7/8 of the steps)
+    tv_weight: float = 1e-2     # weight of the total variation; 0 = none
+    restarts: int = 4           # random starts in one batch; the lowest final loss wins
+    signed: bool = True         # feed Adam sign(gradient), as the paper does
+
+    loss: ClassVar[str] = "cosine+tv"
+    search: ClassVar[str] = "adam-pixels"
+    models: ClassVar[str] = "none"
+    uses_prior: ClassVar[bool] = False
+
+    def check(self, key: str) -> None:
+        for k in ("steps", "restarts"):
+            v = getattr(self, k)
+            if not isinstance(v, int) or v < 1:
+                raise ConfigError(f"config key '{key}.{k}' = {v!r} must be an integer >= 1")
+        if not self.lr > 0:
+            raise ConfigError(f"config key '{key}.lr' = {self.lr} must be > 0")
+        if not self.tv_weight >= 0:
+            raise ConfigError(f"config key '{key}.tv_weight' = {self.tv_weight} must be >= 0")
+
+    def units(self, cfg) -> int:
+        return self.steps
+
+    def run(self, obs, G, cfg, seed, labels=None, tick=None, model=None):
+        from ggl.attack import GGLObjective, SearchResult, infer_labels
+
+        start = time.perf_counter()
+        model = model if model is not None else obs.build_model()
+        if labels is None:
+            labels = infer_labels(obs, model, None)
+        pixels = PixelParametrisation(obs.channels, obs.image_size)
+        objective = GGLObjective(obs, pixels, labels, loss="cosine", adaptive=False, evaluation="batched",
+                                 model=model)
+        dtype = next(model.parameters()).dtype
+        gen = torch.Generator().manual_seed(int(seed) % (2 ** 63))
+        x = torch.rand(self.restarts, objective.dim, generator=gen, dtype=dtype)
+        x = x.to(next(model.parameters()).device).requires_grad_(True)
+        opt = torch.optim.Adam([x], lr=self.lr)
+        sched = torch.optim.lr_scheduler.MultiStepLR(
+            opt, milestones=[int(self.steps * f) for f in (3 / 8, 5 / 8, 7 / 8)], gamma=0.1)
+        curve, best = [], float("inf")
+
+        def losses(z: Tensor) -> Tensor:
+            out = objective(z)
+            if self.tv_weight:
+                out = out + self.tv_weight * total_variation(objective.images(z))
+            return out
+
+        for _ in range(self.steps):
+            value = losses(x)
+            opt.zero_grad(set_to_none=True)
+            value.sum().backward()
+            if self.signed:
+                x.grad.sign_()
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                x.clamp_(0, 1)
+            best = min(best, float(value.detach().min()))
+            curve.append(best)
+            if tick:
+                tick(1)
+        with torch.no_grad():
+            final = losses(x)
+        i = int(torch.nan_to_num(final, nan=float("inf")).argmin())
+        images = objective.images(x[i:i + 1].detach())[0]
+        return SearchResult(z=x[i].detach().view(objective.batch, -1), images=images, labels=objective.labels.clone(),
+                            loss=float(final[i]), curve=curve, evaluations=objective.evaluations,
+                            seconds=time.perf_counter() - start)

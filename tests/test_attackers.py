@@ -1,0 +1,340 @@
+"""The attacker portfolio: registry and bad input, each attacker beats the label-only baseline, the
+EOT/likelihood attacker's exact likelihood and its refusal, the best attacker per victim."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from _attack_fixtures import TinyPrior, make_observation, one_torch_thread  # noqa: F401
+from ggl.attack.attackers import (available_attackers, best_per_victim, build_portfolio, check_portfolio,
+                                  get_attacker)
+from ggl.attack.attackers.best import wins
+from ggl.attack.schema import AttackConfig
+from ggl.defenses.quantize import quantize_update
+from ggl.errors import ConfigError, UserError
+from ggl import metrics
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+Q2S = [{"name": "quantize", "bits": 2, "rounding": "stochastic", "range": "global"}]
+FAST = AttackConfig(optimizer="cmaes", population=12, generations=20)
+
+
+def _victim(G, k: int, defenses=(), seed_offset=0):
+    """Victim k: a prior image of label k % 10 (seeded), its FedSGD gradient through ``defenses``
+    (stochastic rounding with the client's own seeded draws)."""
+    y = torch.tensor([k % 10])
+    x = G(torch.randn(1, 8, generator=torch.Generator().manual_seed(200 + k)), y)
+    transform = None
+    if defenses:
+        spec = defenses[0]
+        gen = torch.Generator().manual_seed(300 + k + seed_offset)
+        transform = lambda g: quantize_update(g, spec["bits"], spec["rounding"], spec["range"], generator=gen)[0]  # noqa: E731
+    return x, y, make_observation(x, y, defenses=defenses, transform=transform)
+
+
+def _class_mean(G, y) -> torch.Tensor:
+    """The strongest label-only baseline (ggl.audit.baselines): the prior's mean image of the true class."""
+    from ggl.audit.baselines import prior_class_means
+
+    return prior_class_means(G, 10)[y]
+
+
+def _psnr(a, b) -> float:
+    return float(metrics.psnr(a.clamp(0, 1), b)[0])
+
+
+# ------------------------------------------------------------------------------------------- registry
+
+def test_unknown_attacker_lists_the_known_ones_in_one_line():
+    with pytest.raises(ConfigError) as err:
+        get_attacker("ggl-l3")
+    msg = str(err.value)
+    assert "'ggl-l3'" in msg and "did you mean 'ggl-l2'" in msg and "\n" not in msg
+    for name in available_attackers():
+        assert name in msg
+    with pytest.raises(ConfigError, match=r"attack.attackers\[1\]"):
+        check_portfolio(["ggl-l2", "pixel-magic"])
+    with pytest.raises(ConfigError, match="twice"):
+        check_portfolio(["ggl-l2", "ggl-l2"])
+    with pytest.raises(ConfigError, match="non-empty list"):
+        check_portfolio("ggl-l2")
+
+
+def test_attacker_options_are_checked_by_name():
+    with pytest.raises(ConfigError, match=r"attack.attacker_options.ggl-eot.sample'; did you mean 'samples'"):
+        get_attacker("ggl-eot", {"sample": 4})
+    with pytest.raises(ConfigError, match="samples"):
+        get_attacker("ggl-eot", {"samples": 0})
+    with pytest.raises(ConfigError, match="takes no options"):
+        get_attacker("ggl-l2", {"loss_kind": "cosine"})  # the name fixes the loss: not an option
+    with pytest.raises(ConfigError, match="tv_weight"):
+        get_attacker("inverting-gradients", {"tv_weight": -1.0})
+    assert get_attacker("inverting-gradients", {"steps": 7}).steps == 7
+
+
+def test_every_attacker_declares_what_it_is():
+    for name in available_attackers():
+        d = get_attacker(name).describe()
+        assert d["attacker"] == name and d["loss"] and d["search"] and d["models"] in ("none", "adaptive", "eot")
+    assert get_attacker("ggl-cosine-adaptive").describe()["models"] == "adaptive"
+    assert get_attacker("inverting-gradients").uses_prior is False
+
+
+def test_the_portfolio_config_names_known_attackers_with_valid_options():
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(Path(__file__).resolve().parent.parent / "configs" / "attack_portfolio.yaml")
+    names = list(node.attack.attackers)
+    options = OmegaConf.to_container(node.attack.attacker_options)
+    check_portfolio(names, options)
+    assert set(names) == set(available_attackers())  # the file shows the whole portfolio
+    eot = build_portfolio(names, options)[names.index("ggl-eot")]
+    assert eot.mode == "likelihood" and eot.samples == 8
+
+
+def test_ggl_entries_are_the_attack_with_their_loss_and_adaptivity():
+    import dataclasses
+
+    from ggl.attack import attack
+
+    G = TinyPrior()
+    x, y, obs = _victim(G, 3, [{"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}])
+    cfg = AttackConfig(optimizer="cmaes", population=8, generations=4)
+    for name, loss, adaptive in [("ggl-l2", "l2", False), ("ggl-cosine-adaptive", "cosine", True)]:
+        mine = get_attacker(name)(obs, G, cfg, seed=5)
+        ref = attack(obs, G, dataclasses.replace(cfg, loss=loss, adaptive=adaptive), seed=5)
+        assert mine.loss == ref.loss and torch.equal(mine.images, ref.images)
+    assert cfg.loss == "l2" and cfg.adaptive is False  # the caller's config is left alone
+
+
+# ------------------------------------------------------------------------------------------- recovery
+
+@pytest.mark.parametrize("name", ["ggl-l2", "ggl-l2-adaptive", "ggl-cosine", "ggl-cosine-adaptive"])
+def test_each_latent_attacker_beats_the_class_mean_with_no_defence(name):
+    G = TinyPrior()
+    for k in (0, 3):
+        x, y, obs = _victim(G, k)
+        res = get_attacker(name)(obs, G, FAST, seed=k)
+        assert res.labels.tolist() == y.tolist()
+        gain = _psnr(res.images, x) - _psnr(_class_mean(G, y), x)
+        assert gain > 4.0, f"{name}, victim {k}: {gain:.1f} dB over the class mean"
+
+
+def test_inverting_gradients_beats_the_class_mean_without_a_prior():
+    G = TinyPrior()
+    x, y, obs = _victim(G, 3)
+    ig = get_attacker("inverting-gradients", {"steps": 200, "restarts": 2})
+    res = ig(obs, None, FAST, seed=0)  # no prior at all
+    assert res.images.shape == x.shape and float(res.images.min()) >= 0 and float(res.images.max()) <= 1
+    assert res.labels.tolist() == y.tolist() and len(res.curve) == 200
+    gain = _psnr(res.images, x) - _psnr(_class_mean(G, y), x)
+    assert gain > 4.0, f"{gain:.1f} dB over the class mean"
+
+
+def test_total_variation_of_a_step_edge():
+    from ggl.attack.attackers.inverting_gradients import total_variation
+
+    x = torch.zeros(2, 1, 1, 4, 4)
+    x[1, ..., :, 2:] = 1.0  # one vertical edge: |dx| = 1 on 4 of the 12 horizontal pairs
+    assert total_variation(x).tolist() == [0.0, pytest.approx(4 / 12)]
+
+
+def test_eot_attacker_beats_the_class_mean_on_mild_and_strong_stochastic_rounding():
+    G = TinyPrior()
+    for bits in (8, 2):
+        spec = [{"name": "quantize", "bits": bits, "rounding": "stochastic", "range": "global"}]
+        for k in (0, 2):
+            x, y, obs = _victim(G, k, spec)
+            res = get_attacker("ggl-eot")(obs, G, FAST, seed=k)
+            gain = _psnr(res.images, x) - _psnr(_class_mean(G, y), x)
+            assert gain > 4.0, f"q{bits}-stochastic, victim {k}: {gain:.1f} dB over the class mean"
+
+
+# ------------------------------------------------------------------------------------------- EOT
+
+@pytest.mark.parametrize("chain", [[], [{"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}],
+                                   [{"name": "clip", "max_norm": 0.5}], [{"name": "sign"}]])
+def test_eot_refuses_a_deterministic_defence_in_one_line(chain):
+    G = TinyPrior()
+    _, _, obs = _victim(G, 1)
+    obs.defenses = [dict(d) for d in chain]
+    with pytest.raises(UserError) as err:
+        get_attacker("ggl-eot")(obs, G, FAST, seed=0)
+    msg = str(err.value)
+    assert "deterministic" in msg and "ggl-l2-adaptive" in msg and "\n" not in msg
+
+
+def test_eot_accepts_noise_and_noise_after_clipping():
+    G = TinyPrior()
+    _, _, obs = _victim(G, 1)
+    eot = get_attacker("ggl-eot")
+    for chain in ([{"name": "noise", "std": 0.01}], [{"name": "clip", "max_norm": 1.0},
+                                                     {"name": "noise", "noise_multiplier": 0.1}]):
+        obs.defenses = chain
+        assert eot.refusal(obs) is None
+    obs.defenses = [{"name": "noise", "std": 0.0}]  # zero noise is no randomness
+    assert eot.refusal(obs) is not None
+
+
+def test_eot_is_exact_where_the_chain_ends_in_its_random_step_and_samples_elsewhere():
+    from ggl.attack.attackers.eot import DefenceChainModel
+
+    gen = torch.Generator().manual_seed(0)
+    g = [torch.randn(6, 5, generator=gen), torch.randn(5, generator=gen)]
+    noise = {"name": "noise", "std": 0.01}
+    for chain, exact, samples in [
+        (Q2S, True, 1),                                                          # exact tent, nothing sampled
+        ([noise], True, 1),                                                      # exact Gaussian
+        ([noise, Q2S[0]], True, 8),                                              # noise sampled, tent exact
+        ([noise, {"name": "quantize", "bits": 4, "rounding": "nearest"}], False, 8),  # EOT over the noise
+    ]:
+        model = DefenceChainModel(chain, g, samples=8, mode="likelihood")
+        assert (model.exact, model.samples) == (exact, samples), chain
+        losses = model.loss(torch.randn(3, 35, generator=gen))
+        assert losses.shape == (3,) and torch.isfinite(losses).all()
+    assert not DefenceChainModel(Q2S, g, samples=8, mode="sample").exact
+
+
+def test_eot_sampling_mode_beats_the_class_mean_on_gaussian_noise():
+    G = TinyPrior()
+    eot = get_attacker("ggl-eot", {"mode": "sample", "samples": 4})
+    for k in (0, 2):
+        x, y, obs = _victim(G, k)
+        rms = float(torch.cat([t.flatten() for t in obs.update]).pow(2).mean().sqrt())
+        gen = torch.Generator().manual_seed(k)
+        obs.update = [t + 0.5 * rms * torch.randn(t.shape, generator=gen) for t in obs.update]
+        obs.defenses = [{"name": "noise", "std": 0.5 * rms}]
+        res = eot(obs, G, FAST, seed=k)
+        gain = _psnr(res.images, x) - _psnr(_class_mean(G, y), x)
+        assert gain > 4.0, f"victim {k}: {gain:.1f} dB over the class mean"
+
+
+def test_run_portfolio_pairs_attackers_on_one_seed_and_records_refusals():
+    from ggl.attack.attackers import portfolio_units, run_portfolio
+
+    G = TinyPrior()
+    _, _, obs = _victim(G, 4)
+    cfg = AttackConfig(optimizer="cmaes", population=8, generations=3)
+    attackers = build_portfolio(["ggl-l2", "ggl-eot", "inverting-gradients"], {"inverting-gradients": {"steps": 5}})
+    out = run_portfolio(attackers, obs, G, cfg, seed=3)
+    assert list(out) == ["ggl-l2", "ggl-eot", "inverting-gradients"]
+    assert isinstance(out["ggl-eot"], str) and "deterministic" in out["ggl-eot"]  # no defence: refused, recorded
+    assert torch.equal(out["ggl-l2"].images, get_attacker("ggl-l2")(obs, G, cfg, seed=3).images)
+    assert len(out["inverting-gradients"].curve) == 5
+    assert portfolio_units(attackers, cfg) == 3 + 3 + 5
+
+
+def test_batched_chain_replays_the_clients_quantizer_exactly():
+    from ggl.attack.attackers.eot import DefenceChainModel
+
+    gen = torch.Generator().manual_seed(11)
+    g = [torch.randn(30, 4, dtype=torch.float64, generator=gen), torch.randn(5, dtype=torch.float64, generator=gen)]
+    flat = torch.cat([t.reshape(-1) for t in g])[None]
+    for rng in ("global", "per_tensor"):
+        for rounding in ("nearest", "stochastic"):
+            spec = [{"name": "quantize", "bits": 2, "rounding": rounding, "range": rng}]
+            chain = DefenceChainModel(spec, g, samples=1, mode="sample")
+            gen = torch.Generator().manual_seed(5)
+            ref, _ = quantize_update(g, 2, rounding, rng, generator=gen)
+            if rounding == "stochastic":  # the client's own uniform draws, in its order
+                gen = torch.Generator().manual_seed(5)
+                parts = [flat[0]] if rng == "global" else [t.reshape(-1) for t in g]
+                chain.draws[0] = torch.cat([torch.rand(p.numel(), generator=gen, dtype=torch.float64)
+                                            for p in parts])[None]
+            out = chain.transform(flat, chain.steps)[0, 0]
+            assert torch.equal(out, torch.cat([t.reshape(-1) for t in ref])), (rng, rounding)
+
+
+def test_likelihood_at_the_true_update_is_the_exact_probability_of_the_clients_draws():
+    """-mean log P(q | u) from the observed grid == the probability of the codes the client drew."""
+    from ggl.attack.attackers.eot import TAIL, DefenceChainModel, tent_nll
+
+    gen = torch.Generator().manual_seed(0)
+    g = [torch.randn(40, 7, dtype=torch.float64, generator=gen), torch.randn(9, dtype=torch.float64, generator=gen)]
+    flat = torch.cat([t.reshape(-1) for t in g])
+    lo, hi = flat.min(), flat.max()
+    step = (hi - lo) / 3
+    s = (flat - lo) / step
+    r = torch.rand(flat.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    codes = torch.floor(s + r).clamp(0, 3)
+    q = codes * step + lo
+    frac = s - torch.floor(s)
+    p = torch.where(codes > torch.floor(s), frac, 1 - frac)  # probability of the code the client drew
+    expected = torch.where(p >= TAIL, -torch.log(p), tent_nll(1 - p)).mean()
+    observed = [c.view_as(t) for c, t in zip(torch.split(q, [t.numel() for t in g]), g)]
+    chain = DefenceChainModel(Q2S, observed, mode="likelihood")
+    assert chain.exact
+    got = chain.loss(flat[None])
+    torch.testing.assert_close(got, expected.view(1), rtol=1e-9, atol=0)
+    # the tent itself: -log(1 - |d|) inside, finite and still rising past probability TAIL
+    d = torch.tensor([0.0, 0.5, -0.5, 1 - TAIL, 1.0, 3.0], dtype=torch.float64)
+    v = tent_nll(d)
+    torch.testing.assert_close(v[:3], -torch.log1p(-d[:3].abs()))
+    assert torch.isfinite(v).all() and v[3] < v[4] < v[5]
+
+
+def test_eot_loss_ranks_the_true_image_first_on_q2_stochastic():
+    """On 8 victims, the likelihood of the observed update is higher at the true image than at every
+    one of 64 other images of the same class from the prior."""
+    from ggl.attack.attackers.eot import DefenceChainModel, _objective_class
+
+    G = TinyPrior()
+    for k in range(8):
+        x, y, obs = _victim(G, k, Q2S)
+        z_true = torch.randn(1, 8, generator=torch.Generator().manual_seed(200 + k))
+        others = torch.randn(64, 8, generator=torch.Generator().manual_seed(7 + k))
+        chain = DefenceChainModel(obs.defenses, obs.update)
+        objective = _objective_class()(obs, G, y, chain)
+        with torch.no_grad():
+            at_truth, elsewhere = objective(z_true), objective(others)
+        assert float(at_truth) < float(elsewhere.min()), f"victim {k}"
+
+
+# ------------------------------------------------------------------------------------------- best per victim
+
+def _rows():
+    return [
+        {"attacker": "ggl-l2", "observation": "a", "image": 0, "psnr": 20.0, "lpips": 0.30},
+        {"attacker": "ggl-eot", "observation": "a", "image": 0, "psnr": 23.5, "lpips": 0.35},
+        {"attacker": "inverting-gradients", "observation": "a", "image": 0, "psnr": None, "lpips": 0.20},
+        {"attacker": "ggl-l2", "observation": "b", "image": 0, "psnr": 18.0, "lpips": 0.40},
+        {"attacker": "ggl-eot", "observation": "b", "image": 0, "psnr": 18.0, "lpips": 0.50},
+        {"attacker": "inverting-gradients", "observation": "b", "image": 0, "psnr": float("nan"), "lpips": None},
+        {"attacker": "ggl-l2", "observation": "c", "image": 0, "psnr": float("inf"), "lpips": None},
+    ]
+
+
+def test_best_per_victim_picks_the_strongest_attacker_by_metric():
+    best = best_per_victim(_rows(), victim_key=("observation", "image"))
+    assert [(b["observation"], b["best_attacker"], b["best_psnr"]) for b in best] == [
+        ("a", "ggl-eot", 23.5), ("b", "ggl-l2", 18.0), ("c", None, None)]  # tie: first seen; inf/nan/None never win
+    assert best[0]["scores"] == {"ggl-l2": 20.0, "ggl-eot": 23.5, "inverting-gradients": None}
+    by_lpips = best_per_victim(_rows(), metric="lpips", victim_key=("observation", "image"))
+    assert [b["best_attacker"] for b in by_lpips] == ["inverting-gradients", "ggl-l2", None]  # lower LPIPS wins
+    assert wins(best) == {"ggl-eot": 1, "ggl-l2": 1}
+
+
+def test_best_per_victim_can_leave_attackers_out_and_keeps_settings_apart():
+    rows = _rows() + [{"attacker": "ggl-eot", "observation": "a", "image": 0, "psnr": 40.0, "setting": "q2"}]
+    best = best_per_victim(rows, victim_key=("setting", "observation", "image"), exclude=("ggl-eot",))
+    assert [(b["setting"], b["observation"], b["best_attacker"]) for b in best] == [
+        (None, "a", "ggl-l2"), (None, "b", "ggl-l2"), (None, "c", None), ("q2", "a", None)]
+    assert math.isclose(best[0]["best_psnr"], 20.0)
+
+
+def test_best_per_victim_reads_the_results_schemas_image_records():
+    from ggl.results import ImageRecord
+
+    def rec(attacker, capture, psnr):
+        return ImageRecord(setting="q2-stochastic-global", defense="q2-stochastic-global", attacker=attacker,
+                           adaptive=False, seed=0, round=0, probe=capture, victim_id=7, image=0, label=3,
+                           label_pred=3, batch_label_acc=1.0, metrics={"psnr": psnr})
+
+    best = best_per_victim([rec("ggl-l2-adaptive", "r0000_b000", 15.4), rec("ggl-eot", "r0000_b000", 16.9),
+                            rec("ggl-l2-adaptive", "r0000_b001", 19.5), rec("ggl-eot", "r0000_b001", 19.1)])
+    assert [(b["probe"], b["best_attacker"], b["best_psnr"]) for b in best] == [
+        ("r0000_b000", "ggl-eot", 16.9), ("r0000_b001", "ggl-l2-adaptive", 19.5)]
