@@ -121,8 +121,13 @@ class AuditConfig:
     num_images: int = 8
     batch_size: int = 1
     victim_client: int = 0
+    probe: Optional[str] = None  # null (today's capture) | fedsgd | local_update (see ggl/audit/victim.py)
+    local_steps: Optional[int] = None  # steps of a local_update probe (null: its default)
 
     def check(self) -> None:
+        from ggl.audit.victim import probe_of
+
+        probe_of(self)
         if any(r < 0 for r in self.rounds):
             raise ConfigError(f"config key 'audit.rounds' = {list(self.rounds)} must hold round numbers >= 0")
         if self.num_images < 1 or self.batch_size < 1:
