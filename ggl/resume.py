@@ -96,11 +96,13 @@ class RunFolder:
     rank_zero: bool = True
     checkpoint: Dict[str, Any] = field(default_factory=dict)  # the resume checkpoint, safely loaded
     lock: Optional[RunLock] = None
+    committed: bool = False
 
     def commit(self) -> None:
         """Set-up succeeded: a fresh folder becomes ``latest``."""
         if self.fresh and self.rank_zero:
             point_latest(self.path)
+        self.committed = True
 
     def abandon(self) -> None:
         """Set-up failed: remove a fresh folder (``latest`` was never moved) and unlock."""
