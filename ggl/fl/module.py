@@ -38,6 +38,23 @@ def sample_clients(num_clients: int, per_round: int, seed: int, round: int) -> L
     return sorted(rng.choice(num_clients, size=per_round, replace=False).tolist())
 
 
+def weighted_mean_in_client_order(deltas: Tensor, slot_meta: Tensor) -> Tensor | None:
+    """Sum of weight * delta over the slots of weight > 0, in client-id order, / the total weight.
+
+    ``slot_meta`` rows are (client id, weight). The result does not depend on the order of the slots,
+    bit for bit: one fixed sequence of float64 elementwise adds (each exact-rounded by IEEE 754).
+    """
+    weights = slot_meta[:, 1].tolist()
+    ids = slot_meta[:, 0].tolist()
+    order = sorted((i for i, w in enumerate(weights) if w > 0), key=lambda i: ids[i])
+    if not order:
+        return None
+    total = torch.zeros(deltas.shape[-1], dtype=torch.float64, device=deltas.device)
+    for i in order:
+        total += weights[i] * deltas[i].double()
+    return (total / sum(weights[i] for i in order)).float()
+
+
 class FedAvgModule(L.LightningModule):
     def __init__(self, model_name: str, channels: int, num_classes: int, fl: Dict, seed: int = 0,
                  init: str = "default"):
@@ -201,14 +218,7 @@ class FedAvgModule(L.LightningModule):
         if self.trainer.world_size > 1:
             deltas = strategy.all_gather(deltas).reshape(-1, deltas.shape[-1])
             slot_meta = strategy.all_gather(slot_meta).reshape(-1, slot_meta.shape[-1])
-        weights = slot_meta[:, 1].tolist()
-        order = sorted((i for i, w in enumerate(weights) if w > 0), key=lambda i: slot_meta[i, 0].item())
-        if not order:
-            return None
-        total = torch.zeros(deltas.shape[-1], dtype=torch.float64, device=deltas.device)
-        for i in order:
-            total += weights[i] * deltas[i].double()
-        return (total / sum(weights[i] for i in order)).float()
+        return weighted_mean_in_client_order(deltas, slot_meta)
 
     # -------------------------------------------------------------------------- evaluation
     def is_eval_round(self, rnd: int) -> bool:
