@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
+from ggl.errors import UserError
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
@@ -24,9 +26,14 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)  # the previous file stays intact until this instant
-    except BaseException:  # KeyboardInterrupt too: never leave a temp file behind
+    except BaseException as exc:  # KeyboardInterrupt too: never leave a temp file behind
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and "unexpected pos" in str(exc)):
+            # a full disk or a read-only folder (torch reports a short write as "unexpected pos")
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:120]
+            raise UserError(f"cannot write '{path}' ({detail}); free some space or make the folder writable "
+                            f"(the previous version of the file, if any, is intact)") from None
         raise
     fsync_dir(path.parent)
 

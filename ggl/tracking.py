@@ -54,6 +54,7 @@ def create_run_dir(output_dir: str | Path, name: str) -> Path:
     check_run_name(name)
     parent = Path(output_dir) / name
     check_writable(parent)
+    check_latest(parent)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     for i in range(1000):
         run_dir = parent / (stamp if i == 0 else f"{stamp}-{i}")
@@ -72,13 +73,25 @@ def new_run_dir(output_dir: str | Path, name: str) -> Path:
     return run_dir
 
 
+def check_latest(parent: Path) -> None:
+    """``latest`` must be ggl's symlink (or absent): never replace a user's file or folder of that name."""
+    link = parent / "latest"
+    if (link.exists() or link.is_symlink()) and not link.is_symlink():
+        raise UserError(f"'{link}' is a real file or folder, not the run link ggl maintains; move it away")
+
+
 def point_latest(run_dir: Path) -> None:
+    check_latest(run_dir.parent)
     link = run_dir.parent / "latest"
     tmp = run_dir.parent / f".latest-{os.getpid()}"
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
     tmp.symlink_to(run_dir.name)
-    os.replace(tmp, link)  # atomic: readers see the old or the new target, never none
+    try:
+        os.replace(tmp, link)  # atomic: readers see the old or the new target, never none
+    except OSError as exc:
+        tmp.unlink()
+        raise UserError(f"cannot point '{link}' at the new run ({exc.strerror or exc})") from None
     fsync_dir(run_dir.parent)
 
 

@@ -152,10 +152,10 @@ def run_federation(cfg: Config, extra_callbacks=()) -> dict:
             run.release()
             return done
         trainer, module, writer = _set_up(cfg, dm, run, name, label, config, extra_callbacks)
+        run.commit()
     except BaseException:
         run.abandon()
         raise
-    run.commit()
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(run.ckpt) if run.ckpt else None, weights_only=True)
     except SystemExit:
