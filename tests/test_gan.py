@@ -330,6 +330,10 @@ def test_prior_cannot_name_arbitrary_callables(tmp_path):
     torch.save(blob, bad)
     with pytest.raises(UserError) as e:
         load_prior(bad)
+    assert "not one of ggl's" in _one_line_naming(e, bad)  # refused before anything is imported
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(UserError) as e:  # even when the user vouches for the path, only nn.Modules are built
+        load_prior(bad, trusted_generators=["subprocess.Popen"])
     assert "not a torch.nn.Module subclass" in _one_line_naming(e, bad)
     assert not (tmp_path / "x").exists()
 
@@ -365,7 +369,9 @@ def test_plug_your_own_generator(tmp_path):
     dotted = f"{TinyGenerator.__module__}.TinyGenerator"
     G = build_generator(dotted, 8, 3, 32, 0, kwargs={"scale": 2.0})
     path = save_prior(tmp_path / "mine.pt", prior_state(G, dotted, {"scale": 2.0}))
-    L = load_prior(path, channels=3, image_size=32)
+    with pytest.raises(UserError, match="not one of ggl's"):  # a file naming a foreign class: not imported
+        load_prior(path, channels=3, image_size=32)
+    L = load_prior(path, channels=3, image_size=32, trusted_generators=[dotted])  # the user vouches for it
     z = torch.randn(4, 8)
     assert torch.equal(L(z), G(z)) and L(z).shape == (4, 3, 32, 32)
     with pytest.raises(UserError, match="fails on"):
