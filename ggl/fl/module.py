@@ -254,6 +254,8 @@ class FedAvgModule(L.LightningModule):
         checkpoint["ggl_failed_total"] = self.failed_total
         checkpoint["ggl_aggregates_rejected_total"] = self.aggregates_rejected_total
         checkpoint["ggl_rounds_completed"] = self.rounds_completed
+        # a finished run resumed from this checkpoint reports the last round's traffic, not null
+        checkpoint["ggl_last_round_stats"] = dict(getattr(self, "_last_round_stats", {}))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("ggl_history", []))
@@ -261,6 +263,8 @@ class FedAvgModule(L.LightningModule):
         self.failed_total = int(checkpoint.get("ggl_failed_total", 0))
         self.aggregates_rejected_total = int(checkpoint.get("ggl_aggregates_rejected_total", 0))
         self.rounds_completed = int(checkpoint.get("ggl_rounds_completed", 0))
+        if checkpoint.get("ggl_last_round_stats"):
+            self._last_round_stats = dict(checkpoint["ggl_last_round_stats"])
         rng = checkpoint.get("ggl_rng")
         if rng:
             torch.set_rng_state(rng["torch"])

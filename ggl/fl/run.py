@@ -112,7 +112,8 @@ def _rounds_done(checkpoint: dict) -> int:
 
 
 def finished_results(run: RunFolder, rounds: int) -> dict | None:
-    """A resumed run that already has ``rounds`` rounds: its results, unchanged (None = keep training)."""
+    """A resumed run that already has ``rounds`` rounds: its results, unchanged (None = let Lightning finish:
+    rounds are left, or results.json lags behind the last checkpoint)."""
     done = _rounds_done(run.checkpoint)
     if done < rounds:
         return None
@@ -122,8 +123,9 @@ def finished_results(run: RunFolder, rounds: int) -> dict | None:
     try:
         results = json.loads((run.path / "results.json").read_text())
     except (OSError, ValueError):
-        raise UserError(f"resume: the run '{run.path}' finished its {done} rounds but its results.json cannot "
-                        f"be read; start a new run") from None
+        results = None
+    if not isinstance(results, dict) or (results.get("final") or {}).get("rounds") != done:
+        return None  # killed after the last checkpoint: Lightning restores it and results.json is rewritten
     if is_rank_zero():
         print(f"resume: the run '{run.path}' already finished its {done} rounds; nothing to do", file=sys.stderr)
     results["run_dir"] = str(run.path)
