@@ -1,20 +1,20 @@
-"""Checkpoint I/O that never leaves a half-written file: write to a temp file, then rename."""
-from __future__ import annotations
+"""Checkpoint I/O of every Trainer: atomic saves (``ggl.atomic``), safe loads (``ggl.safe_load``).
 
-import os
-from pathlib import Path
+A resume checkpoint may come from someone else, so Lightning's own load goes through the safe loader:
+tensors and plain values only, whatever ``weights_only`` Lightning or the environment asks for.
+"""
+from __future__ import annotations
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from ggl.atomic import atomic_write_with
+from ggl.safe_load import safe_load
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as fh:
-            torch.save(checkpoint, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)  # the previous checkpoint stays intact until this instant
+        atomic_write_with(path, lambda fh: torch.save(checkpoint, fh))
+
+    def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None):
+        return safe_load(path, "checkpoint", map_location=map_location)

@@ -1,11 +1,12 @@
 """The privacy-utility report: federation runs (utility) paired with the attacks on their captures (privacy).
 
-    python -m ggl.report runs/sweep_defenses [--out reports] [--metric psnr|ssim|reid] [--wandb ...]
-    python -m ggl.report --from-csv reports/per_image.csv [--out reports] [--metric ...]
+    python -m ggl.report runs/sweep_defenses [--out DIR [--overwrite]] [--metric psnr|ssim|reid] [--wandb ...]
+    python -m ggl.report --from-csv reports/per_image.csv [--out DIR [--overwrite]] [--metric ...]
 
 Reads every ``results.json`` under the folders (never the network), pairs each attack with the
 federation whose captures it attacked (the attack's recorded ``federation``; older files: its
-``attack.source`` path), and writes to ``--out``:
+``attack.source`` path), and writes to ``--out`` (default: ``report/`` beside the runs or the CSV; an
+existing report is replaced only with ``--overwrite``):
 
 * ``per_image.csv``: one row per attacked image (``ggl.results``: setting, attacker, round, victim id,
   label, every metric, every label-only baseline's scores, leakage, its federation's numbers). Every
@@ -638,12 +639,58 @@ def finish_line(found: dict, out: Path, metric: str) -> str:
             f"python -m ggl.report --from-csv {out / CSV_FILE} --metric {other}")
 
 
+def output_folder(roots: Sequence[str], from_csv: Optional[str], out: Optional[str], overwrite: bool) -> Path:
+    """Where the report goes: ``--out``, or a ``report/`` folder beside the runs (or the CSV) it reads.
+
+    Never replaces an existing report (e.g. the shipped ``reports/``) without ``--overwrite``; an empty
+    or unreadable input is an error before anything is written.
+    """
+    from ggl.errors import UserError
+
+    if from_csv is None:
+        for r in roots:
+            if not Path(r).exists():
+                raise UserError(f"'{r}' does not exist; give the folder of the runs, e.g. runs/sweep_defenses")
+        files = _results_files([Path(r) for r in roots])
+        if not files:
+            raise UserError(f"no results.json under {', '.join(map(str, roots))}; give the folder the sweep "
+                            f"wrote, e.g. runs/sweep_defenses")
+        if not any(_is_json_object(f) for f in files):
+            raise UserError(f"none of the {len(files)} results.json under {', '.join(map(str, roots))} is "
+                            f"readable JSON; give the folder the sweep wrote")
+    if out is None:
+        if from_csv is not None:
+            out = str(Path(from_csv).parent / "report")
+        elif len(roots) == 1 and Path(roots[0]).is_dir():
+            out = str(Path(roots[0]) / "report")
+        else:
+            raise UserError("several inputs (or a file): name the report folder with --out <folder>")
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out '{folder}' is a file; give a folder (it is created if missing)")
+    existing = [f for f in FILES if (folder / f).exists()]
+    if existing and not overwrite:
+        raise UserError(f"--out '{folder}' already holds a report ({', '.join(existing)}); give another folder "
+                        f"or add --overwrite to replace it")
+    return folder
+
+
+def _is_json_object(path: Path) -> bool:
+    try:
+        return isinstance(json.loads(path.read_text()), dict)
+    except (OSError, ValueError):
+        return False
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ggl.report", description=__doc__.splitlines()[0])
     ap.add_argument("roots", nargs="*", help="folders of runs (searched recursively) or results.json files")
     ap.add_argument("--from-csv", default=None, metavar="CSV",
                     help=f"rebuild the table and figures from a per-image CSV ({CSV_FILE}) instead of runs")
-    ap.add_argument("--out", default="reports", help="output folder (default: reports)")
+    ap.add_argument("--out", default=None,
+                    help="output folder (default: report/ beside the runs folder, or beside the CSV)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace the report files already in --out (never done without this flag)")
     ap.add_argument("--metric", default="psnr", choices=sorted(PLOT_METRICS),
                     help="privacy axis of privacy_utility.png (default: psnr)")
     ap.add_argument("--wandb", default="disabled", choices=("disabled", "offline", "online"),
@@ -656,15 +703,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.from_csv is not None:
             if args.roots:
                 raise UserError("give either run folders or --from-csv, not both")
-            found = report_from_csv(Path(args.from_csv), Path(args.out), args.metric)
+            out = output_folder([], args.from_csv, args.out, args.overwrite)
+            found = report_from_csv(Path(args.from_csv), out, args.metric)
         else:
             if not args.roots:
                 raise UserError("give the folder of the runs (e.g. runs/sweep_defenses) or --from-csv <csv>")
-            found = write_report(args.roots, Path(args.out), args.wandb, args.project, args.metric)
+            out = output_folder(args.roots, None, args.out, args.overwrite)
+            found = write_report(args.roots, out, args.wandb, args.project, args.metric)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(finish_line(found, Path(args.out), args.metric))
+    print(finish_line(found, out, args.metric))
     return 0
 
 

@@ -262,8 +262,11 @@ def plan(grid: Dict[str, List[Any]], seeds_vary: Optional[bool] = None) -> List[
 
 
 def comparable(config: dict) -> dict:
-    """A run's config without the keys that do not change its results (logging, resume, progress bars)."""
-    out = {k: v for k, v in config.items() if k not in _IGNORED_TOP}
+    """The keys that define a run's experiment (``ggl.resume.EXPERIMENT_KEYS`` of its task: a GAN or attack
+    key added to a federation's config does not make its runs "not done"), less progress bars."""
+    from ggl.resume import experiment
+
+    out = {k: v for k, v in experiment(config).items() if k not in _IGNORED_TOP}
     for section, key in _IGNORED_NESTED:
         if isinstance(out.get(section), dict) and key in out[section]:
             out[section] = {k: v for k, v in out[section].items() if k != key}

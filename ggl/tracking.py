@@ -1,12 +1,13 @@
 """Run folders, results.json and the W&B logger: the one results format every job writes.
 
 Every run writes ``<output_dir>/<name>/<timestamp>/`` (``config.yaml``, ``results.json``, artefacts)
-and points ``<output_dir>/<name>/latest`` at it. Nothing is ever overwritten: two runs started in the
-same second get distinct folders.
+and points ``<output_dir>/<name>/latest`` at it once its set-up succeeded. Nothing is ever overwritten:
+two runs started in the same second get distinct folders. Only rank 0 creates a folder.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import string
@@ -15,13 +16,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+from ggl.atomic import atomic_write_text, fsync_dir
 from ggl.errors import UserError
 
-RUN_DIR_ENV = "GGL_RUN_DIR"  # set by rank 0 so that DDP worker processes join its run folder
+RUN_DIR_ENV = "GGL_RUN_DIR"  # no longer read; kept so that callers that clear it keep working
 
 
 def is_rank_zero() -> bool:
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    """Lightning's own process rank (RANK, LOCAL_RANK, SLURM_PROCID, ...; set from the Trainer once built)."""
+    return rank_zero_only.rank == 0
 
 
 def check_writable(folder: Path) -> None:
@@ -36,50 +41,127 @@ def check_writable(folder: Path) -> None:
                         f"free some space or set output_dir=<writable folder>") from None
 
 
-def new_run_dir(output_dir: str | Path, name: str) -> Path:
-    """Create ``output_dir/name/<timestamp>`` (unique) and point ``latest`` at it."""
-    inherited = os.environ.get(RUN_DIR_ENV)
-    if inherited and not is_rank_zero():  # a DDP worker joins the folder its rank 0 created
-        return Path(inherited)
+def check_run_name(name: str) -> None:
+    """A run name is one folder name: no separators, no '..', not absolute (it must stay in output_dir)."""
+    if (not name or name in (".", "..") or "/" in name or "\\" in name or os.sep in name
+            or Path(name).is_absolute() or "\0" in name):
+        raise UserError(f"config key 'name' = {name!r} must be a plain folder name (no '/', '..' or absolute "
+                        f"path): runs are written to output_dir/<name>/; set output_dir to choose the place")
+
+
+def create_run_dir(output_dir: str | Path, name: str) -> Path:
+    """Create ``output_dir/name/<timestamp>`` (unique); ``latest`` is not moved (see ``point_latest``)."""
+    check_run_name(name)
     parent = Path(output_dir) / name
     check_writable(parent)
+    check_latest(parent)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     for i in range(1000):
         run_dir = parent / (stamp if i == 0 else f"{stamp}-{i}")
         try:
             run_dir.mkdir()
-            break
+            return run_dir
         except FileExistsError:
             continue
-    else:  # pragma: no cover
-        raise UserError(f"could not create a fresh run folder under '{parent}'")
+    raise UserError(f"could not create a fresh run folder under '{parent}'")  # pragma: no cover
+
+
+def new_run_dir(output_dir: str | Path, name: str) -> Path:
+    """Create a fresh run folder and point ``latest`` at it at once (jobs with no set-up to fail)."""
+    run_dir = create_run_dir(output_dir, name)
     point_latest(run_dir)
-    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     return run_dir
 
 
+def check_latest(parent: Path) -> None:
+    """``latest`` must be ggl's symlink (or absent): never replace a user's file or folder of that name."""
+    link = parent / "latest"
+    if (link.exists() or link.is_symlink()) and not link.is_symlink():
+        raise UserError(f"'{link}' is a real file or folder, not the run link ggl maintains; move it away")
+
+
 def point_latest(run_dir: Path) -> None:
+    check_latest(run_dir.parent)
     link = run_dir.parent / "latest"
     tmp = run_dir.parent / f".latest-{os.getpid()}"
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
     tmp.symlink_to(run_dir.name)
-    os.replace(tmp, link)  # atomic: readers see the old or the new target, never none
+    try:
+        os.replace(tmp, link)  # atomic: readers see the old or the new target, never none
+    except OSError as exc:
+        tmp.unlink()
+        raise UserError(f"cannot point '{link}' at the new run ({exc.strerror or exc})") from None
+    fsync_dir(run_dir.parent)
+
+
+class RunLock:
+    """An exclusive ``fcntl`` lock on a run folder for as long as a job runs in it.
+
+    Two processes resuming one run would interleave checkpoints and share a W&B id; the second is
+    refused. The lock dies with its process (kill -9 included), so a stale one never blocks a resume.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self.fd: Optional[int] = None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise UserError(f"cannot lock run folder '{self.path.parent}' ({exc.strerror or exc}); "
+                            f"is it writable?") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            self.fd = None
+            raise UserError(f"run folder '{self.path.parent}' is in use by another ggl process (a second "
+                            f"resume of the same run?); wait for it to end or stop it") from None
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the lock
+            self.fd = None
+
+
+def strict_json(obj: Any, where: str = "", found: Optional[dict] = None) -> Any:
+    """``obj`` with every non-finite float replaced by None; ``found`` collects where and what it was."""
+    if isinstance(obj, float) or (hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0):
+        value = obj.item() if hasattr(obj, "item") else obj
+        if isinstance(value, float) and not math.isfinite(value):
+            if found is not None:
+                found[where or "."] = repr(value)
+            return None
+        return value
+    if isinstance(obj, dict):
+        return {k: strict_json(v, f"{where}.{k}" if where else str(k), found) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v, f"{where}[{i}]", found) for i, v in enumerate(obj)]
+    return obj
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temp file + rename): a crash never leaves a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    """Strict JSON (no NaN/Infinity tokens), written atomically.
+
+    A non-finite number becomes null, and ``non_finite_values`` lists where and what it was, so a
+    reader knows the null is a NaN (e.g. a diverged federation's loss), not a missing value.
+    """
+    found: dict = {}
+    clean = strict_json(obj, "", found)
+    if found and isinstance(clean, dict):
+        clean["non_finite_values"] = {**clean.get("non_finite_values", {}), **found}
+    text = json.dumps(clean, indent=2, default=_json_default, allow_nan=False) + "\n"
+    atomic_write_text(path, text)
 
 
 def _json_default(o):
-    if hasattr(o, "item"):
-        return o.item()
-    if hasattr(o, "tolist"):
-        return o.tolist()
+    if hasattr(o, "tolist"):  # tensors and arrays; non-finite entries become null
+        return strict_json(o.tolist())
     return str(o)
 
 

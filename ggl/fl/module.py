@@ -2,8 +2,9 @@
 
 Per round: sample clients with a round-seeded generator; each process trains its share of them on a
 functional copy of the global weights; every update passes the defence callbacks; rejected (non-finite)
-updates are dropped and counted; the weighted sum of the rest is all-reduced across processes and
-applied by the server optimizer (plain SGD with ``server_lr``: w += server_lr * weighted mean delta).
+or absurd updates are dropped and counted; every process gathers the rest and sums them in client-id
+order (so N processes equal 1 bitwise, see ``aggregate``), and the server optimizer applies the weighted
+mean (plain SGD with ``server_lr``: w += server_lr * weighted mean delta) unless it is not finite.
 """
 from __future__ import annotations
 
@@ -26,11 +27,32 @@ from ggl.fl.update import ClientUpdate
 from ggl.models import build_model
 from ggl.seeding import STREAM_LOCAL_DATA, STREAM_SAMPLING, generator
 
+# An update whose largest |value| exceeds this many times the largest global weight (at least 1) is
+# rejected as absurd: legitimate deltas and gradients are within a few orders of magnitude of the weights.
+ABSURD_UPDATE_RATIO = 1e4
+
 
 def sample_clients(num_clients: int, per_round: int, seed: int, round: int) -> List[int]:
     """The clients of a round: depends on (seed, round) only."""
     rng = np.random.default_rng([seed, round, STREAM_SAMPLING])
     return sorted(rng.choice(num_clients, size=per_round, replace=False).tolist())
+
+
+def weighted_mean_in_client_order(deltas: Tensor, slot_meta: Tensor) -> Tensor | None:
+    """Sum of weight * delta over the slots of weight > 0, in client-id order, / the total weight.
+
+    ``slot_meta`` rows are (client id, weight). The result does not depend on the order of the slots,
+    bit for bit: one fixed sequence of float64 elementwise adds (each exact-rounded by IEEE 754).
+    """
+    weights = slot_meta[:, 1].tolist()
+    ids = slot_meta[:, 0].tolist()
+    order = sorted((i for i, w in enumerate(weights) if w > 0), key=lambda i: ids[i])
+    if not order:
+        return None
+    total = torch.zeros(deltas.shape[-1], dtype=torch.float64, device=deltas.device)
+    for i in order:
+        total += weights[i] * deltas[i].double()
+    return (total / sum(weights[i] for i in order)).float()
 
 
 class FedAvgModule(L.LightningModule):
@@ -45,6 +67,7 @@ class FedAvgModule(L.LightningModule):
         self.history: List[dict] = []
         self.rejected_total = 0
         self.failed_total = 0
+        self.aggregates_rejected_total = 0
         self.rounds_completed = 0
         self._val_loss = self._val_correct = self._val_count = 0.0
 
@@ -84,55 +107,86 @@ class FedAvgModule(L.LightningModule):
         return apply_defenses(self.defense_callbacks(), self.trainer, self, update)
 
     # -------------------------------------------------------------------------- one round
+    def screen(self, update: ClientUpdate) -> str | None:
+        """Why ``update`` must not enter the aggregate (None = accept it).
+
+        Non-finite values, and absurd finite ones (e.g. 1e30): a delta ``ABSURD_UPDATE_RATIO`` times the
+        largest global weight would destroy the model in one round and overflow the weighted sum.
+        """
+        if not update.is_finite():
+            return "non-finite values (NaN or Inf)"
+        largest = max(float(t.detach().abs().max()) for t in update.tensors if t.numel())
+        scale = max(1.0, max(float(p.detach().abs().max()) for p in self.model.parameters()))
+        if largest > ABSURD_UPDATE_RATIO * scale:
+            return (f"an absurd value (|x| up to {largest:.3g} > {ABSURD_UPDATE_RATIO:.0e} x the largest "
+                    f"global weight {scale:.3g})")
+        return None
+
     def training_step(self, batch, batch_idx):
         start = time.perf_counter()
         rnd = self.current_epoch
         dm = self.trainer.datamodule
         chosen = sample_clients(dm.num_clients, self.clients_per_round(dm.num_clients), self.seed, rnd)
-        mine = chosen[self.global_rank::self.trainer.world_size]
+        world = self.trainer.world_size
+        mine = chosen[self.global_rank::world]
 
         params = list(self.model.parameters())
-        weighted_sum = torch.zeros(sum(p.numel() for p in params), device=self.device)
-        # [sum of weights, uplink bits, accepted, rejected, failed]: one all-reduce carries all of them
-        counters = torch.zeros(5, dtype=torch.float64, device=self.device)
-        for cid in mine:
+        numel = sum(p.numel() for p in params)
+        # Each rank fills the same number of slots (padding stays weight 0), so all ranks gather equal shapes.
+        slots = -(-len(chosen) // world)
+        deltas = torch.zeros(slots, numel, device=self.device)
+        # per slot: [client id, weight (sample count; 0 = nothing to aggregate)]
+        slot_meta = torch.zeros(slots, 2, dtype=torch.float64, device=self.device)
+        # [uplink bits, accepted, rejected, failed]: integers, so their float64 sum is exact in any order
+        counters = torch.zeros(4, dtype=torch.float64, device=self.device)
+        for slot, cid in enumerate(mine):
             x, y = dm.client_data(cid)
-            try:
-                update = self.defended_update(self.client_update(x, y, cid, rnd))
-            except Exception as exc:  # a crashing client must not take the federation down with it
-                counters[4] += 1
-                warnings.warn(f"round {rnd}: client {cid} failed during local training and was dropped "
-                               f"({type(exc).__name__}: {exc})")
-                continue
-            counters[1] += update.bits
-            if not update.is_finite():
+            try:  # only the client's own training may fail without stopping the federation
+                raw = self.client_update(x, y, cid, rnd)
+            except Exception as exc:
                 counters[3] += 1
-                warnings.warn(f"round {rnd}: client {cid} sent a non-finite update; rejected")
+                warnings.warn(f"round {rnd}: client {cid} failed during local training and was dropped "
+                              f"({type(exc).__name__}: {exc})")
                 continue
-            delta = torch.cat([t.reshape(-1) for t in as_delta(update)])
-            weighted_sum += update.num_samples * delta
-            counters[0] += update.num_samples
-            counters[2] += 1
+            try:  # a defence that raises is a bug in the defence: stop, don't count it as a client failure
+                update = self.defended_update(raw)
+            except Exception as exc:
+                raise RuntimeError(f"round {rnd}: the defence chain failed on client {cid}'s update "
+                                   f"({type(exc).__name__}: {exc}); the run stops so that a broken defence "
+                                   f"is not reported as a federation that does not learn") from exc
+            counters[0] += update.bits
+            reason = self.screen(update)
+            if reason is not None:
+                counters[2] += 1
+                warnings.warn(f"round {rnd}: client {cid}'s update was rejected: {reason}")
+                continue
+            deltas[slot] = torch.cat([t.reshape(-1) for t in as_delta(update)])
+            slot_meta[slot, 0] = cid
+            slot_meta[slot, 1] = update.num_samples
+            counters[1] += 1
 
-        weighted_sum = self.trainer.strategy.reduce(weighted_sum, reduce_op="sum")
+        mean_delta = self.aggregate(deltas, slot_meta)
         counters = self.trainer.strategy.reduce(counters, reduce_op="sum")
-        total_weight, uplink_bits, accepted, rejected, failed = counters.tolist()
+        uplink_bits, accepted, rejected, failed = counters.tolist()
         self.rejected_total += int(rejected)
         self.failed_total += int(failed)
 
         opt = self.optimizers()
-        if total_weight > 0:
-            mean_delta = weighted_sum / total_weight
+        if mean_delta is None:
+            rank_zero_warn(f"round {rnd}: no client update was accepted; the global model is unchanged")
+        elif not bool(torch.isfinite(mean_delta).all()):
+            self.aggregates_rejected_total += 1
+            rank_zero_warn(f"round {rnd}: the aggregate of the accepted updates is not finite; it was "
+                           f"rejected and the global model is unchanged")
+        else:
             offset = 0
             for p in params:  # the server optimizer descends along -delta
                 p.grad = -mean_delta[offset:offset + p.numel()].view_as(p).to(p.dtype)
                 offset += p.numel()
             opt.step()
             opt.zero_grad(set_to_none=True)
-        else:
-            rank_zero_warn(f"round {rnd}: no client update was accepted; the global model is unchanged")
 
-        fp32_bits = FLOAT_BITS * weighted_sum.numel() * (accepted + rejected)
+        fp32_bits = FLOAT_BITS * numel * (accepted + rejected)
         self.log_dict({
             "round": float(rnd + 1),
             "round_seconds": time.perf_counter() - start,
@@ -143,10 +197,28 @@ class FedAvgModule(L.LightningModule):
             "clients/rejected_total": float(self.rejected_total),
             "clients/failed": failed,
             "clients/failed_total": float(self.failed_total),
+            "aggregates_rejected_total": float(self.aggregates_rejected_total),
         }, on_step=True, on_epoch=False, prog_bar=False)
         self.rounds_completed = rnd + 1
         self._last_round_stats = {"uplink_bits": uplink_bits,
                                   "compression_ratio": fp32_bits / uplink_bits if uplink_bits else 1.0}
+
+    def aggregate(self, deltas: Tensor, slot_meta: Tensor) -> Tensor | None:
+        """The sample-weighted mean of every rank's accepted deltas (None when there is none).
+
+        Bitwise the same on 1 or N processes: every rank gathers all deltas and sums them in client-id
+        order, one elementwise float64 add at a time. An all-reduce would sum per-rank partial sums, a
+        different association of the same terms: one ulp of difference that nearest-rounding quantization
+        amplifies in the next round. (Float64 accumulation alone would not make that exact: a sum of
+        float32 terms of different magnitudes still rounds, and differently for another association.)
+        Each product weight * delta is exact in float64 (a count below 2**29 times a 24-bit mantissa).
+        Cost: clients_per_round x parameters floats on every rank for the gather.
+        """
+        strategy = self.trainer.strategy
+        if self.trainer.world_size > 1:
+            deltas = strategy.all_gather(deltas).reshape(-1, deltas.shape[-1])
+            slot_meta = strategy.all_gather(slot_meta).reshape(-1, slot_meta.shape[-1])
+        return weighted_mean_in_client_order(deltas, slot_meta)
 
     # -------------------------------------------------------------------------- evaluation
     def is_eval_round(self, rnd: int) -> bool:
@@ -180,13 +252,19 @@ class FedAvgModule(L.LightningModule):
         checkpoint["ggl_history"] = list(self.history)
         checkpoint["ggl_rejected_total"] = self.rejected_total
         checkpoint["ggl_failed_total"] = self.failed_total
+        checkpoint["ggl_aggregates_rejected_total"] = self.aggregates_rejected_total
         checkpoint["ggl_rounds_completed"] = self.rounds_completed
+        # a finished run resumed from this checkpoint reports the last round's traffic, not null
+        checkpoint["ggl_last_round_stats"] = dict(getattr(self, "_last_round_stats", {}))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("ggl_history", []))
         self.rejected_total = int(checkpoint.get("ggl_rejected_total", 0))
         self.failed_total = int(checkpoint.get("ggl_failed_total", 0))
+        self.aggregates_rejected_total = int(checkpoint.get("ggl_aggregates_rejected_total", 0))
         self.rounds_completed = int(checkpoint.get("ggl_rounds_completed", 0))
+        if checkpoint.get("ggl_last_round_stats"):
+            self._last_round_stats = dict(checkpoint["ggl_last_round_stats"])
         rng = checkpoint.get("ggl_rng")
         if rng:
             torch.set_rng_state(rng["torch"])

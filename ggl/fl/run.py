@@ -1,6 +1,10 @@
 """``train.py`` with ``task: fedavg``: build the data, module, defences, logger and Trainer; fit."""
 from __future__ import annotations
 
+import contextlib
+import json
+import signal
+import sys
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -12,7 +16,9 @@ from ggl.fl.callbacks import build_defense_callbacks, privacy_summary
 from ggl.fl.module import FedAvgModule
 from ggl.plots import label_histogram_png
 from ggl.progress import RoundProgressBar
-from ggl.resume import open_run_dir
+from ggl.atomic import atomic_write_text
+from ggl.errors import UserError
+from ggl.resume import RunFolder, open_run
 from ggl.tracking import Stopwatch, is_rank_zero, make_logger, write_json
 from ggl.trainer import build_trainer
 
@@ -54,6 +60,7 @@ class ResultsWriter(Callback):
                 "uplink_bits_per_round": stats.get("uplink_bits"),
                 "compression_ratio": stats.get("compression_ratio"),
                 "rejected_updates": module.rejected_total,
+                "rejected_aggregates": module.aggregates_rejected_total,
                 "failed_clients": module.failed_total,
                 "privacy": privacy_summary(trainer.callbacks),
             },
@@ -87,24 +94,106 @@ def write_partition(dm: FederatedDataModule, run_dir: Path, cfg: Config):
     return hist
 
 
+class ShareRunDir(Callback):
+    """Ranks other than 0 learn rank 0's run folder when the Trainer starts (Lightning's broadcast)."""
+
+    def __init__(self, run: RunFolder, writer: "ResultsWriter"):
+        self.run, self.writer = run, writer
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        path = Path(trainer.strategy.broadcast(str(self.run.path), src=0))
+        if not trainer.is_global_zero:
+            self.run.path = path
+            self.writer.path = path / "results.json"
+
+
+def _rounds_done(checkpoint: dict) -> int:
+    return int(checkpoint.get("ggl_rounds_completed", int(checkpoint["epoch"]) + 1))
+
+
+def finished_results(run: RunFolder, rounds: int) -> dict | None:
+    """A resumed run that already has ``rounds`` rounds: its results, unchanged (None = let Lightning finish:
+    rounds are left, or results.json lags behind the last checkpoint)."""
+    done = _rounds_done(run.checkpoint)
+    if done < rounds:
+        return None
+    if done > rounds:
+        raise UserError(f"config key 'fl.rounds' = {rounds}: the run '{run.path}' already trained {done} rounds; "
+                        f"resume with fl.rounds >= {done}, or start a new run")
+    try:
+        results = json.loads((run.path / "results.json").read_text())
+    except (OSError, ValueError):
+        results = None
+    if not isinstance(results, dict) or (results.get("final") or {}).get("rounds") != done:
+        return None  # killed after the last checkpoint: Lightning restores it and results.json is rewritten
+    if is_rank_zero():
+        print(f"resume: the run '{run.path}' already finished its {done} rounds; nothing to do", file=sys.stderr)
+    results["run_dir"] = str(run.path)
+    return results
+
+
 def run_federation(cfg: Config, extra_callbacks=()) -> dict:
-    """Train the configured federation; ``extra_callbacks`` join the chain after the configured defences."""
+    """Train the configured federation; ``extra_callbacks`` join the chain after the configured defences.
+
+    Every input is checked before the run folder is created; a set-up error removes a fresh folder and
+    leaves ``latest`` where it was. Ctrl-C leaves the last checkpoint and results.json intact (both are
+    written atomically) and raises ``KeyboardInterrupt`` carrying ``run_dir`` for the resume hint.
+    """
     dm = FederatedDataModule(cfg.data, cfg.fl.eval_batch_size, cfg.seed)
     dm.setup()
     name = run_name(cfg)
     label = defenses_label(cfg.defenses)
     config = to_container(cfg)
-    run_dir, ckpt_path = open_run_dir(cfg.resume, cfg.output_dir, name, config, "fl", _RESUMABLE_FL_KEYS,
-                                      example="runs/fed_q4/latest")
-    if is_rank_zero():
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    # Lightning's rank of this process (a Trainer reads torchrun/SLURM/launcher variables) decides who writes
+    rank_zero = build_trainer(cfg.trainer, {"max_epochs": cfg.fl.rounds, "logger": False}).global_rank == 0
+    run = open_run(cfg.resume, cfg.output_dir, name, config, "fl", _RESUMABLE_FL_KEYS,
+                   example="runs/fed_q4/latest", rank_zero=rank_zero)
+    try:
+        done = finished_results(run, cfg.fl.rounds) if run.ckpt else None
+        if done is not None:
+            run.release()
+            return done
+        trainer, module, writer = _set_up(cfg, dm, run, name, label, config, extra_callbacks)
+        run.commit()
+    except BaseException:
+        run.abandon()
+        raise
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(run.ckpt) if run.ckpt else None, weights_only=True)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning turns Ctrl-C into sys.exit(1) after its graceful shutdown
+            raise _interrupted(run) from None
+        raise
+    except KeyboardInterrupt:
+        raise _interrupted(run) from None
+    finally:
+        run.release()
+    results = writer.results(trainer, module)
+    results["run_dir"] = str(run.path)
+    return results
+
+
+def _interrupted(run: RunFolder) -> KeyboardInterrupt:
+    with contextlib.suppress(ValueError):  # Lightning ignores further Ctrl-C during its shutdown; restore
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    exc = KeyboardInterrupt(f"resume={run.path}")
+    exc.run_dir = run.path  # type: ignore[attr-defined]
+    return exc
+
+
+def _set_up(cfg: Config, dm: FederatedDataModule, run: RunFolder, name: str, label: str, config: dict,
+            extra_callbacks):
+    run_dir = run.path
+    if run.rank_zero:
+        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
         hist = write_partition(dm, run_dir, cfg)
 
     module = FedAvgModule(cfg.model.name, dm.data.channels, dm.data.num_classes, vars(cfg.fl),
                           seed=cfg.seed, init=cfg.model.init)
     writer = ResultsWriter(run_dir, config)
     show_bar = cfg.trainer.get("enable_progress_bar", True)
-    callbacks = build_defense_callbacks(cfg.defenses) + list(extra_callbacks) + [RoundProgressBar()] * bool(show_bar) + [
+    callbacks = [ShareRunDir(run, writer)] + build_defense_callbacks(cfg.defenses) + list(extra_callbacks) + [
+        RoundProgressBar()] * bool(show_bar) + [
         writer,
         # Lightning 2.6 refreshes last.ckpt only when a top-k file is saved, so keep one (the newest)
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="round{epoch:04d}", save_last=True,
@@ -116,15 +205,12 @@ def run_federation(cfg: Config, extra_callbacks=()) -> dict:
         callbacks.append(AuditCapture(run_dir, cfg.audit, config["data"], cfg.model.name, cfg.defenses, cfg.seed))
     logger = make_logger(cfg.logger, run_dir, name=f"{name}-s{cfg.seed}", group=label,
                          tags=["fedavg", label, cfg.data.name, cfg.model.name, cfg.data.partition],
-                         config=config, job_type="federation")
-    if logger is not None and is_rank_zero():
+                         config=config, job_type="federation") if run.rank_zero else None
+    if logger is not None:
         logger.log_table("data/label_histogram", columns=["client"] + [f"class_{c}" for c in range(hist.shape[1])],
                          data=[[i] + row for i, row in enumerate(hist.tolist())])
     trainer = build_trainer(cfg.trainer, {
         "max_epochs": cfg.fl.rounds, "check_val_every_n_epoch": 1, "default_root_dir": str(run_dir),
         "logger": logger if logger is not None else False, "callbacks": callbacks,
     })
-    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
-    results = writer.results(trainer, module)
-    results["run_dir"] = str(run_dir)
-    return results
+    return trainer, module, writer

@@ -15,17 +15,16 @@ attributes ``latent_dim``, ``num_classes``, ``conditional``, ``channels``, ``ima
 from __future__ import annotations
 
 import importlib
-import os
-import pickle
-import zipfile
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, Optional
 
 import torch
 from torch import Tensor, nn
 
+from ggl.atomic import atomic_write_with
 from ggl.errors import UserError
 from ggl.gan.schema import BUILTIN_GENERATOR
+from ggl.safe_load import safe_load
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PRIOR = REPO_ROOT / "checkpoints" / "gan_mnist5k.pt"
@@ -56,6 +55,24 @@ class PriorGenerator(nn.Module):
             raise ValueError(f"this prior is class-conditional ({self.num_classes} classes): "
                              f"pass labels y, a LongTensor of shape (N,)")
         return self.net(z, y if self.conditional else None)
+
+
+# the generators a prior file may name without the user vouching for them: ggl's own
+TRUSTED_GENERATOR_MODULES = ("ggl.models.gan",)
+
+
+def check_trusted(class_path: str, trusted: Iterable[str], where: str) -> None:
+    """Refuse, before any import, a class a prior file names that is neither ggl's nor passed by the user.
+
+    Importing a module runs its top-level code, so a crafted prior naming any importable module would
+    run code: only ``TRUSTED_GENERATOR_MODULES`` and the dotted paths in ``trusted`` are imported.
+    """
+    module_name, _, _ = str(class_path).rpartition(".")
+    if module_name in TRUSTED_GENERATOR_MODULES or class_path in set(trusted):
+        return
+    raise UserError(f"{where} names the generator class '{class_path}', which is not one of ggl's "
+                    f"({', '.join(TRUSTED_GENERATOR_MODULES)}); it was not imported. If you trust that file, "
+                    f"pass the class explicitly (trusted_generators=['{class_path}'])")
 
 
 def _import_class(path: str, where: str) -> type:
@@ -120,13 +137,8 @@ def prior_state(G: PriorGenerator, class_path: str, kwargs: Dict[str, Any],
 
 
 def save_prior(path: str | Path, state: Dict[str, Any]) -> Path:
-    """Write atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    """Write atomically (``ggl.atomic``)."""
+    return atomic_write_with(path, lambda fh: torch.save(state, fh))
 
 
 def _read(path: Path, default: bool) -> Dict[str, Any]:
@@ -135,15 +147,7 @@ def _read(path: Path, default: bool) -> Dict[str, Any]:
             raise UserError(f"GAN prior '{path}' not found; create it with: {DEFAULT_PRIOR_COMMAND}")
         raise UserError(f"GAN prior '{path}' not found; train one with: python train.py --config "
                         f"gan_mnist.yaml gan.export={path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise UserError(f"GAN prior '{path}' holds objects other than tensors and plain values and was "
-                        f"refused (weights_only=True): {first[:200]}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"GAN prior '{path}' is truncated or not a torch file ({first[:200]})") from None
+    blob = safe_load(path, "GAN prior")
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise UserError(f"GAN prior '{path}' is not a ggl GAN prior (no 'format: {FORMAT}' entry); "
                         f"priors are written by python train.py --config gan_mnist.yaml")
@@ -154,8 +158,12 @@ def _read(path: Path, default: bool) -> Dict[str, Any]:
 
 
 def load_prior(path: str | Path = DEFAULT_PRIOR, channels: Optional[int] = None,
-               image_size: Optional[int] = None, device: str | torch.device = "cpu") -> PriorGenerator:
+               image_size: Optional[int] = None, device: str | torch.device = "cpu",
+               trusted_generators: Iterable[str] = ()) -> PriorGenerator:
     """Load a prior for an attack on images of ``channels`` x ``image_size`` (None = don't check).
+
+    The file's generator class must be ggl's own or listed in ``trusted_generators`` (dotted paths the
+    user gave explicitly); it is checked before anything is imported.
 
     Every problem is a one-line ``UserError`` naming the file: missing (with the command that creates
     it), truncated or not a torch file, pickled objects (refused), not a prior, spec mismatch.
@@ -177,6 +185,7 @@ def load_prior(path: str | Path = DEFAULT_PRIOR, channels: Optional[int] = None,
                             f"images but the attacked data are {channels or spec['channels']}x"
                             f"{image_size or spec['image_size']}x{image_size or spec['image_size']} "
                             f"({name} {spec[name]} != {want}); train a prior on that dataset")
+    check_trusted(class_path, trusted_generators, where)
     G = build_generator(class_path, **spec, kwargs=kwargs, where=where)
     try:
         G.net.load_state_dict(state)

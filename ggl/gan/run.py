@@ -8,7 +8,6 @@ shipped files ``PATH`` (prior), ``<stem>.json``, ``<stem>_classifier.pt`` and ``
 """
 from __future__ import annotations
 
-import os
 import platform
 import shlex
 import sys
@@ -27,8 +26,9 @@ from ggl.gan.prior import generator_kwargs, prior_state, save_prior
 from ggl.gan.quality import (QualityReference, build_reference, classifier_state, evaluate_generator,
                              seeded_subset, train_classifier)
 from ggl.models.gan import count_params
-from ggl.resume import open_run_dir
-from ggl.tracking import RUN_DIR_ENV, Stopwatch, make_logger, write_json
+from ggl.atomic import atomic_write_text
+from ggl.resume import open_run
+from ggl.tracking import Stopwatch, make_logger, write_json
 from ggl.trainer import build_trainer
 
 
@@ -86,7 +86,8 @@ class QualityMonitor(Callback):
 
 
 # what a resumed GAN run may change besides devices and logging: how long it trains, how it is monitored
-_RESUMABLE_GAN_KEYS = ("epochs", "max_steps", "sample_every", "quality_every", "export", "num_threads")
+_RESUMABLE_GAN_KEYS = ("epochs", "max_steps", "sample_every", "quality_every", "export", "export_overwrite",
+                       "num_threads")
 
 
 def _command(cfg: Config) -> str:
@@ -114,18 +115,12 @@ def _versions() -> dict:
 def run_gan(cfg: Config) -> dict:
     """Train, measure and save a GAN prior; returns the results dict (also in ``results.json``)."""
     previous_threads = torch.get_num_threads()
-    previous_run_dir = os.environ.get(RUN_DIR_ENV)  # new_run_dir() exports it (for DDP workers)
     if cfg.gan.num_threads:
         torch.set_num_threads(cfg.gan.num_threads)
     try:
         return _run_gan(cfg)
     finally:
         torch.set_num_threads(previous_threads)
-        # single-device job: don't let a second run in this process (a notebook) reuse this folder
-        if previous_run_dir is None:
-            os.environ.pop(RUN_DIR_ENV, None)
-        else:
-            os.environ[RUN_DIR_ENV] = previous_run_dir
 
 
 def _run_gan(cfg: Config) -> dict:
@@ -141,9 +136,39 @@ def _run_gan(cfg: Config) -> dict:
 
     name = run_name(cfg)
     config = to_container(cfg)
-    run_dir, ckpt_path = open_run_dir(cfg.resume, cfg.output_dir, name, config, "gan", _RESUMABLE_GAN_KEYS,
-                                      example="runs/gan_mnist/latest")
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    if g.export:
+        check_export(Path(g.export), g.export_overwrite)
+    run = open_run(cfg.resume, cfg.output_dir, name, config, "gan", _RESUMABLE_GAN_KEYS,
+                   example="runs/gan_mnist/latest")
+    try:
+        results = _train_in(run, cfg, clock, data, split, public, heldout, x_pub, y_pub, name, config)
+    except BaseException as exc:
+        if not run.committed:  # set-up failed: no orphan folder, latest not moved
+            run.abandon()
+        run.release()
+        raise
+    run.release()
+    return results
+
+
+def export_files(path: Path) -> dict:
+    stem = path.with_suffix("")
+    return {"prior": str(path), "record": f"{stem}.json", "classifier": f"{stem}_classifier.pt",
+            "samples": f"{stem}_samples.png"}
+
+
+def check_export(path: Path, overwrite: bool) -> None:
+    """Refuse to replace a shipped prior (and its record, classifier, samples) unless asked to."""
+    existing = [f for f in export_files(path).values() if Path(f).exists()]
+    if existing and not overwrite:
+        raise ConfigError(f"config key 'gan.export' = '{path}': {', '.join(existing)} exist(s); choose another "
+                          f"path or set gan.export_overwrite=true to replace them")
+
+
+def _train_in(run, cfg: Config, clock, data, split, public, heldout, x_pub, y_pub, name, config) -> dict:
+    g = cfg.gan
+    run_dir, ckpt_path = run.path, run.ckpt
+    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
     public_hash = indices_hash(split.public)
 
     module = GANModule(to_container(cfg)["gan"], data.channels, data.images.shape[-1], data.num_classes,
@@ -180,7 +205,9 @@ def _run_gan(cfg: Config) -> dict:
     loader = DataLoader(TensorDataset(x_pub, y_pub), batch_size=g.batch_size,
                         sampler=EpochSeededSampler(len(public), cfg.seed), drop_last=True)
     fit_clock = Stopwatch()
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    run.commit()
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=str(ckpt_path) if ckpt_path else None,
+                weights_only=True)
     train_seconds = fit_clock.seconds
 
     # the prior: EMA generator with recalibrated BN, in eval mode
@@ -223,11 +250,11 @@ def _run_gan(cfg: Config) -> dict:
     }
     if trainer.is_global_zero:
         save_prior(run_dir / "prior.pt", state)
-        torch.save(classifier_state(classifier), run_dir / "classifier.pt")
+        save_prior(run_dir / "classifier.pt", classifier_state(classifier))
         _save_png(grid, run_dir / "samples.png")
         write_json(run_dir / "results.json", results)
         if g.export:
-            results["exported"] = _export(Path(g.export), state, classifier, grid, results)
+            results["exported"] = _export(Path(g.export), state, classifier, grid, results, g.export_overwrite)
             write_json(run_dir / "results.json", results)
         if logger is not None:
             logger.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},
@@ -240,11 +267,10 @@ def _run_gan(cfg: Config) -> dict:
     return results
 
 
-def _export(path: Path, state: dict, classifier, grid: torch.Tensor, results: dict) -> dict:
+def _export(path: Path, state: dict, classifier, grid: torch.Tensor, results: dict, overwrite: bool) -> dict:
     """The shipped artefacts: prior, its record (.json), the domain classifier and the sample grid."""
-    stem = path.with_suffix("")
-    files = {"prior": str(path), "record": f"{stem}.json", "classifier": f"{stem}_classifier.pt",
-             "samples": f"{stem}_samples.png"}
+    check_export(path, overwrite)  # again: a file may have appeared while this run trained
+    files = export_files(path)
     save_prior(path, state)
     save_prior(Path(files["classifier"]), classifier_state(classifier))
     _save_png(grid, Path(files["samples"]))

@@ -50,6 +50,7 @@ class GANConfig:
     eval_samples: int = 1000
     classifier_epochs: int = 10
     export: Optional[str] = None
+    export_overwrite: bool = False
     num_threads: Optional[int] = None
 
     def check(self) -> None:
