@@ -412,15 +412,11 @@ def test_history_results_and_audit_count_completed_rounds(two_round_run):
     assert GroundTruth.load(run_dir / "audit" / "ground_truth" / "r0001_b000.pt").round == 1
 
 
-@pytest.mark.xfail(strict=True, reason="needs ggl/fl/run.py: ModelCheckpoint(filename='round{round:04.0f}') "
-                                       "(owned by another branch; see the hardening report)")
 def test_checkpoint_names_count_completed_rounds(two_round_run):
     _, run_dir, _ = two_round_run
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("round*.ckpt")) == ["round0002.ckpt"]
 
 
-@pytest.mark.xfail(strict=True, reason="needs the federation's W&B step = rounds completed (ggl/fl/module.py or "
-                                       "ggl/tracking.py, owned by other branches; see the hardening report)")
 def test_wandb_step_counts_completed_rounds(two_round_run):
     _, _, logged = two_round_run
     assert all(step == int(m["round"]) for step, m in logged if "round" in m)

@@ -187,7 +187,7 @@ class FedAvgModule(L.LightningModule):
             opt.zero_grad(set_to_none=True)
 
         fp32_bits = FLOAT_BITS * numel * (accepted + rejected)
-        self.log_dict({
+        round_metrics = {
             "round": float(rnd + 1),
             "round_seconds": time.perf_counter() - start,
             "uplink_bits": uplink_bits,
@@ -198,7 +198,10 @@ class FedAvgModule(L.LightningModule):
             "clients/failed": failed,
             "clients/failed_total": float(self.failed_total),
             "aggregates_rejected_total": float(self.aggregates_rejected_total),
-        }, on_step=True, on_epoch=False, prog_bar=False)
+        }
+        self.log_dict(round_metrics, on_step=True, on_epoch=False, prog_bar=False, logger=False)
+        for lg in self.loggers:  # W&B step = rounds completed, the one round numbering (README)
+            lg.log_metrics(round_metrics, step=rnd + 1)
         self.rounds_completed = rnd + 1
         self._last_round_stats = {"uplink_bits": uplink_bits,
                                   "compression_ratio": fp32_bits / uplink_bits if uplink_bits else 1.0}

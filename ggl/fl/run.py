@@ -1,9 +1,7 @@
 """``train.py`` with ``task: fedavg``: build the data, module, defences, logger and Trainer; fit."""
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import sys
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from ggl.atomic import atomic_write_text
 from ggl.errors import UserError
 from ggl.resume import RunFolder, open_run
 from ggl.tracking import Stopwatch, is_rank_zero, make_logger, write_json
-from ggl.trainer import build_trainer
+from ggl.trainer import RunInterrupted, build_trainer
 
 
 def run_name(cfg: Config) -> str:
@@ -158,27 +156,15 @@ def run_federation(cfg: Config, extra_callbacks=()) -> dict:
     except BaseException:
         run.abandon()
         raise
-    try:
+    try:  # ggl.trainer.Trainer turns Lightning's exit-on-Ctrl-C into RunInterrupted
         trainer.fit(module, datamodule=dm, ckpt_path=str(run.ckpt) if run.ckpt else None, weights_only=True)
-    except SystemExit:
-        if trainer.interrupted:  # Lightning turns Ctrl-C into sys.exit(1) after its graceful shutdown
-            raise _interrupted(run) from None
-        raise
     except KeyboardInterrupt:
-        raise _interrupted(run) from None
+        raise RunInterrupted(run.path) from None
     finally:
         run.release()
     results = writer.results(trainer, module)
     results["run_dir"] = str(run.path)
     return results
-
-
-def _interrupted(run: RunFolder) -> KeyboardInterrupt:
-    with contextlib.suppress(ValueError):  # Lightning ignores further Ctrl-C during its shutdown; restore
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    exc = KeyboardInterrupt(f"resume={run.path}")
-    exc.run_dir = run.path  # type: ignore[attr-defined]
-    return exc
 
 
 def _set_up(cfg: Config, dm: FederatedDataModule, run: RunFolder, name: str, label: str, config: dict,
@@ -196,7 +182,7 @@ def _set_up(cfg: Config, dm: FederatedDataModule, run: RunFolder, name: str, lab
         RoundProgressBar()] * bool(show_bar) + [
         writer,
         # Lightning 2.6 refreshes last.ckpt only when a top-k file is saved, so keep one (the newest)
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="round{epoch:04d}", save_last=True,
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="round{round:04.0f}", save_last=True,
                         save_top_k=1, every_n_epochs=cfg.checkpoint_every, auto_insert_metric_name=False),
     ]
     if cfg.audit.rounds:  # victim updates for attack.py source=<this run> (ggl/audit/capture.py)
