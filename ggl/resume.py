@@ -33,7 +33,35 @@ def experiment(config: dict, task: Optional[str] = None) -> dict:
     keys = EXPERIMENT_KEYS.get(task)
     if keys is None:
         return dict(config)
-    return {k: config.get(k) for k in keys}
+    return {k: _normalised(k, config.get(k)) for k in keys}
+
+
+def _normalised(key: str, value: Any) -> Any:
+    """A section as the current schema reads it, so a config saved before a key was added (with the
+    default it now has) still describes the same experiment: sections merged onto the schema's
+    defaults, defense entries through their own parser."""
+    if key in ("defenses", "attack") and value is not None:
+        from ggl.audit.victim import spec_dicts
+        from ggl.defenses.specs import parse_defense
+
+        def chain(entries):
+            try:
+                return spec_dicts([parse_defense(dict(e), key) for e in entries])
+            except Exception:  # not parseable any more: compare as written
+                return entries
+        if key == "defenses":
+            return chain(value)
+        if isinstance(value, dict) and isinstance(value.get("defenses"), list):
+            value = {**value, "defenses": [chain(c) if isinstance(c, list) else c for c in value["defenses"]]}
+    if isinstance(value, dict) and key in ("data", "model", "fl", "audit"):
+        from ggl.config import Config
+
+        try:
+            schema = OmegaConf.structured(getattr(Config(), key))
+            return OmegaConf.to_container(OmegaConf.merge(schema, value))
+        except Exception:  # a key the schema no longer knows: compare as written
+            return value
+    return value
 
 
 def resolve_resume(resume: str, example: str) -> Tuple[Path, Path]:

@@ -391,3 +391,16 @@ def test_done_check_ignores_keys_outside_the_experiment():
     other = to_container(load_config("fed_q4.yaml", ["fl.lr=0.5"]))
     assert comparable(base) == comparable(more)
     assert comparable(base) != comparable(other)
+
+
+def test_a_config_saved_before_a_key_existed_is_the_same_experiment():
+    """Runs made before `quantize.grid` / `audit.probe` existed stay resumable and "done" for the sweep."""
+    from ggl.resume import experiment
+
+    old = {"task": "fedavg", "seed": 0, "data": {}, "model": {}, "fl": {"rounds": 3}, "audit": {"rounds": []},
+           "defenses": [{"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}]}
+    new = {**old, "audit": {"rounds": [], "probe": None, "local_steps": None},
+           "defenses": [{**old["defenses"][0], "grid": "project"}]}
+    assert experiment(old) == experiment(new)
+    changed = {**new, "defenses": [{**new["defenses"][0], "grid": "seed"}]}
+    assert experiment(old) != experiment(changed)  # a real change still counts
