@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from ggl.errors import UserError
+from ggl.safe_load import safe_load
 
 KEY = "model.checkpoint"
 
@@ -27,7 +28,7 @@ def read_state(path: str | Path) -> Dict[str, Tensor]:
         raise UserError(f"config key '{KEY}' = '{path}': no such file (give a state_dict file saved with "
                         f"torch.save(model.state_dict(), path), or null for a fresh model)")
     try:
-        blob = torch.load(p, map_location="cpu", weights_only=True)
+        blob = safe_load(p, "model.checkpoint")  # weights_only, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says
     except Exception as exc:  # truncated file, a pickle that needs code, not a torch file at all
         first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise UserError(f"config key '{KEY}' = '{path}' could not be read as weights ({first})") from None

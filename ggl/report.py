@@ -44,6 +44,7 @@ from ggl.audit.truth import IMAGES_FILE
 from ggl.results import (ATTACKERS, FederationRef, FederationResult, ImageRecord, SchemaError, read_attack_records,
                          read_csv, write_csv)
 from ggl.stats import MeanCI, mean_ci, paired
+from ggl.safe_load import safe_load
 
 CSV_FILE = "per_image.csv"
 FILES = ("privacy_utility.png", "privacy_utility.md", "reconstructions.png", CSV_FILE)
@@ -482,7 +483,7 @@ def _load_images(path: Optional[Path]) -> Optional[dict]:
     import torch
 
     try:
-        images = torch.load(path, map_location="cpu", weights_only=True)
+        images = safe_load(path, "report images")  # weights_only, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says
         return {k: images[k].float().clamp(0, 1) for k in ("originals", "reconstructions", "prior_only")}
     except Exception as exc:  # a damaged file costs its row in the figure, not the report
         print(f"skipped {path}: {str(exc).splitlines()[0][:120]}", file=sys.stderr)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -404,3 +405,11 @@ def test_a_config_saved_before_a_key_existed_is_the_same_experiment():
     assert experiment(old) == experiment(new)
     changed = {**new, "defenses": [{**new["defenses"][0], "grid": "seed"}]}
     assert experiment(old) != experiment(changed)  # a real change still counts
+
+
+def test_every_load_goes_through_the_safe_loader():
+    """A new torch.load elsewhere would skip the forced weights_only (and the env-var override guard)."""
+    root = Path(__file__).resolve().parents[1] / "ggl"
+    direct = [str(p.relative_to(root)) for p in root.rglob("*.py")
+              if p.name != "safe_load.py" and re.search(r"torch\.load\(", p.read_text().split('"""', 2)[-1])]
+    assert direct == []

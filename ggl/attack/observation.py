@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ggl.errors import UserError
+from ggl.safe_load import safe_load
 
 FORMAT = "ggl.observation/1"
 
@@ -79,7 +80,7 @@ class Observation:
     def load(cls, path: str | Path) -> "Observation":
         path = Path(path)
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
+            blob = safe_load(path, "observation file")  # weights_only, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says
         except Exception as exc:  # unpickling error, truncated file, not a torch file
             raise UserError(f"observation file '{path}' could not be read ({str(exc).splitlines()[0][:120]})") from None
         if not isinstance(blob, dict) or blob.get("format") != FORMAT:

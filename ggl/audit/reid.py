@@ -24,6 +24,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 from torch import Tensor, nn
+from ggl.safe_load import safe_load
 
 SPACES = ("pixel", "feature")
 GALLERIES = ("all", "class")
@@ -87,7 +88,7 @@ def load_feature_classifier(prior_path: Path) -> Tuple[Optional[nn.Module], Opti
     from ggl.gan.quality import classifier_from_state
 
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = safe_load(path, "domain classifier")  # weights_only, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says
         return classifier_from_state(blob), str(public_hash), None
     except Exception as exc:
         return None, None, f"domain classifier '{path}' could not be loaded ({str(exc).splitlines()[0][:100]})"

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ggl.errors import UserError
+from ggl.safe_load import safe_load
 
 FORMAT = "ggl.ground_truth/1"
 OBS_DIR = "observations"
@@ -43,7 +44,7 @@ class GroundTruth:
     @classmethod
     def load(cls, path: str | Path) -> "GroundTruth":
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
+            blob = safe_load(path, "ground-truth file")  # weights_only, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says
         except Exception as exc:
             raise UserError(f"ground-truth file '{path}' could not be read ({str(exc).splitlines()[0][:120]})") from None
         if not isinstance(blob, dict) or blob.get("format") != FORMAT:

@@ -33,6 +33,7 @@ from ggl.audit.truth import GroundTruth, capture_paths
 from ggl.errors import ConfigError, UserError
 from ggl.fl.update import ClientUpdate
 from ggl.seeding import STREAM_AUDIT, STREAM_LOCAL_DATA, generator
+from ggl.safe_load import safe_load
 
 
 PROBES = ("fedsgd", "local_update")
@@ -114,7 +115,7 @@ def load_model_checkpoint(model: nn.Module, path: str) -> None:
     if not p.is_file():
         raise UserError(f"config key 'model.checkpoint' = '{path}': file not found")
     try:
-        blob = torch.load(p, map_location="cpu", weights_only=True)
+        blob = safe_load(p, "model checkpoint")  # weights_only, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says
     except Exception as exc:
         raise UserError(f"model checkpoint '{path}' could not be read ({str(exc).splitlines()[0][:120]})") from None
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else None

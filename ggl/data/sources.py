@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ggl.errors import UserError
+from ggl.safe_load import safe_load
 
 IMAGE_SIZE = 32
 
@@ -112,7 +113,7 @@ def _read_cache(cache: Path):
     """The 32x32 uint8 cache ``_torchvision`` wrote; a truncated or foreign file is a clear error."""
     fix = f"delete it and run again (it is rebuilt from the dataset files in '{cache.parent}')"
     try:
-        blob = torch.load(cache, map_location="cpu", weights_only=True)
+        blob = safe_load(cache, "dataset cache")  # weights_only, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says
     except Exception as exc:  # truncated zip, a pickle that needs code, not a torch file
         first = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
         raise UserError(f"dataset cache '{cache}' could not be read ({first}); {fix}") from None
