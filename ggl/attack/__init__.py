@@ -47,12 +47,16 @@ def prior_probes(G: nn.Module, n: int, num_classes: int, seed: int) -> Tensor:
 
 
 def attack(obs: Observation, G: nn.Module, cfg, seed: int, labels: Optional[Tensor] = None,
-           tick=None, model: Optional[nn.Module] = None) -> SearchResult:
-    """Reconstruct the images behind ``obs``. ``labels`` overrides label inference (ablation only)."""
+           tick=None, model: Optional[nn.Module] = None, watch=None) -> SearchResult:
+    """Reconstruct the images behind ``obs``. ``labels`` overrides label inference (ablation only).
+    The search runs on ``cfg.device``; the result comes back on the CPU. ``watch``: see ``run_search``."""
+    from ggl.attack.device import attack_device
+
     model = model if model is not None else obs.build_model()
     if labels is None:
         probes = prior_probes(G, 64, obs.num_classes, seed) if obs.batch_size > 1 else None
         labels = infer_labels(obs, model, probes)
     objective = GGLObjective(obs, G, labels, loss=cfg.loss, kl_weight=cfg.kl_weight, adaptive=cfg.adaptive,
-                             evaluation=cfg.evaluation, model=model)
-    return run_search(objective, cfg, seed, tick=tick)
+                             evaluation=cfg.evaluation, model=model,
+                             device=attack_device(getattr(cfg, "device", "auto")))
+    return run_search(objective, cfg, seed, tick=tick, watch=watch)

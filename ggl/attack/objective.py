@@ -16,10 +16,16 @@ against 19.5 dB with weight 0. Hence the default 0; use it only rescaled to the 
 
 A population of candidates ``z`` (P, B * latent_dim) is evaluated in one vectorised pass
 (``evaluation: batched``) or one candidate at a time (``evaluation: loop``, the reference).
+
+Everything the search touches (the attacked model, the generator, the labels, the observed update and
+the defence model) lives on ``device``; the model and generator the caller passed stay where they
+are (the evaluator scores on the CPU), the objective works on copies when the device differs.
 """
 from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
+
+import copy
 
 import torch
 from torch import Tensor, nn
@@ -49,22 +55,32 @@ def kl_latent(z: Tensor) -> Tensor:
     return (-0.5 * (1 + torch.log(var + 1e-10) - mu ** 2 - var)).sum(-1)
 
 
+def _on(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` itself when it already lives on ``device``, else a copy there."""
+    first = next(iter(module.parameters()), None)
+    if first is None or first.device == device:
+        return module
+    return copy.deepcopy(module).to(device)
+
+
 class GGLObjective:
     """Losses of candidate latents for one observation, with the attacker's inferred labels."""
 
     def __init__(self, obs: Observation, generator: nn.Module, labels: Tensor, loss: str = "l2",
                  kl_weight: float = 0.0, adaptive: bool = False, evaluation: str = "batched",
-                 model: Optional[nn.Module] = None):
+                 model: Optional[nn.Module] = None, device: torch.device | str = "cpu"):
         self.obs = obs
-        self.model = model if model is not None else obs.build_model()
+        self.device = torch.device(device)
+        model = model if model is not None else obs.build_model()
+        self.model = _on(model, self.device)
         self.sim = ClientSimulator(self.model, obs)
         dtype = next(self.model.parameters()).dtype
-        self.target: List[Tensor] = [t.to(dtype) for t in obs.update]
-        self.defence = DefenceModel(obs.defenses, obs.update) if adaptive else None
+        self.target: List[Tensor] = [t.to(self.device, dtype) for t in obs.update]
+        self.defence = DefenceModel(obs.defenses, self.target) if adaptive else None
         if self.defence is not None and not self.defence.active:
             self.defence = None
-        self.G = generator
-        self.labels = labels.long().view(-1)
+        self.G = _on(generator, self.device)
+        self.labels = labels.long().view(-1).to(self.device)
         self.batch = obs.batch_size
         self.latent_dim = int(generator.latent_dim)
         self.dim = self.batch * self.latent_dim
@@ -94,6 +110,7 @@ class GGLObjective:
     def __call__(self, z: Tensor, evaluation: Optional[str] = None) -> Tensor:
         """(P,) losses of P candidates z (P, B * latent_dim)."""
         mode = evaluation or self.evaluation
+        z = z.to(self.device)
         self.evaluations += z.shape[0]
         if mode == "batched":
             x = self.images(z)

@@ -10,6 +10,8 @@ from ggl.errors import ConfigError
 OPTIMIZERS = ("cmaes", "adam", "cmaes_adam")
 LOSSES = ("l2", "cosine")
 EVALUATIONS = ("batched", "loop")
+LIMITS = {"population": 100_000, "generations": 10_000_000, "restarts": 10_000, "adam_steps": 10_000_000,
+          "adam_restarts": 100_000}
 
 
 @dataclass
@@ -34,12 +36,19 @@ class AttackConfig:
     max_observations: Optional[int] = None
     torch_threads: Optional[int] = None
     progress: bool = True
+    device: str = "auto"                  # auto | cpu | cuda (ggl/attack/device.py)
+    patience: Optional[int] = None        # early stopping per search phase; null = the full budget
+    image_every: int = 20                 # W&B: the best reconstruction so far every N search steps; 0 = off
 
     def check(self) -> None:
         from ggl.defenses.specs import parse_defense
 
-        for key, allowed in (("optimizer", OPTIMIZERS), ("loss", LOSSES), ("evaluation", EVALUATIONS)):
+        from ggl.attack.device import DEVICES, check_device
+
+        for key, allowed in (("optimizer", OPTIMIZERS), ("loss", LOSSES), ("evaluation", EVALUATIONS),
+                             ("device", DEVICES)):
             one_of(getattr(self, key), allowed, f"attack.{key}")
+        check_device(self.device)
         uses_cma = self.optimizer in ("cmaes", "cmaes_adam")
         uses_adam = self.optimizer in ("adam", "cmaes_adam")
         if uses_cma:
@@ -60,6 +69,15 @@ class AttackConfig:
                 raise ConfigError(f"config key 'attack.adam_restarts' = {self.adam_restarts} must be >= 1")
             if not self.adam_lr > 0:
                 raise ConfigError(f"config key 'attack.adam_lr' = {self.adam_lr} must be > 0")
+        for key, most in LIMITS.items():  # beyond these a typo, not a budget (memory or years of CPU)
+            if getattr(self, key) > most:
+                raise ConfigError(f"config key 'attack.{key}' = {getattr(self, key)} is absurdly large "
+                                  f"(at most {most}); did you mean a smaller number?")
+        if self.image_every < 0:
+            raise ConfigError(f"config key 'attack.image_every' = {self.image_every} must be >= 0 (0 = no images)")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"config key 'attack.patience' = {self.patience} must be >= 1 (or null: no early "
+                              f"stopping)")
         if self.latent_bound is not None and not self.latent_bound > 0:
             raise ConfigError(f"config key 'attack.latent_bound' = {self.latent_bound} must be > 0 (or null)")
         if self.kl_weight < 0:

@@ -3,6 +3,15 @@
 The reconstruction is the best candidate by loss over the whole search. numpy's BLAS threads (used
 inside ``cmaes``) are pinned to 1 for the search: on 2 cores an unpinned OpenBLAS fighting torch's
 threads made each generation ~4x slower.
+
+Candidates live on the objective's device (``attack.device``); only the losses CMA-ES is told come
+back to the CPU. ``watch`` is called after every generation / Adam step with a ``SearchStep`` (the
+best loss so far and the best reconstruction on demand): the attack's W&B run streams from it and
+``benchmarks/bench_budget.py`` reads its leakage-vs-CPU-seconds curve from it.
+
+Early stopping (``attack.patience``): a phase (one CMA-ES restart, the Adam fine-tuning) ends once
+its best loss has not improved by more than ``REL_IMPROVEMENT`` (relative) for ``patience``
+generations / steps; with early stopping on, CMA-ES also ends where ``cmaes`` itself says the run has converged.
 """
 from __future__ import annotations
 
@@ -18,6 +27,7 @@ from ggl.attack.objective import GGLObjective
 from ggl.seeding import derived_seed
 
 Tick = Optional[Callable[[int], None]]
+REL_IMPROVEMENT = 1e-3  # a loss that falls by less than 0.1% is no improvement for early stopping
 
 
 @dataclass
@@ -29,6 +39,62 @@ class SearchResult:
     curve: List[float] = field(default_factory=list)  # best-so-far loss per generation / Adam step
     evaluations: int = 0
     seconds: float = 0.0
+
+
+@dataclass
+class SearchStep:
+    """What a watcher sees after each generation / Adam step."""
+    step: int                      # units done (generations + Adam steps, skipped ones included)
+    total: int                     # units of the full budget
+    phase: str                     # cmaes | adam
+    loss: float                    # best loss so far
+    objective: GGLObjective
+    best: "_Best"
+
+    def images(self) -> Optional[Tensor]:
+        """The best reconstruction so far (B, C, H, W) on the CPU; None before any finite loss."""
+        if self.best.z is None:
+            return None
+        with torch.no_grad():
+            return self.objective.images(self.best.z.view(1, -1))[0].detach().cpu()
+
+
+Watch = Optional[Callable[[SearchStep], None]]
+
+
+class Patience:
+    """Stop once the best loss has not improved (by > ``REL_IMPROVEMENT``) for ``patience`` updates;
+    ``patience=None`` never stops."""
+
+    def __init__(self, patience: Optional[int]):
+        self.patience, self.best, self.stale = patience, float("inf"), 0
+
+    def exhausted(self, loss: float) -> bool:
+        if loss < self.best - REL_IMPROVEMENT * abs(self.best) or not np.isfinite(self.best):
+            self.best, self.stale = min(loss, self.best), 0
+        else:
+            self.stale += 1
+        return self.patience is not None and self.stale >= self.patience
+
+
+class _Progress:
+    """Counts units for the bar (``tick``) and the watcher; skipped units of a stopped phase count."""
+
+    def __init__(self, objective: GGLObjective, best: "_Best", total: int, tick: Tick, watch: Watch):
+        self.objective, self.best, self.total, self.tick, self.watch = objective, best, total, tick, watch
+        self.step = 0
+
+    def advance(self, phase: str, n: int = 1) -> None:
+        self.step += n
+        if self.tick:
+            self.tick(n)
+        if self.watch:
+            self.watch(SearchStep(self.step, self.total, phase, self.best.loss, self.objective, self.best))
+
+    def skip(self, n: int) -> None:
+        self.step += n
+        if self.tick and n:
+            self.tick(n)
 
 
 def search_units(cfg) -> int:
@@ -77,8 +143,8 @@ def ask_generation(opt, n: int) -> np.ndarray:
 
 
 def cmaes_search(objective: GGLObjective, *, population: int, generations: int, restarts: int,
-                 sigma: float, bound: Optional[float], seed: int, best: _Best, tick: Tick = None,
-                 keep: int = 1) -> List[Tensor]:
+                 sigma: float, bound: Optional[float], seed: int, best: _Best, progress: "_Progress",
+                 keep: int = 1, patience: Optional[int] = None) -> List[Tensor]:
     """CMA-ES from the prior's mean; returns the ``keep`` best candidates of the final generations."""
     from cmaes import CMA
 
@@ -88,19 +154,22 @@ def cmaes_search(objective: GGLObjective, *, population: int, generations: int, 
     for r in range(restarts):
         opt = CMA(mean=np.zeros(dim), sigma=sigma, bounds=bounds, population_size=population,
                   seed=derived_seed(seed, r, 0xC3A) % (2 ** 31))
-        for _ in range(generations):
+        stopper = Patience(patience)
+        for g in range(generations):
             xs = ask_generation(opt, opt.population_size)
             # the distribution's mean rides along (one extra candidate, never told to CMA-ES): late in
             # a run the recombined mean is often better than every sample around it
-            z = torch.from_numpy(np.vstack([xs, opt.mean[None]])).float()
+            z = torch.from_numpy(np.vstack([xs, opt.mean[None]])).float().to(objective.device)
             with torch.no_grad():
                 losses = objective(z)
             best.offer(z, losses)
             losses = losses[:-1]
-            vals = np.nan_to_num(losses.double().numpy(), nan=np.inf, posinf=1e300)
+            vals = np.nan_to_num(losses.detach().cpu().double().numpy(), nan=np.inf, posinf=1e300)
             opt.tell(list(zip(xs, vals.clip(max=1e300))))
-            if tick:
-                tick(1)
+            progress.advance("cmaes")
+            if stopper.exhausted(float(vals.min())) or (patience is not None and opt.should_stop()):
+                progress.skip(generations - g - 1)
+                break
         order = np.argsort(vals)[:keep]
         finalists += [(float(vals[i]), z[i]) for i in order]
     finalists.sort(key=lambda t: t[0])
@@ -108,12 +177,13 @@ def cmaes_search(objective: GGLObjective, *, population: int, generations: int, 
 
 
 def adam_search(objective: GGLObjective, z0: Tensor, *, steps: int, lr: float, bound: Optional[float],
-                best: _Best, tick: Tick = None) -> None:
+                best: _Best, progress: "_Progress", patience: Optional[int] = None) -> None:
     """Adam on z (R, dim) through the generator and the trial update (double backprop), R restarts
     in one batch."""
-    z = z0.detach().clone().requires_grad_(True)
+    z = z0.detach().clone().to(objective.device).requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
-    for _ in range(steps):
+    stopper = Patience(patience)
+    for k in range(steps):
         losses = objective(z)
         best.offer(z, losses)
         opt.zero_grad(set_to_none=True)
@@ -122,39 +192,43 @@ def adam_search(objective: GGLObjective, z0: Tensor, *, steps: int, lr: float, b
         if bound is not None:
             with torch.no_grad():
                 z.clamp_(-bound, bound)
-        if tick:
-            tick(1)
+        progress.advance("adam")
+        if stopper.exhausted(best.loss):
+            progress.skip(steps - k - 1)
+            break
     with torch.no_grad():
         best.offer(z, objective(z))
         best.curve.pop()  # the final check is not a step of its own
 
 
-def run_search(objective: GGLObjective, cfg, seed: int, tick: Tick = None) -> SearchResult:
+def run_search(objective: GGLObjective, cfg, seed: int, tick: Tick = None, watch: Watch = None) -> SearchResult:
     """Search with the optimiser of ``cfg`` (an ``AttackConfig``); the best candidate wins."""
     from threadpoolctl import threadpool_limits
 
     start = time.perf_counter()
     objective.evaluations = 0
     best = _Best()
+    progress = _Progress(objective, best, search_units(cfg), tick, watch)
+    patience = getattr(cfg, "patience", None)
     gen = torch.Generator().manual_seed(derived_seed(seed, 0xADA))
     with threadpool_limits(limits=1, user_api="blas"):
         if cfg.optimizer in ("cmaes", "cmaes_adam"):
             keep = cfg.adam_restarts if cfg.optimizer == "cmaes_adam" else 1
             finalists = cmaes_search(objective, population=cfg.population, generations=cfg.generations,
                                      restarts=cfg.restarts, sigma=cfg.sigma, bound=cfg.latent_bound,
-                                     seed=seed, best=best, tick=tick, keep=keep)
+                                     seed=seed, best=best, progress=progress, keep=keep, patience=patience)
         if cfg.optimizer in ("adam", "cmaes_adam"):
             if cfg.optimizer == "adam":
                 z0 = torch.randn(cfg.adam_restarts, objective.dim, generator=gen)
             else:  # fine-tune the best CMA-ES candidates (the overall best first)
                 z0 = torch.stack([best.z] + finalists)[:cfg.adam_restarts]
             adam_search(objective, z0, steps=cfg.adam_steps, lr=cfg.adam_lr, bound=cfg.latent_bound,
-                        best=best, tick=tick)
+                        best=best, progress=progress, patience=patience)
     if best.z is None:  # every candidate was non-finite: fall back to the prior's mean
-        best.z = torch.zeros(objective.dim)
+        best.z = torch.zeros(objective.dim, device=objective.device)
     z = best.z.view(objective.batch, objective.latent_dim)
     with torch.no_grad():
         images = objective.images(best.z.view(1, -1))[0]
-    return SearchResult(z=z, images=images.detach(), labels=objective.labels.clone(), loss=best.loss,
-                        curve=best.curve, evaluations=objective.evaluations,
+    return SearchResult(z=z.detach().cpu(), images=images.detach().cpu(), labels=objective.labels.cpu().clone(),
+                        loss=best.loss, curve=best.curve, evaluations=objective.evaluations,
                         seconds=time.perf_counter() - start)

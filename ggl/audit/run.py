@@ -10,13 +10,12 @@ Outputs in ``runs/<name>/<timestamp>/``:
   prior-only baseline; ``<setting>/grid.png`` per setting;
 * ``<setting>/images.pt``: the same images as tensors (``IMAGES_FILE``: originals, reconstructions,
   prior-only, each (N, C, H, W) in [0, 1]), from which ``ggl.report`` composes its figure;
-* one W&B run per setting (offline by default), all in one group, with the grid and the loss curve;
+* one W&B run per setting (offline by default), all in one group, opened before its searches and
+  streaming the loss curve, the best reconstruction so far and the progress (``ggl.audit.live``);
 * ``captures/`` (fresh mode): the observations and, separately, the ground truth.
 """
 from __future__ import annotations
 
-import math
-import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -28,6 +27,7 @@ from ggl.allocator import retain_freed_memory
 from ggl.attack import attack, check_prior_fits, search_units
 from ggl.attack.observation import Observation
 from ggl.audit.evaluate import Evaluator, summarize
+from ggl.audit.live import LiveAttackRun
 from ggl.audit.truth import IMAGES_FILE, OBS_DIR, TRUTH_DIR, find_captures
 from ggl.errors import UserError
 from ggl.seeding import derived_seed
@@ -130,30 +130,6 @@ def _fmt(v, spec=".2f"):
     return "n/a" if v is None else format(v, spec)
 
 
-def _log_wandb(cfg, run_dir: Path, name: str, group: str, label: str, config: dict, summary: dict,
-               curves: List[List[float]], grid: Path) -> None:
-    """One W&B run for one defence setting: the loss curve, the grid, the summary."""
-    if cfg.logger.mode == "disabled":
-        return
-    import wandb
-
-    os.environ.setdefault("WANDB_SILENT", "true")
-    run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group or group,
-                     name=f"{name}-{label}", job_type="attack", dir=str(run_dir), mode=cfg.logger.mode,
-                     tags=sorted({"attack", label, cfg.attack.optimizer} | set(cfg.logger.tags)),
-                     config={**config, "setting": label})
-    try:
-        length = max((len(c) for c in curves), default=0)
-        for step in range(length):  # mean over images of log10(best loss so far)
-            vals = [math.log10(max(c[min(step, len(c) - 1)], 1e-300)) for c in curves if c]
-            run.log({"attack/log10_best_loss": float(np.mean(vals)), "attack/step": step}, step=step)
-        run.log({"reconstructions": wandb.Image(str(grid), caption=f"{label}: originals over reconstructions")},
-                step=length)
-        run.summary.update({k: v for k, v in summary.items() if v is not None})
-    finally:
-        run.finish()
-
-
 # ---------------------------------------------------------------------------------------------
 # the job
 
@@ -196,43 +172,50 @@ def run_attack_cli(cfg, prior=None) -> dict:
         for label in labels:
             setting = label + suffix
             setting_clock = Stopwatch()
-            rows, curves, truths, recons, bases = [], [], [], [], []
-            for k, (obs_path, truth_path) in enumerate(captures[label]):
-                obs = observations[obs_path]
-                bar.set_postfix_str(f"{setting} {obs.obs_id}", refresh=False)
-                given = evaluator.true_labels(truth_path) if a.true_labels else None  # ABLATION ONLY
-                seed = derived_seed(cfg.seed, 0x6617, k)
-                model = obs.build_model()
-                res = attack(obs, G, a, seed, labels=given, tick=bar.update, model=model)
-                img_rows, truth, recon, base = evaluator.evaluate(truth_path, obs.obs_id, res.images, res.labels,
-                                                                  G, model, seed)
-                for r in img_rows:
-                    r.update({"setting": setting, "loss": res.loss, "evaluations": res.evaluations,
-                              "search_seconds": res.seconds,
-                              "labels_given": "true labels (ablation)" if a.true_labels else "inferred"})
-                rows += img_rows
-                curves.append(res.curve)
-                truths.append(truth), recons.append(recon), bases.append(base)
-            summary = summarize(rows, setting_clock.seconds, evaluator.lpips.reason)
-            if a.true_labels:
-                summary["label_acc_note"] = "attack.true_labels=true: the attacker was given the true labels (ablation)"
-            truth_all, recon_all, base_all = torch.cat(truths), torch.cat(recons), torch.cat(bases)
-            originals = truth_all if originals is None else originals
-            baseline_row = base_all if baseline_row is None else baseline_row
-            title = f"{setting}\n{_fmt(summary['psnr_mean'], '.1f')} dB"
-            grid_rows.append((title, recon_all))
-            setting_dir = run_dir / setting
-            grid = save_grid(setting_dir / "grid.png", truth_all,
-                             [(title, recon_all), (f"prior only\n{_fmt(summary['baseline_psnr_mean'], '.1f')} dB", base_all)])
-            torch.save({k: v.detach().cpu().clamp(0, 1) for k, v in (("originals", truth_all), ("reconstructions", recon_all),
-                                                                    ("prior_only", base_all))},
-                       setting_dir / IMAGES_FILE)
-            write_json(setting_dir / "results.json", {"config": {**config, "setting": setting}, "per_image": rows,
-                                                      "summary": summary})
-            results["per_image"] += rows
-            results["summary"][setting] = summary
-            write_json(run_dir / "results.json", results)
-            _log_wandb(cfg, setting_dir, name, group, setting, config, summary, curves, grid)
+            rows, truths, recons, bases = [], [], [], []
+            chain = observations[captures[label][0][0]].defenses  # what the clients really applied
+            live = LiveAttackRun(cfg, run_dir / setting, name, group, setting, config, chain,
+                                 len(captures[label]), search_units(a))
+            try:
+                for k, (obs_path, truth_path) in enumerate(captures[label]):
+                    obs = observations[obs_path]
+                    bar.set_postfix_str(f"{setting} {obs.obs_id}", refresh=False)
+                    given = evaluator.true_labels(truth_path) if a.true_labels else None  # ABLATION ONLY
+                    seed = derived_seed(cfg.seed, 0x6617, k)
+                    model = obs.build_model()
+                    res = attack(obs, G, a, seed, labels=given, tick=bar.update, model=model,
+                                 watch=live.watcher(k, obs.obs_id))
+                    img_rows, truth, recon, base = evaluator.evaluate(truth_path, obs.obs_id, res.images, res.labels,
+                                                                      G, model, seed)
+                    for r in img_rows:
+                        r.update({"setting": setting, "loss": res.loss, "evaluations": res.evaluations,
+                                  "search_seconds": res.seconds,
+                                  "labels_given": "true labels (ablation)" if a.true_labels else "inferred"})
+                    rows += img_rows
+                    truths.append(truth), recons.append(recon), bases.append(base)
+                summary = summarize(rows, setting_clock.seconds, evaluator.lpips.reason)
+                if a.true_labels:
+                    summary["label_acc_note"] = "attack.true_labels=true: the attacker was given the true labels (ablation)"
+                truth_all, recon_all, base_all = torch.cat(truths), torch.cat(recons), torch.cat(bases)
+                originals = truth_all if originals is None else originals
+                baseline_row = base_all if baseline_row is None else baseline_row
+                title = f"{setting}\n{_fmt(summary['psnr_mean'], '.1f')} dB"
+                grid_rows.append((title, recon_all))
+                setting_dir = run_dir / setting
+                grid = save_grid(setting_dir / "grid.png", truth_all,
+                                 [(title, recon_all), (f"prior only\n{_fmt(summary['baseline_psnr_mean'], '.1f')} dB", base_all)])
+                torch.save({k: v.detach().cpu().clamp(0, 1) for k, v in (("originals", truth_all), ("reconstructions", recon_all),
+                                                                        ("prior_only", base_all))},
+                           setting_dir / IMAGES_FILE)
+                write_json(setting_dir / "results.json", {"config": {**config, "setting": setting}, "per_image": rows,
+                                                          "summary": summary})
+                results["per_image"] += rows
+                results["summary"][setting] = summary
+                write_json(run_dir / "results.json", results)
+            except BaseException:
+                live.abort()
+                raise
+            live.finish(summary, grid, setting)
     finally:
         bar.close()
     if originals is not None:
