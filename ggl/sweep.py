@@ -6,7 +6,8 @@
 The sweep file is W&B Sweeps syntax (``method: grid``; ``parameters`` with ``value:``/``values:``), so
 ``wandb sweep <file>`` + ``wandb agent <id>`` run the same grid across machines: the agent runs the
 file's ``command``, i.e. ``--one`` with the point's parameters as ``key=value`` (``${args_no_hyphens}``).
-Locally every grid point runs in this process, one after the other, behind one progress bar with an
+Locally every grid point runs in this process, one after the other (or, with `workers=N`, in N worker
+processes of `torch_threads` threads each, a point per process at a time), behind one progress bar with an
 estimate of the time left.
 
 One grid point (a *setting*) = one federation (``fed_config`` + ``fed.<key>`` overrides + the point's
@@ -38,7 +39,7 @@ from ggl.errors import ConfigError, UserError
 ATTACKERS = ("non-adaptive", "adaptive")
 SHARED_KEYS = ("seed", "output_dir")           # parameters given to both jobs as they are
 SHARED_PREFIXES = ("logger.",)
-SWEEP_KEYS = ("defenses", "fed_config", "attack_config", "attackers", "torch_threads")
+SWEEP_KEYS = ("defenses", "fed_config", "attack_config", "attackers", "torch_threads", "workers")
 W_AND_B_TOP_KEYS = {"apiVersion", "kind", "controller", "description", "program", "job", "image_uri", "entity",
                     "project", "method", "command", "name", "run_cap", "metric", "metrics", "scheduler",
                     "early_terminate", "parameters"}
@@ -444,8 +445,71 @@ def mark_done(points: List[Point]) -> None:
             a.done_dir = find_attack(a, p.fed.done_dir) if p.fed.done_dir else None
 
 
-def run_points(points: List[Point], progress: bool = True) -> dict:
-    """Run every job not done yet; a failing job is reported and its setting's later jobs skipped."""
+def _run_point(p: Point, write, start=None, done=None) -> List[Tuple[Job, str, float]]:
+    """Run the jobs of one grid point not done yet, in order: [(job, status, seconds)], status "ran",
+    "failed", "skipped" (done before the sweep) or "found" (found done once its federation resumed),
+    each also handed to ``done`` as it is known. A failing job is reported with ``write`` and its
+    setting's later jobs fail."""
+    out: List[Tuple[Job, str, float]] = []
+
+    def emit(job: Job, status: str, seconds: float = 0.0) -> None:
+        out.append((job, status, seconds))
+        if done is not None:
+            done(job, status, seconds)
+
+    for job in [p.fed] + p.attacks:
+        found = False
+        if job.kind == "attack" and job.done_dir is None and p.fed.done_dir is not None:
+            job.done_dir = find_attack(job, p.fed.done_dir)  # its federation was resumed just now
+            found = job.done_dir is not None
+        if job.done_dir is not None:
+            emit(job, "found" if found else "skipped")
+            continue
+        if job.kind == "attack" and p.fed.done_dir is None:  # its federation failed
+            emit(job, "failed")
+            continue
+        if start:
+            start(job)
+        t0 = time.perf_counter()
+        try:
+            with _job_env():
+                if job.kind == "fed":
+                    what = f"resuming {job.resume_dir}" if job.resume_dir else "starting"
+                    write(f"[sweep] federation {job.name}: {what}")
+                    job.done_dir = run_fed(job)
+                else:
+                    write(f"[sweep] attack {job.name} on {p.fed.done_dir}")
+                    job.done_dir = run_attack(job, p.fed.done_dir)
+        except UserError as exc:
+            write(f"[sweep] {job.kind} {job.name} failed: {exc}")
+            emit(job, "failed")
+            continue
+        except Exception as exc:  # one broken setting must not lose the others
+            write(f"[sweep] {job.kind} {job.name} failed: {type(exc).__name__}: {exc}")
+            emit(job, "failed")
+            continue
+        emit(job, "ran", time.perf_counter() - t0)
+    return out
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _worker_point(p: Point) -> Tuple[Point, List[Tuple[str, str, float]]]:
+    """A grid point in a worker process; jobs come back by name (the parent holds its own Job objects)."""
+    done = _run_point(p, lambda msg: print(msg, file=sys.stderr, flush=True))
+    return p, [(job.name, status, seconds) for job, status, seconds in done]
+
+
+def run_points(points: List[Point], progress: bool = True, workers: int = 1) -> dict:
+    """Run every job not done yet; a failing job is reported and its setting's later jobs skipped.
+
+    ``workers`` > 1: grid points (independent of each other) run in that many worker processes of
+    ``torch_threads`` threads each (1 if unset), e.g. two one-thread processes on 2 cores instead of
+    one two-thread process; a point's own jobs still run in order (its attacks need its federation)."""
     mark_done(points)
     threads = points[0].params.get("torch_threads") if points else None
     if threads:
@@ -456,43 +520,43 @@ def run_points(points: List[Point], progress: bool = True) -> dict:
     bar = Progress(jobs, enabled=progress)
     summary = {"ran": [], "skipped": [], "failed": [], "wall_seconds": 0.0}
     clock = time.perf_counter()
+
+    def record(job: Job, status: str, seconds: float) -> None:
+        summary["skipped" if status == "found" else status].append(job.name)
+        if status == "ran":
+            bar.finish(job, seconds)
+        elif status in ("failed", "found"):
+            bar.skip(job)
+
     try:
-        for p in points:
-            for job in [p.fed] + p.attacks:
-                if job.kind == "attack" and job.done_dir is None and p.fed.done_dir is not None:
-                    job.done_dir = find_attack(job, p.fed.done_dir)  # its federation was resumed just now
-                    if job.done_dir is not None:
-                        bar.skip(job)
-                if job.done_dir is not None:
-                    summary["skipped"].append(job.name)
-                    continue
-                if job.kind == "attack" and p.fed.done_dir is None:  # its federation failed
-                    summary["failed"].append(job.name)
-                    bar.skip(job)
-                    continue
-                bar.start(job)
-                t0 = time.perf_counter()
-                try:
-                    with _job_env():
-                        if job.kind == "fed":
-                            what = f"resuming {job.resume_dir}" if job.resume_dir else "starting"
-                            bar.write(f"[sweep] federation {job.name}: {what}")
-                            job.done_dir = run_fed(job)
-                        else:
-                            bar.write(f"[sweep] attack {job.name} on {p.fed.done_dir}")
-                            job.done_dir = run_attack(job, p.fed.done_dir)
-                except UserError as exc:
-                    bar.write(f"[sweep] {job.kind} {job.name} failed: {exc}")
-                    summary["failed"].append(job.name)
-                    bar.skip(job)
-                    continue
-                except Exception as exc:  # one broken setting must not lose the others
-                    bar.write(f"[sweep] {job.kind} {job.name} failed: {type(exc).__name__}: {exc}")
-                    summary["failed"].append(job.name)
-                    bar.skip(job)
-                    continue
-                bar.finish(job, time.perf_counter() - t0)
-                summary["ran"].append(job.name)
+        if workers > 1 and len(points) > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                                     initargs=(int(threads or 1),)) as pool:
+                futures = {pool.submit(_worker_point, p): p for p in points}
+                for fut in as_completed(futures):
+                    p = futures[fut]
+                    try:
+                        done_point, done = fut.result()
+                    except Exception as exc:  # the worker itself died
+                        bar.write(f"[sweep] setting {p.setting} failed: {type(exc).__name__}: {exc}")
+                        for job in [p.fed] + p.attacks:
+                            if job.done_dir is None:
+                                record(job, "failed", 0.0)
+                        continue
+                    by_name = {j.name: j for j in [done_point.fed] + done_point.attacks}
+                    for job in [p.fed] + p.attacks:
+                        name_status = next((d for d in done if d[0] == job.name), None)
+                        if name_status is None:
+                            continue
+                        job.done_dir = by_name[job.name].done_dir
+                        record(job, name_status[1], name_status[2])
+        else:
+            for p in points:
+                _run_point(p, bar.write, bar.start, record)
     finally:
         bar.close()
         summary["wall_seconds"] = time.perf_counter() - clock
@@ -594,6 +658,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             if multi:
                 raise ConfigError(f"--one runs one grid point: give one value for {', '.join(multi)} "
                                   f"(e.g. defenses=[])")
+        workers = grid.get("workers", [1])[0]
+        if not isinstance(workers, int) or workers < 1:
+            raise ConfigError(f"sweep parameter 'workers' = {workers} must be >= 1")
         points = plan(grid, seeds_vary)
         if args.list:
             mark_done(points)
@@ -603,7 +670,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                   for j in jobs)
                 print(f"{p.setting}: {state}")
             return 0
-        summary = run_points(points, progress=not args.no_progress)
+        summary = run_points(points, progress=not args.no_progress, workers=workers)
         if args.one and os.environ.get("WANDB_SWEEP_ID") and not summary["failed"]:
             _log_agent_run(points[0])
     except UserError as exc:
