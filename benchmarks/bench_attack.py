@@ -1,7 +1,8 @@
 """Candidate evaluations per second: batched (torch.func.vmap over a CMA-ES population) vs one at a time.
 
     python benchmarks/bench_attack.py [--prior checkpoints/gan_mnist5k.pt] [--population 50]
-                                      [--threads 1] [--seconds 10] [--adaptive]
+                                      [--threads 1] [--seconds 10] [--adaptive | --non-adaptive]
+                                      [--victims 32]
 
 A candidate evaluation is one latent -> G(z, y) -> the victim's trial update at the attacked model
 (sigmoid LeNet, DLG init, FedSGD) -> the GGL matching loss: what one CMA-ES candidate costs.
@@ -10,12 +11,19 @@ reference loop, plain autograd per candidate (``evaluation: loop``). Both run in
 the same candidates and must agree on the losses.
 The attacked update is a real private MNIST digit's. Also printed: the same without the generator
 (images given), i.e. the part that vmap batches beyond the generator's own batching.
-The last line is ``speedup: <batched / one-at-a-time evaluations per second>``.
+Both modes (non-adaptive, adaptive: the trial update passes the 4-bit quantizer) run by default, each
+printing ``speedup[<mode>]: <batched / one-at-a-time evaluations per second>``.
+
+Victims batched: ``--victims`` victims' populations (victims x population candidates, each victim's
+own label) through one ``vmap`` against one victim's population per pass, per candidate; then the
+process's peak resident memory (``ru_maxrss``) after that pass, i.e. what an attack with that many
+victims batched needs at most. The last line is ``speedup: <the smallest ratio over the modes>``.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -26,6 +34,82 @@ sys.path.insert(0, str(REPO))
 from _attack_setup import DEFAULT_PRIOR, prior, private_observation, rate  # noqa: E402
 
 
+def _clock(args):
+    """One thread: CPU-seconds of this process (other jobs on a shared machine do not count); else wall."""
+    return time.process_time if args.threads == 1 else time.perf_counter
+
+
+def measure(args, G, adaptive: bool) -> float:
+    """Batched vs one-at-a-time candidate evaluations of one mode; prints its lines, returns the ratio."""
+    from threadpoolctl import threadpool_limits
+
+    from ggl.attack import GGLObjective, infer_labels
+    from ggl.attack.objective import match_loss
+
+    obs = private_observation("lenet", "dlg", adaptive=adaptive)
+    labels = infer_labels(obs)
+    obj = GGLObjective(obs, G, labels, adaptive=adaptive, device="cpu")
+    z = torch.randn(args.population, obj.dim, generator=torch.Generator().manual_seed(0))
+    mode_name = "adaptive (4-bit quantizer)" if adaptive else "non-adaptive"
+    with torch.no_grad(), threadpool_limits(limits=1, user_api="blas"):
+        a, b = obj(z, "batched"), obj(z, "loop")
+        rel = float(((a - b).abs() / b.abs()).max())
+        imgs = obj.images(z)
+        rates = {}
+        for mode in ("batched", "loop"):
+            rates[mode] = rate(lambda: obj(z, mode), args.population, args.seconds, _clock(args))
+
+        def trial_batched():
+            return match_loss(obj.sim.batched(imgs, labels), obj.target)
+
+        def trial_loop():
+            return [match_loss(tuple(t.unsqueeze(0) for t in obj.sim.reference(imgs[i], labels)), obj.target)
+                    for i in range(len(imgs))]
+        rates["update_batched"] = rate(trial_batched, args.population, args.seconds / 2, _clock(args))
+        rates["update_loop"] = rate(trial_loop, args.population, args.seconds / 2, _clock(args))
+        rates["generator"] = rate(lambda: obj.images(z), args.population, args.seconds / 2, _clock(args))
+    ratio = rates["batched"] / rates["loop"]
+    print(f"[{mode_name}] torch threads: {torch.get_num_threads()}, population {args.population}, "
+          f"batched vs loop max rel. loss diff {rel:.1e}")
+    print(f"[{mode_name}] trial update + loss only (images given): batched {rates['update_batched']:.0f} /s, "
+          f"one at a time {rates['update_loop']:.0f} /s, ratio {rates['update_batched'] / rates['update_loop']:.1f}x; "
+          f"generator alone, batched: {rates['generator']:.0f} /s")
+    print(f"[{mode_name}] candidate evaluations (z -> G -> update -> loss): batched {rates['batched']:.0f} /s, "
+          f"one at a time {rates['loop']:.0f} /s")
+    print(f"speedup[{'adaptive' if adaptive else 'non-adaptive'}]: {ratio:.2f}")
+    return ratio
+
+
+def victims_batched(args, G) -> None:
+    """``args.victims`` victims' populations in one vmap vs one victim's per pass; then peak memory."""
+    import resource
+
+    from torch.func import vmap
+
+    from ggl.attack import GGLObjective, infer_labels
+
+    obs = private_observation("lenet", "dlg")
+    obj = GGLObjective(obs, G, infer_labels(obs), device="cpu")
+    V, P = args.victims, args.population
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(V * P, obj.dim, generator=gen)
+    ys = torch.randint(0, 10, (V, 1), generator=gen).repeat_interleave(P, 0)  # each victim its own label
+
+    def all_at_once():
+        x = obj.images(z)
+        return vmap(obj.sim.update)(x, ys)
+
+    def one_victim():
+        return obj(z[:P])
+    with torch.no_grad():
+        per_victim = rate(one_victim, P, args.seconds / 2, _clock(args))
+        together = rate(all_at_once, V * P, args.seconds / 2, _clock(args))
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    print(f"victims batched: {V} victims x population {P} in one vmap {together:.0f} candidates/s vs one victim's "
+          f"population per pass {per_victim:.0f} /s: ratio {together / per_victim:.2f}x")
+    print(f"peak memory (max RSS of this process) after a {V}-victim batched pass: {peak_gb:.2f} GB")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prior", default=str(DEFAULT_PRIOR))
@@ -34,47 +118,24 @@ def main(argv=None) -> int:
                     help="torch CPU threads for both modes (0 = torch's default, all cores: measure on an idle "
                          "machine; 1 = as attack.yaml, for a shared one)")
     ap.add_argument("--seconds", type=float, default=10.0, help="time per mode and measurement")
-    ap.add_argument("--adaptive", action="store_true", help="trial updates pass the 4-bit quantizer (adaptive attacker)")
+    only = ap.add_mutually_exclusive_group()
+    only.add_argument("--adaptive", action="store_true", help="only the adaptive mode (4-bit quantizer)")
+    only.add_argument("--non-adaptive", action="store_true", help="only the non-adaptive mode")
+    ap.add_argument("--victims", type=int, default=32, help="victims batched together (0 = skip that part)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from ggl.allocator import retain_freed_memory
 
-    from threadpoolctl import threadpool_limits
-
-    from ggl.attack import GGLObjective, infer_labels
-
+    retain_freed_memory()  # as attack.py
     G, prior_note = prior(args.prior)
-    obs = private_observation("lenet", "dlg", adaptive=args.adaptive)
-    labels = infer_labels(obs)
-    obj = GGLObjective(obs, G, labels, adaptive=args.adaptive)
-    z = torch.randn(args.population, obj.dim, generator=torch.Generator().manual_seed(0))
-
-    with torch.no_grad(), threadpool_limits(limits=1, user_api="blas"):
-        a, b = obj(z, "batched"), obj(z, "loop")
-        rel = float(((a - b).abs() / b.abs()).max())
-        imgs = obj.images(z)
-        rates = {}
-        for mode in ("batched", "loop"):
-            rates[mode] = rate(lambda: obj(z, mode), args.population, args.seconds)
-        from ggl.attack.objective import match_loss
-
-        def trial_batched():
-            return match_loss(obj.sim.batched(imgs, labels), obj.target)
-
-        def trial_loop():
-            return [match_loss(tuple(t.unsqueeze(0) for t in obj.sim.reference(imgs[i], labels)), obj.target)
-                    for i in range(len(imgs))]
-        rates["update_batched"] = rate(trial_batched, args.population, args.seconds / 2)
-        rates["update_loop"] = rate(trial_loop, args.population, args.seconds / 2)
-
     print(prior_note)
-    print(f"torch threads: {torch.get_num_threads()}, population {args.population}, "
-          f"{'adaptive (4-bit quantizer)' if args.adaptive else 'non-adaptive'}, batched vs loop max rel. loss diff {rel:.1e}")
-    print(f"trial update + loss only (images given): batched {rates['update_batched']:.0f} /s, "
-          f"one at a time {rates['update_loop']:.0f} /s, ratio {rates['update_batched'] / rates['update_loop']:.1f}x")
-    print(f"candidate evaluations (z -> G -> update -> loss): batched {rates['batched']:.0f} /s, "
-          f"one at a time {rates['loop']:.0f} /s")
-    print(f"speedup: {rates['batched'] / rates['loop']:.2f}")
+    print(f"rates per {'CPU-second of this process' if args.threads == 1 else 'wall second'}")
+    modes = [True] if args.adaptive else [False] if args.non_adaptive else [False, True]
+    ratios = [measure(args, G, adaptive) for adaptive in modes]
+    if args.victims:
+        victims_batched(args, G)
+    print(f"speedup: {min(ratios):.2f}")
     return 0
 
 

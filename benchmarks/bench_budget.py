@@ -17,10 +17,12 @@ a 95% bootstrap CI, per (setting, round).
 
 Arms:
   today      the sweep's attack before this benchmark: CMA-ES 60 generations x 50, then Adam 120 steps x 8
-  cmaes      CMA-ES alone, 120 generations x 50
-  adam       Adam alone, 8 random restarts in one batch, 120 steps
-  small      CMA-ES 15 x 50 then Adam 30 x 8 (a quarter of today's budget)
-  new        the new default (configs/attack.yaml: see NEW below)
+  cmaes      CMA-ES alone, 120 generations x 50 (its first 60 generations are today's CMA-ES phase,
+             drawn identically: today's curve up to 60 units is this curve)
+  adam       Adam alone, 8 random restarts in one batch, 60 steps, lr 0.05
+  small      CMA-ES 15 x 50 then Adam 30 x 8 (a quarter of today's budget), lr 0.05
+  new        the new default (configs/attack.yaml): CMA-ES 10 x 50 then Adam 40 x 8 at lr 0.1
+  c10a40, adam70, p20a50, c15a30: the candidates measured on the way to ``new`` (see ARMS)
 
 Re-identification: once ``ggl.metrics`` has ``reidentification(recon, truth, pool)`` (another branch
 adds it) the table gets its column; until then the hook prints n/a.
@@ -49,12 +51,12 @@ from _attack_setup import DEFAULT_PRIOR, prior  # noqa: E402
 
 TODAY = dict(optimizer="cmaes_adam", population=50, generations=60, adam_steps=120, adam_restarts=8, sigma=0.3)
 # the new default: measured below; keep in step with configs/attack.yaml and configs/sweep_defenses.yaml
-NEW = dict(optimizer="cmaes_adam", population=50, generations=15, adam_steps=30, adam_restarts=8, sigma=0.3,
-           patience=None)
+NEW = dict(optimizer="cmaes_adam", population=50, generations=10, adam_steps=40, adam_restarts=8, sigma=0.3,
+           adam_lr=0.1)
 ARMS = {
     "today": TODAY,
     "cmaes": dict(optimizer="cmaes", population=50, generations=120, sigma=0.3),
-    "adam": dict(optimizer="adam", adam_steps=120, adam_restarts=8),
+    "adam": dict(optimizer="adam", adam_steps=60, adam_restarts=8),
     "small": dict(optimizer="cmaes_adam", population=50, generations=15, adam_steps=30, adam_restarts=8, sigma=0.3),
     "new": NEW,
     # candidates measured on the way to NEW
@@ -63,6 +65,14 @@ ARMS = {
     "adam70": dict(optimizer="adam", adam_steps=70, adam_restarts=8, adam_lr=0.1),
     "p20a50": dict(optimizer="cmaes_adam", population=20, generations=20, adam_steps=50, adam_restarts=8, sigma=0.3,
                    adam_lr=0.1),
+    "c5a50": dict(optimizer="cmaes_adam", population=50, generations=5, adam_steps=50, adam_restarts=8, sigma=0.3,
+                  adam_lr=0.1),
+    "c10r4a80": dict(optimizer="cmaes_adam", population=50, generations=10, adam_steps=80, adam_restarts=4,
+                     sigma=0.3, adam_lr=0.1),
+    "c10a40lr2": dict(optimizer="cmaes_adam", population=50, generations=10, adam_steps=40, adam_restarts=8,
+                      sigma=0.3, adam_lr=0.2),
+    "p20g25a40": dict(optimizer="cmaes_adam", population=20, generations=25, adam_steps=40, adam_restarts=8,
+                      sigma=0.3, adam_lr=0.1),
     "c15a30": dict(optimizer="cmaes_adam", population=50, generations=15, adam_steps=30, adam_restarts=8, sigma=0.3,
                    adam_lr=0.1),
 }
@@ -137,7 +147,7 @@ def main(argv=None) -> int:
     ap.add_argument("--victims", type=int, default=8)
     ap.add_argument("--trained-round", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
+    ap.add_argument("--arms", default="today,adam,new", help=f"comma-separated, of {', '.join(ARMS)}")
     ap.add_argument("--settings", default="fp32,q4")
     ap.add_argument("--rounds", default="0,trained", help="0, trained or both")
     ap.add_argument("--prior", default=str(DEFAULT_PRIOR))
@@ -174,6 +184,8 @@ def main(argv=None) -> int:
                     _, truth = evaluator.truth(truth_path, obs.obs_id)
                     curves.append(attack_curve(obs, truth, G, cfg, derived_seed(0, 0x6617, k)))
                 results[f"{setting}|r{rnd}|{arm}"] = {"setting": setting, "round": rnd, "arm": arm, "curves": curves}
+                Path(args.out).mkdir(parents=True, exist_ok=True)  # kept as it goes: a stopped run keeps its data
+                (Path(args.out) / "curves.json").write_text(json.dumps(results))
                 fin = np.array([c[-1]["psnr"] for c in curves])
                 cpu = np.mean([c[-1]["cpu_s"] for c in curves])
                 print(f"[{time.perf_counter() - t_all:6.0f} s wall] {setting} round {rnd} {arm}: "
