@@ -21,7 +21,9 @@ Arms:
              drawn identically: today's curve up to 60 units is this curve)
   adam       Adam alone, 8 random restarts in one batch, 60 steps, lr 0.05
   small      CMA-ES 15 x 50 then Adam 30 x 8 (a quarter of today's budget), lr 0.05
-  new        the new default (configs/attack.yaml): CMA-ES 10 x 50 then Adam 40 x 8 at lr 0.1
+  new        the new default (configs/attack.yaml): CMA-ES 5 x 50, then Adam 150 steps on its 2 best
+             candidates at lr 0.1 (today's curve shows CMA-ES generations past ~10 buy little and Adam
+             steps buy most; Adam's step costs about its number of restarts)
   c10a40, adam70, p20a50, c15a30: the candidates measured on the way to ``new`` (see ARMS)
 
 Re-identification: once ``ggl.metrics`` has ``reidentification(recon, truth, pool)`` (another branch
@@ -51,7 +53,7 @@ from _attack_setup import DEFAULT_PRIOR, prior  # noqa: E402
 
 TODAY = dict(optimizer="cmaes_adam", population=50, generations=60, adam_steps=120, adam_restarts=8, sigma=0.3)
 # the new default: measured below; keep in step with configs/attack.yaml and configs/sweep_defenses.yaml
-NEW = dict(optimizer="cmaes_adam", population=50, generations=10, adam_steps=40, adam_restarts=8, sigma=0.3,
+NEW = dict(optimizer="cmaes_adam", population=50, generations=5, adam_steps=150, adam_restarts=2, sigma=0.3,
            adam_lr=0.1)
 ARMS = {
     "today": TODAY,
@@ -73,6 +75,16 @@ ARMS = {
                       sigma=0.3, adam_lr=0.2),
     "p20g25a40": dict(optimizer="cmaes_adam", population=20, generations=25, adam_steps=40, adam_restarts=8,
                       sigma=0.3, adam_lr=0.1),
+    "c10r2a150": dict(optimizer="cmaes_adam", population=50, generations=10, adam_steps=150, adam_restarts=2,
+                      sigma=0.3, adam_lr=0.1),
+    "c5r4a100": dict(optimizer="cmaes_adam", population=50, generations=5, adam_steps=100, adam_restarts=4,
+                     sigma=0.3, adam_lr=0.1),
+    "c10r4a80lr05": dict(optimizer="cmaes_adam", population=50, generations=10, adam_steps=80, adam_restarts=4,
+                         sigma=0.3, adam_lr=0.05),
+    "c5r2a150": dict(optimizer="cmaes_adam", population=50, generations=5, adam_steps=150, adam_restarts=2,
+                     sigma=0.3, adam_lr=0.1),
+    "c5r1a250": dict(optimizer="cmaes_adam", population=50, generations=5, adam_steps=250, adam_restarts=1,
+                     sigma=0.3, adam_lr=0.1),
     "c15a30": dict(optimizer="cmaes_adam", population=50, generations=15, adam_steps=30, adam_restarts=8, sigma=0.3,
                    adam_lr=0.1),
 }
