@@ -164,6 +164,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", default="0,trained", help="0, trained or both")
     ap.add_argument("--prior", default=str(DEFAULT_PRIOR))
     ap.add_argument("--out", default=str(REPO / "reports" / "budget"))
+    ap.add_argument("--curves", default="", help="comma-separated curves.json files of earlier runs (e.g. one "
+                    "per setting, run side by side): make the table, plot and ratio from them, search nothing")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -175,14 +177,20 @@ def main(argv=None) -> int:
     from ggl.seeding import derived_seed
 
     retain_freed_memory()
-    G, note = prior(args.prior)
-    feds = federations(args.victims, args.trained_round, args.threads)
-    evaluator = Evaluator()
     arms = [a for a in args.arms.split(",") if a]
-    want_rounds = {"0": [0], "trained": [args.trained_round]}.get(args.rounds, [0, args.trained_round])
     results: Dict[str, dict] = {}
+    if args.curves:
+        for f in args.curves.split(","):
+            results.update(json.loads(Path(f).read_text()))
+        arms = list(dict.fromkeys(r["arm"] for r in results.values()))
+        note = f"curves from {args.curves}"
+    else:
+        G, note = prior(args.prior)
+        feds = federations(args.victims, args.trained_round, args.threads)
+        evaluator = Evaluator()
+    want_rounds = {"0": [0], "trained": [args.trained_round]}.get(args.rounds, [0, args.trained_round])
     t_all = time.perf_counter()
-    for setting in args.settings.split(","):
+    for setting in ([] if args.curves else args.settings.split(",")):
         caps = find_captures(feds[setting] / "audit")
         pairs = [p for v in caps.values() for p in v]
         for rnd in want_rounds:
