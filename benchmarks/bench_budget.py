@@ -271,9 +271,11 @@ def plot(rows: List[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     cells = sorted({(r["setting"], r["round"]) for r in rows})
+    arms = sorted({r["arm"] for r in rows})
+    colours = {arm: f"C{i}" for i, arm in enumerate(arms)}  # one colour per arm in every panel
     fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 3.6), squeeze=False)
     for ax, (setting, rnd) in zip(axes[0], cells):
-        for arm in sorted({r["arm"] for r in rows}):
+        for arm in arms:
             pts = sorted([r for r in rows if r["setting"] == setting and r["round"] == rnd and r["arm"] == arm
                           and not r["final"]], key=lambda r: r["cpu_s"])
             fin = [r for r in rows if r["setting"] == setting and r["round"] == rnd and r["arm"] == arm and r["final"]]
@@ -281,14 +283,14 @@ def plot(rows: List[dict], path: Path) -> None:
             if not pts:
                 continue
             xs = [r["cpu_s"] for r in pts]
-            line = ax.plot(xs, [r["psnr"] for r in pts], marker=".", label=arm)[0]
+            line = ax.plot(xs, [r["psnr"] for r in pts], marker=".", label=arm, color=colours[arm])[0]
             ax.fill_between(xs, [r["lo"] for r in pts], [r["hi"] for r in pts], alpha=0.15, color=line.get_color())
         ax.set_xscale("log")
         ax.set_title(f"{setting}{' (adaptive)' if setting != 'fp32' else ''}, round {rnd}")
         ax.set_xlabel("CPU-seconds per victim (1 thread)")
         ax.set_ylabel("PSNR (dB), mean and 95% CI")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
