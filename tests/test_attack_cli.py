@@ -89,6 +89,9 @@ def test_federation_captures_feed_attack_py_source(make_cfg, tmp_path, tiny_prio
     assert res["settings"] == ["q4"]
     assert [r["round"] for r in res["per_image"]] == [1, 1]
     assert res["summary"]["q4"]["n_images"] == 2
+    # the federation a capture came from is recorded in the attack's records, not inferred from paths
+    assert len(res["records"]) == 2 and res["federation"] is not None
+    assert (res["federation"]["name"], res["federation"]["stamp"]) == Path(fed["run_dir"]).parts[-2:]
 
 
 def test_source_without_captures_is_one_line_exit_2(tmp_path, tiny_prior, capsys):

@@ -31,6 +31,7 @@ from ggl.audit.live import LiveAttackRun
 from ggl.audit.truth import IMAGES_FILE, OBS_DIR, TRUTH_DIR, find_captures
 from ggl.errors import UserError
 from ggl.seeding import derived_seed
+from ggl.results import add_records
 from ggl.tracking import Stopwatch, new_run_dir, write_json
 
 Captures = Dict[str, List[Tuple[Path, Path]]]
@@ -211,7 +212,7 @@ def run_attack_cli(cfg, prior=None) -> dict:
                                                           "summary": summary})
                 results["per_image"] += rows
                 results["summary"][setting] = summary
-                write_json(run_dir / "results.json", results)
+                write_json(run_dir / "results.json", add_records(results))
             except BaseException:
                 live.abort()
                 raise
@@ -222,7 +223,7 @@ def run_attack_cli(cfg, prior=None) -> dict:
         base_title = f"prior only\n{_fmt(results['summary'][results['settings'][0]]['baseline_psnr_mean'], '.1f')} dB"
         save_grid(run_dir / "grid.png", originals, grid_rows + [(base_title, baseline_row)])
     results["wall_seconds"] = clock.seconds
-    write_json(run_dir / "results.json", results)
+    write_json(run_dir / "results.json", add_records(results))
     for setting, s in results["summary"].items():
         print(f"{setting}: PSNR {_fmt(s['psnr_mean'])} +- {_fmt(s['psnr_std'])} dB, SSIM {_fmt(s['ssim_mean'], '.3f')}, "
               f"LPIPS {_fmt(s['lpips_mean'], '.3f')}, label acc {s['label_acc']:.0%} | prior-only baseline "
