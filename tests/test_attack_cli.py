@@ -138,3 +138,14 @@ def test_missing_prior_file_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
     pytest.importorskip("ggl.gan.prior")
     assert attack_main(_args(tmp_path, f"attack.prior={tmp_path / 'no_such_prior.pt'}")) == 2
     _one_error_line(capsys)
+
+
+def test_portfolio_runs_each_attacker_as_a_setting_and_records_refusals(tmp_path, tiny_prior, capsys):
+    """attack.attackers: one setting per (defence, attacker); EOT refuses the deterministic q4 and is
+    recorded with its reason instead of ending the run."""
+    assert attack_main(_args(tmp_path, "name=pf", "attack.attackers=[ggl-l2,ggl-eot]")) == 0
+    res = json.loads((tmp_path / "runs" / "pf" / "latest" / "results.json").read_text())
+    assert res["settings"] == ["fp32@ggl-l2", "q4@ggl-l2"]
+    assert set(res["refused"]) == {"fp32@ggl-eot", "q4@ggl-eot"}
+    assert {r["attacker_name"] for r in res["per_image"]} == {"ggl-l2"} and len(res["records"]) == 4
+    assert "skipped" in capsys.readouterr().err

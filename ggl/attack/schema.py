@@ -1,8 +1,8 @@
 """Config schema of the GGL attack (``attack:`` section); keys documented in configs/attack.yaml."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
 
 from ggl.checks import one_of
 from ggl.errors import ConfigError
@@ -38,10 +38,17 @@ class AttackConfig:
     progress: bool = True
     device: str = "auto"                  # auto | cpu | cuda (ggl/attack/device.py)
     patience: Optional[int] = None        # early stopping per search phase; null = the full budget
+    attackers: Optional[List[str]] = None  # the portfolio (ggl/attack/attackers); null = one GGL attacker (loss, adaptive)
+    attacker_options: Dict[str, Any] = field(default_factory=dict)  # each attacker's own settings, by name
     image_every: int = 20                 # W&B: the best reconstruction so far every N search steps; 0 = off
 
     def check(self) -> None:
         from ggl.defenses.specs import parse_defense
+
+        if self.attackers is not None or self.attacker_options:
+            from ggl.attack.attackers import check_portfolio
+
+            check_portfolio(self.attackers, self.attacker_options)
 
         from ggl.attack.device import DEVICES, check_device
 

@@ -135,6 +135,24 @@ def _fmt(v, spec=".2f"):
 # the job
 
 
+def _attackers(a) -> List[Tuple[str, object]]:
+    """(setting suffix, attacker) pairs: the portfolio of ``attack.attackers``, or today's one GGL
+    attacker (``attack.loss``, ``attack.adaptive``) when it is null."""
+    if a.attackers is None:
+        return [("-adaptive" if a.adaptive else "", None)]
+    from ggl.attack.attackers import build_portfolio
+
+    return [(f"@{att.name}", att) for att in build_portfolio(list(a.attackers), dict(a.attacker_options or {}))]
+
+
+def _units(attacker, a) -> int:
+    return search_units(a) if attacker is None else attacker.units(a)
+
+
+def _attacker_name(attacker, a) -> str:
+    return attacker.name if attacker is not None else f"ggl-{a.loss}" + ("-adaptive" if a.adaptive else "")
+
+
 def run_attack_cli(cfg, prior=None) -> dict:
     """``python attack.py``: returns the results dict (also written to ``results.json``)."""
     from tqdm.auto import tqdm
@@ -162,16 +180,23 @@ def run_attack_cli(cfg, prior=None) -> dict:
     observations = _validate(captures, G)
 
     evaluator = Evaluator()
-    labels = list(captures)
-    suffix = "-adaptive" if a.adaptive else ""
+    settings = [(label, suffix, attacker) for label in captures for suffix, attacker in _attackers(a)]
     group = cfg.logger.group or f"{name}-{run_dir.name}"
-    total = sum(len(v) for v in captures.values()) * search_units(a)
+    total = sum(len(captures[label]) * _units(attacker, a) for label, _, attacker in settings)
     bar = tqdm(total=total, desc="GGL", unit="gen", disable=not a.progress, dynamic_ncols=True, file=sys.stderr)
-    results = {"config": config, "settings": [l + suffix for l in labels], "per_image": [], "summary": {}}
+    results = {"config": config, "settings": [], "per_image": [], "summary": {}, "refused": {}}
     originals, grid_rows, baseline_row = None, [], None
     try:
-        for label in labels:
+        for label, suffix, attacker in settings:
             setting = label + suffix
+            first = observations[captures[label][0][0]]
+            reason = attacker.refusal(first) if attacker is not None else None
+            if reason:  # e.g. EOT on a deterministic defence: recorded, not fatal to the portfolio
+                print(f"{setting}: skipped ({reason})", file=sys.stderr)
+                results["refused"][setting] = reason
+                bar.update(len(captures[label]) * _units(attacker, a))
+                continue
+            results["settings"].append(setting)
             setting_clock = Stopwatch()
             rows, truths, recons, bases = [], [], [], []
             chain = observations[captures[label][0][0]].defenses  # what the clients really applied
@@ -184,12 +209,15 @@ def run_attack_cli(cfg, prior=None) -> dict:
                     given = evaluator.true_labels(truth_path) if a.true_labels else None  # ABLATION ONLY
                     seed = derived_seed(cfg.seed, 0x6617, k)
                     model = obs.build_model()
-                    res = attack(obs, G, a, seed, labels=given, tick=bar.update, model=model,
-                                 watch=live.watcher(k, obs.obs_id))
+                    if attacker is None:
+                        res = attack(obs, G, a, seed, labels=given, tick=bar.update, model=model,
+                                     watch=live.watcher(k, obs.obs_id))
+                    else:
+                        res = attacker.run(obs, G, a, seed, labels=given, tick=bar.update, model=model)
                     img_rows, truth, recon, base = evaluator.evaluate(truth_path, obs.obs_id, res.images, res.labels,
                                                                       G, model, seed)
                     for r in img_rows:
-                        r.update({"setting": setting, "loss": res.loss, "evaluations": res.evaluations,
+                        r.update({"setting": setting, "attacker_name": _attacker_name(attacker, a), "loss": res.loss, "evaluations": res.evaluations,
                                   "search_seconds": res.seconds,
                                   "labels_given": "true labels (ablation)" if a.true_labels else "inferred"})
                     rows += img_rows
