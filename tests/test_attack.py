@@ -176,12 +176,12 @@ def test_adaptive_loss_is_zero_at_the_true_latent_and_the_non_adaptive_is_not(ch
 
 
 def test_adaptive_attacker_refuses_a_defence_it_cannot_model():
-    from ggl.attack.trial import DefenceModel
+    from ggl.attack.trial import DefenseModel
     from ggl.errors import UserError
 
-    assert not DefenceModel([{"name": "noise", "std": 0.1}]).active  # zero-mean noise: expectation
+    assert not DefenseModel([{"name": "noise", "std": 0.1}]).active  # zero-mean noise: expectation
     with pytest.raises(UserError):
-        DefenceModel([{"name": "topk", "fraction": 0.1}])  # the mask needs the observed update
+        DefenseModel([{"name": "topk", "fraction": 0.1}])  # the mask needs the observed update
 
 
 # ------------------------------------------------------------------------------------------- search

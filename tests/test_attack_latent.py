@@ -12,7 +12,7 @@ import torch
 
 from _attack_fixtures import TinyPrior, client_gradient, make_observation, one_torch_thread  # noqa: F401
 from ggl.attack.objective import GGLObjective
-from ggl.attack.trial import DefenceModel
+from ggl.attack.trial import DefenseModel
 from ggl.defenses.specs import DEFENSE_SPECS, parse_defense
 from ggl.errors import ConfigError
 from ggl.models import build_model
@@ -40,7 +40,7 @@ def test_attack_loss_depends_on_the_latent(name, adaptive):
     x = G(torch.randn(1, 8, generator=torch.Generator().manual_seed(0)), y)
     spec = _spec(name)
     clean = client_gradient(build_model("lenet", 1, 10, init="dlg", seed=0), x, y)
-    sent = list(DefenceModel([spec], observed=clean)(tuple(clean)))  # what the client transmits (noise: its mean)
+    sent = list(DefenseModel([spec], observed=clean)(tuple(clean)))  # what the client transmits (noise: its mean)
     obs = make_observation(x, y, defenses=[spec], transform=lambda grads: sent)
     objective = GGLObjective(obs, G, y, adaptive=adaptive)
     z = torch.randn(2, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float32).requires_grad_(True)

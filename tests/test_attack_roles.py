@@ -44,7 +44,7 @@ def test_observation_round_trips_with_weights_only(tmp_path):
 
 
 def test_fresh_captures_keep_ground_truth_out_of_observations(make_cfg, tmp_path):
-    from ggl.audit.run import defence_settings
+    from ggl.audit.run import defense_settings
     from ggl.audit.truth import GroundTruth, find_captures
     from ggl.audit.victim import fresh_captures
     from ggl.data.datamodule import load_split
@@ -52,7 +52,7 @@ def test_fresh_captures_keep_ground_truth_out_of_observations(make_cfg, tmp_path
     cfg = make_cfg("audit.num_images=4", "audit.batch_size=2", "model.name=lenet", "model.init=dlg",
                    config="attack.yaml")
     root = tmp_path / "caps"
-    caps = fresh_captures(cfg, defence_settings(cfg), root)
+    caps = fresh_captures(cfg, defense_settings(cfg), root)
     assert set(caps) == {"fp32", "q4"} and all(len(v) == 2 for v in caps.values())
     assert find_captures(root) == caps
     data, split = load_split(cfg.data)

@@ -181,7 +181,7 @@ def test_eot_accepts_noise_and_noise_after_clipping():
 
 
 def test_eot_is_exact_where_the_chain_ends_in_its_random_step_and_samples_elsewhere():
-    from ggl.attack.attackers.eot import DefenceChainModel
+    from ggl.attack.attackers.eot import DefenseChainModel
 
     gen = torch.Generator().manual_seed(0)
     g = [torch.randn(6, 5, generator=gen), torch.randn(5, generator=gen)]
@@ -192,11 +192,11 @@ def test_eot_is_exact_where_the_chain_ends_in_its_random_step_and_samples_elsewh
         ([noise, Q2S[0]], True, 8),                                              # noise sampled, tent exact
         ([noise, {"name": "quantize", "bits": 4, "rounding": "nearest"}], False, 8),  # EOT over the noise
     ]:
-        model = DefenceChainModel(chain, g, samples=8, mode="likelihood")
+        model = DefenseChainModel(chain, g, samples=8, mode="likelihood")
         assert (model.exact, model.samples) == (exact, samples), chain
         losses = model.loss(torch.randn(3, 35, generator=gen))
         assert losses.shape == (3,) and torch.isfinite(losses).all()
-    assert not DefenceChainModel(Q2S, g, samples=8, mode="sample").exact
+    assert not DefenseChainModel(Q2S, g, samples=8, mode="sample").exact
 
 
 def test_eot_sampling_mode_beats_the_class_mean_on_gaussian_noise():
@@ -229,7 +229,7 @@ def test_run_portfolio_pairs_attackers_on_one_seed_and_records_refusals():
 
 
 def test_batched_chain_replays_the_clients_quantizer_exactly():
-    from ggl.attack.attackers.eot import DefenceChainModel
+    from ggl.attack.attackers.eot import DefenseChainModel
 
     gen = torch.Generator().manual_seed(11)
     g = [torch.randn(30, 4, dtype=torch.float64, generator=gen), torch.randn(5, dtype=torch.float64, generator=gen)]
@@ -237,7 +237,7 @@ def test_batched_chain_replays_the_clients_quantizer_exactly():
     for rng in ("global", "per_tensor"):
         for rounding in ("nearest", "stochastic"):
             spec = [{"name": "quantize", "bits": 2, "rounding": rounding, "range": rng}]
-            chain = DefenceChainModel(spec, g, samples=1, mode="sample")
+            chain = DefenseChainModel(spec, g, samples=1, mode="sample")
             gen = torch.Generator().manual_seed(5)
             ref, _ = quantize_update(g, 2, rounding, rng, generator=gen)
             if rounding == "stochastic":  # the client's own uniform draws, in its order
@@ -251,7 +251,7 @@ def test_batched_chain_replays_the_clients_quantizer_exactly():
 
 def test_likelihood_at_the_true_update_is_the_exact_probability_of_the_clients_draws():
     """-mean log P(q | u) from the observed grid == the probability of the codes the client drew."""
-    from ggl.attack.attackers.eot import TAIL, DefenceChainModel, tent_nll
+    from ggl.attack.attackers.eot import TAIL, DefenseChainModel, tent_nll
 
     gen = torch.Generator().manual_seed(0)
     g = [torch.randn(40, 7, dtype=torch.float64, generator=gen), torch.randn(9, dtype=torch.float64, generator=gen)]
@@ -266,7 +266,7 @@ def test_likelihood_at_the_true_update_is_the_exact_probability_of_the_clients_d
     p = torch.where(codes > torch.floor(s), frac, 1 - frac)  # probability of the code the client drew
     expected = torch.where(p >= TAIL, -torch.log(p), tent_nll(1 - p)).mean()
     observed = [c.view_as(t) for c, t in zip(torch.split(q, [t.numel() for t in g]), g)]
-    chain = DefenceChainModel(Q2S, observed, mode="likelihood")
+    chain = DefenseChainModel(Q2S, observed, mode="likelihood")
     assert chain.exact
     got = chain.loss(flat[None])
     torch.testing.assert_close(got, expected.view(1), rtol=1e-9, atol=0)
@@ -280,14 +280,14 @@ def test_likelihood_at_the_true_update_is_the_exact_probability_of_the_clients_d
 def test_eot_loss_ranks_the_true_image_first_on_q2_stochastic():
     """On 8 victims, the likelihood of the observed update is higher at the true image than at every
     one of 64 other images of the same class from the prior."""
-    from ggl.attack.attackers.eot import DefenceChainModel, _objective_class
+    from ggl.attack.attackers.eot import DefenseChainModel, _objective_class
 
     G = TinyPrior()
     for k in range(8):
         x, y, obs = _victim(G, k, Q2S)
         z_true = torch.randn(1, 8, generator=torch.Generator().manual_seed(200 + k))
         others = torch.randn(64, 8, generator=torch.Generator().manual_seed(7 + k))
-        chain = DefenceChainModel(obs.defenses, obs.update)
+        chain = DefenseChainModel(obs.defenses, obs.update)
         objective = _objective_class()(obs, G, y, chain)
         with torch.no_grad():
             at_truth, elsewhere = objective(z_true), objective(others)

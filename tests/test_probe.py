@@ -15,13 +15,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _fresh(make_cfg, tmp_path, probe, local_steps=None, batch=4):
     from ggl.attack.observation import Observation
-    from ggl.audit.run import defence_settings
+    from ggl.audit.run import defense_settings
     from ggl.audit.victim import fresh_captures
 
     cfg = make_cfg(f"audit.num_images={batch}", f"audit.batch_size={batch}", "model.name=lenet", "model.init=dlg",
                    "fl.local_steps=3", "fl.momentum=0.9", config="attack.yaml")
     cfg.audit.probe, cfg.audit.local_steps = probe, local_steps  # keys read with a default until the schema has them
-    caps = fresh_captures(cfg, defence_settings(cfg)[:1], tmp_path / f"caps-{probe}")
+    caps = fresh_captures(cfg, defense_settings(cfg)[:1], tmp_path / f"caps-{probe}")
     (obs_path, truth_path), = next(iter(caps.values()))
     return cfg, Observation.load(obs_path), truth_path
 

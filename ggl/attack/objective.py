@@ -4,7 +4,7 @@
 
 * ``match`` = GGL's squared L2 distance per layer, averaged over layers (``loss: l2``), or one minus
   the cosine similarity per layer, averaged over layers (``loss: cosine``, scale-free);
-* ``T`` = the identity, or for an adaptive attacker the client's own defence (``DefenceModel``);
+* ``T`` = the identity, or for an adaptive attacker the client's own defence (``DefenseModel``);
 * ``KL(z)`` = GGL's regulariser: the KL divergence from N(0, 1) of a Gaussian with the mean and
   variance of each latent vector's entries, summed over the batch.
 
@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ggl.attack.observation import Observation
-from ggl.attack.trial import ClientSimulator, DefenceModel
+from ggl.attack.trial import ClientSimulator, DefenseModel
 
 
 def match_loss(trial: Sequence[Tensor], target: Sequence[Tensor], kind: str = "l2") -> Tensor:
@@ -79,9 +79,9 @@ class GGLObjective:
         self.sim = ClientSimulator(self.model, obs)
         dtype = next(self.model.parameters()).dtype
         self.target: List[Tensor] = [t.to(self.device, dtype) for t in obs.update]
-        self.defence = DefenceModel(obs.defenses, self.target) if adaptive else None
-        if self.defence is not None and not self.defence.active:
-            self.defence = None
+        self.defense = DefenseModel(obs.defenses, self.target) if adaptive else None
+        if self.defense is not None and not self.defense.active:
+            self.defense = None
         self.G = _on(generator, self.device)
         self.labels = labels.long().view(-1).to(self.device)
         self.batch = obs.batch_size
@@ -102,8 +102,8 @@ class GGLObjective:
         return x.view(p, self.batch, *x.shape[1:])
 
     def _total(self, trial: Tuple[Tensor, ...], z: Tensor) -> Tensor:
-        if self.defence is not None:
-            trial = self.defence.batched(trial)
+        if self.defense is not None:
+            trial = self.defense.batched(trial)
         loss = match_loss(trial, self.target, self.loss_kind)
         if self.kl_weight:
             loss = loss + self.kl_weight * kl_latent(z.reshape(z.shape[0], self.batch, self.latent_dim))
@@ -124,8 +124,8 @@ class GGLObjective:
         """The reference loop body: one candidate's image, update, defence and loss."""
         x = self.images(z)[0]
         trial = self.sim.reference(x, self.labels)
-        if self.defence is not None:
-            trial = self.defence(trial)
+        if self.defense is not None:
+            trial = self.defense(trial)
         trial = tuple(t.unsqueeze(0) for t in trial)
         loss = match_loss(trial, self.target, self.loss_kind)
         if self.kl_weight:

@@ -156,4 +156,3 @@ def _apply_mask(masks: Sequence[Tensor], tensors: Sequence[Tensor]) -> List[Tens
     return [t * m.to(t.dtype) for t, m in zip(tensors, masks)]
 
 
-DefenceModel = DefenseModel  # the old spelling, for callers not renamed yet (ggl/attack/objective.py)

@@ -57,7 +57,7 @@ def load_attack_prior(path: str):
     return load_prior(str(p))
 
 
-def defence_settings(cfg) -> List[Tuple[str, list]]:
+def defense_settings(cfg) -> List[Tuple[str, list]]:
     """[(label, defence chain)] to attack side by side (``attack.defenses``, else ``defenses``)."""
     from ggl.defenses.specs import defenses_label
 
@@ -174,7 +174,7 @@ def run_attack_cli(cfg, prior=None) -> dict:
     if captures is None:
         from ggl.audit.victim import fresh_captures
 
-        captures = fresh_captures(cfg, defence_settings(cfg), run_dir / "captures")
+        captures = fresh_captures(cfg, defense_settings(cfg), run_dir / "captures")
     if a.max_observations:
         captures = {k: v[:a.max_observations] for k, v in captures.items()}
     observations = _validate(captures, G)

@@ -61,7 +61,7 @@ def _ste(x: Tensor, value: Tensor) -> Tensor:
     return value.detach() + (x - x.detach())
 
 
-class DefenceChainModel:
+class DefenseChainModel:
     """The client's defence chain applied to flat trial updates (..., N), randomised steps sampled."""
 
     def __init__(self, specs: Sequence, observed: Sequence[Tensor], samples: int = 8, mode: str = "likelihood",
@@ -192,7 +192,7 @@ def _objective_class():
     from ggl.attack.objective import GGLObjective, kl_latent
 
     class EOTObjective(GGLObjective):
-        def __init__(self, obs, generator, labels, chain: DefenceChainModel, kl_weight: float = 0.0, model=None):
+        def __init__(self, obs, generator, labels, chain: DefenseChainModel, kl_weight: float = 0.0, model=None):
             super().__init__(obs, generator, labels, loss="l2", kl_weight=kl_weight, adaptive=False,
                              evaluation="batched", model=model)
             self.chain = chain
@@ -227,8 +227,8 @@ class EOTAttacker(Attacker):
         if self.match not in MATCHES:
             raise ConfigError(f"config key '{key}.match' = {self.match!r} is not one of {', '.join(MATCHES)}")
 
-    def chain(self, obs, seed: int = 0) -> DefenceChainModel:
-        return DefenceChainModel(obs.defenses, obs.update, self.samples, self.mode, self.match, seed)
+    def chain(self, obs, seed: int = 0) -> DefenseChainModel:
+        return DefenseChainModel(obs.defenses, obs.update, self.samples, self.mode, self.match, seed)
 
     def refusal(self, obs) -> Optional[str]:
         chain = self.chain(obs)
