@@ -618,22 +618,28 @@ def report_from_csv(csv_path: Path, out: Path, metric: str = "psnr") -> dict:
     return found
 
 
-def finish_line(found: dict, out: Path, metric: str) -> str:
-    """One line: where the output went, the key numbers, the next command."""
-    rows = found["rows"]
-    n = sorted({r["n_images"] for r in rows})
+def most_leakage(rows: list) -> str:
+    """'; most leakage: <point> PSNR <mean [CI]> dB over the best label-only baseline (n), re-id vs
+    chance', or '' when no point has a leakage score: the key number of a finish line."""
     worst = None
     for r in rows:
         leak = _ci(r["pairs"], "leakage_psnr")
         if leak is not None and (worst is None or leak.mean > worst[1].mean):
             worst = (r, leak)
-    key = ""
-    if worst is not None:
-        r, leak = worst
-        reid = _ci(r["pairs"], HEADLINE)
-        key = (f"; most leakage: {r['setting']} {r['attacker']} PSNR {leak.fmt()} dB over the best label-only "
-               f"baseline" + (f", re-id top-1 {reid.mean:.2f} (chance {_fmt(chance_level(r['pairs']), '.3f')})"
-                              if reid is not None else ""))
+    if worst is None:
+        return ""
+    r, leak = worst
+    reid = _ci(r["pairs"], HEADLINE)
+    return (f"; most leakage: {r['setting']} {r['attacker']} PSNR {leak.fmt()} dB over the best label-only "
+            f"baseline (n = {r['n_images']})"
+            + (f", re-id top-1 {reid.mean:.2f} (chance {_fmt(chance_level(r['pairs']), '.3f')})" if reid is not None else ""))
+
+
+def finish_line(found: dict, out: Path, metric: str) -> str:
+    """One line: where the output went, the key numbers, the next command."""
+    rows = found["rows"]
+    n = sorted({r["n_images"] for r in rows})
+    key = most_leakage(rows)
     other = "reid" if metric != "reid" else "psnr"
     return (f"report: {len(rows)} points (n = {', '.join(map(str, n)) or '–'} images each, "
             f"{len(found.get('skipped', []))} files skipped) -> {out}/{{{','.join(FILES)}}}{key}; next: "

@@ -615,21 +615,10 @@ def finish_line(summary: dict, points: List[Point]) -> str:
     root = output_root(points)
     if root is None:
         return line
-    from ggl.report import HEADLINE, _ci, chance_level
+    from ggl.report import most_leakage
 
     rows = results_of(points)["rows"]
-    worst = None
-    for r in rows:
-        leak = _ci(r["pairs"], "leakage_psnr")
-        if leak is not None and (worst is None or leak.mean > worst[1].mean):
-            worst = (r, leak)
-    key = ""
-    if worst is not None:
-        r, leak = worst
-        reid = _ci(r["pairs"], HEADLINE)
-        key = (f"; most leakage: {r['setting']} {r['attacker']} PSNR {leak.fmt()} dB over the best label-only "
-               f"baseline (n = {r['n_images']})"
-               + (f", re-id top-1 {reid.mean:.2f} (chance {chance_level(r['pairs']):.3f})" if reid is not None else ""))
+    key = most_leakage(rows)
     return f"{line} -> {root} ({len(rows)} points){key}; next: python -m ggl.report {root}"
 
 
