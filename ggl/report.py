@@ -203,6 +203,7 @@ def build_points(pairs: Sequence[Pair]) -> List[dict]:
             "compression_ratio": first.compression_ratio if first else None,
             "epsilon": (first.epsilon, first.delta) if first and first.epsilon is not None else None,
             "rounds": first.rounds if first else None,
+            "faults": sum(f.faults for f in feds),
             "images": next((Path(r.images) for r, _ in group if r.images), None),
             "n_images": len(group), "victims": tuple((r.seed, r.victim_id) for r, _ in group)})
     return sorted(points, key=_row_order)
@@ -363,6 +364,11 @@ def markdown(found: dict, command: str, seconds: float) -> str:
         lines += ["", f"{found['superseded']} older attack result(s) of a setting and attacker already shown "
                       f"were left out (the newest run wins; point the report at one sweep's folder to compare "
                       f"like with like)."]
+    faulty = [f"{r['setting']} ({r['attacker']}): {r['faults']}" for r in rows if r.get("faults")]
+    if faulty:
+        lines += ["", "**Warning:** these points' federations dropped failed clients or rejected updates, so their "
+                      "accuracy is not the defence's alone (see each run's results.json `final`): "
+                      + "; ".join(faulty) + "."]
     if any(r["test_acc"] is None for r in rows):
         lines += ["", "Rows with test acc `–`: attacks whose federation run was not found under the folder "
                       "(fresh victims, or a moved/deleted federation); they are not plotted."]

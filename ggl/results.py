@@ -251,6 +251,7 @@ class FederationResult:
     seed: Optional[int]
     epsilon: Optional[float]
     delta: Optional[float]
+    faults: int = 0                   # failed clients + rejected updates + rejected aggregates: the report flags them
 
     @classmethod
     def from_json(cls, path: Path, data: dict) -> "FederationResult":
@@ -280,13 +281,16 @@ class FederationResult:
                    compression_ratio=_num(final.get("compression_ratio"), "final.compression_ratio"),
                    rounds=final.get("rounds"), dataset=(config.get("data") or {}).get("name"),
                    model=(config.get("model") or {}).get("name"), seed=config.get("seed"),
-                   epsilon=float(eps) if dp else None, delta=float(delta) if dp else None)
+                   epsilon=float(eps) if dp else None, delta=float(delta) if dp else None,
+                   faults=sum(int(final.get(k) or 0) for k in ("failed_clients", "rejected_updates",
+                                                                 "rejected_aggregates")))
 
 
 # ---------------------------------------------------------------------------------------------
 # the tidy CSV: one row per attacked image, with its federation's numbers
 
-FED_COLUMNS = ("test_acc", "bits_per_round", "compression_ratio", "epsilon", "delta", "rounds", "dataset", "model")
+FED_COLUMNS = ("test_acc", "bits_per_round", "compression_ratio", "epsilon", "delta", "rounds", "dataset", "model",
+               "faults")
 ID_COLUMNS = ("setting", "defense", "attacker", "adaptive", "seed", "dataset", "model", "round", "probe",
               "victim_id", "image", "label", "label_pred", "batch_label_acc", "fed_run", "images")
 
@@ -377,6 +381,6 @@ def read_csv(path: Path) -> List[Tuple[ImageRecord, Optional[FederationResult]]]
                                test_acc=acc,
                                bits_per_round=f("bits_per_round"), compression_ratio=f("compression_ratio"),
                                rounds=n("rounds"), dataset=line.get("dataset") or None, model=line.get("model") or None,
-                               seed=rec.seed, epsilon=f("epsilon"), delta=f("delta"))
+                               seed=rec.seed, epsilon=f("epsilon"), delta=f("delta"), faults=n("faults") or 0)
         out.append((rec, fed))
     return out

@@ -26,14 +26,14 @@ def _write(path: Path, obj) -> Path:
 
 
 def _fed(root: Path, name: str, stamp: str, defenses, acc: float, bits: float, ratio: float,
-         privacy=None, seed=0) -> Path:
+         privacy=None, seed=0, failed=0) -> Path:
     run = root / name / stamp
     (run / "audit" / "observations").mkdir(parents=True)
     _write(run / "results.json", {
         "config": {"task": "fedavg", "seed": seed, "data": {"name": "digits"}, "model": {"name": "cnn"},
                    "fl": {"rounds": 2}, "defenses": defenses},
         "final": {"test_acc": acc, "test_loss": 1.0, "rounds": 2, "uplink_bits_per_round": bits,
-                  "compression_ratio": ratio, "rejected_updates": 0, "failed_clients": 0, "privacy": privacy},
+                  "compression_ratio": ratio, "rejected_updates": 0, "failed_clients": failed, "privacy": privacy},
         "history": [], "wall_seconds": 3.0})
     return run
 
@@ -296,3 +296,15 @@ def test_sweep_finish_line_names_the_folder_the_key_numbers_and_the_next_command
     assert line.startswith("sweep: 1 jobs run, 2 skipped (done before), 0 failed, 12 s -> ")
     assert f"-> {runs} (3 points); most leakage: fp32 non-adaptive PSNR {mean_ci([8.0, 8.0]).fmt()} dB" in line
     assert "re-id top-1 0.50 (chance 0.100)" in line and line.endswith(f"; next: python -m ggl.report {runs}")
+
+
+def test_a_federation_that_dropped_clients_is_flagged_also_from_the_csv(tmp_path):
+    """A defence bug or crashing clients must not pass for a defence that "does not learn"."""
+    fed = _fed(tmp_path / "runs", "fed-q4", "20250101-000000", [Q4], 0.1, 2.5e5, 8.0, failed=7)
+    _attack(tmp_path / "runs", "attack-q4", "20250101-000100", fed, "q4", False, [11.0, 13.0], [0.5, 0.5])
+    out = tmp_path / "reports"
+    write_report([tmp_path / "runs"], out)
+    assert "**Warning:**" in (out / "privacy_utility.md").read_text() and "q4 (non-adaptive): 7" in (
+        out / "privacy_utility.md").read_text()
+    assert main(["--from-csv", str(out / "per_image.csv"), "--out", str(tmp_path / "again")]) == 0
+    assert "q4 (non-adaptive): 7" in (tmp_path / "again" / "privacy_utility.md").read_text()
