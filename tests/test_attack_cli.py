@@ -24,7 +24,7 @@ ROW_KEYS = {"setting", "observation", "image", "dataset_index", "label_true", "l
 def tiny_prior(monkeypatch):
     """attack.py with the tiny stand-in prior instead of the shipped checkpoint."""
     holder = {"prior": TinyPrior()}
-    monkeypatch.setattr("ggl.audit.run.load_attack_prior", lambda path: holder["prior"])
+    monkeypatch.setattr("ggl.audit.run.load_attack_prior", lambda path, *_: holder["prior"])
     return holder
 
 
@@ -118,6 +118,9 @@ def test_prior_that_does_not_fit_the_model_is_one_line_exit_2(tmp_path, tiny_pri
     tiny_prior["prior"] = TinyPrior(num_classes=4)
     assert attack_main(_args(tmp_path)) == 2
     assert "4 classes" in _one_error_line(capsys)
+    # the errors came after the run folder was made: nothing left behind, no `latest`
+    left = [p for p in (tmp_path / "runs").rglob("*") if p.is_file() or p.is_symlink() or p.name[:2] == "20"]
+    assert left == []
 
 
 def test_observation_from_another_architecture_is_one_line_exit_2(tmp_path, tiny_prior, capsys):

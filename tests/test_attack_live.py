@@ -46,7 +46,7 @@ def test_the_run_opens_before_the_search_and_streams_during_it(tmp_path, monkeyp
 
     monkeypatch.setattr(wandb, "init", fake_init)
     monkeypatch.setattr(run_mod, "attack", traced_attack)
-    monkeypatch.setattr(run_mod, "load_attack_prior", lambda path: TinyPrior())
+    monkeypatch.setattr(run_mod, "load_attack_prior", lambda path, *_: TinyPrior())
     args = [f"output_dir={tmp_path / 'runs'}", "logger.mode=offline", "data.name=digits", "audit.num_images=2",
             "attack.optimizer=cmaes_adam", "attack.generations=4", "attack.adam_steps=3", "attack.adam_restarts=2",
             "attack.population=6", "attack.progress=false", "attack.image_every=2"]

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_attack_rows_become_records_that_round_trip_through_json_and_csv(tmp_path, monkeypatch):
-    monkeypatch.setattr("ggl.audit.run.load_attack_prior", lambda path: TinyPrior())
+    monkeypatch.setattr("ggl.audit.run.load_attack_prior", lambda path, *_: TinyPrior())
     assert attack_main([f"output_dir={tmp_path / 'runs'}", "logger.mode=disabled", "data.name=digits",
                         "audit.num_images=2", "attack.optimizer=cmaes", "attack.generations=2",
                         "attack.population=6", "attack.progress=false"]) == 0

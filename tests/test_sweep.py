@@ -90,7 +90,7 @@ def test_sweep_file_must_stay_wandb_syntax(tmp_path):
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_tiny_sweep_runs_then_skips_everything_on_rerun(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("ggl.audit.run.load_attack_prior", lambda path: TinyPrior())
+    monkeypatch.setattr("ggl.audit.run.load_attack_prior", lambda path, *_: TinyPrior())
     out = tmp_path / "runs"
     args = [str(TINY), f"output_dir={out}", "--no-progress"]
     assert main(args) == 0

@@ -16,6 +16,7 @@ Outputs in ``runs/<name>/<timestamp>/``:
 """
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -32,7 +33,8 @@ from ggl.audit.truth import IMAGES_FILE, OBS_DIR, TRUTH_DIR, find_captures
 from ggl.errors import UserError
 from ggl.seeding import derived_seed
 from ggl.results import add_records
-from ggl.tracking import Stopwatch, new_run_dir, write_json
+from ggl.atomic import atomic_write_text
+from ggl.tracking import Stopwatch, create_run_dir, point_latest, write_json
 
 Captures = Dict[str, List[Tuple[Path, Path]]]
 
@@ -41,20 +43,17 @@ Captures = Dict[str, List[Tuple[Path, Path]]]
 # inputs
 
 
-def load_attack_prior(path: str):
+def load_attack_prior(path: str, trusted_generators=()):
     """The GAN prior of ``attack.prior`` (``ggl.gan.prior.load_prior``); relative paths are tried
-    from the working directory, then from the repository root."""
+    from the working directory, then from the repository root. Its generator class must be ggl's own
+    or one of ``attack.trusted_generators`` (checked before anything is imported)."""
     from ggl.config import REPO_ROOT
+    from ggl.gan.prior import load_prior
 
-    try:
-        from ggl.gan.prior import load_prior
-    except ImportError as exc:
-        raise UserError(f"the GAN prior loader (ggl.gan.prior) is not available ({exc}); "
-                        f"install the package with its GAN module") from None
     p = Path(path).expanduser()
     if not p.is_absolute() and not p.exists() and (REPO_ROOT / p).exists():
         p = REPO_ROOT / p
-    return load_prior(str(p))
+    return load_prior(str(p), trusted_generators=tuple(trusted_generators or ()))
 
 
 def defense_settings(cfg) -> List[Tuple[str, list]]:
@@ -165,19 +164,24 @@ def run_attack_cli(cfg, prior=None) -> dict:
         torch.set_num_threads(a.torch_threads)
     retain_freed_memory()  # a generation's trial updates reuse the last one's memory (ggl/allocator.py)
     captures: Optional[Captures] = source_captures(a.source) if a.source else None
-    G = prior if prior is not None else load_attack_prior(a.prior)
+    G = prior if prior is not None else load_attack_prior(a.prior, a.trusted_generators)
 
     name = _run_name(cfg)
-    run_dir = new_run_dir(cfg.output_dir, name)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    config = to_container(cfg)
-    if captures is None:
-        from ggl.audit.victim import fresh_captures
+    run_dir = create_run_dir(cfg.output_dir, name)
+    try:  # a set-up error leaves no orphan folder and does not move `latest`
+        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+        config = to_container(cfg)
+        if captures is None:
+            from ggl.audit.victim import fresh_captures
 
-        captures = fresh_captures(cfg, defense_settings(cfg), run_dir / "captures")
-    if a.max_observations:
-        captures = {k: v[:a.max_observations] for k, v in captures.items()}
-    observations = _validate(captures, G)
+            captures = fresh_captures(cfg, defense_settings(cfg), run_dir / "captures")
+        if a.max_observations:
+            captures = {k: v[:a.max_observations] for k, v in captures.items()}
+        observations = _validate(captures, G)
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    point_latest(run_dir)
 
     evaluator = Evaluator()
     settings = [(label, suffix, attacker) for label in captures for suffix, attacker in _attackers(a)]
