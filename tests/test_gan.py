@@ -166,6 +166,13 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
     sd_full = torch.load(pathlib.Path(full["run_dir"]) / "prior.pt", weights_only=True)["state_dict"]
     sd_res = torch.load(pathlib.Path(resumed["run_dir"]) / "prior.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(sd_full[k], sd_res[k]) for k in sd_full)
+    # the same resume again: already finished, nothing retrained or rewritten
+    run_dir = pathlib.Path(resumed["run_dir"])
+    before = {p: p.read_bytes() for p in (run_dir / "results.json", run_dir / "prior.pt")}
+    again = run_gan(gan_config(tmp_path / "part", *common, "gan.epochs=2", f"resume={part['run_dir']}"))
+    assert again["history"] == resumed["history"] and {p: p.read_bytes() for p in before} == before
+    with pytest.raises(UserError, match="gan.epochs"):
+        run_gan(gan_config(tmp_path / "part", *common, "gan.epochs=1", f"resume={part['run_dir']}"))
     with pytest.raises(UserError, match="gan.lr_g"):
         run_gan(gan_config(tmp_path / "part", *common, "gan.epochs=3", "gan.lr_g=0.1",
                            f"resume={part['run_dir']}"))

@@ -8,6 +8,7 @@ shipped files ``PATH`` (prior), ``<stem>.json``, ``<stem>_classifier.pt`` and ``
 """
 from __future__ import annotations
 
+import json
 import platform
 import shlex
 import sys
@@ -140,6 +141,10 @@ def _run_gan(cfg: Config) -> dict:
         check_export(Path(g.export), g.export_overwrite)
     run = open_run(cfg.resume, cfg.output_dir, name, config, "gan", _RESUMABLE_GAN_KEYS,
                    example="runs/gan_mnist/latest")
+    done = finished_gan(run, _max_epochs(g, len(public)))
+    if done is not None:
+        run.release()
+        return done
     try:
         results = _train_in(run, cfg, clock, data, split, public, heldout, x_pub, y_pub, name, config)
     except BaseException as exc:
@@ -148,6 +153,32 @@ def _run_gan(cfg: Config) -> dict:
         run.release()
         raise
     run.release()
+    return results
+
+
+def _max_epochs(g, num_public: int) -> int:
+    """Epochs the run trains: ``gan.epochs``, or fewer when ``gan.max_steps`` ends it first."""
+    if g.max_steps is None:
+        return g.epochs
+    return min(g.epochs, -(-g.max_steps // (num_public // g.batch_size)))
+
+
+def finished_gan(run, epochs: int) -> dict | None:
+    """A resumed run whose results.json already has ``epochs`` epochs: its results, unchanged (nothing
+    is retrained or re-exported). None: epochs are left, or it was killed before results.json."""
+    if run.ckpt is None:
+        return None
+    try:
+        results = json.loads((run.path / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    done = (results.get("timing") or {}).get("epochs") if isinstance(results, dict) else None
+    if not isinstance(done, int) or done < epochs:
+        return None
+    if done > epochs:
+        raise ConfigError(f"config key 'gan.epochs' = {epochs}: the run '{run.path}' already trained {done} "
+                          f"epochs; resume with gan.epochs >= {done}, or start a new run")
+    print(f"resume: the run '{run.path}' already finished its {done} epochs; nothing to do", file=sys.stderr)
     return results
 
 
@@ -178,9 +209,7 @@ def _train_in(run, cfg: Config, clock, data, split, public, heldout, x_pub, y_pu
                          config=config, job_type="gan")
     grid_cb = SampleGrid(run_dir, cfg.seed, g.sample_every, g.grid_per_class, g.grid_size)
     callbacks = [grid_cb]
-    max_epochs = g.epochs
-    if g.max_steps is not None:
-        max_epochs = min(max_epochs, -(-g.max_steps // (len(public) // g.batch_size)))
+    max_epochs = _max_epochs(g, len(public))
     trainer_defaults = {"max_epochs": max_epochs, "default_root_dir": str(run_dir),
                         "logger": logger if logger is not None else False,
                         "limit_val_batches": 0, "use_distributed_sampler": False}
