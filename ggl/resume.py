@@ -53,7 +53,7 @@ def _normalised(key: str, value: Any) -> Any:
             return chain(value)
         if isinstance(value, dict) and isinstance(value.get("defenses"), list):
             value = {**value, "defenses": [chain(c) if isinstance(c, list) else c for c in value["defenses"]]}
-    if isinstance(value, dict) and key in ("data", "model", "fl", "audit"):
+    if isinstance(value, dict) and key in ("data", "model", "fl", "audit", "gan"):
         from ggl.config import Config
 
         try:

@@ -220,12 +220,12 @@ def _scores_vs_baseline(cfg, seed=0):
 
 
 def test_cmaes_attack_beats_the_prior_only_baseline():
-    cfg = AttackConfig(optimizer="cmaes", population=16, generations=25)
+    cfg = AttackConfig(optimizer="cmaes", population=16, generations=25, sigma=1.0)
     assert min(_scores_vs_baseline(cfg)) > 3.0
 
 
 def test_adam_and_cmaes_adam_beat_the_prior_only_baseline():
     assert min(_scores_vs_baseline(AttackConfig(optimizer="adam", adam_steps=40, adam_restarts=4, adam_lr=0.1))) > 3.0
-    cfg = AttackConfig(optimizer="cmaes_adam", population=12, generations=8, adam_steps=15, adam_restarts=3,
+    cfg = AttackConfig(optimizer="cmaes_adam", population=12, generations=8, adam_steps=15, adam_restarts=3, sigma=1.0,
                        adam_lr=0.05)
     assert min(_scores_vs_baseline(cfg)) > 3.0

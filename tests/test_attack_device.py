@@ -55,7 +55,7 @@ def test_cpu_search_keeps_the_callers_model_and_prior_and_returns_cpu_tensors():
     model = obs.build_model()
     obj = GGLObjective(obs, G, y, model=model, device="cpu")
     assert obj.model is model and obj.G is G  # no copy on the device they already live on
-    res = attack(obs, G, AttackConfig(generations=2, population=4, device="cpu"), seed=0, labels=y)
+    res = attack(obs, G, AttackConfig(optimizer="cmaes", sigma=1.0, generations=2, population=4, device="cpu"), seed=0, labels=y)
     assert res.images.device.type == "cpu" and res.z.device.type == "cpu"
 
 

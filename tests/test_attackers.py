@@ -20,7 +20,7 @@ from ggl import metrics
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 Q2S = [{"name": "quantize", "bits": 2, "rounding": "stochastic", "range": "global"}]
-FAST = AttackConfig(optimizer="cmaes", population=12, generations=20)
+FAST = AttackConfig(optimizer="cmaes", population=12, generations=20, sigma=1.0)
 
 
 def _victim(G, k: int, defenses=(), seed_offset=0):
@@ -103,7 +103,7 @@ def test_ggl_entries_are_the_attack_with_their_loss_and_adaptivity():
 
     G = TinyPrior()
     x, y, obs = _victim(G, 3, [{"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}])
-    cfg = AttackConfig(optimizer="cmaes", population=8, generations=4)
+    cfg = AttackConfig(optimizer="cmaes", population=8, generations=4, sigma=1.0)
     for name, loss, adaptive in [("ggl-l2", "l2", False), ("ggl-cosine-adaptive", "cosine", True)]:
         mine = get_attacker(name)(obs, G, cfg, seed=5)
         ref = attack(obs, G, dataclasses.replace(cfg, loss=loss, adaptive=adaptive), seed=5)
@@ -218,7 +218,7 @@ def test_run_portfolio_pairs_attackers_on_one_seed_and_records_refusals():
 
     G = TinyPrior()
     _, _, obs = _victim(G, 4)
-    cfg = AttackConfig(optimizer="cmaes", population=8, generations=3)
+    cfg = AttackConfig(optimizer="cmaes", population=8, generations=3, sigma=1.0)
     attackers = build_portfolio(["ggl-l2", "ggl-eot", "inverting-gradients"], {"inverting-gradients": {"steps": 5}})
     out = run_portfolio(attackers, obs, G, cfg, seed=3)
     assert list(out) == ["ggl-l2", "ggl-eot", "inverting-gradients"]

@@ -120,7 +120,7 @@ def test_example_defense_is_modelled_by_the_adaptive_attacker(example):
     x = G(z_true, y)
     obs = make_observation(x, y, defenses=[{"name": "threshold", "tau": 0.3}],
                            transform=lambda g: example.threshold(g, 0.3))
-    cfg = AttackConfig(optimizer="cmaes", population=8, generations=3, adaptive=True)
+    cfg = AttackConfig(optimizer="cmaes", population=8, generations=3, sigma=1.0, adaptive=True)
     res = attack(obs, G, cfg, seed=0)  # the whole adaptive path: labels, objective with the model, search
     assert res.labels.tolist() == [5] and torch.isfinite(torch.tensor(res.loss))
 

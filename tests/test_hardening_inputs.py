@@ -205,6 +205,15 @@ def test_schema_defaults_are_the_documented_base_values():
     assert load_config(CONFIG_DIR / "fed_fp32.yaml") == load_config(None, ["task=fedavg"])
 
 
+@pytest.mark.parametrize("yaml_file, section", [("attack.yaml", "attack"), ("gan_mnist.yaml", "gan")])
+def test_attack_and_gan_schema_defaults_are_their_documented_values(yaml_file, section):
+    """One set of defaults: a config that omits a key gets what the shipped YAML documents."""
+    documented = dict(_leaves(OmegaConf.to_container(_read_yaml(CONFIG_DIR / yaml_file))[section]))
+    schema = dict(_leaves(OmegaConf.to_container(OmegaConf.structured(Config))[section]))
+    assert {k: (v, schema.get(k)) for k, v in documented.items() if schema.get(k, object()) != v} == {}
+    assert set(schema) <= set(documented), f"undocumented {section} keys: {set(schema) - set(documented)}"
+
+
 # ------------------------------------------------------------------------------- 4. one job, its configs
 def test_attack_py_refuses_a_federation_config(tmp_path, capsys):
     code = attack_main(["--config", "fed_q4.yaml", f"output_dir={tmp_path / 'runs'}"])

@@ -18,23 +18,25 @@ LIMITS = {"population": 100_000, "generations": 10_000_000, "restarts": 10_000, 
 class AttackConfig:
     source: Optional[str] = None          # null = fresh victims; else a federation run folder / capture file
     prior: str = "checkpoints/gan_mnist5k.pt"
-    optimizer: str = "cmaes"
+    optimizer: str = "cmaes_adam"
     population: int = 50
-    generations: int = 300
+    generations: int = 5
     restarts: int = 1
-    sigma: float = 1.0
+    sigma: float = 0.3
     latent_bound: Optional[float] = None
-    adam_steps: int = 300
-    adam_lr: float = 0.05
-    adam_restarts: int = 8
+    adam_steps: int = 150
+    adam_lr: float = 0.1
+    adam_restarts: int = 2
     loss: str = "l2"
     kl_weight: float = 0.0
     evaluation: str = "batched"
     adaptive: bool = False
     true_labels: bool = False
-    defenses: Optional[List[Any]] = None  # defence settings side by side; null = the top-level chain
+    # defence settings side by side; null = the top-level chain (default: none and 4-bit, as attack.yaml)
+    defenses: Optional[List[Any]] = field(default_factory=lambda: [
+        [], [{"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}]])
     max_observations: Optional[int] = None
-    torch_threads: Optional[int] = None
+    torch_threads: Optional[int] = 1
     progress: bool = True
     device: str = "auto"                  # auto | cpu | cuda (ggl/attack/device.py)
     patience: Optional[int] = None        # early stopping per search phase; null = the full budget

@@ -30,15 +30,15 @@ class GANConfig:
     # objective and optimisation
     loss: str = "nonsat"
     gp_weight: float = 10.0
-    ac_weight: float = 0.0
+    ac_weight: float = 1.0
     n_critic: int = 1
     augment: str = "none"
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
+    lr_g: float = 5e-4
+    lr_d: float = 5e-4
     betas: List[float] = field(default_factory=lambda: [0.5, 0.999])
     lr_decay: str = "none"
     batch_size: int = 64
-    epochs: int = 100
+    epochs: int = 50
     max_steps: Optional[int] = None
     ema: float = 0.999
     bn_recalibration: int = 20
@@ -51,7 +51,7 @@ class GANConfig:
     classifier_epochs: int = 10
     export: Optional[str] = None
     export_overwrite: bool = False
-    num_threads: Optional[int] = None
+    num_threads: Optional[int] = 1
 
     def check(self) -> None:
         for key in ("latent_dim", "g_width", "d_width", "n_critic", "batch_size", "epochs",
