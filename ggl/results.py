@@ -16,12 +16,14 @@ A file that fits none of this fails with ``SchemaError`` whose message is one li
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from ggl.atomic import atomic_write_text
 from ggl.audit.baselines import BASELINES
 from ggl.audit.reid import reid_keys
 
@@ -316,9 +318,7 @@ def _cell(v: Any) -> str:
 def write_csv(path: Path, rows: Iterable[Tuple[ImageRecord, Optional[FederationResult]]]) -> Path:
     """One line per (record, its federation) under the ``csv_columns()`` header; written atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as fh:
+    with io.StringIO(newline="") as fh:
         w = csv.writer(fh)
         w.writerow(csv_columns())
         for rec, fed in rows:
@@ -334,8 +334,7 @@ def write_csv(path: Path, rows: Iterable[Tuple[ImageRecord, Optional[FederationR
             flat.update({f"baseline_{b}_{m}": rec.baselines.get(b, {}).get(m) for b in BASELINES for m in METRICS})
             flat.update({f"leakage_{m}": rec.leakage.get(m) for m in METRICS})
             w.writerow([_cell(flat.get(c)) for c in csv_columns()])
-    tmp.replace(path)
-    return path
+        return atomic_write_text(path, fh.getvalue())
 
 
 def read_csv(path: Path) -> List[Tuple[ImageRecord, Optional[FederationResult]]]:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ggl.errors import UserError
 from ggl.safe_load import safe_load
+from ggl.atomic import atomic_write_with
 
 FORMAT = "ggl.observation/1"
 
@@ -69,12 +70,7 @@ class Observation:
         return d
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(self.to_dict(), tmp)
-        tmp.replace(path)
-        return path
+        return atomic_write_with(path, lambda fh: torch.save(self.to_dict(), fh))
 
     @classmethod
     def load(cls, path: str | Path) -> "Observation":

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ggl.errors import UserError
 from ggl.safe_load import safe_load
+from ggl.atomic import atomic_write_with
 
 FORMAT = "ggl.ground_truth/1"
 OBS_DIR = "observations"
@@ -32,14 +33,9 @@ class GroundTruth:
     client_id: int = 0
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         blob = asdict(self)
         blob["format"] = FORMAT
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(blob, tmp)
-        tmp.replace(path)
-        return path
+        return atomic_write_with(path, lambda fh: torch.save(blob, fh))
 
     @classmethod
     def load(cls, path: str | Path) -> "GroundTruth":
