@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -67,11 +66,10 @@ def quantizer_share(config: str, rounds: int, overrides: list) -> None:
 
 
 def _cli(tmp: Path, config: str, args: list) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "GGL_RUN_DIR"}
     cmd = [sys.executable, str(REPO / "train.py"), "--config", config, f"output_dir={tmp}", "logger.mode=disabled",
            "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "name=bench", *args]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, cwd=tmp, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, cwd=tmp, stdout=subprocess.DEVNULL)
     res = json.loads((tmp / "bench" / "latest" / "results.json").read_text())
     res["process_seconds"] = time.perf_counter() - start
     return res

@@ -26,17 +26,10 @@ REPO = Path(__file__).resolve().parent.parent
 CHILD = r"""
 import json, statistics, subprocess, sys, tempfile, time
 import torch  # loads the OpenMP runtime with this process's environment
-from lightning.pytorch.callbacks import Callback
+sys.path.insert(0, "benchmarks")  # cwd is the repository root
+from bench_fedavg import RoundTimer
 from ggl.config import load_config
 from ggl.fl.run import run_federation
-
-class RoundTimer(Callback):
-    def __init__(self):
-        self.seconds = []
-    def on_train_epoch_start(self, trainer, module):
-        self._t = time.perf_counter()
-    def on_train_epoch_end(self, trainer, module):
-        self.seconds.append(time.perf_counter() - self._t)
 
 rounds, busy, thread_counts = int(sys.argv[1]), int(sys.argv[2]), [int(t) for t in sys.argv[3].split(",")]
 default_threads = torch.get_num_threads()

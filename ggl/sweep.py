@@ -326,11 +326,7 @@ def find_attack(job: Job, source: Path) -> Optional[Path]:
 
 @contextlib.contextmanager
 def _job_env():
-    """The jobs' own W&B runs must not attach to the agent's sweep run (they have their own ids), and no
-    job may join the run folder an earlier job of this process exported for its DDP workers."""
-    from ggl.tracking import RUN_DIR_ENV
-
-    os.environ.pop(RUN_DIR_ENV, None)
+    """The jobs' own W&B runs must not attach to the agent's sweep run (they have their own ids)."""
     saved = {k: os.environ.pop(k) for k in AGENT_ENV if k in os.environ}
     try:
         yield

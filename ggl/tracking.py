@@ -21,8 +21,6 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from ggl.atomic import atomic_write_text, fsync_dir
 from ggl.errors import UserError
 
-RUN_DIR_ENV = "GGL_RUN_DIR"  # no longer read; kept so that callers that clear it keep working
-
 
 def is_rank_zero() -> bool:
     """Lightning's own process rank (RANK, LOCAL_RANK, SLURM_PROCID, ...; set from the Trainer once built)."""

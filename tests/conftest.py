@@ -9,12 +9,6 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
-@pytest.fixture(autouse=True)
-def _isolated_run_dir_env(monkeypatch):
-    # new_run_dir() exports GGL_RUN_DIR for DDP workers; keep tests independent of each other.
-    monkeypatch.delenv("GGL_RUN_DIR", raising=False)
-
-
 @pytest.fixture
 def make_cfg(tmp_path):
     """load_config with a tiny, fast federation on `digits`, writing into tmp_path."""

@@ -303,7 +303,6 @@ def test_fewer_rounds_than_done_is_refused(make_cfg):
 
 def test_torchrun_two_processes_leave_one_run_folder(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    env.pop("GGL_RUN_DIR", None)
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
             str(REPO / "train.py"), "--config", "fed_fp32.yaml", f"output_dir={tmp_path}", "logger.mode=disabled",
             "data.name=digits", "data.num_clients=4", "fl.rounds=1", "trainer.accelerator=cpu",

@@ -44,7 +44,6 @@ def _cli_run(tmp_path, *extra):
     # Same per-process thread count in both runs (Lightning gives each of N CPU processes 1/N of the
     # cores): float sums then agree bit for bit, and only the all-reduce's summation order differs.
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    env.pop("GGL_RUN_DIR", None)
     tmp_path.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, str(REPO / "train.py"), "--config", "fed_q4.yaml", f"output_dir={tmp_path}",
             "logger.mode=disabled", "data.name=digits", "data.num_clients=4", "fl.rounds=2", "fl.eval_every=1",
