@@ -107,6 +107,13 @@ class ImageRecord:
     leakage: Dict[str, Optional[float]] = field(default_factory=dict)
     federation: Optional[FederationRef] = None
     images: Optional[str] = None      # the attack's images.pt of this setting (for the figure)
+    attacker_name: Optional[str] = None  # the portfolio attacker (ggl-l2, ggl-eot, ...); None = older files
+    probe_kind: Optional[str] = None  # what the victim sent: fedsgd | local_update | fl (the federation's own)
+
+    @property
+    def attacker_id(self) -> str:
+        """The attacker that made this record: its portfolio name, else (older files) the L2 GGL one."""
+        return self.attacker_name or ("ggl-l2-adaptive" if self.adaptive else "ggl-l2")
 
     def to_json(self) -> dict:
         blob = asdict(self)
@@ -148,6 +155,9 @@ class ImageRecord:
 
 
 def _defense_of(setting: str, adaptive: bool) -> str:
+    """The defence label of an attack setting: ``q4@ggl-eot`` (portfolio) or ``q4-adaptive`` -> ``q4``."""
+    if "@" in setting:
+        return setting.split("@", 1)[0]
     return setting[:-len("-adaptive")] if adaptive and setting.endswith("-adaptive") else setting
 
 
@@ -160,7 +170,11 @@ def record_from_row(row: dict, config: dict, federation: Optional[FederationRef]
     if not isinstance(row, dict):
         raise SchemaError(f"{what} is not an object")
     attack = config.get("attack") if isinstance(config.get("attack"), dict) else {}
-    adaptive = bool(attack.get("adaptive"))
+    models = row.get("attacker_models")  # a portfolio row says what its attacker models
+    adaptive = bool(attack.get("adaptive")) if models is None else models != "none"
+    attacker_name = row.get("attacker_name")
+    if attacker_name is not None and not isinstance(attacker_name, str):
+        raise SchemaError(f"{what}.attacker_name = {attacker_name!r} is not a string")
     setting = row.get("setting") or config.get("setting") or "?"
     metrics = {k: _num(row.get(k), f"{what}.{k}") for k in METRICS + GALLERY_KEYS if k in row}
     if "psnr" not in metrics:
@@ -184,7 +198,8 @@ def record_from_row(row: dict, config: dict, federation: Optional[FederationRef]
         image=_int(row.get("image"), f"{what}.image") or 0, label=_int(row.get("label_true"), f"{what}.label_true"),
         label_pred=_int(row.get("label_pred"), f"{what}.label_pred"),
         batch_label_acc=_num(row.get("batch_label_acc"), f"{what}.batch_label_acc"),
-        metrics=metrics, baselines=base, leakage=leak, federation=federation, images=images)
+        metrics=metrics, baselines=base, leakage=leak, federation=federation, images=images,
+        attacker_name=attacker_name, probe_kind=row.get("probe_kind"))
 
 
 def add_records(results: dict) -> dict:

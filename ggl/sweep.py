@@ -202,6 +202,9 @@ def make_point(params: Dict[str, Any], seeds_vary: bool = False) -> Point:
                           f"fed.audit.rounds (e.g. [0])")
     attackers = params.get("attackers", ["non-adaptive"])
     attackers = [attackers] if isinstance(attackers, str) else list(attackers)
+    if any(a not in ATTACKERS for a in attackers):  # portfolio names: one attack job runs them all
+        point.attacks.append(_portfolio_job(attackers, chain, setting, cfg, params, attack_over))
+        return point
     for attacker in attackers:
         if attacker not in ATTACKERS:
             raise ConfigError(f"sweep parameter 'attackers' = {attackers}: '{attacker}' is not one of "
@@ -221,6 +224,46 @@ def make_point(params: Dict[str, Any], seeds_vary: bool = False) -> Point:
         point.attacks.append(Job("attack", setting, name, params.get("attack_config", "attack.yaml"), over,
                                  attacker=attacker, cost=float(images * search_units(acfg.attack))))
     return point
+
+
+def portfolio_for(names: Sequence[str], chain: Sequence[dict], setting: str) -> List[str]:
+    """The portfolio attackers worth running on ``chain``: an adaptive attacker that models nothing of it
+    (no defence; unbiased randomness, whose expectation is the identity) would repeat its non-adaptive
+    twin's search, so it is left out when the twin is listed; an adaptive one on a defence it has no model
+    of is an error. ``ggl-eot`` on a deterministic chain stays: it refuses with its reason, recorded."""
+    from ggl.attack.attackers import check_portfolio, get_attacker
+
+    check_portfolio(list(names))
+    keep = []
+    for name in names:
+        if get_attacker(name).models == "adaptive":
+            check_adaptive(chain, setting)
+            twin = name[:-len("-adaptive")] if name.endswith("-adaptive") else None
+            if twin in names and not adaptive_differs(chain):
+                continue
+        keep.append(name)
+    return keep
+
+
+def _portfolio_job(names: Sequence[str], chain: Sequence[dict], setting: str, cfg, params: Dict[str, Any],
+                   attack_over: List[str]) -> Job:
+    """One attack job running the attacker portfolio (``attack.attackers``) on the setting's captures."""
+    if any(a in ATTACKERS for a in names):
+        raise ConfigError(f"sweep parameter 'attackers' = {list(names)}: give either {' / '.join(ATTACKERS)} "
+                          f"or portfolio attacker names (ggl/attack/attackers), not both")
+    from ggl.attack.attackers import build_portfolio
+    from ggl.config import load_config
+
+    keep = portfolio_for(names, chain, setting)
+    name = f"attack-{setting}"
+    over = attack_over + [f"attack.attackers={json.dumps(keep)}", f"name={name}"]
+    acfg = load_config(params.get("attack_config", "attack.yaml"), over)
+    units = sum(a.units(acfg.attack) for a in build_portfolio(keep, dict(acfg.attack.attacker_options or {})))
+    images = len(set(cfg.audit.rounds)) * cfg.audit.num_images
+    if acfg.attack.max_observations:
+        images = min(images, acfg.attack.max_observations * cfg.audit.batch_size)
+    return Job("attack", setting, name, params.get("attack_config", "attack.yaml"), over, attacker="portfolio",
+               cost=float(images * units))
 
 
 def adaptive_differs(chain: Sequence[dict]) -> bool:

@@ -30,6 +30,7 @@ from ggl.attack.observation import Observation
 from ggl.audit.evaluate import Evaluator, summarize
 from ggl.audit.live import LiveAttackRun
 from ggl.audit.truth import IMAGES_FILE, OBS_DIR, TRUTH_DIR, find_captures
+from ggl.audit.victim import probe_kind
 from ggl.errors import UserError
 from ggl.seeding import derived_seed
 from ggl.results import add_records
@@ -152,6 +153,13 @@ def _attacker_name(attacker, a) -> str:
     return attacker.name if attacker is not None else f"ggl-{a.loss}" + ("-adaptive" if a.adaptive else "")
 
 
+def _attacker_models(attacker, a) -> str:
+    """What of the defence the attacker models: none | adaptive | eot (``Attacker.models``)."""
+    if attacker is not None:
+        return attacker.models
+    return "adaptive" if a.adaptive else "none"
+
+
 def run_attack_cli(cfg, prior=None) -> dict:
     """``python attack.py``: returns the results dict (also written to ``results.json``)."""
     from tqdm.auto import tqdm
@@ -221,7 +229,9 @@ def run_attack_cli(cfg, prior=None) -> dict:
                     img_rows, truth, recon, base = evaluator.evaluate(truth_path, obs.obs_id, res.images, res.labels,
                                                                       G, model, seed)
                     for r in img_rows:
-                        r.update({"setting": setting, "attacker_name": _attacker_name(attacker, a), "loss": res.loss, "evaluations": res.evaluations,
+                        r.update({"setting": setting, "attacker_name": _attacker_name(attacker, a),
+                                  "attacker_models": _attacker_models(attacker, a), "probe_kind": probe_kind(obs),
+                                  "loss": res.loss, "evaluations": res.evaluations,
                                   "search_seconds": res.seconds,
                                   "labels_given": "true labels (ablation)" if a.true_labels else "inferred"})
                     rows += img_rows
