@@ -41,13 +41,14 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from ggl.audit.baselines import BASELINES
 from ggl.audit.reid import HEADLINE, chance
 from ggl.audit.truth import IMAGES_FILE
-from ggl.results import (ATTACKERS, FederationRef, FederationResult, ImageRecord, SchemaError, read_attack_records,
-                         read_csv, write_csv)
+from ggl.results import (ACCURACY_FILE, FederationRef, FederationResult, ImageRecord, SchemaError,
+                         read_attack_records, read_csv, write_accuracy_csv, write_csv)
 from ggl.stats import MeanCI, mean_ci, paired
 from ggl.safe_load import safe_load
 
 CSV_FILE = "per_image.csv"
-FILES = ("privacy_utility.png", "privacy_utility.md", "reconstructions.png", CSV_FILE)
+FILES = ("privacy_utility.png", "privacy_utility.md", "reconstructions.png", "leakage_vs_round.png", CSV_FILE,
+         ACCURACY_FILE)
 # --metric -> (per-image key, axis label, number format)
 PLOT_METRICS = {"psnr": ("psnr", "attack PSNR (dB)", ".2f"), "ssim": ("ssim", "attack SSIM", ".3f"),
                 "reid": (HEADLINE, "re-identification top-1 (feature space, same-class private images)", ".2f")}
@@ -145,7 +146,7 @@ def collect(roots: Sequence[Path]) -> dict:
         for setting, group in by_setting.items():
             n_attacks += 1
             fed = fed_of(group[0].federation)
-            key = (group[0].defense, group[0].attacker, fed.dataset if fed else None, fed.model if fed else None,
+            key = (group[0].defense, group[0].attacker_id, fed.dataset if fed else None, fed.model if fed else None,
                    group[0].seed)
             stamp = (path.parent.name, str(path.parent))
             if key in units:
@@ -159,9 +160,9 @@ def collect(roots: Sequence[Path]) -> dict:
         if unit and unit[0][1] is not None:
             paired_feds.add(unit[0][1].key)
     points = build_points(pairs)
-    pairs = [p for point in points for p in point["pairs"]]  # in table order: the CSV follows the table
+    pairs = measured_pairs(points)  # in table order: the CSV follows the table
     feds_alone = [f for k, f in sorted(feds.items()) if k not in paired_feds]
-    return {"rows": points, "pairs": pairs, "feds_alone": feds_alone, "skipped": skipped, "ignored": ignored,
+    return {"rows": points, "pairs": pairs, "feds": [feds[k] for k in sorted(paired_feds)], "feds_alone": feds_alone, "skipped": skipped, "ignored": ignored,
             "superseded": superseded, "n_feds": len(feds), "n_attacks": n_attacks, "n_files": len(files)}
 
 
@@ -183,20 +184,25 @@ def _mean(values: Iterable[Optional[float]]) -> Optional[float]:
 
 
 def build_points(pairs: Sequence[Pair]) -> List[dict]:
-    """Group images into points (defence setting x attacker x dataset x model; seeds pooled), in table
-    order: dataset, best test accuracy first, setting, non-adaptive before adaptive."""
+    """Group images into points (defence setting x attacker x round x probe x dataset x model; seeds
+    pooled), add the worst case over the attacker portfolio per (setting, round, probe)
+    (``ggl.worst_case``), in table order: dataset, best test accuracy first, setting, round, attacker."""
+    from ggl.worst_case import worst_case_points
+
     groups: Dict[tuple, List[Pair]] = {}
     for rec, fed in pairs:
-        key = (rec.defense, rec.attacker, fed.dataset if fed else None, fed.model if fed else None)
+        key = (rec.defense, rec.attacker_id, rec.attacker, rec.round, rec.probe_kind,
+               fed.dataset if fed else None, fed.model if fed else None)
         groups.setdefault(key, []).append((rec, fed))
     points = []
-    for (defense, attacker, dataset, model), group in groups.items():
+    for (defense, name, attacker, rnd, probe, dataset, model), group in groups.items():
         group = sorted(group, key=lambda p: (p[0].seed if p[0].seed is not None else -1, p[0].round or 0,
                                              p[0].probe or "", p[0].image))
         feds = list({f.key: f for _, f in group if f is not None}.values())
         first = feds[0] if feds else None
         points.append({
-            "setting": defense, "attacker": attacker, "dataset": dataset, "model": model, "pairs": group,
+            "setting": defense, "attacker": attacker, "attacker_name": name, "round": rnd, "probe": probe,
+            "derived": False, "dataset": dataset, "model": model, "pairs": group,
             "seeds": sorted({r.seed for r, _ in group if r.seed is not None}),
             "test_acc": _mean(f.test_acc for f in feds) if feds else None,
             "bits_per_round": first.bits_per_round if first else None,
@@ -205,14 +211,39 @@ def build_points(pairs: Sequence[Pair]) -> List[dict]:
             "rounds": first.rounds if first else None,
             "faults": sum(f.faults for f in feds),
             "images": next((Path(r.images) for r, _ in group if r.images), None),
+            "round_test_acc": _mean(f.accuracy_at(rnd) for f in feds) if feds and rnd is not None else None,
             "n_images": len(group), "victims": tuple((r.seed, r.victim_id) for r, _ in group)})
-    return sorted(points, key=_row_order)
+    return sorted(points + worst_case_points(points), key=_row_order)
+
+
+def measured_pairs(points: Sequence[dict]) -> List[Pair]:
+    """The attacked images of the points (not the derived worst-case records): what the CSV holds."""
+    return [p for point in points if not point.get("derived") for p in point["pairs"]]
+
+
+# table order of the attackers: the worst case first, then the portfolio's own order
+ATTACKER_ORDER = ("best per victim", "ggl-l2", "ggl-l2-adaptive", "ggl-cosine", "ggl-cosine-adaptive", "ggl-eot",
+                  "inverting-gradients")
+
+
+def _attacker_rank(name: str) -> tuple:
+    return (ATTACKER_ORDER.index(name), "") if name in ATTACKER_ORDER else (len(ATTACKER_ORDER), name)
 
 
 def _row_order(row: dict) -> tuple:
     acc = row["test_acc"]
-    return (row["dataset"] or "", -(acc if acc is not None else -1.0), row["setting"],
-            ATTACKERS.index(row["attacker"]))
+    return (row["dataset"] or "", -(acc if acc is not None else -1.0), row["setting"], row["probe"] or "",
+            row["round"] if row["round"] is not None else -1, _attacker_rank(row["attacker_name"]))
+
+
+def worst_case_rows(rows: Sequence[dict]) -> List[dict]:
+    """Per (setting, round, probe, dataset, model): its worst-case point where several attackers ran,
+    else its one attacker's point, in table order."""
+    def key(r):
+        return r["setting"], r["round"], r["probe"], r["dataset"], r["model"]
+
+    derived = {key(r) for r in rows if r.get("derived")}
+    return [r for r in rows if r.get("derived") or key(r) not in derived]
 
 
 def strongest_baseline(pairs: Sequence[Pair], metric: str) -> Optional[str]:
@@ -253,30 +284,71 @@ def _bits(v: Optional[float]) -> str:
     return f"{v:.0f} bit"
 
 
-TABLE_COLUMNS = ["setting", "attacker", "test acc", "PSNR (dB)", "SSIM", "re-id top-1 (chance)", "re-id MRR (chance)",
-                 "LPIPS", "label acc", "best label-only PSNR (dB)", "PSNR leakage (dB)", "re-id leakage", "n images",
-                 "seeds", "uplink bits / round", "compression", "DP ε (δ)", "rounds", "dataset"]
+TABLE_COLUMNS = ["setting", "round", "probe", "attacker", "test acc", "acc at round", "PSNR (dB)", "SSIM",
+                 "re-id top-1 (chance)", "re-id MRR (chance)", "LPIPS", "label acc", "best label-only PSNR (dB)",
+                 "PSNR leakage (dB)", "re-id leakage", "n images", "seeds", "uplink bits / round", "compression",
+                 "DP ε (δ)", "rounds", "dataset"]
+HEADLINE_COLUMNS = ["setting", "round", "probe", "test acc", "acc at round", "worst-case PSNR (dB)", "SSIM",
+                    "re-id top-1 (chance)", "best label-only PSNR (dB)", "PSNR leakage (dB)", "re-id leakage",
+                    "won by (victims, PSNR)", "ggl-l2 non-adaptive PSNR (dB)", "n images", "compression"]
 MRR_KEY = "reid_rr_feature_class"
 
 
+def _top1(pairs: Sequence[Pair]) -> str:
+    top1 = _ci(pairs, HEADLINE)
+    return "–" if top1 is None else f"{top1.fmt()} ({_fmt(chance_level(pairs, 'top1'), '.3f')})"
+
+
+def _best_baseline(pairs: Sequence[Pair]) -> str:
+    best = strongest_baseline(pairs, "psnr")
+    return _fmt_ci(_ci(pairs, "best_baseline_psnr")) + (f" ({best.replace('_', ' ')})" if best else "")
+
+
+def _round(r: dict) -> str:
+    return "–" if r["round"] is None else str(r["round"])
+
+
 def table_rows(rows: List[dict]) -> List[List[str]]:
+    """Every point (each attacker, and each worst case) with all its numbers."""
     out = []
     for r in rows:
         pairs = r["pairs"]
-        best = strongest_baseline(pairs, "psnr")
-        top1, mrr = _ci(pairs, HEADLINE), _ci(pairs, MRR_KEY)
+        mrr = _ci(pairs, MRR_KEY)
         out.append([
-            r["setting"], r["attacker"], _fmt(r["test_acc"], ".3f"), _fmt_ci(_ci(pairs, "psnr")),
-            _fmt_ci(_ci(pairs, "ssim"), ".3f"),
-            "–" if top1 is None else f"{top1.fmt()} ({_fmt(chance_level(pairs, 'top1'), '.3f')})",
-            "–" if mrr is None else f"{mrr.fmt()} ({_fmt(chance_level(pairs, 'rr'), '.3f')})",
+            r["setting"], _round(r), r["probe"] or "–", r["attacker_name"], _fmt(r["test_acc"], ".3f"),
+            _fmt(r.get("round_test_acc"), ".3f"), _fmt_ci(_ci(pairs, "psnr")), _fmt_ci(_ci(pairs, "ssim"), ".3f"),
+            _top1(pairs), "–" if mrr is None else f"{mrr.fmt()} ({_fmt(chance_level(pairs, 'rr'), '.3f')})",
             _fmt_ci(_ci(pairs, "lpips"), ".3f"), _fmt(_mean(rec.batch_label_acc for rec, _ in pairs), ".0%"),
-            _fmt_ci(_ci(pairs, "best_baseline_psnr")) + (f" ({best.replace('_', ' ')})" if best else ""),
-            _fmt_ci(_ci(pairs, "leakage_psnr")), _fmt_ci(_ci(pairs, f"leakage_{HEADLINE}")),
+            _best_baseline(pairs), _fmt_ci(_ci(pairs, "leakage_psnr")), _fmt_ci(_ci(pairs, f"leakage_{HEADLINE}")),
             str(r["n_images"]), str(len(r["seeds"])) if r["seeds"] else "–", _bits(r["bits_per_round"]),
             _fmt(r["compression_ratio"], ".1f") + ("×" if r["compression_ratio"] is not None else ""),
             f"{r['epsilon'][0]:.3g} ({r['epsilon'][1]:g})" if r.get("epsilon") else "–",
             str(r["rounds"]) if r["rounds"] is not None else "–", r["dataset"] or "–"])
+    return out
+
+
+def _contrast(rows: Sequence[dict], r: dict) -> Optional[dict]:
+    """The non-adaptive L2 GGL point of ``r``'s setting, round and probe (the attacker of earlier reports)."""
+    return next((o for o in rows if not o.get("derived") and o["attacker_name"] == "ggl-l2"
+                 and (o["setting"], o["round"], o["probe"], o["dataset"]) ==
+                 (r["setting"], r["round"], r["probe"], r["dataset"])), None)
+
+
+def headline_rows(rows: List[dict]) -> List[List[str]]:
+    """Per setting, round and probe: the worst case over the attackers (``ggl.worst_case``)."""
+    from ggl.worst_case import wins_text
+
+    out = []
+    for r in worst_case_rows(rows):
+        pairs = r["pairs"]
+        contrast = _contrast(rows, r)
+        out.append([
+            r["setting"], _round(r), r["probe"] or "–", _fmt(r["test_acc"], ".3f"), _fmt(r.get("round_test_acc"), ".3f"),
+            _fmt_ci(_ci(pairs, "psnr")), _fmt_ci(_ci(pairs, "ssim"), ".3f"), _top1(pairs), _best_baseline(pairs),
+            _fmt_ci(_ci(pairs, "leakage_psnr")), _fmt_ci(_ci(pairs, f"leakage_{HEADLINE}")),
+            wins_text(r) if r.get("derived") else r["attacker_name"],
+            _fmt_ci(_ci(contrast["pairs"], "psnr")) if contrast else "–", str(r["n_images"]),
+            _fmt(r["compression_ratio"], ".1f") + ("×" if r["compression_ratio"] is not None else "")])
     return out
 
 
@@ -298,19 +370,40 @@ def _aligned(a: Sequence[Pair], b: Sequence[Pair], key_a: str, key_b: str) -> Tu
     return [float(va[i]) for i in keep], [float(vb[i]) for i in keep]
 
 
+def _label(r: dict) -> str:
+    rnd = f" round {r['round']}" if r["round"] is not None else ""
+    return f"{r['setting']}{rnd} {r['attacker_name']}"
+
+
 def comparisons(rows: List[dict]) -> List[Tuple[str, str, Any]]:
-    """(comparison, metric label, ggl.stats.Paired) on the same victims: each point against the best
-    label-only baseline (does it leak?), and the adaptive against the non-adaptive attacker."""
+    """(comparison, metric label, ggl.stats.Paired) on the same victims: each setting's worst case (or its
+    one attacker) against the best label-only baseline (does it leak?); each defence's worst case against
+    no defence's at the same round (does the defence reduce leakage?); and, in runs without a portfolio,
+    the adaptive against the non-adaptive attacker."""
     out = []
-    for r in rows:
+    heads = worst_case_rows(rows)
+    for r in heads:
         for key, label in COMPARE_METRICS:
             res = paired(*_aligned(r["pairs"], r["pairs"], key, f"best_baseline_{key}"), seed=BOOTSTRAP_SEED)
             if res is not None:
-                out.append((f"{r['setting']} {r['attacker']} − best label-only baseline", label, res))
-    by_key = {(r["setting"], r["attacker"], r["dataset"]): r for r in rows}
+                out.append((f"{_label(r)} − best label-only baseline", label, res))
+    ref = {(r["round"], r["probe"], r["dataset"]): r for r in heads if r["setting"] == "fp32"}
+    for r in heads:
+        other = ref.get((r["round"], r["probe"], r["dataset"]))
+        if other is None or other is r:
+            continue
+        for key, label in COMPARE_METRICS:
+            res = paired(*_aligned(r["pairs"], other["pairs"], key, key), seed=BOOTSTRAP_SEED)
+            if res is not None:
+                out.append((f"{_label(r)} − fp32 {other['attacker_name']} (round {_round(r)})", label, res))
+    if any(r.get("derived") and set(r.get("attackers", ())) - {"ggl-l2", "ggl-l2-adaptive"} for r in rows):
+        return out
+    by_key = {(r["setting"], r["attacker"], r["round"], r["probe"], r["dataset"]): r for r in rows if not r.get("derived")}
     for r in rows:
-        other = by_key.get((r["setting"], "non-adaptive", r["dataset"]))
-        if r["attacker"] != "adaptive" or other is None:
+        if r.get("derived") or r["attacker"] != "adaptive":
+            continue
+        other = by_key.get((r["setting"], "non-adaptive", r["round"], r["probe"], r["dataset"]))
+        if other is None:
             continue
         for key, label in COMPARE_METRICS:
             res = paired(*_aligned(r["pairs"], other["pairs"], key, key), seed=BOOTSTRAP_SEED)
@@ -346,6 +439,15 @@ def markdown(found: dict, command: str, seconds: float) -> str:
              "in brackets: 1 / the class's private images). Label-only baselines (what the label alone gives): "
              "the prior's class mean, the public split's class mean, a random prior sample; leakage = the attack's "
              "score minus the best of them on the same image.", ""]
+    lines += ["## The worst case per setting and round", "",
+              "Per defence setting, round (the global model after that many rounds; 0 = untrained) and probe: "
+              "per victim, the best reconstruction of any attacker that ran (on each metric); `won by` counts "
+              "the victims each attacker won on PSNR. The last columns show the non-adaptive L2 GGL attacker "
+              "alone, for contrast. `acc at round` is the test accuracy of the model the victims' updates were "
+              "computed at (– at round 0: untrained, not evaluated).", ""]
+    lines += _md_table(HEADLINE_COLUMNS, headline_rows(rows))
+    lines += ["", "![leakage and accuracy over rounds](leakage_vs_round.png)", "",
+              "## Every attacker", ""]
     lines += _md_table(TABLE_COLUMNS, table_rows(rows))
     cmp_rows = comparison_rows(rows)
     if cmp_rows:
@@ -356,8 +458,8 @@ def markdown(found: dict, command: str, seconds: float) -> str:
     shown = [f"{b.replace('_', ' ')} {ci.fmt()} dB" for b, ci in band.items() if ci is not None]
     if shown:
         lines += ["", "Label-only baselines over all attacked images, PSNR: " + "; ".join(shown) + "."]
-    victims = {r["victims"] for r in rows if r["victims"]}
-    if len(victims) > 1:
+    victims = {(r["round"], r["probe"], r["victims"]) for r in rows if r["victims"]}
+    if len(victims) > len({(r["round"], r["probe"]) for r in rows if r["victims"]}):
         lines += ["", f"Note: the settings attacked {len(victims)} different sets of victim images "
                       f"(different audit configs); rows are not the same images."]
     if found.get("superseded"):
@@ -420,6 +522,8 @@ def dodge(xs: Sequence[float], width: float) -> List[float]:
 
 
 def plot_privacy_utility(rows: List[dict], path: Path, metric: str = "psnr") -> Path:
+    """Worst case per setting (big markers) and the non-adaptive L2 GGL attacker (small hollow) vs the
+    final test accuracy; one column of panels per defence family, one row per round."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -427,56 +531,120 @@ def plot_privacy_utility(rows: List[dict], path: Path, metric: str = "psnr") -> 
 
     key, ylabel, _ = PLOT_METRICS[metric]
     plt = _pyplot()
-    plotted = [r for r in rows if r["test_acc"] is not None and _ci(r["pairs"], key) is not None]
+    heads = [r for r in worst_case_rows(rows) if r["test_acc"] is not None and _ci(r["pairs"], key) is not None]
+    contrasts = [c for c in (_contrast(rows, r) for r in heads if r.get("derived")) if c is not None]
+    plotted = heads + [c for c in contrasts if _ci(c["pairs"], key) is not None]
     families = list(dict.fromkeys(defense_family(r["setting"]) for r in plotted if r["setting"] != "fp32")) or ["fp32"]
-    ncols = min(3, len(families))
-    nrows = -(-len(families) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols + 2.6, 3.9 * nrows + 0.6), dpi=110, squeeze=False,
-                             sharey=True)
+    rounds = sorted({r["round"] for r in plotted}, key=lambda x: -1 if x is None else x) or [None]
+    ncols = len(families)
+    fig, axes = plt.subplots(len(rounds), ncols, figsize=(4.2 * ncols + 2.8, 3.6 * len(rounds) + 0.6), dpi=110,
+                             squeeze=False, sharey=True)
     labels = list(dict.fromkeys(r["setting"] for r in plotted))
     markers = "osD^vP*Xhp<>d8H"
     cmap = plt.get_cmap("tab20")
     style = {lab: (cmap((2 * i) % 20 + (2 * i // 20) % 2), markers[i % len(markers)]) for i, lab in enumerate(labels)}
-    all_pairs = [p for r in plotted for p in r["pairs"]]
+    all_pairs = [p for r in heads for p in r["pairs"]]
     band = mean_ci(_values(all_pairs, f"best_baseline_{key}"), seed=BOOTSTRAP_SEED)
     accs = [r["test_acc"] for r in plotted]
     width = 0.012 * max(max(accs, default=1) - min(accs, default=0), 0.05)
-    for ax, family in zip(axes.flat, families):
-        members = [r for r in plotted if defense_family(r["setting"]) == family or r["setting"] == "fp32"]
-        xs = dodge([r["test_acc"] for r in members], width)
-        if band is not None:
-            ax.axhspan(band.low, band.high, color="0.85", zorder=0)
-            ax.axhline(band.mean, color="0.55", lw=1, ls="--", zorder=1)
-        if metric == "reid":
-            ch = chance_level(all_pairs, "top1")
+    ch = chance_level(all_pairs, "top1") if metric == "reid" else None
+    for i, rnd in enumerate(rounds):
+        for ax, family in zip(axes[i], families):
+            members = [r for r in plotted if r["round"] == rnd and
+                       (defense_family(r["setting"]) == family or r["setting"] == "fp32")]
+            xs = dodge([r["test_acc"] for r in members], width)
+            if band is not None:
+                ax.axhspan(band.low, band.high, color="0.85", zorder=0)
+                ax.axhline(band.mean, color="0.55", lw=1, ls="--", zorder=1)
             if ch is not None:
                 ax.axhline(ch, color="0.3", lw=1, ls=":", zorder=1)
-        for x, r in zip(xs, members):
-            ci = _ci(r["pairs"], key)
-            color, marker = style[r["setting"]]
-            hollow = r["attacker"] == "adaptive"
-            ax.errorbar(x, ci.mean, yerr=[[ci.mean - ci.low], [ci.high - ci.mean]], fmt=marker, ms=7, capsize=3,
-                        color=color, mfc="white" if hollow else color, mec=color, mew=1.5, zorder=3)
-        ax.set_title(family, fontsize=9)
-        ax.set_xlabel("final test accuracy (same accuracy: spread sideways)", fontsize=8)
-        ax.grid(alpha=0.3)
-    for ax in axes.flat[len(families):]:
-        ax.set_visible(False)
-    for ax in axes[:, 0]:
-        ax.set_ylabel(ylabel, fontsize=8)
+            for x, r in zip(xs, members):
+                ci = _ci(r["pairs"], key)
+                color, marker = style[r["setting"]]
+                head = r in heads
+                ax.errorbar(x, ci.mean, yerr=[[ci.mean - ci.low], [ci.high - ci.mean]], fmt=marker,
+                            ms=7 if head else 4.5, capsize=3 if head else 2, color=color,
+                            mfc=color if head else "white", mec=color, mew=1.5 if head else 1, zorder=3 if head else 2,
+                            alpha=1.0 if head else 0.8)
+            where = "" if rnd is None else (f", round {rnd}" + (" (untrained)" if rnd == 0 else ""))
+            ax.set_title(f"{family}{where}", fontsize=9)
+            ax.set_xlabel("final test accuracy (same accuracy: spread sideways)", fontsize=8)
+            ax.grid(alpha=0.3)
+        axes[i, 0].set_ylabel(ylabel, fontsize=8)
     handles = [Line2D([], [], ls="", marker=style[lab][1], color=style[lab][0], ms=7, label=lab) for lab in labels]
-    handles += [Line2D([], [], ls="", marker="o", color="0.3", ms=7, label="non-adaptive attacker (filled)"),
-                Line2D([], [], ls="", marker="o", color="0.3", mfc="white", ms=7, label="adaptive attacker (hollow)"),
+    handles += [Line2D([], [], ls="", marker="o", color="0.3", ms=7, label="worst case: best attacker per victim"),
+                Line2D([], [], ls="", marker="o", color="0.3", mfc="white", ms=4.5,
+                       label="non-adaptive L2 GGL alone (contrast)"),
                 Patch(color="0.85", label="strongest label-only baseline (95% CI)")]
     if metric == "reid":
         handles.append(Line2D([], [], color="0.3", ls=":", label="chance"))
     fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
-    n = sorted({r["n_images"] for r in plotted})
-    seeds = sorted({len(r["seeds"]) for r in plotted})
+    n = sorted({r["n_images"] for r in heads})
+    seeds = sorted({len(r["seeds"]) for r in heads})
     fig.suptitle(f"Privacy vs utility under GGL (mean, 95% bootstrap CI; n = {', '.join(map(str, n)) or '–'} images, "
                  f"{', '.join(map(str, seeds)) or '–'} seed(s) per point): higher = more leakage, right = better "
                  f"model", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1 - 2.4 / fig.get_figwidth(), 0.95))
+    fig.tight_layout(rect=(0, 0, 1 - 2.6 / fig.get_figwidth(), 0.95))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_leakage_vs_round(rows: List[dict], feds: Sequence[FederationResult], path: Path) -> Optional[Path]:
+    """Three panels over FL rounds, one line per setting: the worst-case PSNR and re-identification
+    top-1 (mean, 95% CI) at each attacked round, and the federation's test accuracy curve."""
+    from matplotlib.ticker import MaxNLocator
+
+    from ggl.plots import _pyplot
+
+    heads = [r for r in worst_case_rows(rows) if r["round"] is not None]
+    if not heads:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), dpi=110)
+    cmap = plt.get_cmap("tab10")
+    settings = list(dict.fromkeys(r["setting"] for r in heads))
+    color = {s: cmap(i % 10) for i, s in enumerate(settings)}
+    for ax, (key, label) in zip(axes[:2], (("psnr", "worst-case PSNR (dB)"),
+                                           (HEADLINE, "worst-case re-identification top-1"))):
+        for s in settings:
+            pts = sorted((r for r in heads if r["setting"] == s and r["probe"] == heads[0]["probe"]),
+                         key=lambda r: r["round"])
+            cis = [(r["round"], _ci(r["pairs"], key)) for r in pts]
+            cis = [(x, c) for x, c in cis if c is not None]
+            if not cis:
+                continue
+            xs = [x + 0.08 * (settings.index(s) - (len(settings) - 1) / 2) for x, _ in cis]
+            ax.errorbar(xs, [c.mean for _, c in cis], yerr=[[c.mean - c.low for _, c in cis], [c.high - c.mean for _, c in cis]],
+                        marker="o", capsize=3, color=color[s], label=s)
+        base_key = "best_baseline_psnr" if key == "psnr" else None
+        if base_key:
+            band = mean_ci(_values([p for r in heads for p in r["pairs"]], base_key), seed=BOOTSTRAP_SEED)
+            if band is not None:
+                ax.axhspan(band.low, band.high, color="0.85", zorder=0, label="strongest label-only baseline")
+        else:
+            ch = chance_level([p for r in heads for p in r["pairs"]], "top1")
+            if ch is not None:
+                ax.axhline(ch, color="0.3", ls=":", label="chance")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("round of the attacked update (global model after that many rounds)", fontsize=8)
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(alpha=0.3)
+    ax = axes[2]
+    for s in settings:
+        curves = [f.curve for f in feds if f.label == s and f.curve]
+        if curves:
+            xs = [r for r, _ in curves[0]]
+            ys = [_mean(dict(c).get(x) for c in curves) for x in xs]
+            ax.plot(xs, ys, marker=".", color=color[s], label=s)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("rounds completed", fontsize=8)
+    ax.set_ylabel("test accuracy", fontsize=8)
+    ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Leakage (best attacker per victim) and utility over the federation's rounds", fontsize=9)
+    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
@@ -498,42 +666,80 @@ def _load_images(path: Optional[Path]) -> Optional[dict]:
 
 def _row_title(r: dict) -> str:
     psnr, reid = _ci(r["pairs"], "psnr"), _ci(r["pairs"], HEADLINE)
-    return (f"{r['setting']}, {r['attacker']}: {_fmt(psnr.mean if psnr else None, '.1f')} dB"
+    return (f"{r['setting']}, {r['attacker_name']}: {_fmt(psnr.mean if psnr else None, '.1f')} dB"
             + (f", re-id {reid.mean:.2f}" if reid is not None else ""))
 
 
-def reconstruction_rows(rows: List[dict]) -> List[Tuple[str, Any]]:
-    """(title, images) rows of the reconstructions figure: the victims' originals, one row of
-    reconstructions per setting and attacker (in table order, titled with its mean PSNR and
-    re-identification), and the prior-only images last. An ``original`` row is repeated wherever the
-    attacked victims change. Attacks without an images file are left out (the markdown names them)."""
+MAX_VICTIMS_SHOWN = 16  # columns of reconstructions.png per round (all victims are in the CSV and the table)
+
+
+def _image_positions(rows: Sequence[dict]) -> Dict[str, Dict[tuple, int]]:
+    """images.pt file -> {(capture id, image): position}: an attack writes one setting's images in the
+    order of its captures (capture ids sort in round and batch order), each capture's images in order."""
+    keys: Dict[str, set] = {}
+    for rec, _ in measured_pairs(rows):
+        if rec.images:
+            keys.setdefault(rec.images, set()).add((rec.probe or "", rec.image))
+    return {f: {k: i for i, k in enumerate(sorted(ks))} for f, ks in keys.items()}
+
+
+def reconstruction_rows(rows: List[dict], max_victims: int = MAX_VICTIMS_SHOWN) -> List[Tuple[str, Any]]:
+    """(title, images) rows of the reconstructions figure, per attacked round: the victims' originals,
+    then one row per setting (its worst case over the attackers: each victim's best reconstruction,
+    or its one attacker's; titled with the mean PSNR and re-identification), in table order; the
+    prior-only images last. Images come from each record's attack ``images.pt``; a setting whose files
+    are missing is left out (the markdown names it)."""
     import torch
 
+    from ggl.worst_case import victim_key
+
+    positions = _image_positions(rows)
+    cache: Dict[str, Optional[dict]] = {}
+
+    def tile(rec, kind: str):
+        if not rec.images:
+            return None
+        if rec.images not in cache:
+            images = _load_images(Path(rec.images))
+            n = len(positions.get(rec.images, {}))
+            cache[rec.images] = images if images is not None and images[kind].shape[0] == n else None
+        images = cache[rec.images]
+        return None if images is None else images[kind][positions[rec.images][(rec.probe or "", rec.image)]]
+
+    heads = worst_case_rows(rows)
+    rounds = list(dict.fromkeys(sorted((r["round"] for r in heads), key=lambda x: -1 if x is None else x)))
     labelled: List[Tuple[str, torch.Tensor]] = []
-    shown, first = None, None
-    for r in rows:
-        images = _load_images(r["images"])
-        if images is None:
-            continue
-        originals = images["originals"]
-        if shown is None or shown.shape != originals.shape or not torch.equal(shown, originals):
-            labelled.append(("original", originals))
-            shown = originals
-        first = first or (r, images)
-        labelled.append((_row_title(r), images["reconstructions"]))
-    if first is not None:
-        base = _ci(first[0]["pairs"], "baseline_prior_sample_psnr")
-        labelled.append((f"prior only: {_fmt(base.mean if base else None, '.1f')} dB", first[1]["prior_only"]))
+    for rnd in rounds:
+        members = [r for r in heads if r["round"] == rnd]
+        block, victims, originals, prior = [], None, None, None
+        for r in members:
+            recs = {victim_key(rec): rec for rec, _ in r["pairs"]}
+            if victims is None:
+                victims = list(recs)[:max_victims]
+            tiles = [tile(recs[v], "reconstructions") if v in recs else None for v in victims]
+            if not tiles or any(t is None for t in tiles):
+                continue
+            if originals is None:
+                originals = torch.stack([tile(recs[v], "originals") for v in victims])
+                base = _ci(r["pairs"], "baseline_prior_sample_psnr")
+                prior = (f"prior only: {_fmt(base.mean if base else None, '.1f')} dB",
+                         torch.stack([tile(recs[v], "prior_only") for v in victims]))
+            block.append((_row_title(r), torch.stack(tiles)))
+        if block:
+            where = "" if len(rounds) == 1 or rnd is None else f", round {rnd}"
+            labelled += [(f"original{where}", originals)] + block + [prior]
     return labelled
 
 
-def victim_titles(rows: List[dict]) -> Optional[List[str]]:
-    """Column titles of the reconstructions figure (victim id and label) of the first row with images."""
-    for r in rows:
-        if _load_images(r["images"]) is not None:
-            recs = [rec for rec, _ in r["pairs"]]
-            return [f"#{rec.victim_id}" + (f" ({rec.label})" if rec.label is not None else "") for rec in recs]
-    return None
+def victim_titles(rows: List[dict], max_victims: int = MAX_VICTIMS_SHOWN) -> Optional[List[str]]:
+    """Column titles (victim id and label) of the first round's victims, when every round shows the same
+    number of them."""
+    heads = worst_case_rows(rows)
+    if not heads:
+        return None
+    first = min(heads, key=lambda r: -1 if r["round"] is None else r["round"])
+    recs = [rec for rec, _ in first["pairs"]][:max_victims]
+    return [f"#{rec.victim_id}" + (f" ({rec.label})" if rec.label is not None else "") for rec in recs]
 
 
 def plot_reconstructions(rows: List[dict], path: Path) -> Optional[Path]:
@@ -544,10 +750,13 @@ def plot_reconstructions(rows: List[dict], path: Path) -> Optional[Path]:
     if not labelled:
         return None
     cols = victim_titles(rows)
-    if cols is not None and len(cols) != max(len(images) for _, images in labelled):
-        cols = None
-    return image_rows_png(path, labelled, "GGL reconstructions per defence setting and attacker (victims as "
-                                          "columns; row title: mean PSNR, re-identification top-1)", columns=cols)
+    rounds = {r["round"] for r in worst_case_rows(rows)}
+    if len(rounds) > 1 or (cols is not None and len(cols) != max(len(images) for _, images in labelled)):
+        cols = None  # each round attacked other victims: the titles would name only the first round's
+    n = max(len(images) for _, images in labelled)
+    return image_rows_png(path, labelled, f"GGL reconstructions per defence setting, worst case over the attackers "
+                                          f"({n} victims per round as columns; row title: mean PSNR, "
+                                          f"re-identification top-1 over all victims)", columns=cols)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -573,7 +782,11 @@ def _write_outputs(found: dict, out: Path, command: str, clock: float, metric: s
     out.mkdir(parents=True, exist_ok=True)
     if csv:
         write_csv(out / CSV_FILE, found["pairs"])
+        write_accuracy_csv(out / ACCURACY_FILE, found.get("feds") or [])
     plot_privacy_utility(found["rows"], out / "privacy_utility.png", metric)
+    rounds = plot_leakage_vs_round(found["rows"], found.get("feds") or [], out / "leakage_vs_round.png")
+    if rounds is None and (out / "leakage_vs_round.png").exists():
+        (out / "leakage_vs_round.png").unlink()
     recon = plot_reconstructions(found["rows"], out / "reconstructions.png")
     if recon is None and (out / "reconstructions.png").exists():
         (out / "reconstructions.png").unlink()  # never leave a figure of other runs behind
@@ -615,7 +828,8 @@ def report_from_csv(csv_path: Path, out: Path, metric: str = "psnr") -> dict:
     except SchemaError as exc:
         raise UserError(str(exc)) from None
     rows = build_points(pairs)
-    found = {"rows": rows, "pairs": [p for r in rows for p in r["pairs"]], "n_files": 1,
+    feds = list({f.key: f for _, f in pairs if f is not None}.values())
+    found = {"rows": rows, "pairs": measured_pairs(rows), "feds": feds, "n_files": 1,
              "n_attacks": len(rows), "n_feds": len({f.key for _, f in pairs if f is not None})}
     out = Path(out)
     same = out.resolve() == csv_path.parent.resolve() and (out / CSV_FILE).resolve() == csv_path.resolve()
@@ -628,7 +842,7 @@ def most_leakage(rows: list) -> str:
     """'; most leakage: <point> PSNR <mean [CI]> dB over the best label-only baseline (n), re-id vs
     chance', or '' when no point has a leakage score: the key number of a finish line."""
     worst = None
-    for r in rows:
+    for r in worst_case_rows(rows):
         leak = _ci(r["pairs"], "leakage_psnr")
         if leak is not None and (worst is None or leak.mean > worst[1].mean):
             worst = (r, leak)
@@ -636,7 +850,8 @@ def most_leakage(rows: list) -> str:
         return ""
     r, leak = worst
     reid = _ci(r["pairs"], HEADLINE)
-    return (f"; most leakage: {r['setting']} {r['attacker']} PSNR {leak.fmt()} dB over the best label-only "
+    where = f" round {r['round']}" if r["round"] is not None else ""
+    return (f"; most leakage: {r['setting']}{where} {r['attacker_name']} PSNR {leak.fmt()} dB over the best label-only "
             f"baseline (n = {r['n_images']})"
             + (f", re-id top-1 {reid.mean:.2f} (chance {_fmt(chance_level(r['pairs']), '.3f')})" if reid is not None else ""))
 

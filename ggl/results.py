@@ -269,6 +269,12 @@ class FederationResult:
     epsilon: Optional[float]
     delta: Optional[float]
     faults: int = 0                   # failed clients + rejected updates + rejected aggregates: the report flags them
+    curve: Tuple[Tuple[int, float], ...] = ()  # (rounds completed, test accuracy) of every evaluation
+
+    def accuracy_at(self, rnd: Optional[int]) -> Optional[float]:
+        """Test accuracy of the global model after ``rnd`` rounds (the model a round-``rnd`` capture
+        attacked), where it was evaluated."""
+        return next((acc for r, acc in self.curve if r == rnd), None)
 
     @classmethod
     def from_json(cls, path: Path, data: dict) -> "FederationResult":
@@ -300,7 +306,22 @@ class FederationResult:
                    model=(config.get("model") or {}).get("name"), seed=config.get("seed"),
                    epsilon=float(eps) if dp else None, delta=float(delta) if dp else None,
                    faults=sum(int(final.get(k) or 0) for k in ("failed_clients", "rejected_updates",
-                                                                 "rejected_aggregates")))
+                                                                 "rejected_aggregates")),
+                   curve=_curve(data.get("history"), path))
+
+
+def _curve(history: Any, path: Path) -> Tuple[Tuple[int, float], ...]:
+    """(round, test accuracy) pairs of a federation's ``history`` (entries without both are skipped)."""
+    if history is None:
+        return ()
+    if not isinstance(history, list):
+        raise SchemaError("'history' is not a list")
+    out = []
+    for h in history:
+        if isinstance(h, dict) and isinstance(h.get("round"), int) and isinstance(h.get("test_acc"), (int, float)) \
+                and not isinstance(h.get("test_acc"), bool) and math.isfinite(h["test_acc"]):
+            out.append((int(h["round"]), float(h["test_acc"])))
+    return tuple(sorted(out))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,8 +329,9 @@ class FederationResult:
 
 FED_COLUMNS = ("test_acc", "bits_per_round", "compression_ratio", "epsilon", "delta", "rounds", "dataset", "model",
                "faults")
-ID_COLUMNS = ("setting", "defense", "attacker", "adaptive", "seed", "dataset", "model", "round", "probe",
-              "victim_id", "image", "label", "label_pred", "batch_label_acc", "fed_run", "images")
+ID_COLUMNS = ("setting", "defense", "attacker", "attacker_name", "adaptive", "seed", "dataset", "model", "round",
+              "round_test_acc", "probe_kind", "probe", "victim_id", "image", "label", "label_pred", "batch_label_acc",
+              "fed_run", "images")
 
 
 def csv_columns() -> List[str]:
@@ -337,9 +359,12 @@ def write_csv(path: Path, rows: Iterable[Tuple[ImageRecord, Optional[FederationR
         w = csv.writer(fh)
         w.writerow(csv_columns())
         for rec, fed in rows:
-            flat: Dict[str, Any] = {k: getattr(rec, k) for k in ("setting", "defense", "attacker", "adaptive", "seed",
-                                                                 "round", "probe", "victim_id", "image", "label",
-                                                                 "label_pred", "batch_label_acc", "images")}
+            flat: Dict[str, Any] = {k: getattr(rec, k) for k in ("setting", "defense", "attacker", "attacker_name",
+                                                                 "adaptive", "seed", "round", "probe_kind", "probe",
+                                                                 "victim_id", "image", "label", "label_pred",
+                                                                 "batch_label_acc", "images")}
+            flat["round_test_acc"] = fed.accuracy_at(rec.round) if fed is not None else None
+            flat["attacker_name"] = rec.attacker_id  # older files: the L2 GGL attacker they ran
             flat["fed_run"] = "/".join(rec.federation.key) if rec.federation else None
             if rec.images:  # relative to the CSV's folder, so a committed report still finds the runs
                 flat["images"] = os.path.relpath(Path(rec.images).resolve(), path.parent.resolve())
@@ -361,6 +386,7 @@ def read_csv(path: Path) -> List[Tuple[ImageRecord, Optional[FederationResult]]]
     except OSError as exc:
         raise SchemaError(f"{path}: cannot be read ({exc.strerror})") from None
     need = {"setting", "attacker", "psnr", "test_acc"}
+    curves = read_accuracy_csv(path.parent / ACCURACY_FILE)
     out = []
     for i, line in enumerate(lines):
         missing = need - set(line)
@@ -389,12 +415,49 @@ def read_csv(path: Path) -> List[Tuple[ImageRecord, Optional[FederationResult]]]
             baselines={b: {m: f(f"baseline_{b}_{m}") for m in METRICS}
                        for b in BASELINES if any(line.get(f"baseline_{b}_{m}", "") != "" for m in METRICS)},
             leakage={m: f(f"leakage_{m}") for m in METRICS},
-            federation=ref, images=str(path.parent / line["images"]) if line.get("images") else None)
+            federation=ref, images=str(path.parent / line["images"]) if line.get("images") else None,
+            attacker_name=line.get("attacker_name") or None, probe_kind=line.get("probe_kind") or None)
         acc = f("test_acc")
+        round_acc = f("round_test_acc")
+        curve = curves.get(fed_run, ())
+        if not curve and round_acc is not None and rec.round is not None:  # no accuracy.csv beside it
+            curve = ((rec.round, round_acc),)
         fed = None if acc is None else FederationResult(key=ref.key if ref else ("", ""), dir="", label=rec.defense,
-                               test_acc=acc,
+                               test_acc=acc, curve=tuple(curve),
                                bits_per_round=f("bits_per_round"), compression_ratio=f("compression_ratio"),
                                rounds=n("rounds"), dataset=line.get("dataset") or None, model=line.get("model") or None,
                                seed=rec.seed, epsilon=f("epsilon"), delta=f("delta"), faults=n("faults") or 0)
         out.append((rec, fed))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the accuracy curves: one row per (federation run, evaluated round), beside the per-image CSV
+
+ACCURACY_FILE = "accuracy.csv"
+ACCURACY_COLUMNS = ("fed_run", "defense", "seed", "round", "test_acc")
+
+
+def write_accuracy_csv(path: Path, feds: Iterable[FederationResult]) -> Path:
+    with io.StringIO(newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(ACCURACY_COLUMNS)
+        for fed in feds:
+            for rnd, acc in fed.curve:
+                w.writerow(["/".join(fed.key), fed.label, _cell(fed.seed), rnd, repr(float(acc))])
+        return atomic_write_text(Path(path), fh.getvalue())
+
+
+def read_accuracy_csv(path: Path) -> Dict[str, Tuple[Tuple[int, float], ...]]:
+    """{fed_run: ((round, test accuracy), ...)} of an ``accuracy.csv``; {} when there is none."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    out: Dict[str, List[Tuple[int, float]]] = {}
+    with path.open(newline="") as fh:
+        for i, line in enumerate(csv.DictReader(fh)):
+            try:
+                out.setdefault(line["fed_run"], []).append((int(line["round"]), float(line["test_acc"])))
+            except (KeyError, TypeError, ValueError):
+                raise SchemaError(f"{path}: line {i + 2} is not (fed_run, defense, seed, round, test_acc)") from None
+    return {k: tuple(sorted(v)) for k, v in out.items()}

@@ -94,7 +94,11 @@ def runs(tmp_path):
     return root
 
 
-def _table(md: str, header: str = "| setting"):
+FULL = "| setting | round | probe | attacker |"  # the table of every attacker (and worst case)
+HEAD = "| setting | round | probe | test acc |"      # the worst case per setting and round
+
+
+def _table(md: str, header: str = FULL):
     """The cells of the markdown table whose header starts with ``header``."""
     lines = md.splitlines()
     start = next(i for i, l in enumerate(lines) if l.startswith(header))
@@ -109,42 +113,67 @@ def _table(md: str, header: str = "| setting"):
 def test_report_rows_pairing_and_figures(runs, tmp_path):
     out = tmp_path / "reports"
     found = write_report([runs], out)
-    rows = _table((out / "privacy_utility.md").read_text())
+    md = (out / "privacy_utility.md").read_text()
+    rows = _table(md)
     ci = lambda v, spec=".2f": mean_ci(v).fmt(spec)  # noqa: E731
-    # sorted by accuracy (best first), then setting, non-adaptive before adaptive
-    assert [r[:5] for r in rows] == [
-        ["fp32", "non-adaptive", "0.900", ci([20.0, 22.0]), ci([0.8, 0.9], ".3f")],
-        ["q4", "non-adaptive", "0.850", ci([15.0, 17.0]), ci([0.6, 0.7], ".3f")],
-        ["q4", "adaptive", "0.850", "18.00 [18.00, 18.00]", "0.750 [0.750, 0.750]"]]
+    # sorted by accuracy (best first), then setting, round, the worst case first, then the portfolio's order
+    assert [r[:8] for r in rows] == [
+        ["fp32", "3", "–", "ggl-l2", "0.900", "–", ci([20.0, 22.0]), ci([0.8, 0.9], ".3f")],
+        ["q4", "3", "–", "best per victim", "0.850", "–", "18.00 [18.00, 18.00]", "0.750 [0.750, 0.750]"],
+        ["q4", "3", "–", "ggl-l2", "0.850", "–", ci([15.0, 17.0]), ci([0.6, 0.7], ".3f")],
+        ["q4", "3", "–", "ggl-l2-adaptive", "0.850", "–", "18.00 [18.00, 18.00]", "0.750 [0.750, 0.750]"]]
     fp32 = rows[0]
-    assert fp32[5] == f"{ci([1.0, 0.0])} (0.100)"  # re-id top-1, chance 1/10 (10 private images of the class)
-    assert fp32[6].endswith(f"({(1 + 1/2 + 1/3 + 1/4 + 1/5 + 1/6 + 1/7 + 1/8 + 1/9 + 1/10) / 10:.3f})")
-    assert fp32[7:10] == ["–", "100%", f"{ci([12.0, 14.0])} (prior mean)"]  # strongest baseline: the prior's mean
-    assert fp32[10] == ci([20.0 - 12.0, 22.0 - 14.0]) and fp32[11] == ci([1.0, 0.0])
-    assert fp32[12:] == ["2", "1", "1.00 Mbit", "1.0×", "–", "2", "digits"]
+    assert fp32[8] == f"{ci([1.0, 0.0])} (0.100)"  # re-id top-1, chance 1/10 (10 private images of the class)
+    assert fp32[9].endswith(f"({(1 + 1/2 + 1/3 + 1/4 + 1/5 + 1/6 + 1/7 + 1/8 + 1/9 + 1/10) / 10:.3f})")
+    assert fp32[10:13] == ["–", "100%", f"{ci([12.0, 14.0])} (prior mean)"]  # strongest baseline: the prior's mean
+    assert fp32[13] == ci([20.0 - 12.0, 22.0 - 14.0]) and fp32[14] == ci([1.0, 0.0])
+    assert fp32[15:] == ["2", "1", "1.00 Mbit", "1.0×", "–", "2", "digits"]
+    # the headline table: one row per setting and round, the worst case where several attackers ran
+    head = _table(md, HEAD)
+    assert [(r[0], r[5], r[11], r[12]) for r in head] == [
+        ("fp32", ci([20.0, 22.0]), "ggl-l2", ci([20.0, 22.0])),
+        ("q4", "18.00 [18.00, 18.00]", "ggl-l2-adaptive 2", ci([15.0, 17.0]))]
     assert found["skipped"] == [] and found["ignored"] == 1  # the GAN run is not an error
     assert found["superseded"] == 1  # the older q4 attack
-    md = (out / "privacy_utility.md").read_text()
     assert f"prior mean {ci([12.0, 13.0] * 3)} dB" in md  # the baselines over all 6 attacked images
     cmp = _table(md, "| comparison")
     assert ["q4: adaptive − non-adaptive", "PSNR (dB)", "2", ci([3.0, 1.0])] == cmp[-2][:4]
-    for name in ("privacy_utility.png", "reconstructions.png"):
+    assert ["q4 round 3 best per victim − fp32 ggl-l2 (round 3)", "PSNR (dB)", "2", ci([18.0 - 20.0, 18.0 - 22.0])] \
+        in [c[:4] for c in cmp]
+    for name in ("privacy_utility.png", "reconstructions.png", "leakage_vs_round.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # the victims once, then each row of the table, then the prior-only images
+    # the victims, then each setting's worst case (its winner's images), then the prior-only images
     figure = reconstruction_rows(found["rows"])
-    assert [label for label, _ in figure] == ["original", "fp32, non-adaptive: 21.0 dB, re-id 0.50",
-                                              "q4, non-adaptive: 16.0 dB, re-id 0.00",
-                                              "q4, adaptive: 18.0 dB, re-id 1.00", "prior only: 11.0 dB"]
-    assert [float(images.mean()) for _, images in figure] == pytest.approx([1.0, 0.20, 0.15, 0.18, 0.0])
+    assert [label for label, _ in figure] == ["original", "fp32, ggl-l2: 21.0 dB, re-id 0.50",
+                                              "q4, best per victim: 18.0 dB, re-id 1.00", "prior only: 11.0 dB"]
+    assert [float(images.mean()) for _, images in figure] == pytest.approx([1.0, 0.20, 0.18, 0.0])
+
+
+ORDER = ("best per victim", "ggl-l2", "ggl-l2-adaptive")
 
 
 def _recompute_table(csv_path: Path) -> list:
-    """Every cell of the report's table from the CSV alone: plain csv, numpy, and ggl.stats.mean_ci."""
+    """Every cell of the report's table of every attacker from the CSV alone (plain csv, numpy and
+    ggl.stats.mean_ci), the worst case per victim included."""
     with csv_path.open(newline="") as fh:
         lines = list(csv.DictReader(fh))
     points = {}
     for line in lines:  # in file order (the bootstrap resamples in this order)
-        points.setdefault((line["defense"], line["attacker"]), []).append(line)
+        points.setdefault((line["defense"], line["round"], line["probe_kind"], line["attacker_name"]), []).append(line)
+    settings = {}
+    for (defense, rnd, probe, name), g in points.items():
+        settings.setdefault((defense, rnd, probe), []).append(g)
+    for (defense, rnd, probe), groups in settings.items():
+        if len(groups) < 2:
+            continue
+        best = []  # per victim: the best of every attacker on each column (higher = more leakage here)
+        for victim in zip(*groups):
+            b = dict(max(victim, key=lambda l: float(l["psnr"])), attacker_name="best per victim")
+            for key in ("psnr", "ssim", "reid_top1_feature_class", "reid_rr_feature_class", "leakage_psnr",
+                        "leakage_reid_top1_feature_class"):
+                b[key] = str(max(float(l[key]) for l in victim))
+            best.append(b)
+        points[(defense, rnd, probe, "best per victim")] = best
 
     def col(group, key):
         return [float(l[key]) if l[key] != "" else None for l in group]
@@ -154,7 +183,7 @@ def _recompute_table(csv_path: Path) -> list:
         return "–" if c is None else c.fmt(spec)
 
     out = []
-    for (defense, attacker), g in points.items():
+    for (defense, rnd, probe, attacker), g in points.items():
         base = {b: col(g, f"baseline_{b}_psnr") for b in ("prior_mean", "public_mean", "prior_sample")}
         best = [max(v[i] for v in base.values() if v[i] is not None) for i in range(len(g))]
         strongest = max((b for b in base if all(v is not None for v in base[b])), key=lambda b: np.mean(base[b]))
@@ -162,17 +191,17 @@ def _recompute_table(csv_path: Path) -> list:
         top1_chance = np.mean([1 / m for m in gal])
         rr_chance = np.mean([np.sum(1 / np.arange(1, int(m) + 1)) / m for m in gal])
         bits = float(g[0]["bits_per_round"])
-        out.append([defense, attacker, f"{np.mean(sorted({l['fed_run']: float(l['test_acc']) for l in g}.values())):.3f}",
-                    ci(col(g, "psnr")), ci(col(g, "ssim"), ".3f"),
+        acc = np.mean(sorted({l['fed_run']: float(l['test_acc']) for l in g}.values()))
+        out.append(((-acc, defense, probe, int(rnd), ORDER.index(attacker)), [
+                    defense, rnd, probe or "–", attacker, f"{acc:.3f}", "–", ci(col(g, "psnr")), ci(col(g, "ssim"), ".3f"),
                     f"{ci(col(g, 'reid_top1_feature_class'))} ({top1_chance:.3f})",
                     f"{ci(col(g, 'reid_rr_feature_class'))} ({rr_chance:.3f})",
                     ci(col(g, "lpips"), ".3f"), f"{np.mean(col(g, 'batch_label_acc')):.0%}",
-                    f"{ci(best)} ({strongest.replace('_', ' ')})",
-                    ci([p - b for p, b in zip(col(g, "psnr"), best)]),
+                    f"{ci(best)} ({strongest.replace('_', ' ')})", ci(col(g, "leakage_psnr")),
                     ci(col(g, "leakage_reid_top1_feature_class")), str(len(g)), str(len({l["seed"] for l in g})),
                     f"{bits / 1e6:.2f} Mbit" if bits >= 1e6 else f"{bits / 1e3:.2f} kbit",
-                    f"{float(g[0]['compression_ratio']):.1f}×", "–", g[0]["rounds"], g[0]["dataset"]])
-    return out
+                    f"{float(g[0]['compression_ratio']):.1f}×", "–", g[0]["rounds"], g[0]["dataset"]]))
+    return [cells for _, cells in sorted(out)]
 
 
 def test_every_number_of_the_table_is_recomputed_from_the_csv_alone(runs, tmp_path):
@@ -182,8 +211,8 @@ def test_every_number_of_the_table_is_recomputed_from_the_csv_alone(runs, tmp_pa
     assert _recompute_table(out / "per_image.csv") == table
     with (out / "per_image.csv").open(newline="") as fh:
         first = next(csv.DictReader(fh))
-    assert (first["setting"], first["attacker"], first["round"], first["victim_id"], first["label"]) == \
-        ("fp32", "non-adaptive", "3", "100", "0")
+    assert (first["setting"], first["attacker"], first["attacker_name"], first["round"], first["victim_id"],
+            first["label"]) == ("fp32", "non-adaptive", "ggl-l2", "3", "100", "0")
     assert first["fed_run"] == "fed-fp32/20250101-000000"  # recorded by the attack, not read off a path
 
 
@@ -191,12 +220,13 @@ def test_from_csv_rebuilds_the_same_table_and_figures(runs, tmp_path, capsys):
     out = tmp_path / "reports"
     assert main([str(runs), "--out", str(out)]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert line.startswith("report: 3 points (n = 2 images each") and str(out) in line
-    assert "most leakage: fp32 non-adaptive" in line and "next: python -m ggl.report --from-csv" in line
+    assert line.startswith("report: 4 points (n = 2 images each") and str(out) in line
+    assert "most leakage: fp32 round 3 ggl-l2" in line and "next: python -m ggl.report --from-csv" in line
     again = tmp_path / "again"
     assert main(["--from-csv", str(out / "per_image.csv"), "--out", str(again), "--metric", "reid"]) == 0
     md, md2 = (out / "privacy_utility.md").read_text(), (again / "privacy_utility.md").read_text()
     assert _table(md2) == _table(md) and _table(md2, "| comparison") == _table(md, "| comparison")
+    assert _table(md2, HEAD) == _table(md, HEAD)
     assert (again / "per_image.csv").read_text() == (out / "per_image.csv").read_text()
     for name in ("privacy_utility.png", "reconstructions.png"):
         assert (again / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -209,8 +239,8 @@ def test_several_seeds_pool_into_one_point(tmp_path):
         _attack(root, f"attack-s{seed}", "20250101-000100", fed, "fp32", False, psnr, [0.8, 0.9], seed=seed)
     write_report([root], tmp_path / "reports")
     rows = _table((tmp_path / "reports" / "privacy_utility.md").read_text())
-    assert len(rows) == 1 and rows[0][2] == "0.850" and rows[0][3] == mean_ci([20.0, 22.0, 24.0, 26.0]).fmt()
-    assert rows[0][12:14] == ["4", "2"]
+    assert len(rows) == 1 and rows[0][4] == "0.850" and rows[0][6] == mean_ci([20.0, 22.0, 24.0, 26.0]).fmt()
+    assert rows[0][15:17] == ["4", "2"]
 
 
 def test_old_results_files_are_still_read(tmp_path):
@@ -220,8 +250,8 @@ def test_old_results_files_are_still_read(tmp_path):
     write_report([root], tmp_path / "reports")
     row = _table((tmp_path / "reports" / "privacy_utility.md").read_text())[0]
     # label acc from the old summary; the old baseline is the random prior sample; no re-identification
-    assert row[5] == "–" and row[8] == "100%" and row[9] == f"{mean_ci([10.0, 12.0]).fmt()} (prior sample)"
-    assert row[10] == mean_ci([10.0, 10.0]).fmt()
+    assert row[8] == "–" and row[11] == "100%" and row[12] == f"{mean_ci([10.0, 12.0]).fmt()} (prior sample)"
+    assert row[13] == mean_ci([10.0, 10.0]).fmt()
 
 
 def test_dp_epsilon_of_the_federation_is_in_the_table(tmp_path):
@@ -231,15 +261,15 @@ def test_dp_epsilon_of_the_federation_is_in_the_table(tmp_path):
     _attack(tmp_path / "runs", "attack-dp", "20250101-000100", fed, "clip0.25+nm1", False, [11.0, 13.0], [0.5, 0.5])
     write_report([tmp_path / "runs"], tmp_path / "reports")
     rows = _table((tmp_path / "reports" / "privacy_utility.md").read_text())
-    assert [(r[0], r[2], r[16]) for r in rows] == [("clip0.25+nm1", "0.500", "7.25 (1e-05)")]
+    assert [(r[0], r[4], r[19]) for r in rows] == [("clip0.25+nm1", "0.500", "7.25 (1e-05)")]
 
 
 def test_attack_paired_after_the_runs_folder_moved(runs, tmp_path):
     moved = tmp_path / "elsewhere"
     runs.rename(moved)  # attack.source paths now point nowhere: the recorded federation still pairs them
     rows = collect([moved])["rows"]
-    assert [(r["setting"], r["attacker"], r["test_acc"]) for r in rows] == [
-        ("fp32", "non-adaptive", 0.9), ("q4", "non-adaptive", 0.85), ("q4", "adaptive", 0.85)]
+    assert [(r["setting"], r["attacker_name"], r["test_acc"]) for r in rows] == [
+        ("fp32", "ggl-l2", 0.9), ("q4", "best per victim", 0.85), ("q4", "ggl-l2", 0.85), ("q4", "ggl-l2-adaptive", 0.85)]
 
 
 def test_malformed_results_are_reported_by_path_and_skipped(runs, tmp_path, capsys):
@@ -257,7 +287,7 @@ def test_malformed_results_are_reported_by_path_and_skipped(runs, tmp_path, caps
     assert f"skipped {ancient}: no 'records' and no 'per_image' rows" in err
     md = (out / "privacy_utility.md").read_text()
     assert str(broken) in md and str(wrong) in md
-    assert len(_table(md)) == 3  # the good runs are all still there
+    assert len(_table(md)) == 4  # the good runs are all still there (3 attacks + q4's worst case)
 
 
 def test_missing_folder_or_csv_is_one_line_exit_2(tmp_path, capsys):
@@ -294,7 +324,7 @@ def test_sweep_finish_line_names_the_folder_the_key_numbers_and_the_next_command
     summary = {"ran": ["a"], "skipped": ["b", "c"], "failed": [], "wall_seconds": 12.0}
     line = finish_line(summary, points)
     assert line.startswith("sweep: 1 jobs run, 2 skipped (done before), 0 failed, 12 s -> ")
-    assert f"-> {runs} (3 points); most leakage: fp32 non-adaptive PSNR {mean_ci([8.0, 8.0]).fmt()} dB" in line
+    assert f"-> {runs} (4 points); most leakage: fp32 round 3 ggl-l2 PSNR {mean_ci([8.0, 8.0]).fmt()} dB" in line
     assert "re-id top-1 0.50 (chance 0.100)" in line and line.endswith(f"; next: python -m ggl.report {runs}")
 
 
