@@ -9,7 +9,7 @@ import pytest
 
 from _attack_fixtures import TinyPrior, one_torch_thread  # noqa: F401
 from ggl.config import CONFIG_DIR
-from ggl.sweep import ATTACKERS, W_AND_B_TOP_KEYS, Job, Progress, expand, load_sweep, main, plan
+from ggl.sweep import W_AND_B_TOP_KEYS, Job, Progress, expand, load_sweep, main, plan
 
 DEFAULT = CONFIG_DIR / "sweep_defenses.yaml"
 TINY = CONFIG_DIR / "sweep_tiny.yaml"
@@ -19,21 +19,37 @@ def _run_dirs(root: Path):
     return sorted(str(p.relative_to(root)) for p in root.glob("*/*") if p.is_dir() and not p.is_symlink())
 
 
-def test_default_sweep_is_a_wandb_grid_of_every_defence():
+PORTFOLIO = ["ggl-l2", "ggl-l2-adaptive", "ggl-cosine", "ggl-cosine-adaptive", "ggl-eot", "inverting-gradients"]
+
+
+def _attackers_of(job) -> list:
+    over = next(o for o in job.overrides if o.startswith("attack.attackers="))
+    return json.loads(over.split("=", 1)[1])
+
+
+def test_default_sweep_is_a_wandb_grid_of_defences_rounds_and_the_portfolio():
     doc, grid = load_sweep(DEFAULT)
     assert set(doc) <= W_AND_B_TOP_KEYS and doc["method"] == "grid"
     assert "${args_no_hyphens}" in doc["command"] and "--one" in doc["command"]
     points = plan(grid)
-    assert [p.setting for p in points] == [
-        "fp32", "q8", "q4", "q2", "q1", "q8-stochastic-global", "q4-stochastic-global", "q2-stochastic-global",
-        "q1-stochastic-global", "sign", "clip0.25", "clip0.25+nm0.1", "top0.01-ef"]
-    attackers = {p.setting: [a.attacker for a in p.attacks] for p in points}
-    # the adaptive attacker is run only where it models something of the defence
-    assert attackers["fp32"] == attackers["q4-stochastic-global"] == ["non-adaptive"]
-    assert attackers["q4"] == attackers["top0.01-ef"] == attackers["clip0.25+nm0.1"] == list(ATTACKERS)
-    fed = {p.setting: p.fed for p in points}["q1"]
-    assert fed.name == "fed-q1" and "audit.num_images=8" in fed.overrides
-    assert 'defenses=[{"name": "quantize", "bits": 1, "rounding": "nearest", "range": "global"}]' in fed.overrides
+    assert [p.setting for p in points] == ["q4", "q2", "sign", "clip0.25", "q4-stochastic-global",
+                                           "q2-stochastic-global", "fp32"]
+    # one attack job per setting runs the portfolio; an adaptive twin that models nothing is left out
+    assert all(len(p.attacks) == 1 and p.attacks[0].attacker == "portfolio" for p in points)
+    attackers = {p.setting: _attackers_of(p.attacks[0]) for p in points}
+    assert attackers["q4"] == attackers["sign"] == PORTFOLIO
+    assert attackers["fp32"] == attackers["q4-stochastic-global"] == ["ggl-l2", "ggl-cosine", "ggl-eot",
+                                                                      "inverting-gradients"]
+    fed = {p.setting: p.fed for p in points}["q4"]
+    # the evidence the README quotes: >= 32 victims per point, >= 2 rounds
+    assert "audit.num_images=32" in fed.overrides and "audit.rounds=[0, 9]" in fed.overrides
+    assert 'defenses=[{"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}]' in fed.overrides
+
+
+def test_portfolio_and_the_single_attacker_names_do_not_mix(tmp_path, capsys):
+    assert main([str(TINY), f"output_dir={tmp_path}", "--list", "attackers=[ggl-l2, adaptive]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not both" in err[0]
 
 
 def test_agent_arguments_run_exactly_one_point(tmp_path, capsys):
@@ -41,13 +57,11 @@ def test_agent_arguments_run_exactly_one_point(tmp_path, capsys):
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
     _, grid = load_sweep(DEFAULT)
-    point = expand(grid)[11]  # clip + noise
+    point = expand(grid)[3]  # clip
     args = create_sweep_command_args({"args": {k: {"value": v} for k, v in point.items()}})["args_no_hyphens"]
     assert any(a.startswith("defenses=[{'name': 'clip'") for a in args)
     assert main([str(DEFAULT), "--one", "--list"] + args + [f"output_dir={tmp_path}"]) == 0
-    assert capsys.readouterr().out.splitlines() == [
-        "clip0.25+nm0.1: fed-clip0.25+nm0.1: to run, attack-clip0.25+nm0.1: to run, "
-        "attack-clip0.25+nm0.1-adaptive: to run"]
+    assert capsys.readouterr().out.splitlines() == ["clip0.25: fed-clip0.25: to run, attack-clip0.25: to run"]
     # --one without choosing a point is an error, not the whole grid
     assert main([str(DEFAULT), "--one", "--list"]) == 2
     assert "give one value for defenses" in capsys.readouterr().err
@@ -71,7 +85,7 @@ def test_time_left_is_work_left_times_the_measured_rate_of_each_kind():
 @pytest.mark.parametrize("extra, message", [
     (["fed.fl.rouns=2"], "unknown config key 'fl.rouns'"),
     (["atack.generations=2"], "unknown sweep parameter 'atack.generations'"),
-    (["attackers=[sneaky]"], "'sneaky' is not one of"),
+    (["attackers=[sneaky]"], "'sneaky' is not a known attacker; known: ggl-cosine"),
 ])
 def test_bad_parameters_are_one_line_exit_2(tmp_path, capsys, extra, message):
     assert main([str(TINY), f"output_dir={tmp_path}", "--list"] + extra) == 2
@@ -125,6 +139,53 @@ def test_tiny_sweep_runs_then_skips_everything_on_rerun(tmp_path, monkeypatch, c
     from ggl.report import collect
 
     rows = collect([out])["rows"]
-    assert sorted((r["setting"], r["attacker"]) for r in rows) == [
-        ("fp32", "non-adaptive"), ("q4", "adaptive"), ("q4", "non-adaptive")]
+    assert sorted((r["setting"], r["attacker_name"]) for r in rows) == [
+        ("fp32", "ggl-l2"), ("q4", "best per victim"), ("q4", "ggl-l2"), ("q4", "ggl-l2-adaptive")]
     assert all(r["test_acc"] is not None and r["n_images"] == 2 for r in rows)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_portfolio_sweep_over_two_rounds_reports_the_worst_case_per_round(tmp_path, monkeypatch, capsys):
+    """The headline's shape on a tiny case: captures at rounds 0 and 1, the portfolio per setting (ggl-eot
+    refuses the deterministic q4 and says why), points per round, the worst case with who won, and the
+    accuracy of the model each round's victims were attacked at."""
+    monkeypatch.setattr("ggl.audit.run.load_attack_prior", lambda path, *_: TinyPrior())
+    out = tmp_path / "runs"
+    assert main([str(TINY), f"output_dir={out}", "--no-progress", "attackers=[ggl-l2, ggl-l2-adaptive, ggl-eot]",
+                 "defenses=[{name: quantize, bits: 4, rounding: nearest, range: global}]", "fed.fl.rounds=2",
+                 "fed.audit.rounds=[0, 1]", "fed.fl.eval_every=1"]) == 0
+    assert "2 jobs run" in capsys.readouterr().out
+    res = json.loads((out / "attack-q4" / "latest" / "results.json").read_text())
+    assert res["settings"] == ["q4@ggl-l2", "q4@ggl-l2-adaptive"]
+    assert "deterministic" in res["refused"]["q4@ggl-eot"]
+    assert {(r["defense"], r["attacker"], r["attacker_name"], r["round"]) for r in res["records"]} == {
+        ("q4", "non-adaptive", "ggl-l2", 0), ("q4", "adaptive", "ggl-l2-adaptive", 0),
+        ("q4", "non-adaptive", "ggl-l2", 1), ("q4", "adaptive", "ggl-l2-adaptive", 1)}
+
+    from ggl.report import collect, worst_case_rows
+
+    found = collect([out])
+    heads = worst_case_rows(found["rows"])
+    assert [(r["setting"], r["round"], r["attacker_name"], r["n_images"]) for r in heads] == [
+        ("q4", 0, "best per victim", 2), ("q4", 1, "best per victim", 2)]
+    history = json.loads((out / "fed-q4" / "latest" / "results.json").read_text())["history"]
+    assert heads[1]["round_test_acc"] == next(h["test_acc"] for h in history if h["round"] == 1)
+    assert heads[0]["round_test_acc"] is None  # the untrained model is not evaluated
+    for head in heads:
+        by_attacker = {r["attacker_name"]: r for r in found["rows"]
+                       if r["round"] == head["round"] and not r.get("derived")}
+        for rec, _ in head["pairs"]:  # per victim: the better of the two attackers, and who it was
+            scores = {name: next(x.metrics["psnr"] for x, _ in p["pairs"] if x.probe == rec.probe)
+                      for name, p in by_attacker.items()}
+            assert rec.metrics["psnr"] == max(scores.values())
+        assert sum(head["wins"].values()) == 2 and set(head["wins"]) <= {"ggl-l2", "ggl-l2-adaptive"}
+    # the report's headline (accuracy at each round included) is rebuilt from its CSVs alone
+    from ggl.report import main as report_main
+
+    assert report_main([str(out), "--out", str(tmp_path / "rep")]) == 0
+    assert report_main(["--from-csv", str(tmp_path / "rep" / "per_image.csv"), "--out", str(tmp_path / "again")]) == 0
+    md, md2 = ((tmp_path / d / "privacy_utility.md").read_text() for d in ("rep", "again"))
+    head = "| setting | round | probe | test acc |"
+    assert md.split(head)[1].split("\n\n")[0] == md2.split(head)[1].split("\n\n")[0]
+    assert f"| q4 | 1 | fedsgd | {history[-1]['test_acc']:.3f} | {heads[1]['round_test_acc']:.3f} |" in md2
+    assert (tmp_path / "again" / "leakage_vs_round.png").read_bytes()[:4] == b"\x89PNG"
