@@ -409,9 +409,10 @@ class Progress:
     unit (image x generation), per kind of job, from the jobs run so far (not from skipped ones),
     times the work left of that kind."""
 
-    def __init__(self, jobs: List[Job], enabled: bool = True):
+    def __init__(self, jobs: List[Job], enabled: bool = True, workers: int = 1):
         from tqdm.auto import tqdm
 
+        self.workers = max(1, int(workers))  # jobs of that many points run side by side
         self.left: Dict[str, float] = {}
         self.spent: Dict[str, List[float]] = {}  # [seconds, units] per kind of job
         for j in jobs:
@@ -438,7 +439,7 @@ class Progress:
             if done <= 0:
                 return None
             total += units * seconds / done
-        return total
+        return total / self.workers
 
     def _post(self, current: str) -> None:
         eta = self.eta()
@@ -556,7 +557,7 @@ def run_points(points: List[Point], progress: bool = True, workers: int = 1) -> 
 
         torch.set_num_threads(int(threads))
     jobs = [j for p in points for j in [p.fed] + p.attacks]
-    bar = Progress(jobs, enabled=progress)
+    bar = Progress(jobs, enabled=progress, workers=workers if len(points) > 1 else 1)
     summary = {"ran": [], "skipped": [], "failed": [], "wall_seconds": 0.0}
     clock = time.perf_counter()
 

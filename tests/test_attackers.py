@@ -338,3 +338,49 @@ def test_best_per_victim_reads_the_results_schemas_image_records():
                             rec("ggl-l2-adaptive", "r0000_b001", 19.5), rec("ggl-eot", "r0000_b001", 19.1)])
     assert [(b["probe"], b["best_attacker"], b["best_psnr"]) for b in best] == [
         ("r0000_b000", "ggl-eot", 16.9), ("r0000_b001", "ggl-l2-adaptive", 19.5)]
+
+
+# ------------------------------------------------------------------------------------------ the README example
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "my_attacker.py"
+
+
+@pytest.fixture
+def example_attacker(monkeypatch):
+    """examples/my_attacker.py loaded as a user would (its registration undone afterwards)."""
+    import importlib.util
+
+    import ggl.attack.attackers as registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    spec = importlib.util.spec_from_file_location("my_attacker", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_example_attacker_joins_the_portfolio_by_its_one_file(example_attacker):
+    from ggl.attack.attackers import run_portfolio
+
+    assert "prior-best-of-n" in available_attackers()
+    with pytest.raises(ConfigError, match="prior-best-of-n.samples' = 0 must be an integer >= 1"):
+        build_portfolio(["prior-best-of-n"], {"prior-best-of-n": {"samples": 0}})
+    G = TinyPrior()
+    x, y, obs = _victim(G, 3)
+    attackers = build_portfolio(["ggl-l2", "prior-best-of-n"], {"prior-best-of-n": {"samples": 64}})
+    out = run_portfolio(attackers, obs, G, FAST, seed=0)
+    mine = out["prior-best-of-n"]
+    assert mine.images.shape == x.shape and mine.labels.tolist() == y.tolist()
+    # it keeps the best of its draws: no draw matches the observed update better
+    from ggl.attack import GGLObjective
+
+    objective = GGLObjective(obs, G, mine.labels, loss="l2")
+    z = torch.randn(64, objective.dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert mine.loss == pytest.approx(float(objective(z).min()), rel=1e-6)
+    assert out["ggl-l2"].loss <= mine.loss  # a search beats 64 random draws of the same prior
+
+
+def test_readme_shows_the_example_attacker_verbatim():
+    readme = (EXAMPLE.parent.parent / "README.md").read_text()
+    code = EXAMPLE.read_text()
+    assert code[code.index("import time"):] in readme

@@ -79,6 +79,8 @@ def test_time_left_is_work_left_times_the_measured_rate_of_each_kind():
     assert bar.eta() is None    # the adaptive attacker's rate is still unknown
     bar.finish(jobs[4], 200.0)  # 2 s per adaptive unit
     assert bar.eta() == pytest.approx(10 * 3.0 + 100 * 0.5)
+    bar.workers = 2  # two worker processes each measure their own job's seconds: the work left is shared
+    assert bar.eta() == pytest.approx((10 * 3.0 + 100 * 0.5) / 2)
     bar.close()
 
 

@@ -18,11 +18,14 @@ public GAN prior, if it uses one); it never sees private data. Each registered a
     leakage = best_per_victim(rows)                              # rows: per-image scores + "attacker"
 
 Adding an attacker = one file here with a class derived from ``Attacker`` and decorated with
-``@register("name")`` (+ an import line at the bottom of this file) + its test.
+``@register("name")``: every module of this package is imported below (``examples/my_attacker.py``;
+a file imported before the config is loaded works too).
 """
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
 from dataclasses import fields
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -108,7 +111,8 @@ def build_portfolio(names: Sequence[str], options: Optional[Mapping[str, Any]] =
 from ggl.attack.attackers.base import Attacker  # noqa: E402  (the registry must exist first)
 from ggl.attack.attackers.best import best_per_victim  # noqa: E402
 from ggl.attack.attackers.portfolio import portfolio_units, run_portfolio  # noqa: E402
-from ggl.attack.attackers import ggl_latent, eot, inverting_gradients  # noqa: E402,F401
+for _module in pkgutil.iter_modules(__path__):  # each attacker file registers itself
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["Attacker", "available_attackers", "best_per_victim", "build_portfolio", "check_portfolio",
            "get_attacker", "option_names", "portfolio_units", "register", "run_portfolio"]
