@@ -396,20 +396,32 @@ def comparisons(rows: List[dict]) -> List[Tuple[str, str, Any]]:
             res = paired(*_aligned(r["pairs"], other["pairs"], key, key), seed=BOOTSTRAP_SEED)
             if res is not None:
                 out.append((f"{_label(r)} − fp32 {other['attacker_name']} (round {_round(r)})", label, res))
-    if any(r.get("derived") and set(r.get("attackers", ())) - {"ggl-l2", "ggl-l2-adaptive"} for r in rows):
-        return out
-    by_key = {(r["setting"], r["attacker"], r["round"], r["probe"], r["dataset"]): r for r in rows if not r.get("derived")}
+    # what modelling the defence buys: adaptive vs non-adaptive L2, and EOT vs the expectation attacker
+    by_key = {(r["setting"], r["attacker_name"], r["round"], r["probe"], r["dataset"]): r for r in rows
+              if not r.get("derived")}
+    several_rounds = len({r["round"] for r in rows}) > 1
     for r in rows:
-        if r.get("derived") or r["attacker"] != "adaptive":
+        if r.get("derived") or r["attacker_name"] not in MODELLING_PAIRS:
             continue
-        other = by_key.get((r["setting"], "non-adaptive", r["round"], r["probe"], r["dataset"]))
-        if other is None:
+        for base in MODELLING_PAIRS[r["attacker_name"]]:
+            other = by_key.get((r["setting"], base, r["round"], r["probe"], r["dataset"]))
+            if other is not None:
+                break
+        else:
             continue
+        name = (f"{r['setting']}: adaptive − non-adaptive" if r["attacker_name"] == "ggl-l2-adaptive"
+                else f"{r['setting']}: {r['attacker_name']} − {base}")
+        name += f" (round {r['round']})" if several_rounds else ""
         for key, label in COMPARE_METRICS:
             res = paired(*_aligned(r["pairs"], other["pairs"], key, key), seed=BOOTSTRAP_SEED)
             if res is not None:
-                out.append((f"{r['setting']}: adaptive − non-adaptive", label, res))
+                out.append((name, label, res))
     return out
+
+
+# attacker -> the attacker it is compared with on the same victims (the first one that ran): what
+# modelling the defence adds (the expectation attacker of a randomised defence is ggl-l2: E[q(u)] = u)
+MODELLING_PAIRS = {"ggl-l2-adaptive": ("ggl-l2",), "ggl-eot": ("ggl-l2-adaptive", "ggl-l2")}
 
 
 def comparison_rows(rows: List[dict]) -> List[List[str]]:

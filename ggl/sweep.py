@@ -628,20 +628,24 @@ def _log_agent_run(point: Point) -> None:
     try:
         rows = results_of([point])["rows"]
         summary = {"setting": point.setting}
-        grids = {f"reconstructions/{r['attacker']}": wandb.Image(str(Path(r["images"]).parent / "grid.png"))
-                 for r in rows if r["images"] is not None and (Path(r["images"]).parent / "grid.png").is_file()}
+        grids = {}
+        for r in rows:
+            grid = Path(r["images"]).parent / "grid.png" if r["images"] is not None else None
+            if grid is not None and grid.is_file():
+                grids[f"reconstructions/{r['attacker_name']}"] = wandb.Image(str(grid))
         if grids:
             run.log(grids)
-        for r in rows:
+        for r in rows:  # one prefix per attacker (and worst case) and round: rounds never overwrite each other
+            prefix = r["attacker_name"] + (f"/round{r['round']}" if r["round"] is not None else "")
             summary["test_acc"] = r["test_acc"]
             summary["uplink_bits_per_round"] = r["bits_per_round"]
-            summary[f"{r['attacker']}/n_images"] = r["n_images"]
-            summary[f"{r['attacker']}/reid_chance"] = chance_level(r["pairs"])
+            summary[f"{prefix}/n_images"] = r["n_images"]
+            summary[f"{prefix}/reid_chance"] = chance_level(r["pairs"])
             for key in ("psnr", "ssim", "lpips", HEADLINE, "best_baseline_psnr", "leakage_psnr"):
                 ci = _ci(r["pairs"], key)
                 if ci is not None:
-                    summary.update({f"{r['attacker']}/{key}_mean": ci.mean, f"{r['attacker']}/{key}_ci_low": ci.low,
-                                    f"{r['attacker']}/{key}_ci_high": ci.high})
+                    summary.update({f"{prefix}/{key}_mean": ci.mean, f"{prefix}/{key}_ci_low": ci.low,
+                                    f"{prefix}/{key}_ci_high": ci.high})
         run.summary.update({k: v for k, v in summary.items() if v is not None})
     finally:
         run.finish()

@@ -338,3 +338,31 @@ def test_a_federation_that_dropped_clients_is_flagged_also_from_the_csv(tmp_path
         out / "privacy_utility.md").read_text()
     assert main(["--from-csv", str(out / "per_image.csv"), "--out", str(tmp_path / "again")]) == 0
     assert "q4 (non-adaptive): 7" in (tmp_path / "again" / "privacy_utility.md").read_text()
+
+
+def test_wandb_agent_run_gets_each_attackers_numbers_without_overwriting(runs, monkeypatch):
+    """Under `wandb agent`, the sweep's own run gets one summary key per attacker (and worst case)."""
+    import wandb
+
+    from ggl.sweep import Job, Point, _log_agent_run
+
+    class FakeRun:
+        def __init__(self):
+            self.summary, self.logged = {}, []
+
+        def log(self, data):
+            self.logged.append(data)
+
+        def finish(self):
+            pass
+
+    run = FakeRun()
+    monkeypatch.setattr(wandb, "init", lambda **kw: run)
+    q4 = runs / "fed-q4" / "20250101-000100"
+    p = Point(params={"defenses": [Q4]}, setting="q4", fed=Job("fed", "q4", "fed-q4", "x", [], done_dir=q4))
+    p.attacks = [Job("attack", "q4", a.parent.name, "x", [], done_dir=a)
+                 for a in (runs / "attack-q4" / "20250101-000300", runs / "attack-q4-adaptive" / "20250101-000400")]
+    _log_agent_run(p)
+    s = run.summary
+    assert s["ggl-l2/round3/psnr_mean"] == 16.0 and s["ggl-l2-adaptive/round3/psnr_mean"] == 18.0
+    assert s["best per victim/round3/psnr_mean"] == 18.0 and s["test_acc"] == 0.85
