@@ -12,15 +12,20 @@ existing report is replaced only with ``--overwrite``):
   label, every metric, every label-only baseline's scores, leakage, its federation's numbers). Every
   number of the table and of ``privacy_utility.png`` is computed from it alone; ``--from-csv``
   rebuilds them from it;
-* ``privacy_utility.md``: per point (defence setting x attacker, seeds pooled) the mean and 95%
-  bootstrap CI over the attacked images (``ggl.stats``) of PSNR, SSIM, re-identification, the best
-  label-only baseline and the leakage over it; then paired comparisons on the same victims;
+* ``privacy_utility.md``: per point (defence setting x round x probe x attacker, seeds pooled) the mean
+  and 95% bootstrap CI over the attacked images (``ggl.stats``) of PSNR, SSIM, re-identification, the
+  best label-only baseline and the leakage over it; first the worst case per setting and round (the
+  best attacker per victim, ``ggl.worst_case``, with who won), then every attacker; then paired
+  comparisons on the same victims;
 * ``privacy_utility.png``: x = the federation's final test accuracy, y = the ``--metric`` (PSNR, SSIM
-  or re-identification top-1) with 95% CI bars, one panel per defence family (fp32 in each as the
-  reference), points at the same accuracy spread sideways; filled = non-adaptive attacker, hollow =
-  adaptive; the band = the strongest label-only baseline's 95% CI;
-* ``reconstructions.png``: the victims as columns; the originals, then one titled row per setting and
-  attacker, then the prior-only images, from each attack's ``<setting>/images.pt``.
+  or re-identification top-1) of each setting's worst case with 95% CI bars (small hollow markers: the
+  non-adaptive L2 attacker alone), one panel per defence family (fp32 in each as the reference) and
+  round, points at the same accuracy spread sideways; the band = the strongest label-only baseline's CI;
+* ``leakage_vs_round.png``: the worst case's PSNR and re-identification per attacked round beside each
+  federation's test-accuracy curve (``accuracy.csv``: one row per federation and evaluated round);
+* ``reconstructions.png``: per round, the victims as columns; the originals, then one titled row per
+  setting (each victim's winning reconstruction), then the prior-only images, from each attack's
+  ``<setting>/images.pt``.
 
 When several runs of one (setting, attacker, dataset, model, seed) exist, the newest attack wins. A
 ``results.json`` that cannot be read or lacks its fields is reported by path and skipped.
