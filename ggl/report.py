@@ -555,7 +555,7 @@ def plot_privacy_utility(rows: List[dict], path: Path, metric: str = "psnr") -> 
     rounds = sorted({r["round"] for r in plotted}, key=lambda x: -1 if x is None else x) or [None]
     ncols = len(families)
     fig, axes = plt.subplots(len(rounds), ncols, figsize=(4.2 * ncols + 2.8, 3.6 * len(rounds) + 0.6), dpi=110,
-                             squeeze=False, sharey=True)
+                             squeeze=False, sharex=True, sharey=True)
     labels = list(dict.fromkeys(r["setting"] for r in plotted))
     markers = "osD^vP*Xhp<>d8H"
     cmap = plt.get_cmap("tab20")
