@@ -228,7 +228,7 @@ def measured_pairs(points: Sequence[dict]) -> List[Pair]:
 
 # table order of the attackers: the worst case first, then the portfolio's own order
 ATTACKER_ORDER = ("best per victim", "ggl-l2", "ggl-l2-adaptive", "ggl-cosine", "ggl-cosine-adaptive", "ggl-eot",
-                  "inverting-gradients")
+                  "inverting-gradients", "inverting-gradients-adaptive")
 
 
 def _attacker_rank(name: str) -> tuple:

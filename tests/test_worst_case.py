@@ -45,3 +45,14 @@ def test_a_portfolio_row_names_its_defence_and_attacker():
         ("q2-stochastic-global", "adaptive", "ggl-eot", "fedsgd", 9)
     plain = record_from_row({**row, "setting": "q4", "attacker_name": None, "attacker_models": None}, {"attack": {}}, None)
     assert (plain.defense, plain.attacker, plain.attacker_id) == ("q4", "non-adaptive", "ggl-l2")
+
+
+def test_adaptive_inverting_gradients_runs_only_where_it_models_something():
+    from ggl.attack.attackers import get_attacker
+    from ggl.sweep import portfolio_for
+
+    names = ["inverting-gradients", "inverting-gradients-adaptive"]
+    assert get_attacker(names[1]).models == "adaptive" and get_attacker(names[0]).models == "none"
+    q4 = [{"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}]
+    assert portfolio_for(names, q4, "q4") == names
+    assert portfolio_for(names, [], "fp32") == names[:1]  # no defence: it would repeat its twin

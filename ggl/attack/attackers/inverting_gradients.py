@@ -13,8 +13,12 @@ one with the lowest final loss wins. Labels come from ``ggl.attack.labels.infer_
 prior probes (no prior at all: for batch > 1 the mean softmax is taken as uniform).
 
 Its trial updates are GGL's (``ggl.attack.objective.GGLObjective``) with the identity in place of the
-generator, so it replays the client's computation exactly as the latent attackers do. It models no
-defence (a user comparing priors compares it with ``ggl-cosine``).
+generator, so it replays the client's computation exactly as the latent attackers do.
+``inverting-gradients`` models no defence (a user comparing priors compares it with ``ggl-cosine``);
+``inverting-gradients-adaptive`` re-applies the observed defence to its trial updates as
+``ggl-cosine-adaptive`` does (``ggl.attack.trial.DefenseModel``, straight-through where the defence
+is not differentiable), so that a defence is not credited with what a pixel-space attacker which
+ignores it cannot see.
 """
 from __future__ import annotations
 
@@ -51,9 +55,11 @@ def total_variation(x: Tensor) -> Tensor:
     return dx + dy
 
 
-@register("inverting-gradients")
+@register("inverting-gradients", adaptive=False)
+@register("inverting-gradients-adaptive", adaptive=True)
 @dataclass
 class InvertingGradients(Attacker):
+    adaptive: bool = False      # fixed by the name: re-apply the observed defence to the trial updates
     steps: int = 1000           # Adam steps on the pixels
     lr: float = 0.1             # Adam learning rate (divided by 10 at 3/8, 5/8, 7/8 of the steps)
     tv_weight: float = 1e-2     # weight of the total variation; 0 = none
@@ -62,8 +68,11 @@ class InvertingGradients(Attacker):
 
     loss: ClassVar[str] = "cosine+tv"
     search: ClassVar[str] = "adam-pixels"
-    models: ClassVar[str] = "none"
     uses_prior: ClassVar[bool] = False
+
+    @property
+    def models(self) -> str:  # type: ignore[override]
+        return "adaptive" if self.adaptive else "none"
 
     def check(self, key: str) -> None:
         for k in ("steps", "restarts"):
@@ -86,7 +95,7 @@ class InvertingGradients(Attacker):
         if labels is None:
             labels = infer_labels(obs, model, None)
         pixels = PixelParametrisation(obs.channels, obs.image_size)
-        objective = GGLObjective(obs, pixels, labels, loss="cosine", adaptive=False, evaluation="batched",
+        objective = GGLObjective(obs, pixels, labels, loss="cosine", adaptive=self.adaptive, evaluation="batched",
                                  model=model)
         dtype = next(model.parameters()).dtype
         gen = torch.Generator().manual_seed(int(seed) % (2 ** 63))
