@@ -307,10 +307,10 @@ class FederationResult:
                    epsilon=float(eps) if dp else None, delta=float(delta) if dp else None,
                    faults=sum(int(final.get(k) or 0) for k in ("failed_clients", "rejected_updates",
                                                                  "rejected_aggregates")),
-                   curve=_curve(data.get("history"), path))
+                   curve=_curve(data.get("history")))
 
 
-def _curve(history: Any, path: Path) -> Tuple[Tuple[int, float], ...]:
+def _curve(history: Any) -> Tuple[Tuple[int, float], ...]:
     """(round, test accuracy) pairs of a federation's ``history`` (entries without both are skipped)."""
     if history is None:
         return ()
