@@ -8,7 +8,6 @@ of the call for older torch versions. Every failure is a one-line ``UserError`` 
 from __future__ import annotations
 
 import contextlib
-import os
 import pickle
 import threading
 import zipfile
@@ -17,6 +16,7 @@ from typing import Any, Iterator
 
 import torch
 
+from ggl.environ import without_env
 from ggl.errors import UserError
 
 _UNSAFE_ENV = ("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD",)
@@ -25,12 +25,8 @@ _env_lock = threading.Lock()
 
 @contextlib.contextmanager
 def _weights_only_enforced() -> Iterator[None]:
-    with _env_lock:
-        saved = {k: os.environ.pop(k) for k in _UNSAFE_ENV if k in os.environ}
-        try:
-            yield
-        finally:
-            os.environ.update(saved)
+    with _env_lock, without_env(_UNSAFE_ENV):
+        yield
 
 
 def _first_line(exc: BaseException) -> str:

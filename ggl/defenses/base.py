@@ -203,6 +203,12 @@ def defenses_label(specs: Sequence[Defense]) -> str:
     return "+".join(labels) if labels else "fp32"
 
 
+def check_percent(key: str, percent: float) -> None:
+    """A pruned share (``percent`` of the entries) must leave something to send: [0, 100)."""
+    if not 0.0 <= percent < 100.0:
+        raise ConfigError(f"config key '{key}.percent' = {percent} must be in [0, 100)")
+
+
 def share_count(percent: float, n: int) -> int:
     """floor(percent / 100 * n), computed on the decimal value written (33.3% of 1000 is 333, not 332)."""
     return int(Fraction(str(float(percent))) * n / 100)

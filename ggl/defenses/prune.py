@@ -11,9 +11,8 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ggl.defenses.base import FLOAT_BITS, Defense, observed_mask, register, share_count
+from ggl.defenses.base import FLOAT_BITS, Defense, check_percent, observed_mask, register, share_count
 from ggl.defenses.topk import index_bits
-from ggl.errors import ConfigError
 
 
 def prune_layers(tensors: Sequence[Tensor], percent: float) -> Tuple[List[Tensor], int]:
@@ -46,8 +45,7 @@ class Prune(Defense):
     norm_preserving = True
 
     def check(self, key: str) -> None:
-        if not 0.0 <= self.percent < 100.0:
-            raise ConfigError(f"config key '{key}.percent' = {self.percent} must be in [0, 100)")
+        check_percent(key, self.percent)
 
     @property
     def label(self) -> str:

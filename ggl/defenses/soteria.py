@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ggl.defenses.base import Defense, observed_mask, register, share_count
+from ggl.defenses.base import Defense, check_percent, observed_mask, register, share_count
 from ggl.errors import ConfigError, UserError
 
 
@@ -78,8 +78,7 @@ class Soteria(Defense):
     norm_preserving = True
 
     def check(self, key: str) -> None:
-        if not 0.0 <= self.percent < 100.0:
-            raise ConfigError(f"config key '{key}.percent' = {self.percent} must be in [0, 100)")
+        check_percent(key, self.percent)
 
     @property
     def label(self) -> str:
