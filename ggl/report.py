@@ -244,11 +244,10 @@ def _row_order(row: dict) -> tuple:
 def worst_case_rows(rows: Sequence[dict]) -> List[dict]:
     """Per (setting, round, probe, dataset, model): its worst-case point where several attackers ran,
     else its one attacker's point, in table order."""
-    def key(r):
-        return r["setting"], r["round"], r["probe"], r["dataset"], r["model"]
+    from ggl.worst_case import point_key
 
-    derived = {key(r) for r in rows if r.get("derived")}
-    return [r for r in rows if r.get("derived") or key(r) not in derived]
+    derived = {point_key(r) for r in rows if r.get("derived")}
+    return [r for r in rows if r.get("derived") or point_key(r) not in derived]
 
 
 def strongest_baseline(pairs: Sequence[Pair], metric: str) -> Optional[str]:
@@ -334,9 +333,10 @@ def table_rows(rows: List[dict]) -> List[List[str]]:
 
 def _contrast(rows: Sequence[dict], r: dict) -> Optional[dict]:
     """The non-adaptive L2 GGL point of ``r``'s setting, round and probe (the attacker of earlier reports)."""
+    from ggl.worst_case import point_key
+
     return next((o for o in rows if not o.get("derived") and o["attacker_name"] == "ggl-l2"
-                 and (o["setting"], o["round"], o["probe"], o["dataset"]) ==
-                 (r["setting"], r["round"], r["probe"], r["dataset"])), None)
+                 and point_key(o) == point_key(r)), None)
 
 
 def headline_rows(rows: List[dict]) -> List[List[str]]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
 import itertools
 import json
 import os
@@ -218,11 +217,8 @@ def make_point(params: Dict[str, Any], seeds_vary: bool = False) -> Point:
         acfg = load_config(params.get("attack_config", "attack.yaml"), over)
         from ggl.attack.search import search_units
 
-        images = len(set(cfg.audit.rounds)) * cfg.audit.num_images
-        if acfg.attack.max_observations:  # observations per setting, each of audit.batch_size images
-            images = min(images, acfg.attack.max_observations * cfg.audit.batch_size)
         point.attacks.append(Job("attack", setting, name, params.get("attack_config", "attack.yaml"), over,
-                                 attacker=attacker, cost=float(images * search_units(acfg.attack))))
+                                 attacker=attacker, cost=float(images_attacked(cfg, acfg) * search_units(acfg.attack))))
     return point
 
 
@@ -259,11 +255,17 @@ def _portfolio_job(names: Sequence[str], chain: Sequence[dict], setting: str, cf
     over = attack_over + [f"attack.attackers={json.dumps(keep)}", f"name={name}"]
     acfg = load_config(params.get("attack_config", "attack.yaml"), over)
     units = sum(a.units(acfg.attack) for a in build_portfolio(keep, dict(acfg.attack.attacker_options or {})))
+    return Job("attack", setting, name, params.get("attack_config", "attack.yaml"), over, attacker="portfolio",
+               cost=float(images_attacked(cfg, acfg) * units))
+
+
+def images_attacked(cfg, acfg) -> int:
+    """Images one attack job of a setting attacks: every captured round's, at most ``attack.max_observations``
+    observations of ``audit.batch_size`` images each."""
     images = len(set(cfg.audit.rounds)) * cfg.audit.num_images
     if acfg.attack.max_observations:
         images = min(images, acfg.attack.max_observations * cfg.audit.batch_size)
-    return Job("attack", setting, name, params.get("attack_config", "attack.yaml"), over, attacker="portfolio",
-               cost=float(images * units))
+    return images
 
 
 def adaptive_differs(chain: Sequence[dict]) -> bool:
@@ -367,14 +369,11 @@ def find_attack(job: Job, source: Path) -> Optional[Path]:
 # running
 
 
-@contextlib.contextmanager
 def _job_env():
     """The jobs' own W&B runs must not attach to the agent's sweep run (they have their own ids)."""
-    saved = {k: os.environ.pop(k) for k in AGENT_ENV if k in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
+    from ggl.environ import without_env
+
+    return without_env(AGENT_ENV)
 
 
 def run_fed(job: Job) -> Path:

@@ -29,6 +29,20 @@ def _better(metric: str, a: Optional[float], b: Optional[float]) -> bool:
     return sign * a > sign * b
 
 
+def _best(metric: str, values) -> Optional[float]:
+    """The value of most leakage on ``metric`` (None when none is finite)."""
+    best = None
+    for v in values:
+        if _better(metric, v, best):
+            best = v
+    return best
+
+
+def point_key(point: dict) -> Tuple:
+    """What a worst case is taken over the attackers of: one setting, round and probe of one dataset/model."""
+    return point["setting"], point["round"], point["probe"], point["dataset"], point["model"]
+
+
 def victim_key(rec) -> Tuple:
     return rec.seed, rec.round, rec.probe, rec.image, rec.victim_id
 
@@ -40,24 +54,12 @@ def best_record(records: Sequence) -> Tuple[object, str]:
     for r in records[1:]:
         if _better(WIN_METRIC, r.metrics.get(WIN_METRIC), winner.metrics.get(WIN_METRIC)):
             winner = r
-    metrics: Dict[str, Optional[float]] = {}
-    for key in dict.fromkeys(k for r in records for k in r.metrics):
-        best = None
-        for r in records:
-            v = r.metrics.get(key)
-            if key.startswith("reid_gallery"):  # gallery sizes: the same for every attacker
-                best = v if best is None else best
-            elif _better(key, v, best):
-                best = v
-        metrics[key] = best
-    leakage: Dict[str, Optional[float]] = {}
-    for key in dict.fromkeys(k for r in records for k in r.leakage):
-        best = None
-        for r in records:
-            v = r.leakage.get(key)
-            if _better(key, v, best):
-                best = v
-        leakage[key] = best
+    metrics = {key: next((r.metrics[key] for r in records if r.metrics.get(key) is not None), None)
+               if key.startswith("reid_gallery")
+               else _best(key, (r.metrics.get(key) for r in records))  # gallery sizes: the same for every attacker
+               for key in dict.fromkeys(k for r in records for k in r.metrics)}
+    leakage = {key: _best(key, (r.leakage.get(key) for r in records))
+               for key in dict.fromkeys(k for r in records for k in r.leakage)}
     rec = dataclasses.replace(winner, setting=f"{winner.defense}@{WORST_CASE}", attacker="portfolio",
                               attacker_name=WORST_CASE, metrics=metrics, leakage=leakage)
     return rec, winner.attacker_id
@@ -70,7 +72,7 @@ def worst_case_points(points: List[dict]) -> List[dict]:
     figure), plus the fields of its attackers' points."""
     groups: Dict[tuple, List[dict]] = {}
     for p in points:
-        groups.setdefault((p["setting"], p["round"], p["probe"], p["dataset"], p["model"]), []).append(p)
+        groups.setdefault(point_key(p), []).append(p)
     out = []
     for key, members in groups.items():
         if len(members) < 2:
