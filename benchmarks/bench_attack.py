@@ -1,4 +1,4 @@
-"""Candidate evaluations per second: batched (torch.func.vmap over a CMA-ES population) vs one at a time.
+"""Candidate evaluations per second: batched (a whole CMA-ES population per pass) vs one at a time.
 
     python benchmarks/bench_attack.py [--prior checkpoints/gan_mnist5k.pt] [--population 50]
                                       [--threads 1] [--seconds 10] [--adaptive | --non-adaptive]
@@ -6,11 +6,14 @@
 
 A candidate evaluation is one latent -> G(z, y) -> the victim's trial update at the attacked model
 (sigmoid LeNet, DLG init, FedSGD) -> the GGL matching loss: what one CMA-ES candidate costs.
-Batched = ``torch.func.vmap`` over the population (``evaluation: batched``); one at a time = the
-reference loop, plain autograd per candidate (``evaluation: loop``). Both run in this one process on
-the same candidates and must agree on the losses.
-The attacked update is a real private MNIST digit's. Also printed: the same without the generator
-(images given), i.e. the part that vmap batches beyond the generator's own batching.
+Batched = ``evaluation: batched``: the population through the generator's CPU copy
+(``ggl/attack/fast_generator.py``) and every candidate's gradient from one backward
+(``ggl/attack/per_candidate.py``; ``torch.func.vmap`` for nets it does not cover); one at a time = the
+reference loop, the generator as it is and plain autograd per candidate (``evaluation: loop``). Both
+run in this one process on the same candidates and must agree on the losses. The two are timed in
+interleaved rounds and the medians printed (a shared VM's speed drifts within seconds).
+The attacked update is a real private MNIST digit's. Also printed: the trial update + loss alone
+(images given) and the generator alone, the two halves of a batched evaluation.
 Both modes (non-adaptive, adaptive: the trial update passes the 4-bit quantizer) run by default, each
 printing ``speedup[<mode>]: <batched / one-at-a-time evaluations per second>``.
 
@@ -22,6 +25,7 @@ victims batched needs at most. The last line is ``speedup: <the smallest ratio o
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,6 +36,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from _attack_setup import DEFAULT_PRIOR, prior, private_observation, rate  # noqa: E402
+
+ROUNDS = 5  # batched/loop measurement rounds per mode, interleaved
 
 
 def _clock(args):
@@ -55,9 +61,12 @@ def measure(args, G, adaptive: bool) -> float:
         a, b = obj(z, "batched"), obj(z, "loop")
         rel = float(((a - b).abs() / b.abs()).max())
         imgs = obj.images(z)
-        rates = {}
-        for mode in ("batched", "loop"):
-            rates[mode] = rate(lambda: obj(z, mode), args.population, args.seconds, _clock(args))
+        rates, ratios = {"batched": [], "loop": []}, []
+        for _ in range(ROUNDS):  # interleaved rounds, medians: a shared VM's speed drifts within seconds
+            for mode in ("batched", "loop"):
+                rates[mode].append(rate(lambda: obj(z, mode), args.population, args.seconds / ROUNDS, _clock(args)))
+            ratios.append(rates["batched"][-1] / rates["loop"][-1])
+        rates = {mode: statistics.median(r) for mode, r in rates.items()}
 
         def trial_batched():
             return match_loss(obj.sim.batched(imgs, labels), obj.target)
@@ -68,14 +77,15 @@ def measure(args, G, adaptive: bool) -> float:
         rates["update_batched"] = rate(trial_batched, args.population, args.seconds / 2, _clock(args))
         rates["update_loop"] = rate(trial_loop, args.population, args.seconds / 2, _clock(args))
         rates["generator"] = rate(lambda: obj.images(z), args.population, args.seconds / 2, _clock(args))
-    ratio = rates["batched"] / rates["loop"]
+    ratio = statistics.median(ratios)
     print(f"[{mode_name}] torch threads: {torch.get_num_threads()}, population {args.population}, "
           f"batched vs loop max rel. loss diff {rel:.1e}")
     print(f"[{mode_name}] trial update + loss only (images given): batched {rates['update_batched']:.0f} /s, "
           f"one at a time {rates['update_loop']:.0f} /s, ratio {rates['update_batched'] / rates['update_loop']:.1f}x; "
           f"generator alone, batched: {rates['generator']:.0f} /s")
     print(f"[{mode_name}] candidate evaluations (z -> G -> update -> loss): batched {rates['batched']:.0f} /s, "
-          f"one at a time {rates['loop']:.0f} /s")
+          f"one at a time {rates['loop']:.0f} /s (medians of {ROUNDS} interleaved rounds; per-round ratios "
+          f"{', '.join(f'{r:.1f}' for r in ratios)})")
     if not adaptive:  # bf16: is the generator (the batched path's larger half) faster in it on this CPU?
         import copy
 

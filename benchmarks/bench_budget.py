@@ -10,10 +10,12 @@ adaptively (the attacker applies the known quantizer), as the sweep's strongest 
 The federations are cached under ``runs/bench_budget/`` and reused.
 
 For each search (an "arm") and each victim, the search runs once with its full budget; a watcher
-records the best reconstruction's PSNR at checkpoints along the way, with the process CPU-seconds
+records the best reconstruction's PSNR and re-identification at checkpoints along the way, with the process CPU-seconds
 (``time.process_time``, one torch thread) spent in the search so far (the watcher's own cost is
 subtracted), so one run gives the whole curve of that arm. Each point: mean PSNR over victims with
-a 95% bootstrap CI, per (setting, round).
+a 95% bootstrap CI, and the re-identification rate (``reid_top1_feature_class``, the report's identity
+metric: the victim ranks first among the private images of its class, in the public classifier's
+feature space), per (setting, round).
 
 Arms:
   today      the sweep's attack before this benchmark: CMA-ES 60 generations x 50, then Adam 120 steps x 8
@@ -21,18 +23,17 @@ Arms:
              drawn identically: today's curve up to 60 units is this curve)
   adam       Adam alone, 8 random restarts in one batch, 60 steps, lr 0.05
   small      CMA-ES 15 x 50 then Adam 30 x 8 (a quarter of today's budget), lr 0.05
-  new        the new default (configs/attack.yaml): CMA-ES 5 x 50, then Adam 150 steps on its 2 best
+  new        the new default (configs/attack.yaml): CMA-ES 5 x 50, then Adam 115 steps on its 3 best
              candidates at lr 0.1 (today's curve shows CMA-ES generations past ~10 buy little and Adam
              steps buy most; Adam's step costs about its number of restarts)
-  c10a40, adam70, p20a50, c15a30: the candidates measured on the way to ``new`` (see ARMS)
-
-Re-identification: once ``ggl.metrics`` has ``reidentification(recon, truth, pool)`` (another branch
-adds it) the table gets its column; until then the hook prints n/a.
+  c5r2a150   the previous default (5 x 50, then Adam 150 steps x 2), which the headline sweep keeps
+  c10a40, adam70, p20a50, c15a30, ...: the candidates measured on the way to ``new`` (see ARMS)
 
 Prints the table, writes ``<out>/budget.png`` and ``<out>/budget.json``; the last line is
 ``leakage_per_cpu_second_ratio: <x>``: (mean PSNR per CPU-second of ``new``) / (that of ``today``),
 over all settings and rounds, with the per-cell check "new's mean PSNR >= today's CI low and new's
-CPU-seconds <= today's / 4" printed above it.
+CPU-seconds <= today's / 4" printed above it, and per cell the paired difference new - today on the
+same victims (mean, 95% CI, Wilcoxon p): the comparison that n = 8 victims can support.
 """
 from __future__ import annotations
 
@@ -51,9 +52,12 @@ sys.path.insert(0, str(REPO))
 
 from _attack_setup import DEFAULT_PRIOR, prior  # noqa: E402
 
+from ggl.audit.reid import HEADLINE  # noqa: E402
+from ggl.stats import paired  # noqa: E402
+
 TODAY = dict(optimizer="cmaes_adam", population=50, generations=60, adam_steps=120, adam_restarts=8, sigma=0.3)
 # the new default: measured below; keep in step with configs/attack.yaml and configs/sweep_defenses.yaml
-NEW = dict(optimizer="cmaes_adam", population=50, generations=5, adam_steps=150, adam_restarts=2, sigma=0.3,
+NEW = dict(optimizer="cmaes_adam", population=50, generations=5, adam_steps=115, adam_restarts=3, sigma=0.3,
            adam_lr=0.1)
 ARMS = {
     "today": TODAY,
@@ -87,6 +91,12 @@ ARMS = {
                      sigma=0.3, adam_lr=0.1),
     "c15a30": dict(optimizer="cmaes_adam", population=50, generations=15, adam_steps=30, adam_restarts=8, sigma=0.3,
                    adam_lr=0.1),
+    "c5r3a150": dict(optimizer="cmaes_adam", population=50, generations=5, adam_steps=150, adam_restarts=3,
+                     sigma=0.3, adam_lr=0.1),
+    "c5r4a150": dict(optimizer="cmaes_adam", population=50, generations=5, adam_steps=150, adam_restarts=4,
+                     sigma=0.3, adam_lr=0.1),
+    "c10r3a120": dict(optimizer="cmaes_adam", population=50, generations=10, adam_steps=120, adam_restarts=3,
+                      sigma=0.3, adam_lr=0.1),
 }
 CHECKPOINTS = (5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240)
 Q4 = [{"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}]
@@ -113,15 +123,9 @@ def federations(victims: int, trained_round: int, threads: int) -> Dict[str, Pat
     return out
 
 
-def reidentification_hook():
-    """``ggl.metrics.reidentification`` once another branch adds it; None until then."""
-    import ggl.metrics
-
-    return getattr(ggl.metrics, "reidentification", None)
-
-
-def attack_curve(obs, truth: torch.Tensor, G, cfg, seed: int) -> List[dict]:
-    """[{units, cpu_s, psnr}] along one search; CPU-seconds exclude the watcher's own work."""
+def attack_curve(obs, truth: torch.Tensor, G, cfg, seed: int, reid) -> List[dict]:
+    """[{units, cpu_s, psnr, reid}] along one search; CPU-seconds exclude the watcher's own work.
+    ``reid(images)``: the victim's re-identification score of a reconstruction."""
     from ggl.attack import attack
     from ggl.metrics import psnr
 
@@ -134,13 +138,15 @@ def attack_curve(obs, truth: torch.Tensor, G, cfg, seed: int) -> List[dict]:
             cpu = t0 - start - spent_watching[0]
             x = s.images()
             score = float(psnr(x, truth)[0]) if x is not None else float("nan")
+            identified = reid(x) if x is not None else float("nan")
             spent_watching[0] += time.process_time() - t0
-            points.append({"units": s.step, "cpu_s": cpu, "psnr": score})
+            points.append({"units": s.step, "cpu_s": cpu, "psnr": score, "reid": identified})
 
     res = attack(obs, G, cfg, seed, watch=watch)
     end = time.process_time() - start - spent_watching[0]
     final = float(psnr(res.images, truth)[0])
-    points.append({"units": points[-1]["units"] if points else 0, "cpu_s": end, "psnr": final, "final": True})
+    points.append({"units": points[-1]["units"] if points else 0, "cpu_s": end, "psnr": final,
+                   "reid": reid(res.images), "final": True})
     return points
 
 
@@ -201,8 +207,12 @@ def main(argv=None) -> int:
                 curves = []
                 for k, (obs_path, truth_path) in enumerate(mine):
                     obs = Observation.load(obs_path)
-                    _, truth = evaluator.truth(truth_path, obs.obs_id)
-                    curves.append(attack_curve(obs, truth, G, cfg, derived_seed(0, 0x6617, k)))
+                    gt, truth = evaluator.truth(truth_path, obs.obs_id)
+                    gallery = evaluator.gallery(gt.dataset)
+
+                    def reid(images, gallery=gallery, victims=gt.indices):
+                        return float(gallery.score(images.cpu(), victims)[0][HEADLINE])
+                    curves.append(attack_curve(obs, truth, G, cfg, derived_seed(0, 0x6617, k), reid))
                 results[f"{setting}|r{rnd}|{arm}"] = {"setting": setting, "round": rnd, "arm": arm, "curves": curves}
                 Path(args.out).mkdir(parents=True, exist_ok=True)  # kept as it goes: a stopped run keeps its data
                 (Path(args.out) / "curves.json").write_text(json.dumps(results))
@@ -210,31 +220,27 @@ def main(argv=None) -> int:
                 cpu = np.mean([c[-1]["cpu_s"] for c in curves])
                 print(f"[{time.perf_counter() - t_all:6.0f} s wall] {setting} round {rnd} {arm}: "
                       f"PSNR {fin.mean():.2f} dB, {cpu:.1f} CPU-s per victim", file=sys.stderr, flush=True)
-    reid = reidentification_hook()
-
     # ------------------------------------------------------------------ the table
     print(note)
     print(f"torch threads {torch.get_num_threads()}, {args.victims} victims per cell, CNN (sweep protocol), "
-          f"fp32 non-adaptive, q4 adaptive; CPU-seconds per victim (process time); re-identification: "
-          f"{'yes' if reid else 'n/a (hook: ggl.metrics.reidentification)'}")
-    print(f"{'setting':7} {'round':>5} {'arm':7} {'units':>6} {'CPU-s':>7} {'PSNR':>6} {'95% CI':>15}")
+          f"fp32 non-adaptive, q4 adaptive; CPU-seconds per victim (process time); re-id: the share of "
+          f"victims ranked first among the private images of their class ({HEADLINE})")
+    print(f"{'setting':7} {'round':>5} {'arm':9} {'units':>6} {'CPU-s':>7} {'PSNR':>6} {'95% CI':>15} {'re-id':>6}")
     rows = []
     for key, r in results.items():
         n_pts = min(len(c) for c in r["curves"])
         for i in range(n_pts):
             ps = np.array([c[i]["psnr"] for c in r["curves"]])
+            ids = np.array([c[i].get("reid", np.nan) for c in r["curves"]], dtype=float)
             cpu = float(np.mean([c[i]["cpu_s"] for c in r["curves"]]))
             m, lo, hi = ci95(ps)
             final = bool(r["curves"][0][i].get("final"))
             row = {"setting": r["setting"], "round": r["round"], "arm": r["arm"], "units": r["curves"][0][i]["units"],
-                   "cpu_s": cpu, "psnr": m, "lo": lo, "hi": hi, "final": final}
+                   "cpu_s": cpu, "psnr": m, "lo": lo, "hi": hi, "reid": float(np.mean(ids)), "final": final,
+                   "per_victim_psnr": ps.tolist()}
             rows.append(row)
-            if final:
-                print(f"{r['setting']:7} {r['round']:>5} {r['arm']:7} {'end':>6} {cpu:7.2f} {m:6.2f} "
-                      f"[{lo:6.2f}, {hi:6.2f}]")
-            else:
-                print(f"{r['setting']:7} {r['round']:>5} {r['arm']:7} {row['units']:>6} {cpu:7.2f} {m:6.2f} "
-                      f"[{lo:6.2f}, {hi:6.2f}]")
+            print(f"{r['setting']:7} {r['round']:>5} {r['arm']:9} {'end' if final else row['units']:>6} {cpu:7.2f} "
+                  f"{m:6.2f} [{lo:6.2f}, {hi:6.2f}] {row['reid']:6.2f}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "budget.json").write_text(json.dumps({"rows": rows, "arms": {a: ARMS[a] for a in arms},
@@ -255,10 +261,12 @@ def main(argv=None) -> int:
             cheap = new["cpu_s"] <= old["cpu_s"] / 4
             ok_all &= keeps and cheap
             eff.append((new["psnr"] / new["cpu_s"]) / (old["psnr"] / old["cpu_s"]))
-            print(f"{setting} round {rnd}: new {new['psnr']:.2f} dB in {new['cpu_s']:.2f} CPU-s vs today "
-                  f"{old['psnr']:.2f} dB [{old['lo']:.2f}, {old['hi']:.2f}] in {old['cpu_s']:.2f} CPU-s: "
-                  f"CPU ratio {old['cpu_s'] / new['cpu_s']:.2f}x, leakage kept: {'yes' if keeps else 'NO'}, "
-                  f"<= 1/4 CPU: {'yes' if cheap else 'NO'}")
+            diff = paired(new["per_victim_psnr"], old["per_victim_psnr"])
+            print(f"{setting} round {rnd}: new {new['psnr']:.2f} dB (re-id {new['reid']:.2f}) in {new['cpu_s']:.2f} "
+                  f"CPU-s vs today {old['psnr']:.2f} dB [{old['lo']:.2f}, {old['hi']:.2f}] (re-id {old['reid']:.2f}) "
+                  f"in {old['cpu_s']:.2f} CPU-s: CPU ratio {old['cpu_s'] / new['cpu_s']:.2f}x, leakage kept: "
+                  f"{'yes' if keeps else 'NO'}, <= 1/4 CPU: {'yes' if cheap else 'NO'}; paired new - today "
+                  f"{diff.mean_diff:+.2f} dB [{diff.ci.low:+.2f}, {diff.ci.high:+.2f}], Wilcoxon p = {diff.p_value:.2g}")
         print(f"all cells meet the target: {'yes' if ok_all else 'NO'}")
         print(f"leakage_per_cpu_second_ratio: {float(np.mean(eff)):.2f}")
     return 0

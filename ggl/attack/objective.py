@@ -30,6 +30,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from ggl.attack.fast_generator import for_batched_search
 from ggl.attack.observation import Observation
 from ggl.attack.trial import ClientSimulator, DefenseModel
 
@@ -83,6 +84,7 @@ class GGLObjective:
         if self.defense is not None and not self.defense.active:
             self.defense = None
         self.G = _on(generator, self.device)
+        self.G_batched = for_batched_search(self.G, self.device)  # the same function, faster CPU kernels
         self.labels = labels.long().view(-1).to(self.device)
         self.batch = obs.batch_size
         self.latent_dim = int(generator.latent_dim)
@@ -93,12 +95,12 @@ class GGLObjective:
         self.evaluations = 0
 
     # ------------------------------------------------------------------ pieces
-    def images(self, z: Tensor) -> Tensor:
-        """z (P, B * d) -> candidate images (P, B, C, H, W)."""
+    def images(self, z: Tensor, generator: Optional[nn.Module] = None) -> Tensor:
+        """z (P, B * d) -> candidate images (P, B, C, H, W), by ``generator`` (default: the batched search's)."""
         p = z.shape[0]
         flat = z.reshape(p * self.batch, self.latent_dim)
         y = self.labels.repeat(p) if getattr(self.G, "conditional", False) else None
-        x = self.G(flat, y)
+        x = (generator or self.G_batched)(flat, y)
         return x.view(p, self.batch, *x.shape[1:])
 
     def _total(self, trial: Tuple[Tensor, ...], z: Tensor) -> Tensor:
@@ -122,7 +124,7 @@ class GGLObjective:
 
     def _one(self, z: Tensor) -> Tensor:
         """The reference loop body: one candidate's image, update, defence and loss."""
-        x = self.images(z)[0]
+        x = self.images(z, self.G)[0]  # the generator as it is: this loop is the reference
         trial = self.sim.reference(x, self.labels)
         if self.defense is not None:
             trial = self.defense(trial)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from ggl.attack.observation import Observation
+from ggl.attack.per_candidate import PerCandidateGradients, supports as supports_per_candidate
 from ggl.errors import UserError
 
 
@@ -40,6 +41,9 @@ class ClientSimulator:
         self.lr, self.momentum, self.weight_decay = float(obs.lr), float(obs.momentum), float(obs.weight_decay)
         self.local_batch = int(obs.local_batch_size) or int(obs.batch_size)
         self._grad = grad(self._loss)
+        # FedSGD on a plain conv net: every candidate's gradient from one backward (per_candidate.py)
+        self._per_candidate = (PerCandidateGradients(model, self.names)
+                               if self.kind == "gradient" and supports_per_candidate(model) else None)
         self._ref_model = None
         self._ref_params: List[Tensor] = []
 
@@ -74,6 +78,8 @@ class ClientSimulator:
 
     def batched(self, x: Tensor, y: Tensor) -> Tuple[Tensor, ...]:
         """x (P, B, C, H, W) -> per-candidate updates, each (P, *param shape), in one vectorised pass."""
+        if self._per_candidate is not None:
+            return self._per_candidate(x, y)
         return vmap(self.update, in_dims=(0, None))(x, y)
 
     def reference(self, x: Tensor, y: Tensor) -> Tuple[Tensor, ...]:
@@ -149,6 +155,8 @@ class DefenseModel:
 def _straight_through(fn, tensors: Sequence[Tensor]) -> List[Tensor]:
     """fn's value with the identity's gradient (for rounding and sign, whose gradient is zero)."""
     q = fn(tensors)
+    if not torch.is_grad_enabled():  # no gradient to carry (the CMA-ES phase): the value alone, two passes less
+        return list(q)
     return [t + (qt - t).detach() for t, qt in zip(tensors, q)]
 
 

@@ -1,0 +1,113 @@
+"""Per-candidate FedSGD gradients in one ordinary backward pass (no ``vmap``), for plain conv nets.
+
+``vmap(grad(loss))`` computes each candidate's weight gradient of a convolution as one grouped
+convolution with a group per candidate, a slow CPU kernel for the small layers of the attacked nets
+(~12 GFLOP/s on LeNet). Candidates do not interact in a net without batch statistics, so their
+gradients follow from one batched forward and backward:
+
+* the backward of the summed loss gives, at each layer's output, every candidate's own signal
+  ``delta`` (the sum's gradient at candidate p's activations is candidate p's loss gradient);
+* a layer's weight gradient of candidate p is its input patches times ``delta``: one batched matmul
+  per layer (``bmm``), the patches gathered with a strided view (``im2col`` is a slow CPU loop).
+
+The same numbers as ``vmap`` in another summation order; ``evaluation: batched`` uses this path where
+``supports(model)`` holds (LeNet, the CNN: convolutions, linear layers, activations, pooling), and
+``vmap`` elsewhere (GroupNorm's ResNet, local-update probes). Differentiable in the images, so the
+Adam phase uses it too.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# parameter-free modules that act on each image alone
+_PER_IMAGE = (nn.Sigmoid, nn.ReLU, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Softplus, nn.MaxPool2d,
+              nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity)
+
+
+def supports(model: nn.Module) -> bool:
+    """Whether every parameter lives in a plain Conv2d or Linear and every other module acts per image."""
+    if any(True for _ in model.buffers()):
+        return False
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
+                return False
+        elif isinstance(module, nn.Linear) or isinstance(module, _PER_IMAGE):
+            continue
+        elif list(module.parameters(recurse=False)) or not list(module.children()):
+            return False  # a parametrised layer it does not know, or an unknown leaf
+    return True
+
+
+class PerCandidateGradients:
+    """``(x (P, B, C, H, W), y (B,)) -> per-candidate gradients of the mean cross-entropy, each (P, *shape)``."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str]):
+        self.model = model
+        self.layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        by_id = {id(p): n for n, p in model.named_parameters()}
+        self.names = list(names)
+        self._param_names = [(by_id[id(m.weight)], by_id[id(m.bias)] if m.bias is not None else None)
+                             for m in self.layers]
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tuple[Tensor, ...]:
+        p, b = x.shape[:2]
+        outer = torch.is_grad_enabled() and x.requires_grad
+        seen: List[Tuple[Tensor, Tensor]] = []
+        hooks = [m.register_forward_hook(lambda _m, inp, out: seen.append((inp[0], out))) for m in self.layers]
+        try:
+            with torch.enable_grad():
+                flat = x.flatten(0, 1)
+                if not flat.requires_grad:
+                    flat = flat.detach().requires_grad_(True)
+                logits = self.model(flat)
+        finally:
+            for h in hooks:
+                h.remove()
+        with torch.enable_grad():
+            # each candidate's loss is the mean over its B images, as the client's
+            loss = F.cross_entropy(logits, y.repeat(p), reduction="sum") / b
+            deltas = torch.autograd.grad(loss, [out for _, out in seen], create_graph=outer)
+        grads: Dict[str, Tensor] = {}
+        for layer, (inp, _), delta, (w_name, b_name) in zip(self.layers, seen, deltas, self._param_names):
+            if not outer:
+                inp = inp.detach()
+            if isinstance(layer, nn.Conv2d):
+                grads[w_name], bias = _conv_grads(layer, inp, delta, p, b)
+            else:
+                grads[w_name], bias = _linear_grads(inp, delta, p)
+            if b_name is not None:
+                grads[b_name] = bias
+        return tuple(grads[n] for n in self.names)
+
+
+def _linear_grads(inp: Tensor, delta: Tensor, p: int) -> Tuple[Tensor, Tensor]:
+    a = inp.reshape(p, -1, inp.shape[-1])          # (P, B * rows, in)
+    d = delta.reshape(p, -1, delta.shape[-1])      # (P, B * rows, out)
+    return torch.bmm(d.transpose(1, 2), a), d.sum(1)
+
+
+def _conv_grads(conv: nn.Conv2d, inp: Tensor, delta: Tensor, p: int, b: int) -> Tuple[Tensor, Tensor]:
+    (ph, pw), (sh, sw), (dh, dw), (kh, kw) = conv.padding, conv.stride, conv.dilation, conv.kernel_size
+    n, c_in = inp.shape[:2]
+    c_out, ho, wo = delta.shape[1:]
+    d = delta.reshape(p, b, c_out, ho * wo).transpose(1, 2).reshape(p, c_out, b * ho * wo)
+    # the patches, copied out of a strided view of the padded input; the copy is fastest with the longer
+    # contiguous run: a patch row (kw taps x channels, channels-last) or an output row (wo, channels-first)
+    channels_last = kw * c_in > wo
+    padded = F.pad(inp, (pw, pw, ph, ph))
+    padded = padded.contiguous(memory_format=torch.channels_last) if channels_last else padded.contiguous()
+    s_n, s_c, s_h, s_w = padded.stride()
+    if channels_last:  # patches[n, u, v, i, j, c] = padded[n, c, u * sh + i * dh, v * sw + j * dw]
+        patches = padded.as_strided((n, ho, wo, kh, kw, c_in), (s_n, s_h * sh, s_w * sw, s_h * dh, s_w * dw, s_c))
+        patches = patches.reshape(p, b * ho * wo, kh * kw * c_in)
+        grad_w = torch.bmm(d, patches).view(p, c_out, kh, kw, c_in).permute(0, 1, 4, 2, 3)
+    else:  # patches[n, c, i, j, u, v], the same entries
+        patches = padded.as_strided((n, c_in, kh, kw, ho, wo), (s_n, s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw))
+        patches = patches.reshape(p, b, c_in * kh * kw, ho * wo).transpose(1, 2).reshape(p, c_in * kh * kw, -1)
+        grad_w = torch.bmm(d, patches.transpose(1, 2)).view(p, *conv.weight.shape)
+    return grad_w, d.sum(2)

@@ -1,0 +1,118 @@
+"""The batched search's faster kernels compute the same numbers as the plain ones (float64, any CPU):
+per-candidate gradients without vmap, the generator's CPU copy, the quantizer's shortcuts."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from _attack_fixtures import one_torch_thread  # noqa: F401
+from ggl.attack.fast_generator import _ChannelsLast, _FoldConvTranspose2d, _FoldedConditionalNorm, for_batched_search
+from ggl.attack.per_candidate import PerCandidateGradients, supports
+from ggl.models import build_model
+from ggl.models.gan import Generator
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _vmap_grads(model, names, x, y):
+    """The reference: each candidate's gradient by torch.func (what evaluation: batched used before)."""
+    params = {n: p.detach() for n, p in model.named_parameters()}
+
+    def loss(p, xb):
+        return nn.functional.cross_entropy(functional_call(model, p, (xb,)), y)
+    g = vmap(grad(loss), in_dims=(None, 0))(params, x)
+    return tuple(g[n] for n in names)
+
+
+@pytest.mark.parametrize("arch,batch", [("lenet", 1), ("lenet", 3), ("cnn", 1), ("cnn", 2)])
+def test_per_candidate_gradients_equal_vmap_and_carry_the_image_gradient(arch, batch):
+    model = build_model(arch, 1, 10, init="dlg" if arch == "lenet" else "default", seed=0).double()
+    names = [n for n, _ in model.named_parameters()]
+    assert supports(model)
+    x = torch.rand(4, batch, 1, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([3, 7, 1][:batch])
+    fast = PerCandidateGradients(model, names)
+    with torch.no_grad():
+        got, want = fast(x, y), _vmap_grads(model, names, x, y)
+    for name, a, b in zip(names, got, want):
+        assert a.shape == b.shape, name
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12 * float(b.abs().max()), msg=name)
+    # the Adam phase differentiates the matching loss through these gradients back to the images
+    target = [torch.randn_like(t[0]) for t in want]
+    xg = x.clone().requires_grad_(True)
+    dx_fast = torch.autograd.grad(sum(((t - g) ** 2).sum() for t, g in zip(fast(xg, y), target)), xg)[0]
+    dx_vmap = torch.autograd.grad(sum(((t - g) ** 2).sum() for t, g in zip(_vmap_grads(model, names, xg, y), target)),
+                                  xg)[0]
+    assert dx_vmap.abs().max() > 0
+    torch.testing.assert_close(dx_fast, dx_vmap, rtol=1e-9, atol=1e-12 * float(dx_vmap.abs().max()))
+
+
+def test_per_candidate_path_only_for_nets_whose_candidates_cannot_interact():
+    assert not supports(build_model("resnet18", 3, 10, seed=0))  # GroupNorm: a parametrised layer it does not know
+    assert not supports(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)))  # batch statistics mix candidates
+    assert not supports(nn.Sequential(nn.Conv2d(1, 4, 3, groups=1, padding="same")))
+    assert supports(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                                  nn.Linear(4 * 16 * 16, 10)))
+
+
+def _trained_looking_generator(conditional: bool) -> Generator:
+    """A small generator with non-trivial running statistics and per-class gains (as after training)."""
+    G = Generator(16, 1, 32, 10 if conditional else 0, width=8).double()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for norm in G.norms:
+            norm.bn.running_mean.copy_(torch.randn(norm.bn.num_features, generator=gen, dtype=torch.float64))
+            norm.bn.running_var.copy_(torch.rand(norm.bn.num_features, generator=gen, dtype=torch.float64) + 0.5)
+            if conditional:
+                norm.gain.weight.copy_(torch.randn(norm.gain.weight.shape, generator=gen, dtype=torch.float64))
+                norm.bias.weight.copy_(torch.randn(norm.bias.weight.shape, generator=gen, dtype=torch.float64))
+            else:
+                norm.bn.weight.copy_(torch.randn(norm.bn.num_features, generator=gen, dtype=torch.float64))
+    return G.eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+def test_the_generators_cpu_copy_is_the_same_function(conditional):
+    G = _trained_looking_generator(conditional)
+    fast = for_batched_search(G, torch.device("cpu"))
+    kinds = {type(m) for m in fast.modules()}
+    assert {_FoldConvTranspose2d, _ChannelsLast, _FoldedConditionalNorm} <= kinds  # the swaps happened
+    assert not any(isinstance(m, (_FoldConvTranspose2d, _FoldedConditionalNorm)) for m in G.modules())  # G untouched
+    z = torch.randn(6, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    y = torch.tensor([0, 3, 9, 3, 5, 1]) if conditional else None
+    torch.testing.assert_close(fast(z, y), G(z, y), rtol=1e-12, atol=1e-12)
+    zg = z.clone().requires_grad_(True)  # and the gradient the Adam phase follows
+    torch.testing.assert_close(torch.autograd.grad(fast(zg, y).square().sum(), zg)[0],
+                               torch.autograd.grad(G(zg, y).square().sum(), zg)[0], rtol=1e-10, atol=1e-12)
+
+
+def test_the_generator_is_left_as_it_is_off_the_cpu_or_in_training():
+    G = _trained_looking_generator(True)
+    assert for_batched_search(G, torch.device("meta")) is G
+    assert for_batched_search(G.train(), torch.device("cpu")) is G
+
+
+def test_nearest_quantizer_shortcuts_give_the_clamped_reference_bit_for_bit():
+    from ggl.defenses.quantize import quantize_update
+
+    def reference(tensors, bits):  # the quantizer before the shortcuts: min/max, clamp, out of place
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        lo, hi = flat.min(), flat.max()
+        step = (hi - lo) / (2 ** bits - 1)
+        safe = torch.where(step > 0, step, torch.ones_like(step))
+        q = torch.where(step > 0, torch.round((flat - lo) / safe).clamp(0, 2 ** bits - 1) * step + lo, flat)
+        return list(torch.split(q, [t.numel() for t in tensors]))
+
+    gen = torch.Generator().manual_seed(0)
+    cases = [[torch.randn(50, generator=gen) * 10.0 ** e, torch.randn(3, 4, generator=gen)] for e in (-8, 0, 30)]
+    cases += [[torch.full((5,), 0.25)], [torch.tensor([1.0, -1.0, 1.0])], [torch.tensor([3e38, -3e38])]]
+    for tensors in cases:
+        for bits in (1, 2, 4, 8, 16):
+            want = reference(tensors, bits)
+            for grad_mode in (True, False):  # out of place with autograd on, in place without
+                with torch.set_grad_enabled(grad_mode):
+                    got, _ = quantize_update(tensors, bits)
+                for a, b in zip(got, want):  # exactly equal (NaN where the reference has NaN: 3e38 overflows)
+                    torch.testing.assert_close(a.reshape(-1), b, rtol=0, atol=0, equal_nan=True)
