@@ -273,16 +273,19 @@ def main(argv=None) -> int:
 
 
 def plot(rows: List[dict], path: Path) -> None:
+    """PSNR (top row, with its CI) and re-identification (bottom row) vs CPU-seconds, a panel per cell."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     cells = sorted({(r["setting"], r["round"]) for r in rows})
     arms = sorted({r["arm"] for r in rows})
     colours = {arm: f"C{i}" for i, arm in enumerate(arms)}  # one colour per arm in every panel
-    fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 3.6), squeeze=False)
-    for ax, (setting, rnd) in zip(axes[0], cells):
+    fig, axes = plt.subplots(2, len(cells), figsize=(4.2 * len(cells), 6.4), squeeze=False, sharex="col")
+    for col, (setting, rnd) in enumerate(cells):
+        top, bottom = axes[0][col], axes[1][col]
         for arm in arms:
             pts = sorted([r for r in rows if r["setting"] == setting and r["round"] == rnd and r["arm"] == arm
                           and not r["final"]], key=lambda r: r["cpu_s"])
@@ -291,14 +294,20 @@ def plot(rows: List[dict], path: Path) -> None:
             if not pts:
                 continue
             xs = [r["cpu_s"] for r in pts]
-            line = ax.plot(xs, [r["psnr"] for r in pts], marker=".", label=arm, color=colours[arm])[0]
-            ax.fill_between(xs, [r["lo"] for r in pts], [r["hi"] for r in pts], alpha=0.15, color=line.get_color())
-        ax.set_xscale("log")
-        ax.set_title(f"{setting}{' (adaptive)' if setting != 'fp32' else ''}, round {rnd}")
-        ax.set_xlabel("CPU-seconds per victim (1 thread)")
-        ax.set_ylabel("PSNR (dB), mean and 95% CI")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+            top.plot(xs, [r["psnr"] for r in pts], marker=".", label=arm, color=colours[arm])
+            top.fill_between(xs, [r["lo"] for r in pts], [r["hi"] for r in pts], alpha=0.15, color=colours[arm])
+            bottom.plot(xs, [r.get("reid", float("nan")) for r in pts], marker=".", label=arm, color=colours[arm])
+        top.set_title(f"{setting}{' (adaptive)' if setting != 'fp32' else ''}, round {rnd}")
+        top.set_ylabel("PSNR (dB), mean and 95% CI")
+        bottom.set_ylabel("re-identified (share of victims)")
+        bottom.set_ylim(-0.05, 1.05)
+        bottom.set_xlabel("CPU-seconds per victim (1 thread)")
+        for ax in (top, bottom):
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -94,10 +94,10 @@ def test_the_generator_is_left_as_it_is_off_the_cpu_or_in_training():
     assert for_batched_search(G.train(), torch.device("cpu")) is G
 
 
-def test_nearest_quantizer_shortcuts_give_the_clamped_reference_bit_for_bit():
+def test_the_quantizer_in_place_and_with_amin_amax_gives_the_reference_bit_for_bit():
     from ggl.defenses.quantize import quantize_update
 
-    def reference(tensors, bits):  # the quantizer before the shortcuts: min/max, clamp, out of place
+    def reference(tensors, bits):  # the quantizer as it was: min()/max(), out of place
         flat = torch.cat([t.reshape(-1) for t in tensors])
         lo, hi = flat.min(), flat.max()
         step = (hi - lo) / (2 ** bits - 1)
@@ -107,7 +107,9 @@ def test_nearest_quantizer_shortcuts_give_the_clamped_reference_bit_for_bit():
 
     gen = torch.Generator().manual_seed(0)
     cases = [[torch.randn(50, generator=gen) * 10.0 ** e, torch.randn(3, 4, generator=gen)] for e in (-8, 0, 30)]
-    cases += [[torch.full((5,), 0.25)], [torch.tensor([1.0, -1.0, 1.0])], [torch.tensor([3e38, -3e38])]]
+    tiny = torch.finfo(torch.float32).smallest_normal * torch.finfo(torch.float32).eps  # the smallest subnormal
+    cases += [[torch.full((5,), 0.25)], [torch.tensor([1.0, -1.0, 1.0])], [torch.tensor([3e38, -3e38])],
+              [torch.tensor([0.0, 16 * tiny, 3 * tiny])]]  # a range 16 subnormals wide: the clamp matters
     for tensors in cases:
         for bits in (1, 2, 4, 8, 16):
             want = reference(tensors, bits)

@@ -45,16 +45,15 @@ def _quantize_flat(x: Tensor, intervals: int, stochastic: bool, generator: Optio
     step = (hi - lo) / intervals
     safe_step = torch.where(step > 0, step, torch.ones_like(step))
     scaled = (x - lo) / safe_step
+    # the clamp: floor(scaled + noise) reaches intervals + 1 at the maximum, and so can rounding when the
+    # range is a few subnormals wide (the step then rounds far from (hi - lo) / intervals)
     if stochastic:
         noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        codes = torch.floor(scaled + noise)  # P(round up) = fractional part: unbiased
-        codes = codes.clamp(0, intervals)  # floor(scaled + noise) reaches intervals + 1 at the maximum
+        codes = torch.floor(scaled + noise).clamp(0, intervals)  # P(round up) = fractional part: unbiased
     elif torch.is_grad_enabled():
-        # in [0, intervals] without a clamp: x - lo >= 0 exactly, and (hi - lo) / step is intervals
-        # within a few ulps, far below intervals + 1/2
-        codes = torch.round(scaled)
+        codes = torch.round(scaled).clamp(0, intervals)
     else:  # the same values in place: the attacker quantizes ~1 M coordinates per population
-        return torch.where(step > 0, scaled.round_().mul_(step).add_(lo), x)
+        return torch.where(step > 0, scaled.round_().clamp_(0, intervals).mul_(step).add_(lo), x)
     return torch.where(step > 0, codes * step + lo, x)
 
 
