@@ -118,3 +118,34 @@ def test_the_quantizer_in_place_and_with_amin_amax_gives_the_reference_bit_for_b
                     got, _ = quantize_update(tensors, bits)
                 for a, b in zip(got, want):  # exactly equal (NaN where the reference has NaN: 3e38 overflows)
                     torch.testing.assert_close(a.reshape(-1), b, rtol=0, atol=0, equal_nan=True)
+
+
+class _SharedLayer(nn.Module):
+    """A net whose forward applies one layer twice: no single input per candidate for it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1)
+        self.fc = nn.Linear(32 * 32, 10)
+
+    def forward(self, x):
+        return self.fc(torch.sigmoid(self.conv(torch.sigmoid(self.conv(x)))).flatten(1))
+
+
+def test_a_layer_applied_twice_falls_back_to_vmap_with_the_right_gradients():
+    from ggl.attack.trial import ClientSimulator
+    from _attack_fixtures import make_observation
+
+    model = _SharedLayer().double()
+    assert supports(model)  # its modules look plain: only the forward tells
+    names = [n for n, _ in model.named_parameters()]
+    obs = make_observation(torch.rand(1, 1, 32, 32), torch.tensor([4]))
+    obs.names = names
+    x = torch.rand(3, 1, 1, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([4])
+    assert PerCandidateGradients(model, names)(x, y) is None
+    sim = ClientSimulator(model, obs)
+    with torch.no_grad():
+        got = sim.batched(x, y)
+    for a, b in zip(got, _vmap_grads(model, names, x, y)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)

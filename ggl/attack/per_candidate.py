@@ -17,7 +17,7 @@ Adam phase uses it too.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -51,14 +51,16 @@ class PerCandidateGradients:
         self.layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
         by_id = {id(p): n for n, p in model.named_parameters()}
         self.names = list(names)
-        self._param_names = [(by_id[id(m.weight)], by_id[id(m.bias)] if m.bias is not None else None)
-                             for m in self.layers]
+        self._param_names = {id(m): (by_id[id(m.weight)], by_id[id(m.bias)] if m.bias is not None else None)
+                             for m in self.layers}
 
-    def __call__(self, x: Tensor, y: Tensor) -> Tuple[Tensor, ...]:
+    def __call__(self, x: Tensor, y: Tensor) -> Optional[Tuple[Tensor, ...]]:
+        """The gradients; None when the forward did not call every layer exactly once (a layer applied
+        twice or skipped has no one input per candidate: the caller then uses ``vmap``)."""
         p, b = x.shape[:2]
         outer = torch.is_grad_enabled() and x.requires_grad
-        seen: List[Tuple[Tensor, Tensor]] = []
-        hooks = [m.register_forward_hook(lambda _m, inp, out: seen.append((inp[0], out))) for m in self.layers]
+        seen: List[Tuple[nn.Module, Tensor, Tensor]] = []
+        hooks = [m.register_forward_hook(lambda m, inp, out: seen.append((m, inp[0], out))) for m in self.layers]
         try:
             with torch.enable_grad():
                 flat = x.flatten(0, 1)
@@ -68,12 +70,15 @@ class PerCandidateGradients:
         finally:
             for h in hooks:
                 h.remove()
+        if sorted(id(m) for m, _, _ in seen) != sorted(id(m) for m in self.layers):
+            return None
         with torch.enable_grad():
             # each candidate's loss is the mean over its B images, as the client's
             loss = F.cross_entropy(logits, y.repeat(p), reduction="sum") / b
-            deltas = torch.autograd.grad(loss, [out for _, out in seen], create_graph=outer)
+            deltas = torch.autograd.grad(loss, [out for _, _, out in seen], create_graph=outer)
         grads: Dict[str, Tensor] = {}
-        for layer, (inp, _), delta, (w_name, b_name) in zip(self.layers, seen, deltas, self._param_names):
+        for (layer, inp, _), delta in zip(seen, deltas):
+            w_name, b_name = self._param_names[id(layer)]
             if not outer:
                 inp = inp.detach()
             if isinstance(layer, nn.Conv2d):

@@ -79,7 +79,10 @@ class ClientSimulator:
     def batched(self, x: Tensor, y: Tensor) -> Tuple[Tensor, ...]:
         """x (P, B, C, H, W) -> per-candidate updates, each (P, *param shape), in one vectorised pass."""
         if self._per_candidate is not None:
-            return self._per_candidate(x, y)
+            grads = self._per_candidate(x, y)
+            if grads is not None:
+                return grads
+            self._per_candidate = None  # its forward reuses or skips a layer: vmap from now on
         return vmap(self.update, in_dims=(0, None))(x, y)
 
     def reference(self, x: Tensor, y: Tensor) -> Tuple[Tensor, ...]:
