@@ -53,7 +53,8 @@ def _quantize_flat(x: Tensor, intervals: int, stochastic: bool, generator: Optio
     elif torch.is_grad_enabled():
         codes = torch.round(scaled).clamp(0, intervals)
     else:  # the same values in place: the attacker quantizes ~1 M coordinates per population
-        return torch.where(step > 0, scaled.round_().clamp_(0, intervals).mul_(step).add_(lo), x)
+        codes = scaled.round_().clamp(0, intervals)  # clamp out of place: vmap has no batching rule for clamp_
+        return torch.where(step > 0, codes.mul_(step).add_(lo), x)
     return torch.where(step > 0, codes * step + lo, x)
 
 
