@@ -21,8 +21,8 @@ Arms:
   today      the sweep's attack before this benchmark: CMA-ES 60 generations x 50, then Adam 120 steps x 8
   cmaes      CMA-ES alone, 120 generations x 50 (its first 60 generations are today's CMA-ES phase,
              drawn identically: today's curve up to 60 units is this curve)
-  adam       Adam alone, 8 random restarts in one batch, 60 steps, lr 0.05
-  small      CMA-ES 15 x 50 then Adam 30 x 8 (a quarter of today's budget), lr 0.05
+  adam       Adam alone, 8 random restarts in one batch, 60 steps, lr 0.1 (the default)
+  small      CMA-ES 15 x 50 then Adam 30 x 8 (a quarter of today's budget), lr 0.1 (the default)
   new        the new default (configs/attack.yaml): CMA-ES 5 x 50, then Adam 115 steps on its 3 best
              candidates at lr 0.1 (today's curve shows CMA-ES generations past ~10 buy little and Adam
              steps buy most; Adam's step costs about its number of restarts)
@@ -55,48 +55,39 @@ from _attack_setup import DEFAULT_PRIOR, prior  # noqa: E402
 from ggl.audit.reid import HEADLINE  # noqa: E402
 from ggl.stats import paired  # noqa: E402
 
-TODAY = dict(optimizer="cmaes_adam", population=50, generations=60, adam_steps=120, adam_restarts=8, sigma=0.3)
-# the new default: measured below; keep in step with configs/attack.yaml and configs/sweep_defenses.yaml
-NEW = dict(optimizer="cmaes_adam", population=50, generations=5, adam_steps=115, adam_restarts=3, sigma=0.3,
-           adam_lr=0.1)
+def _cmaes_adam(generations: int, adam_steps: int, adam_restarts: int, adam_lr=None, population: int = 50) -> dict:
+    """A CMA-ES -> Adam arm; ``adam_lr`` None = the schema's default."""
+    arm = dict(optimizer="cmaes_adam", population=population, generations=generations, adam_steps=adam_steps,
+               adam_restarts=adam_restarts, sigma=0.3)
+    return arm if adam_lr is None else {**arm, "adam_lr": adam_lr}
+
+
+TODAY = _cmaes_adam(60, 120, 8)
+# the new default: measured below; keep in step with configs/attack.yaml
+NEW = _cmaes_adam(5, 115, 3, 0.1)
 ARMS = {
     "today": TODAY,
     "cmaes": dict(optimizer="cmaes", population=50, generations=120, sigma=0.3),
     "adam": dict(optimizer="adam", adam_steps=60, adam_restarts=8),
-    "small": dict(optimizer="cmaes_adam", population=50, generations=15, adam_steps=30, adam_restarts=8, sigma=0.3),
+    "small": _cmaes_adam(15, 30, 8),
     "new": NEW,
-    # candidates measured on the way to NEW
-    "c10a40": dict(optimizer="cmaes_adam", population=50, generations=10, adam_steps=40, adam_restarts=8, sigma=0.3,
-                   adam_lr=0.1),
+    # candidates measured on the way to NEW: c<generations>r<restarts>a<Adam steps>, p<population>
+    "c10a40": _cmaes_adam(10, 40, 8, 0.1),
     "adam70": dict(optimizer="adam", adam_steps=70, adam_restarts=8, adam_lr=0.1),
-    "p20a50": dict(optimizer="cmaes_adam", population=20, generations=20, adam_steps=50, adam_restarts=8, sigma=0.3,
-                   adam_lr=0.1),
-    "c5a50": dict(optimizer="cmaes_adam", population=50, generations=5, adam_steps=50, adam_restarts=8, sigma=0.3,
-                  adam_lr=0.1),
-    "c10r4a80": dict(optimizer="cmaes_adam", population=50, generations=10, adam_steps=80, adam_restarts=4,
-                     sigma=0.3, adam_lr=0.1),
-    "c10a40lr2": dict(optimizer="cmaes_adam", population=50, generations=10, adam_steps=40, adam_restarts=8,
-                      sigma=0.3, adam_lr=0.2),
-    "p20g25a40": dict(optimizer="cmaes_adam", population=20, generations=25, adam_steps=40, adam_restarts=8,
-                      sigma=0.3, adam_lr=0.1),
-    "c10r2a150": dict(optimizer="cmaes_adam", population=50, generations=10, adam_steps=150, adam_restarts=2,
-                      sigma=0.3, adam_lr=0.1),
-    "c5r4a100": dict(optimizer="cmaes_adam", population=50, generations=5, adam_steps=100, adam_restarts=4,
-                     sigma=0.3, adam_lr=0.1),
-    "c10r4a80lr05": dict(optimizer="cmaes_adam", population=50, generations=10, adam_steps=80, adam_restarts=4,
-                         sigma=0.3, adam_lr=0.05),
-    "c5r2a150": dict(optimizer="cmaes_adam", population=50, generations=5, adam_steps=150, adam_restarts=2,
-                     sigma=0.3, adam_lr=0.1),
-    "c5r1a250": dict(optimizer="cmaes_adam", population=50, generations=5, adam_steps=250, adam_restarts=1,
-                     sigma=0.3, adam_lr=0.1),
-    "c15a30": dict(optimizer="cmaes_adam", population=50, generations=15, adam_steps=30, adam_restarts=8, sigma=0.3,
-                   adam_lr=0.1),
-    "c5r3a150": dict(optimizer="cmaes_adam", population=50, generations=5, adam_steps=150, adam_restarts=3,
-                     sigma=0.3, adam_lr=0.1),
-    "c5r4a150": dict(optimizer="cmaes_adam", population=50, generations=5, adam_steps=150, adam_restarts=4,
-                     sigma=0.3, adam_lr=0.1),
-    "c10r3a120": dict(optimizer="cmaes_adam", population=50, generations=10, adam_steps=120, adam_restarts=3,
-                      sigma=0.3, adam_lr=0.1),
+    "p20a50": _cmaes_adam(20, 50, 8, 0.1, population=20),
+    "c5a50": _cmaes_adam(5, 50, 8, 0.1),
+    "c10r4a80": _cmaes_adam(10, 80, 4, 0.1),
+    "c10a40lr2": _cmaes_adam(10, 40, 8, 0.2),
+    "p20g25a40": _cmaes_adam(25, 40, 8, 0.1, population=20),
+    "c10r2a150": _cmaes_adam(10, 150, 2, 0.1),
+    "c5r4a100": _cmaes_adam(5, 100, 4, 0.1),
+    "c10r4a80lr05": _cmaes_adam(10, 80, 4, 0.05),
+    "c5r2a150": _cmaes_adam(5, 150, 2, 0.1),  # the previous default, which the headline sweep keeps
+    "c5r1a250": _cmaes_adam(5, 250, 1, 0.1),
+    "c15a30": _cmaes_adam(15, 30, 8, 0.1),
+    "c5r3a150": _cmaes_adam(5, 150, 3, 0.1),
+    "c5r4a150": _cmaes_adam(5, 150, 4, 0.1),
+    "c10r3a120": _cmaes_adam(10, 120, 3, 0.1),
 }
 CHECKPOINTS = (5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240)
 Q4 = [{"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}]

@@ -100,7 +100,7 @@ class GGLObjective:
         p = z.shape[0]
         flat = z.reshape(p * self.batch, self.latent_dim)
         y = self.labels.repeat(p) if getattr(self.G, "conditional", False) else None
-        x = (generator or self.G_batched)(flat, y)
+        x = (self.G_batched if generator is None else generator)(flat, y)
         return x.view(p, self.batch, *x.shape[1:])
 
     def _total(self, trial: Tuple[Tensor, ...], z: Tensor) -> Tensor:
