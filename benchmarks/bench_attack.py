@@ -2,7 +2,7 @@
 
     python benchmarks/bench_attack.py [--prior checkpoints/gan_mnist5k.pt] [--population 50]
                                       [--threads 1] [--seconds 10] [--adaptive | --non-adaptive]
-                                      [--victims 32]
+                                      [--victims 32] [--device cpu|cuda]
 
 A candidate evaluation is one latent -> G(z, y) -> the victim's trial update at the attacked model
 (sigmoid LeNet, DLG init, FedSGD) -> the GGL matching loss: what one CMA-ES candidate costs.
@@ -41,7 +41,13 @@ ROUNDS = 5  # batched/loop measurement rounds per mode, interleaved
 
 
 def _clock(args):
-    """One thread: CPU-seconds of this process (other jobs on a shared machine do not count); else wall."""
+    """One thread on the CPU: CPU-seconds of this process (other jobs on a shared machine do not count);
+    else wall seconds, after the GPU's queued work is done."""
+    if args.device != "cpu":
+        def synced_wall():
+            torch.cuda.synchronize()
+            return time.perf_counter()
+        return synced_wall
     return time.process_time if args.threads == 1 else time.perf_counter
 
 
@@ -54,8 +60,9 @@ def measure(args, G, adaptive: bool) -> float:
 
     obs = private_observation("lenet", "dlg", adaptive=adaptive)
     labels = infer_labels(obs)
-    obj = GGLObjective(obs, G, labels, adaptive=adaptive, device="cpu")
-    z = torch.randn(args.population, obj.dim, generator=torch.Generator().manual_seed(0))
+    obj = GGLObjective(obs, G, labels, adaptive=adaptive, device=args.device)
+    labels = obj.labels  # on the search's device
+    z = torch.randn(args.population, obj.dim, generator=torch.Generator().manual_seed(0)).to(args.device)
     mode_name = "adaptive (4-bit quantizer)" if adaptive else "non-adaptive"
     with torch.no_grad(), threadpool_limits(limits=1, user_api="blas"):
         a, b = obj(z, "batched"), obj(z, "loop")
@@ -109,11 +116,11 @@ def victims_batched(args, G) -> None:
     from ggl.attack import GGLObjective, infer_labels
 
     obs = private_observation("lenet", "dlg")
-    obj = GGLObjective(obs, G, infer_labels(obs), device="cpu")
+    obj = GGLObjective(obs, G, infer_labels(obs), device=args.device)
     V, P = args.victims, args.population
     gen = torch.Generator().manual_seed(1)
-    z = torch.randn(V * P, obj.dim, generator=gen)
-    ys = torch.randint(0, 10, (V, 1), generator=gen).repeat_interleave(P, 0)  # each victim its own label
+    z = torch.randn(V * P, obj.dim, generator=gen).to(args.device)
+    ys = torch.randint(0, 10, (V, 1), generator=gen).repeat_interleave(P, 0).to(args.device)  # each victim its own label
 
     def all_at_once():  # images, trial updates and losses, as one victim's pass does
         from ggl.attack.objective import match_loss
@@ -126,6 +133,8 @@ def victims_batched(args, G) -> None:
         per_victim = rate(one_victim, P, args.seconds / 2, _clock(args))
         together = rate(all_at_once, V * P, args.seconds / 2, _clock(args))
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    if args.device != "cpu":
+        print(f"peak GPU memory after a {V}-victim batched pass: {torch.cuda.max_memory_allocated() / 2 ** 30:.2f} GB")
     print(f"victims batched: {V} victims x population {P} in one vmap {together:.0f} candidates/s vs one victim's "
           f"population per pass {per_victim:.0f} /s: ratio {together / per_victim:.2f}x")
     print(f"peak memory (max RSS of this process) after a {V}-victim batched pass: {peak_gb:.2f} GB")
@@ -143,6 +152,8 @@ def main(argv=None) -> int:
     only.add_argument("--adaptive", action="store_true", help="only the adaptive mode (4-bit quantizer)")
     only.add_argument("--non-adaptive", action="store_true", help="only the non-adaptive mode")
     ap.add_argument("--victims", type=int, default=32, help="victims batched together (0 = skip that part)")
+    ap.add_argument("--device", default="cpu", help="where the search runs: cpu or cuda (rates per synchronised "
+                                                     "wall second there)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -151,7 +162,11 @@ def main(argv=None) -> int:
     retain_freed_memory()  # as attack.py
     G, prior_note = prior(args.prior)
     print(prior_note)
-    print(f"rates per {'CPU-second of this process' if args.threads == 1 else 'wall second'}")
+    if args.device != "cpu" and not torch.cuda.is_available():
+        print(f"error: --device {args.device}: torch sees no CUDA GPU here; use --device cpu", file=sys.stderr)
+        return 2
+    print(f"device {args.device}; rates per "
+          f"{'CPU-second of this process' if args.threads == 1 and args.device == 'cpu' else 'wall second'}")
     modes = [True] if args.adaptive else [False] if args.non_adaptive else [False, True]
     ratios = [measure(args, G, adaptive) for adaptive in modes]
     if args.victims:
