@@ -120,6 +120,41 @@ def test_the_quantizer_in_place_and_with_amin_amax_gives_the_reference_bit_for_b
                     torch.testing.assert_close(a.reshape(-1), b, rtol=0, atol=0, equal_nan=True)
 
 
+@pytest.mark.parametrize("range_mode", ["global", "per_tensor"])
+def test_the_quantizer_on_all_candidates_at_once_equals_vmap_of_the_clients_bit_for_bit(range_mode):
+    """quantize_candidates (the adaptive search's native batched form) = vmap(quantize_update) per candidate,
+    with non-contiguous inputs and degenerate candidates (a constant update, a NaN) among ordinary ones."""
+    from ggl.defenses.quantize import quantize_candidates, quantize_update
+
+    gen = torch.Generator().manual_seed(3)
+    conv = torch.randn(5, 4, 3, 2, generator=gen, dtype=torch.float64).permute(0, 3, 1, 2)  # non-contiguous
+    bias = torch.randn(5, 4, generator=gen, dtype=torch.float64) * 1e-6
+    conv[1], bias[1] = 0.5, 0.5      # a constant candidate: step 0, returned as it is
+    conv[2, 0, 0, 0] = float("nan")  # a NaN: that candidate's range is NaN, returned as it is
+    tensors = (conv, bias)
+    for bits in (1, 4, 16):
+        for grad_mode in (True, False):
+            with torch.set_grad_enabled(grad_mode):
+                want = vmap(lambda ts: quantize_update(ts, bits, "nearest", range_mode)[0])(tensors)
+                got = quantize_candidates(tensors, bits, range_mode)
+            for a, b in zip(got, want):
+                assert a.shape == b.shape
+                torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+def test_the_adaptive_defence_chain_runs_natively_only_when_every_step_has_a_batched_form():
+    from ggl.attack.trial import DefenseModel
+
+    observed = (torch.tensor([[0.0, 1.0], [2.0, 0.0]], dtype=torch.float64),)
+    quantize = {"name": "quantize", "bits": 2}
+    native = DefenseModel([{"name": "topk", "fraction": 0.5}, quantize], observed)  # mask + quantize
+    assert native.batched_steps is not None
+    assert DefenseModel([{"name": "clip", "max_norm": 1.0}, quantize], observed).batched_steps is None  # clip: vmap
+    trial = (torch.randn(6, 2, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64),)
+    with torch.no_grad():
+        torch.testing.assert_close(native.batched(trial)[0], vmap(native.__call__)(trial)[0], rtol=0, atol=0)
+
+
 class _SharedLayer(nn.Module):
     """A net whose forward applies one layer twice: no single input per candidate for it."""
 

@@ -126,6 +126,8 @@ class DefenseModel:
         from ggl.defenses import MASK, NONE, parse_defense
 
         self.steps: List[Callable[[Sequence[Tensor]], List[Tensor]]] = []
+        # the same steps on P trial updates at once, where every defence gives a batched form
+        batched_steps: List[Optional[Callable[[Sequence[Tensor]], List[Tensor]]]] = []
         for i, raw in enumerate(specs):
             defense = parse_defense(dict(raw) if isinstance(raw, dict) else raw, f"observation.defenses[{i}]")
             model = defense.attack_model()
@@ -137,9 +139,14 @@ class DefenseModel:
                     raise UserError(f"attack.adaptive=true: defence '{defense.label}' is modelled by the "
                                     f"observed update's mask, and no observed update was given")
                 self.steps.append(functools.partial(_apply_mask, tuple(t != 0 for t in observed)))
+                batched_steps.append(self.steps[-1])  # the masks broadcast over the candidates
             elif model.fn is not None:
                 self.steps.append(functools.partial(_straight_through, model.fn) if model.straight_through
                                   else model.fn)
+                batched_steps.append(None if model.batched_fn is None else
+                                     functools.partial(_straight_through, model.batched_fn) if model.straight_through
+                                     else model.batched_fn)
+        self.batched_steps = batched_steps if all(f is not None for f in batched_steps) else None
 
     @property
     def active(self) -> bool:
@@ -152,7 +159,14 @@ class DefenseModel:
         return tuple(out)
 
     def batched(self, tensors: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
-        return vmap(self.__call__)(tuple(tensors))
+        """P trial updates (each tensor (P, *shape)) through the chain: natively where every defence
+        has a batched form, else through vmap; the same values either way."""
+        if self.batched_steps is None:
+            return vmap(self.__call__)(tuple(tensors))
+        out = list(tensors)
+        for step in self.batched_steps:
+            out = list(step(out))
+        return tuple(out)
 
 
 def _straight_through(fn, tensors: Sequence[Tensor]) -> List[Tensor]:

@@ -117,16 +117,13 @@ class DefenseChainModel:
         return [x] if range_mode == "global" else list(torch.split(x, self.sizes, dim=-1))
 
     def _quantize(self, x: Tensor, spec, noise: Optional[Tensor]) -> Tensor:
-        """``ggl.defenses.quantize._quantize_flat`` over the last dimension (per range group)."""
+        """``ggl.defenses.quantize.quantize_rows`` over the last dimension (per range group)."""
+        from ggl.defenses.quantize import quantize_rows
+
         levels = 2 ** spec.bits - 1
         noise_groups = self._groups(noise, spec.range) if noise is not None else None
-        out = []
-        for g, part in enumerate(self._groups(x, spec.range)):
-            lo, hi = part.amin(-1, keepdim=True), part.amax(-1, keepdim=True)
-            step = (hi - lo) / levels
-            scaled = (part - lo) / torch.where(step > 0, step, torch.ones_like(step))
-            codes = torch.floor(scaled + noise_groups[g]) if noise is not None else torch.round(scaled)
-            out.append(torch.where(step > 0, codes.clamp(0, levels) * step + lo, part))
+        out = [quantize_rows(part, levels, noise_groups[g] if noise is not None else None)
+               for g, part in enumerate(self._groups(x, spec.range))]
         return _ste(x, torch.cat(out, -1))
 
     def transform(self, x: Tensor, steps) -> Tensor:
