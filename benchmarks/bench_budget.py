@@ -1,7 +1,7 @@
 """Leakage vs CPU-seconds for each search (the budget curve), on fixed victims.
 
     python benchmarks/bench_budget.py [--victims 8] [--threads 1] [--arms today,new,...]
-                                      [--trained-round 2] [--out reports/budget]
+                                      [--trained-round 2] [--out reports/budget] [--today-at COMMIT]
 
 Victims: ``--victims`` private MNIST digits (one update each) captured by two short federations of
 the sweep's protocol (CNN, mnist5k, 1 local epoch, momentum 0.9): no defence and the 4-bit global
@@ -29,11 +29,18 @@ Arms:
   c5r2a150   the previous default (5 x 50, then Adam 150 steps x 2), which the headline sweep keeps
   c10a40, adam70, p20a50, c15a30, ...: the candidates measured on the way to ``new`` (see ARMS)
 
-Prints the table, writes ``<out>/budget.png`` and ``<out>/budget.json``; the last line is
-``leakage_per_cpu_second_ratio: <x>``: (mean PSNR per CPU-second of ``new``) / (that of ``today``),
-over all settings and rounds, with the per-cell check "new's mean PSNR >= today's CI low and new's
-CPU-seconds <= today's / 4" printed above it, and per cell the paired difference new - today on the
-same victims (mean, 95% CI, Wilcoxon p): the comparison that n = 8 victims can support.
+Two baselines. ``today`` runs today's search on this checkout's code, so it separates what the search
+saves from what the kernels save. ``--today-at COMMIT`` also runs today's search on the code of COMMIT
+(a temporary git worktree, in a child process, same victims, prior and thread count, after this
+process's arms): arm ``today@COMMIT``. With COMMIT = 90e0c65, the last commit before the attack-cost
+kernels, that is the issue's "today's sweep attack": today's search on today's code.
+
+Prints the table, writes ``<out>/budget.png`` and ``<out>/budget.json``. Per baseline, per cell: the
+check "new's mean PSNR >= the baseline's CI low and new's CPU-seconds <= the baseline's / 4", and the
+paired difference new - baseline on the same victims (mean, 95% CI, Wilcoxon p): the comparison that
+n = 8 victims can support. The last line is ``leakage_per_cpu_second_ratio: <x>``: (mean PSNR per
+CPU-second of ``new``) / (that of the baseline), averaged over the cells, against ``today@COMMIT``
+where it ran, else ``today``.
 """
 from __future__ import annotations
 
@@ -48,7 +55,9 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+# --code DIR: import ggl from DIR (a checkout of another commit: today's search on today's kernels)
+CODE = Path(sys.argv[sys.argv.index("--code") + 1]) if "--code" in sys.argv[:-1] else REPO
+sys.path.insert(0, str(CODE))
 
 from _attack_setup import DEFAULT_PRIOR, prior  # noqa: E402
 
@@ -161,6 +170,11 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", default="0,trained", help="0, trained or both")
     ap.add_argument("--prior", default=str(DEFAULT_PRIOR))
     ap.add_argument("--out", default=str(REPO / "reports" / "budget"))
+    ap.add_argument("--code", default=str(REPO), help="import ggl from this checkout (default: this one)")
+    ap.add_argument("--today-at", default="", metavar="COMMIT",
+                    help="also run the today arm on the code of COMMIT (a temporary git worktree, in a child "
+                         "process, after this process's arms): today's search on today's kernels, the issue's "
+                         "baseline; its arm is named today@COMMIT")
     ap.add_argument("--curves", default="", help="comma-separated curves.json files of earlier runs (e.g. one "
                     "per setting, run side by side): make the table, plot and ratio from them, search nothing")
     args = ap.parse_args(argv)
@@ -183,6 +197,9 @@ def main(argv=None) -> int:
         note = f"curves from {args.curves}"
     else:
         G, note = prior(args.prior)
+        import ggl
+
+        note += f"; ggl imported from {Path(ggl.__file__).resolve().parent.parent}"
         feds = federations(args.victims, args.trained_round, args.threads)
         evaluator = Evaluator()
     want_rounds = {"0": [0], "trained": [args.trained_round]}.get(args.rounds, [0, args.trained_round])
@@ -211,6 +228,11 @@ def main(argv=None) -> int:
                 cpu = np.mean([c[-1]["cpu_s"] for c in curves])
                 print(f"[{time.perf_counter() - t_all:6.0f} s wall] {setting} round {rnd} {arm}: "
                       f"PSNR {fin.mean():.2f} dB, {cpu:.1f} CPU-s per victim", file=sys.stderr, flush=True)
+    if args.today_at and not args.curves:
+        arm = f"today@{args.today_at}"
+        results.update(today_at(args.today_at, args, arm))
+        arms.append(arm)
+        ARMS[arm] = {**TODAY, "code": args.today_at}
     # ------------------------------------------------------------------ the table
     print(note)
     print(f"torch threads {torch.get_num_threads()}, {args.victims} victims per cell, CNN (sweep protocol), "
@@ -241,26 +263,54 @@ def main(argv=None) -> int:
     print(f"plot: {out / 'budget.png'}")
 
     # ------------------------------------------------------------------ new vs today
-    if "today" in arms and "new" in arms:
+    baselines = [a for a in arms if a.startswith("today@")] + (["today"] if "today" in arms else [])
+    if "new" in arms and baselines:
         finals = {(r["setting"], r["round"], r["arm"]): r for r in rows if r["final"]}
-        ok_all, eff = True, []
-        for (setting, rnd, arm), old in finals.items():
-            if arm != "today" or (setting, rnd, "new") not in finals:
-                continue
-            new = finals[(setting, rnd, "new")]
-            keeps = new["psnr"] >= old["lo"]
-            cheap = new["cpu_s"] <= old["cpu_s"] / 4
-            ok_all &= keeps and cheap
-            eff.append((new["psnr"] / new["cpu_s"]) / (old["psnr"] / old["cpu_s"]))
-            diff = paired(new["per_victim_psnr"], old["per_victim_psnr"])
-            print(f"{setting} round {rnd}: new {new['psnr']:.2f} dB (re-id {new['reid']:.2f}) in {new['cpu_s']:.2f} "
-                  f"CPU-s vs today {old['psnr']:.2f} dB [{old['lo']:.2f}, {old['hi']:.2f}] (re-id {old['reid']:.2f}) "
-                  f"in {old['cpu_s']:.2f} CPU-s: CPU ratio {old['cpu_s'] / new['cpu_s']:.2f}x, leakage kept: "
-                  f"{'yes' if keeps else 'NO'}, <= 1/4 CPU: {'yes' if cheap else 'NO'}; paired new - today "
-                  f"{diff.mean_diff:+.2f} dB [{diff.ci.low:+.2f}, {diff.ci.high:+.2f}], Wilcoxon p = {diff.p_value:.2g}")
-        print(f"all cells meet the target: {'yes' if ok_all else 'NO'}")
-        print(f"leakage_per_cpu_second_ratio: {float(np.mean(eff)):.2f}")
+        ratio = {}
+        for base in baselines:
+            print(f"new vs {base} ({'this code' if base == 'today' else 'the code of ' + base.split('@')[1]}):")
+            ok_all, eff = True, []
+            for (setting, rnd, arm), old in finals.items():
+                if arm != base or (setting, rnd, "new") not in finals:
+                    continue
+                new = finals[(setting, rnd, "new")]
+                keeps = new["psnr"] >= old["lo"]
+                cheap = new["cpu_s"] <= old["cpu_s"] / 4
+                ok_all &= keeps and cheap
+                eff.append((new["psnr"] / new["cpu_s"]) / (old["psnr"] / old["cpu_s"]))
+                diff = paired(new["per_victim_psnr"], old["per_victim_psnr"])
+                print(f"  {setting} round {rnd}: new {new['psnr']:.2f} dB (re-id {new['reid']:.2f}) in "
+                      f"{new['cpu_s']:.2f} CPU-s vs {base} {old['psnr']:.2f} dB [{old['lo']:.2f}, {old['hi']:.2f}] "
+                      f"(re-id {old['reid']:.2f}) in {old['cpu_s']:.2f} CPU-s: CPU ratio "
+                      f"{old['cpu_s'] / new['cpu_s']:.2f}x, leakage kept: {'yes' if keeps else 'NO'}, <= 1/4 CPU: "
+                      f"{'yes' if cheap else 'NO'}; paired new - {base} {diff.mean_diff:+.2f} dB "
+                      f"[{diff.ci.low:+.2f}, {diff.ci.high:+.2f}], Wilcoxon p = {diff.p_value:.2g}")
+            ratio[base] = float(np.mean(eff))
+            print(f"  all cells meet the target: {'yes' if ok_all else 'NO'}; leakage per CPU-second, new / {base}: "
+                  f"{ratio[base]:.2f}")
+        print(f"leakage_per_cpu_second_ratio: {ratio[baselines[0]]:.2f}")  # vs the issue's baseline where run
     return 0
+
+
+def today_at(commit: str, args, arm: str) -> Dict[str, dict]:
+    """The today arm's curves on the code of ``commit``: this script in a child process importing ggl from
+    a temporary worktree of it (the victims and the prior are this checkout's), renamed ``arm``."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tree, out = Path(tmp) / "tree", Path(tmp) / "out"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--quiet", "--detach", str(tree), commit],
+                       check=True)
+        try:
+            subprocess.run([sys.executable, __file__, "--code", str(tree), "--arms", "today", "--out", str(out),
+                            "--victims", str(args.victims), "--trained-round", str(args.trained_round),
+                            "--threads", str(args.threads), "--settings", args.settings, "--rounds", args.rounds,
+                            "--prior", args.prior], check=True, stdout=subprocess.DEVNULL)
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
+        theirs = json.loads((out / "curves.json").read_text())
+    return {key.replace("|today", f"|{arm}"): {**r, "arm": arm} for key, r in theirs.items()}
 
 
 def plot(rows: List[dict], path: Path) -> None:
