@@ -31,8 +31,9 @@ Arms:
 
 Two baselines. ``today`` runs today's search on this checkout's code, so it separates what the search
 saves from what the kernels save. ``--today-at COMMIT`` also runs today's search on the code of COMMIT
-(a temporary git worktree, in a child process, same victims, prior and thread count, after this
-process's arms): arm ``today@COMMIT``. With COMMIT = 90e0c65, the last commit before the attack-cost
+(a temporary git worktree; per victim a child process with the same victim, prior and thread count):
+arm ``today@COMMIT``. The arms take turns on each victim, in reversed order every other victim, so a
+drift of the machine's speed (tens of percent over minutes on a shared VM) falls on all of them alike. With COMMIT = 90e0c65, the last commit before the attack-cost
 kernels, that is the issue's "today's sweep attack": today's search on today's code.
 
 Prints the table, writes ``<out>/budget.png`` and ``<out>/budget.json``. Per baseline, per cell: the
@@ -45,6 +46,7 @@ where it ran, else ``today``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -172,9 +174,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "reports" / "budget"))
     ap.add_argument("--code", default=str(REPO), help="import ggl from this checkout (default: this one)")
     ap.add_argument("--today-at", default="", metavar="COMMIT",
-                    help="also run the today arm on the code of COMMIT (a temporary git worktree, in a child "
-                         "process, after this process's arms): today's search on today's kernels, the issue's "
-                         "baseline; its arm is named today@COMMIT")
+                    help="also run the today arm on the code of COMMIT (a temporary git worktree; a child process "
+                         "per victim, taking turns with the other arms): today's search on today's kernels, the "
+                         "issue's baseline; its arm is named today@COMMIT")
+    ap.add_argument("--victim", type=int, default=None, help=argparse.SUPPRESS)  # one victim per cell (the child)
     ap.add_argument("--curves", default="", help="comma-separated curves.json files of earlier runs (e.g. one "
                     "per setting, run side by side): make the table, plot and ratio from them, search nothing")
     args = ap.parse_args(argv)
@@ -204,35 +207,45 @@ def main(argv=None) -> int:
         evaluator = Evaluator()
     want_rounds = {"0": [0], "trained": [args.trained_round]}.get(args.rounds, [0, args.trained_round])
     t_all = time.perf_counter()
-    for setting in ([] if args.curves else args.settings.split(",")):
-        caps = find_captures(feds[setting] / "audit")
-        pairs = [p for v in caps.values() for p in v]
-        for rnd in want_rounds:
-            mine = [(o, t) for o, t in pairs if Observation.load(o).round == rnd][:args.victims]
-            for arm in arms:
-                cfg = AttackConfig(**{**ARMS[arm], "adaptive": setting != "fp32", "device": "cpu", "progress": False})
-                cfg.check()
-                curves = []
-                for k, (obs_path, truth_path) in enumerate(mine):
+    with contextlib.ExitStack() as stack:
+        old_code = stack.enter_context(worktree(args.today_at)) if args.today_at and not args.curves else None
+        if old_code is not None:
+            arms.append(f"today@{args.today_at}")
+            ARMS[arms[-1]] = {**TODAY, "code": args.today_at}
+        for setting in ([] if args.curves else args.settings.split(",")):
+            caps = find_captures(feds[setting] / "audit")
+            pairs = [p for v in caps.values() for p in v]
+            for rnd in want_rounds:
+                mine = list(enumerate([(o, t) for o, t in pairs if Observation.load(o).round == rnd][:args.victims]))
+                if args.victim is not None:
+                    mine = mine[args.victim:args.victim + 1]
+                cfgs = {arm: AttackConfig(**{**ARMS[arm], "adaptive": setting != "fp32", "device": "cpu",
+                                             "progress": False}) for arm in arms if not arm.startswith("today@")}
+                for cfg in cfgs.values():
+                    cfg.check()
+                curves: Dict[str, list] = {arm: [] for arm in arms}
+                for i, (k, (obs_path, truth_path)) in enumerate(mine):
                     obs = Observation.load(obs_path)
                     gt, truth = evaluator.truth(truth_path, obs.obs_id)
                     gallery = evaluator.gallery(gt.dataset)
 
                     def reid(images, gallery=gallery, victims=gt.indices):
                         return float(gallery.score(images.cpu(), victims)[0][HEADLINE])
-                    curves.append(attack_curve(obs, truth, G, cfg, derived_seed(0, 0x6617, k), reid))
-                results[f"{setting}|r{rnd}|{arm}"] = {"setting": setting, "round": rnd, "arm": arm, "curves": curves}
+                    # the arms take turns on each victim, in reversed order every other victim: the VM's speed
+                    # drifts by tens of percent over minutes, and so a drift falls on every arm alike
+                    for arm in (arms if i % 2 == 0 else arms[::-1]):
+                        curves[arm].append(
+                            old_code_curve(old_code, args, setting, rnd, k) if arm.startswith("today@") else
+                            attack_curve(obs, truth, G, cfgs[arm], derived_seed(0, 0x6617, k), reid))
+                for arm in arms:
+                    results[f"{setting}|r{rnd}|{arm}"] = {"setting": setting, "round": rnd, "arm": arm,
+                                                          "curves": curves[arm]}
+                    fin = np.array([c[-1]["psnr"] for c in curves[arm]])
+                    cpu = np.mean([c[-1]["cpu_s"] for c in curves[arm]])
+                    print(f"[{time.perf_counter() - t_all:6.0f} s wall] {setting} round {rnd} {arm}: "
+                          f"PSNR {fin.mean():.2f} dB, {cpu:.1f} CPU-s per victim", file=sys.stderr, flush=True)
                 Path(args.out).mkdir(parents=True, exist_ok=True)  # kept as it goes: a stopped run keeps its data
                 (Path(args.out) / "curves.json").write_text(json.dumps(results))
-                fin = np.array([c[-1]["psnr"] for c in curves])
-                cpu = np.mean([c[-1]["cpu_s"] for c in curves])
-                print(f"[{time.perf_counter() - t_all:6.0f} s wall] {setting} round {rnd} {arm}: "
-                      f"PSNR {fin.mean():.2f} dB, {cpu:.1f} CPU-s per victim", file=sys.stderr, flush=True)
-    if args.today_at and not args.curves:
-        arm = f"today@{args.today_at}"
-        results.update(today_at(args.today_at, args, arm))
-        arms.append(arm)
-        ARMS[arm] = {**TODAY, "code": args.today_at}
     # ------------------------------------------------------------------ the table
     print(note)
     print(f"torch threads {torch.get_num_threads()}, {args.victims} victims per cell, CNN (sweep protocol), "
@@ -292,25 +305,41 @@ def main(argv=None) -> int:
     return 0
 
 
-def today_at(commit: str, args, arm: str) -> Dict[str, dict]:
-    """The today arm's curves on the code of ``commit``: this script in a child process importing ggl from
-    a temporary worktree of it (the victims and the prior are this checkout's), renamed ``arm``."""
+@contextlib.contextmanager
+def worktree(commit: str):
+    """A temporary git worktree of ``commit`` (removed afterwards)."""
     import subprocess
     import tempfile
 
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # killed: still remove the worktree
     with tempfile.TemporaryDirectory() as tmp:
-        tree, out = Path(tmp) / "tree", Path(tmp) / "out"
+        tree = Path(tmp) / "tree"
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--quiet", "--detach", str(tree), commit],
                        check=True)
         try:
-            subprocess.run([sys.executable, __file__, "--code", str(tree), "--arms", "today", "--out", str(out),
-                            "--victims", str(args.victims), "--trained-round", str(args.trained_round),
-                            "--threads", str(args.threads), "--settings", args.settings, "--rounds", args.rounds,
-                            "--prior", args.prior], check=True, stdout=subprocess.DEVNULL)
+            yield tree
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
-        theirs = json.loads((out / "curves.json").read_text())
-    return {key.replace("|today", f"|{arm}"): {**r, "arm": arm} for key, r in theirs.items()}
+
+
+def old_code_curve(tree: Path, args, setting: str, rnd: int, k: int) -> List[dict]:
+    """Victim ``k``'s today curve on the code in ``tree``: this script in a child process importing ggl from
+    there (the victims and the prior are this checkout's; CPU-seconds count inside the search only)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as out:
+        child = subprocess.run(
+            [sys.executable, __file__, "--code", str(tree), "--arms", "today", "--out", out, "--victim", str(k),
+             "--victims", str(args.victims), "--trained-round", str(args.trained_round), "--threads",
+             str(args.threads), "--settings", setting, "--rounds", "0" if rnd == 0 else "trained",
+             "--prior", args.prior], capture_output=True, text=True)
+        if child.returncode:
+            raise SystemExit(f"today on the code of {args.today_at} failed:\n{child.stderr[-3000:]}")
+        (cell,) = json.loads((Path(out) / "curves.json").read_text()).values()
+    return cell["curves"][0]
 
 
 def plot(rows: List[dict], path: Path) -> None:
