@@ -197,6 +197,7 @@ def main(argv=None) -> int:
         for f in args.curves.split(","):
             results.update(json.loads(Path(f).read_text()))
         arms = list(dict.fromkeys(r["arm"] for r in results.values()))
+        ARMS.update({a: {**TODAY, "code": a.split("@", 1)[1]} for a in arms if a.startswith("today@")})
         note = f"curves from {args.curves}"
     else:
         G, note = prior(args.prior)
