@@ -14,7 +14,9 @@ its default), registered with ``@register``. Everything about it lives on that o
   flat tensor of the update's size per client that the generic callback stores, checkpoints and
   shares across processes;
 * ``attack_model()``: what the adaptive attacker applies to its trial updates (``reapply`` with or
-  without a straight-through gradient, ``expectation``, ``observed_mask``, or ``no_model(reason)``).
+  without a straight-through gradient, ``expectation``, ``observed_mask``, or ``no_model(reason)``);
+  ``reapply(fn, batched_fn=...)`` may add the same transform on a whole population's updates at once
+  (optional: without it the search runs ``fn`` under ``vmap``; ``quantize.py`` has one).
 
 Optional hooks for the federation (defaults do nothing): ``bind`` (settings that depend on the chain,
 e.g. noise relative to the clip before it), ``setup`` (checks against the model), ``round_stats``
