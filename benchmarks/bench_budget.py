@@ -32,9 +32,10 @@ Arms:
 Two baselines. ``today`` runs today's search on this checkout's code, so it separates what the search
 saves from what the kernels save. ``--today-at COMMIT`` also runs today's search on the code of COMMIT
 (a temporary git worktree; per victim a child process with the same victim, prior and thread count):
-arm ``today@COMMIT``. The arms take turns on each victim, in reversed order every other victim, so a
-drift of the machine's speed (tens of percent over minutes on a shared VM) falls on all of them alike. With COMMIT = 90e0c65, the last commit before the attack-cost
-kernels, that is the issue's "today's sweep attack": today's search on today's code.
+arm ``today@COMMIT``. With COMMIT = 90e0c65, the last commit before the attack-cost kernels, that is
+the issue's "today's sweep attack": today's search on today's code. The arms take turns on each victim,
+in reversed order every other victim, so a drift of the machine's speed (tens of percent over minutes
+on a shared VM) falls on all of them alike.
 
 Prints the table, writes ``<out>/budget.png`` and ``<out>/budget.json``. Per baseline, per cell: the
 check "new's mean PSNR >= the baseline's CI low and new's CPU-seconds <= the baseline's / 4", and the
@@ -65,6 +66,7 @@ from _attack_setup import DEFAULT_PRIOR, prior  # noqa: E402
 
 from ggl.audit.reid import HEADLINE  # noqa: E402
 from ggl.stats import paired  # noqa: E402
+
 
 def _cmaes_adam(generations: int, adam_steps: int, adam_restarts: int, adam_lr=None, population: int = 50) -> dict:
     """A CMA-ES -> Adam arm; ``adam_lr`` None = the schema's default."""
@@ -197,7 +199,6 @@ def main(argv=None) -> int:
         for f in args.curves.split(","):
             results.update(json.loads(Path(f).read_text()))
         arms = list(dict.fromkeys(r["arm"] for r in results.values()))
-        ARMS.update({a: {**TODAY, "code": a.split("@", 1)[1]} for a in arms if a.startswith("today@")})
         note = f"curves from {args.curves}"
     else:
         G, note = prior(args.prior)
@@ -212,7 +213,6 @@ def main(argv=None) -> int:
         old_code = stack.enter_context(worktree(args.today_at)) if args.today_at and not args.curves else None
         if old_code is not None:
             arms.append(f"today@{args.today_at}")
-            ARMS[arms[-1]] = {**TODAY, "code": args.today_at}
         for setting in ([] if args.curves else args.settings.split(",")):
             caps = find_captures(feds[setting] / "audit")
             pairs = [p for v in caps.values() for p in v]
@@ -247,6 +247,7 @@ def main(argv=None) -> int:
                           f"PSNR {fin.mean():.2f} dB, {cpu:.1f} CPU-s per victim", file=sys.stderr, flush=True)
                 Path(args.out).mkdir(parents=True, exist_ok=True)  # kept as it goes: a stopped run keeps its data
                 (Path(args.out) / "curves.json").write_text(json.dumps(results))
+    ARMS.update({a: {**TODAY, "code": a.split("@", 1)[1]} for a in arms if a.startswith("today@")})
     # ------------------------------------------------------------------ the table
     print(note)
     print(f"torch threads {torch.get_num_threads()}, {args.victims} victims per cell, CNN (sweep protocol), "
@@ -309,10 +310,9 @@ def main(argv=None) -> int:
 @contextlib.contextmanager
 def worktree(commit: str):
     """A temporary git worktree of ``commit`` (removed afterwards)."""
+    import signal
     import subprocess
     import tempfile
-
-    import signal
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # killed: still remove the worktree
     with tempfile.TemporaryDirectory() as tmp:

@@ -141,11 +141,9 @@ class DefenseModel:
                 self.steps.append(functools.partial(_apply_mask, tuple(t != 0 for t in observed)))
                 batched_steps.append(self.steps[-1])  # the masks broadcast over the candidates
             elif model.fn is not None:
-                self.steps.append(functools.partial(_straight_through, model.fn) if model.straight_through
-                                  else model.fn)
-                batched_steps.append(None if model.batched_fn is None else
-                                     functools.partial(_straight_through, model.batched_fn) if model.straight_through
-                                     else model.batched_fn)
+                self.steps.append(_as_step(model.fn, model.straight_through))
+                batched_steps.append(None if model.batched_fn is None
+                                     else _as_step(model.batched_fn, model.straight_through))
         self.batched_steps = batched_steps if all(f is not None for f in batched_steps) else None
 
     @property
@@ -167,6 +165,10 @@ class DefenseModel:
         for step in self.batched_steps:
             out = list(step(out))
         return tuple(out)
+
+
+def _as_step(fn, straight_through: bool):
+    return functools.partial(_straight_through, fn) if straight_through else fn
 
 
 def _straight_through(fn, tensors: Sequence[Tensor]) -> List[Tensor]:

@@ -66,10 +66,9 @@ def quantize_rows(x: Tensor, intervals: int, noise: Optional[Tensor] = None, may
     return torch.where(ok, q, x)
 
 
-def _flat(tensors: Sequence[Tensor], lead: int) -> Tensor:
-    """The tensors flattened after their first ``lead`` dims and concatenated: one copy of each, also
-    of a non-contiguous one (``cat`` of ``flatten``s would copy those twice)."""
-    sizes = [t[(0,) * lead].numel() for t in tensors]
+def _flat(tensors: Sequence[Tensor], lead: int, sizes: Sequence[int]) -> Tensor:
+    """The tensors (``sizes`` entries each after their first ``lead`` dims) flattened and concatenated: one
+    copy of each, also of a non-contiguous one (``cat`` of ``flatten``s would copy those twice)."""
     first = tensors[0]
     out = torch.empty(*first.shape[:lead], sum(sizes), dtype=first.dtype, device=first.device)
     start = 0
@@ -90,10 +89,9 @@ def _quantize(tensors: Sequence[Tensor], lead: int, bits: int, rounding: str, ra
                  if rounding == "stochastic" else None)
         return quantize_rows(x, intervals, noise, may_be_vmapped=lead == 0)
     if range_mode == "global":
-        flat = _flat(tensors, lead) if lead else torch.cat([t.reshape(-1) for t in tensors])
-        q = rows(flat)
-        return [chunk.view_as(t) for chunk, t in zip(torch.split(q, [t[(0,) * lead].numel() for t in tensors], -1),
-                                                      tensors)]
+        sizes = [t[(0,) * lead].numel() for t in tensors]
+        q = rows(_flat(tensors, lead, sizes) if lead else torch.cat([t.reshape(-1) for t in tensors]))
+        return [chunk.view_as(t) for chunk, t in zip(torch.split(q, sizes, -1), tensors)]
     if range_mode == "per_tensor":
         return [rows(t.flatten(lead)).view_as(t) for t in tensors]
     raise ValueError(f"range_mode must be 'global' or 'per_tensor', not {range_mode!r}")
