@@ -49,6 +49,38 @@ def test_per_candidate_gradients_equal_vmap_and_carry_the_image_gradient(arch, b
     torch.testing.assert_close(dx_fast, dx_vmap, rtol=1e-9, atol=1e-12 * float(dx_vmap.abs().max()))
 
 
+@pytest.mark.parametrize("kind", ["l2", "cosine"])
+@pytest.mark.parametrize("arch,batch", [("cnn", 1), ("cnn", 2), ("lenet", 1)])
+def test_factored_linear_gradients_give_the_dense_losses_and_image_gradients(arch, batch, kind):
+    from ggl.attack.objective import match_loss
+    from ggl.attack.per_candidate import OuterSum
+
+    model = build_model(arch, 1, 10, init="dlg" if arch == "lenet" else "default", seed=0).double()
+    names = [n for n, _ in model.named_parameters()]
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand(5, batch, 1, 32, 32, dtype=torch.float64, generator=gen).requires_grad_(True)
+    y = torch.tensor([3, 7][:batch])
+    fast = PerCandidateGradients(model, names)
+    dense = fast(x, y)
+    # the target: candidate 0's own update, so that loss is 0 up to rounding (where |t|^2 - 2<t, g> + |g|^2
+    # cancels), plus noise of the update's scale for the others to be matched against
+    target = [t[0].detach() for t in dense]
+    target[1:] = [t + 0.1 * t.std() * torch.randn(t.shape, dtype=t.dtype, generator=gen) for t in target[1:]]
+    factored = fast(x, y, factored=True)
+    assert any(isinstance(t, OuterSum) for t in factored)
+    cache = {}
+    got, want = match_loss(factored, target, kind, cache), match_loss(dense, target, kind)
+    assert cache  # the target's float64 layers are kept for the next call
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12 * float(want.abs().max()))
+    dx_got, = torch.autograd.grad(match_loss(factored, target, kind, cache).sum(), x)
+    dx_want, = torch.autograd.grad(want.sum(), x)
+    assert dx_want.abs().max() > 0
+    torch.testing.assert_close(dx_got, dx_want, rtol=1e-8, atol=1e-10 * float(dx_want.abs().max()))
+    for t, d in zip(factored, dense):
+        if isinstance(t, OuterSum):
+            torch.testing.assert_close(t.dense(), d, rtol=0, atol=0)
+
+
 def test_per_candidate_path_only_for_nets_whose_candidates_cannot_interact():
     assert not supports(build_model("resnet18", 3, 10, seed=0))  # GroupNorm: a parametrised layer it does not know
     assert not supports(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)))  # batch statistics mix candidates

@@ -23,7 +23,7 @@ are (the evaluator scores on the CPU), the objective works on copies when the de
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import copy
 
@@ -32,13 +32,24 @@ from torch import Tensor, nn
 
 from ggl.attack.fast_generator import for_batched_search
 from ggl.attack.observation import Observation
+from ggl.attack.per_candidate import OuterSum
 from ggl.attack.trial import ClientSimulator, DefenseModel
 
 
-def match_loss(trial: Sequence[Tensor], target: Sequence[Tensor], kind: str = "l2") -> Tensor:
-    """(P,) matching losses of P trial updates (each tensor (P, *shape)) against one target update."""
+def match_loss(trial: Sequence[Tensor], target: Sequence[Tensor], kind: str = "l2",
+               cache: Optional[Dict[int, Tuple[Tensor, Tensor]]] = None) -> Tensor:
+    """(P,) matching losses of P trial updates (each tensor (P, *shape), or an ``OuterSum``) against one
+    target update. ``cache``: a dict the caller keeps for one target, holding its float64 layers."""
     per_layer = []
-    for t, g in zip(trial, target):
+    for i, (t, g) in enumerate(zip(trial, target)):
+        if isinstance(t, OuterSum):  # a linear layer's gradients as factors: the same loss, from inner products
+            if cache is None or i not in cache:
+                g64 = g.to(torch.float64)
+                entry = (g64, g64.pow(2).sum())
+                if cache is not None:
+                    cache[i] = entry
+            per_layer.append(_factored_match(t, *(entry if cache is None else cache[i]), kind))
+            continue
         t = t.flatten(1)
         g = g.reshape(1, -1).to(t.dtype)
         if kind == "l2":
@@ -50,6 +61,15 @@ def match_loss(trial: Sequence[Tensor], target: Sequence[Tensor], kind: str = "l
             cos = (t * g).sum(1) / (t.norm(dim=1) * g.norm(dim=1)).clamp_min(1e-12)
             per_layer.append(1.0 - cos)
     return torch.stack(per_layer).mean(0)
+
+
+def _factored_match(t: OuterSum, g64: Tensor, g_sq: Tensor, kind: str) -> Tensor:
+    inner, sq = t.inner(g64), t.sq_norm()
+    if kind == "l2":
+        loss = (sq - 2 * inner + g_sq).clamp_min(0)
+    else:
+        loss = 1.0 - inner / (sq.sqrt() * g_sq.sqrt()).clamp_min(1e-12)
+    return loss.to(t.dtype)
 
 
 def kl_latent(z: Tensor) -> Tensor:
@@ -93,6 +113,11 @@ class GGLObjective:
         self.kl_weight = float(kl_weight)
         self.evaluation = evaluation
         self.evaluations = 0
+        # with no defence to replay, the loss needs only inner products and norms of the trial updates:
+        # linear layers' weight gradients may stay factored (per_candidate.OuterSum); a subclass whose
+        # loss reads the updates themselves sets this False
+        self.factored_trial = self.defense is None
+        self._target64: Dict[int, Tuple[Tensor, Tensor]] = {}  # match_loss's float64 copy of factored layers
 
     # ------------------------------------------------------------------ pieces
     def images(self, z: Tensor, generator: Optional[nn.Module] = None) -> Tensor:
@@ -106,7 +131,7 @@ class GGLObjective:
     def _total(self, trial: Tuple[Tensor, ...], z: Tensor) -> Tensor:
         if self.defense is not None:
             trial = self.defense.batched(trial)
-        loss = match_loss(trial, self.target, self.loss_kind)
+        loss = match_loss(trial, self.target, self.loss_kind, self._target64)
         if self.kl_weight:
             loss = loss + self.kl_weight * kl_latent(z.reshape(z.shape[0], self.batch, self.latent_dim))
         return loss
@@ -119,7 +144,7 @@ class GGLObjective:
         self.evaluations += z.shape[0]
         if mode == "batched":
             x = self.images(z)
-            return self._total(self.sim.batched(x, self.labels), z)
+            return self._total(self.sim.batched(x, self.labels, factored=self.factored_trial), z)
         return torch.cat([self._one(z[i:i + 1]) for i in range(z.shape[0])])
 
     def _one(self, z: Tensor) -> Tensor:

@@ -14,6 +14,12 @@ The same numbers as ``vmap`` in another summation order; ``evaluation: batched``
 ``supports(model)`` holds (LeNet, the CNN: convolutions, linear layers, activations, pooling), and
 ``vmap`` elsewhere (GroupNorm's ResNet, local-update probes). Differentiable in the images, so the
 Adam phase uses it too.
+
+``factored=True`` leaves each linear layer's weight gradient as its factors (``OuterSum``: a candidate's
+gradient is ``delta^T @ inputs``, a sum of B outer products), for a loss that needs only inner products
+with the target and norms (the matching losses without a defence to replay). On the sweep's CNN the
+first linear layer holds 95% of the weights: materialised, its gradients are 2 MB per candidate, written
+and read back by the loss, more work than the rest of the evaluation.
 """
 from __future__ import annotations
 
@@ -54,9 +60,10 @@ class PerCandidateGradients:
         self._param_names = {id(m): (by_id[id(m.weight)], by_id[id(m.bias)] if m.bias is not None else None)
                              for m in self.layers}
 
-    def __call__(self, x: Tensor, y: Tensor) -> Optional[Tuple[Tensor, ...]]:
-        """The gradients; None when the forward did not call every layer exactly once (a layer applied
-        twice or skipped has no one input per candidate: the caller then uses ``vmap``)."""
+    def __call__(self, x: Tensor, y: Tensor, factored: bool = False) -> Optional[Tuple[Tensor, ...]]:
+        """The gradients (linear weights' as ``OuterSum`` when ``factored``); None when the forward did not
+        call every layer exactly once (a layer applied twice or skipped has no one input per candidate:
+        the caller then uses ``vmap``)."""
         p, b = x.shape[:2]
         outer = torch.is_grad_enabled() and x.requires_grad
         seen: List[Tuple[nn.Module, Tensor, Tensor]] = []
@@ -84,16 +91,43 @@ class PerCandidateGradients:
             if isinstance(layer, nn.Conv2d):
                 grads[w_name], bias = _conv_grads(layer, inp, delta, p, b)
             else:
-                grads[w_name], bias = _linear_grads(inp, delta, p)
+                grads[w_name], bias = _linear_grads(inp, delta, p, factored)
             if b_name is not None:
                 grads[b_name] = bias
         return tuple(grads[n] for n in self.names)
 
 
-def _linear_grads(inp: Tensor, delta: Tensor, p: int) -> Tuple[Tensor, Tensor]:
+class OuterSum:
+    """P weight gradients ``delta[p]^T @ inputs[p]`` (each (out, in)) kept as their factors, delta (P, R, out)
+    and inputs (P, R, in), R = the rows the layer saw per candidate. What a matching loss needs of them
+    comes from R x R Gram matrices and one product with the target, in float64: ``|t|^2 - 2 <t, g> + |g|^2``
+    cancels where t is close to g, which is where the search goes."""
+
+    def __init__(self, delta: Tensor, inputs: Tensor):
+        self.delta, self.inputs = delta, inputs
+        self.shape = (delta.shape[0], delta.shape[2], inputs.shape[2])
+        self.dtype = delta.dtype
+
+    def dense(self) -> Tensor:
+        """The gradients themselves, (P, out, in)."""
+        return torch.bmm(self.delta.transpose(1, 2), self.inputs)
+
+    def inner(self, target: Tensor) -> Tensor:
+        """(P,) float64 <t_p, target> for a target (out, in)."""
+        proj = self.inputs.double() @ target.to(torch.float64).T  # (P, R, out)
+        return (proj * self.delta.double()).sum((1, 2))
+
+    def sq_norm(self) -> Tensor:
+        """(P,) float64 |t_p|^2 = sum of (delta delta^T) * (inputs inputs^T)."""
+        d, a = self.delta.double(), self.inputs.double()
+        return (d @ d.transpose(1, 2) * (a @ a.transpose(1, 2))).sum((1, 2))
+
+
+def _linear_grads(inp: Tensor, delta: Tensor, p: int, factored: bool = False) -> Tuple[Tensor, Tensor]:
     a = inp.reshape(p, -1, inp.shape[-1])          # (P, B * rows, in)
     d = delta.reshape(p, -1, delta.shape[-1])      # (P, B * rows, out)
-    return torch.bmm(d.transpose(1, 2), a), d.sum(1)
+    weight = OuterSum(d, a)
+    return (weight if factored else weight.dense()), d.sum(1)
 
 
 def _conv_grads(conv: nn.Conv2d, inp: Tensor, delta: Tensor, p: int, b: int) -> Tuple[Tensor, Tensor]:

@@ -76,10 +76,11 @@ class ClientSimulator:
                 p[n] = p[n] - self.lr * buf[n]
         return tuple(p[n] - self.params[n] for n in self.names)
 
-    def batched(self, x: Tensor, y: Tensor) -> Tuple[Tensor, ...]:
-        """x (P, B, C, H, W) -> per-candidate updates, each (P, *param shape), in one vectorised pass."""
+    def batched(self, x: Tensor, y: Tensor, factored: bool = False) -> Tuple[Tensor, ...]:
+        """x (P, B, C, H, W) -> per-candidate updates, each (P, *param shape), in one vectorised pass;
+        ``factored``: linear layers' weight updates may come as ``per_candidate.OuterSum``."""
         if self._per_candidate is not None:
-            grads = self._per_candidate(x, y)
+            grads = self._per_candidate(x, y, factored)
             if grads is not None:
                 return grads
             self._per_candidate = None  # its forward reuses or skips a layer: vmap from now on

@@ -193,6 +193,7 @@ def _objective_class():
             super().__init__(obs, generator, labels, loss="l2", kl_weight=kl_weight, adaptive=False,
                              evaluation="batched", model=model)
             self.chain = chain
+            self.factored_trial = False  # the chain transforms the flat updates themselves
 
         def _total(self, trial, z):
             loss = self.chain.loss(torch.cat([t.flatten(1) for t in trial], 1))
