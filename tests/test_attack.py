@@ -88,6 +88,26 @@ def test_batched_and_one_at_a_time_give_the_same_losses():
         assert rel <= 1e-4, f"{kw}: batched vs loop relative difference {rel:.2e}"
 
 
+def test_an_evaluation_in_chunks_gives_the_whole_populations_losses_and_gradients():
+    """Materialised trial updates go through the defence and the loss a few candidates at a time (cache):
+    the same losses, in the same order, and the same gradients for the Adam phase."""
+    z_true = torch.randn(1, 8, generator=torch.Generator().manual_seed(1))
+    q4 = [{"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}]
+    obj = _objective(TinyPrior(), z_true, 3, dtype=torch.float64, adaptive=True, defenses=q4,
+                     transform=lambda g: quantize_update(g, 4)[0])
+    assert not obj.factored_trial
+    z = (torch.randn(11, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 1.5).requires_grad_(True)
+    results = []
+    for chunk in (1 << 30, 4):
+        obj.chunk = chunk
+        loss = obj(z)
+        results.append((loss.detach(), torch.autograd.grad(loss.sum(), z)[0]))
+    (whole, d_whole), (chunked, d_chunked) = results
+    assert d_whole.abs().max() > 0
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=0)
+    torch.testing.assert_close(d_chunked, d_whole, rtol=1e-10, atol=1e-12 * float(d_whole.abs().max()))
+
+
 def test_the_attacker_replays_a_multi_step_delta_exactly_batched_or_not():
     from ggl.attack.trial import ClientSimulator
     from ggl.fl.client import train_client

@@ -79,6 +79,9 @@ def kl_latent(z: Tensor) -> Tensor:
     return (-0.5 * (1 + torch.log(var + 1e-10) - mu ** 2 - var)).sum(-1)
 
 
+CHUNK_BYTES = 8 << 20
+
+
 def _on(module: nn.Module, device: torch.device) -> nn.Module:
     """``module`` itself when it already lives on ``device``, else a copy there."""
     first = next(iter(module.parameters()), None)
@@ -118,6 +121,10 @@ class GGLObjective:
         # loss reads the updates themselves sets this False
         self.factored_trial = self.defense is None
         self._target64: Dict[int, Tuple[Tensor, Tensor]] = {}  # match_loss's float64 copy of factored layers
+        # a CPU evaluation of materialised updates goes in chunks of ~CHUNK_BYTES of them: the defence's and
+        # the loss's passes then find them in cache (the sweep CNN's 4-bit adaptive evaluation: 1.9x faster)
+        update_bytes = sum(t.numel() for t in self.target) * self.target[0].element_size()
+        self.chunk = max(1, CHUNK_BYTES // update_bytes) if self.device.type == "cpu" else 1 << 30
 
     # ------------------------------------------------------------------ pieces
     def images(self, z: Tensor, generator: Optional[nn.Module] = None) -> Tensor:
@@ -143,9 +150,14 @@ class GGLObjective:
         z = z.to(self.device)
         self.evaluations += z.shape[0]
         if mode == "batched":
-            x = self.images(z)
-            return self._total(self.sim.batched(x, self.labels, factored=self.factored_trial), z)
+            if self.factored_trial or z.shape[0] <= self.chunk:
+                return self._batched(z)
+            return torch.cat([self._batched(part) for part in z.split(self.chunk)])
         return torch.cat([self._one(z[i:i + 1]) for i in range(z.shape[0])])
+
+    def _batched(self, z: Tensor) -> Tensor:
+        x = self.images(z)
+        return self._total(self.sim.batched(x, self.labels, factored=self.factored_trial), z)
 
     def _one(self, z: Tensor) -> Tensor:
         """The reference loop body: one candidate's image, update, defence and loss."""

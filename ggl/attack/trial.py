@@ -174,9 +174,10 @@ def _as_step(fn, straight_through: bool):
 
 def _straight_through(fn, tensors: Sequence[Tensor]) -> List[Tensor]:
     """fn's value with the identity's gradient (for rounding and sign, whose gradient is zero)."""
-    q = fn(tensors)
     if not torch.is_grad_enabled():  # no gradient to carry (the CMA-ES phase): the value alone, two passes less
-        return list(q)
+        return list(fn(tensors))
+    with torch.no_grad():  # only its value is used: no graph, and the transform may work in place
+        q = fn(tensors)
     return [t + (qt - t).detach() for t, qt in zip(tensors, q)]
 
 
