@@ -9,8 +9,8 @@ import pytest
 from ggl.allocator import retention_supported
 
 # Page faults of one batched evaluation of 20 candidates on the federation's CNN (20 x 544,522
-# parameters = 44 MB of trial updates), in steady state, with glibc's defaults and after
-# retain_freed_memory(). A fresh process, so the defaults are really in force.
+# parameters = 44 MB of trial updates, materialised as an adaptive attacker's are), in steady state,
+# with glibc's defaults and after retain_freed_memory(). A fresh process, so the defaults are in force.
 SCRIPT = textwrap.dedent("""
     import resource, torch
     from ggl.allocator import retain_freed_memory
@@ -28,6 +28,7 @@ SCRIPT = textwrap.dedent("""
                       names=[n for n, _ in model.named_parameters()], update=update, kind="gradient",
                       batch_size=1, local_steps=1, lr=0.05, local_batch_size=32, defenses=[])
     objective = GGLObjective(obs, Generator(128, 1, 32, 10).eval().requires_grad_(False), y, model=model)
+    objective.factored_trial = False  # every update materialised, as for an adaptive attacker
     z = torch.randn(20, objective.dim)
 
     def faults_per_generation():

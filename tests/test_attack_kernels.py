@@ -163,6 +163,8 @@ def test_the_quantizer_on_all_candidates_at_once_equals_vmap_of_the_clients_bit_
     bias = torch.randn(5, 4, generator=gen, dtype=torch.float64) * 1e-6
     conv[1], bias[1] = 0.5, 0.5      # a constant candidate: step 0, returned as it is
     conv[2, 0, 0, 0] = float("nan")  # a NaN: that candidate's range is NaN, returned as it is
+    tiny = torch.finfo(torch.float64).smallest_normal * torch.finfo(torch.float64).eps  # the smallest subnormal
+    conv[3], bias[3] = 0.0, torch.tensor([0.0, 16 * tiny, 3 * tiny, 0.0], dtype=torch.float64)  # clamp matters
     tensors = (conv, bias)
     for bits in (1, 4, 16):
         for grad_mode in (True, False):

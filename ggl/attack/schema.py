@@ -24,9 +24,9 @@ class AttackConfig:
     restarts: int = 1
     sigma: float = 0.3
     latent_bound: Optional[float] = None
-    adam_steps: int = 115
+    adam_steps: int = 170
     adam_lr: float = 0.1
-    adam_restarts: int = 3
+    adam_restarts: int = 4
     loss: str = "l2"
     kl_weight: float = 0.0
     evaluation: str = "batched"

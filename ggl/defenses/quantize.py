@@ -54,8 +54,12 @@ def quantize_rows(x: Tensor, intervals: int, noise: Optional[Tensor] = None, may
     if noise is None and not torch.is_grad_enabled():
         # the same values in place: the attacker quantizes ~1 M coordinates per population
         codes = torch.sub(x, lo).div_(safe_step).round_()
-        # vmap has no batching rule for clamp_
-        codes = codes.clamp(0, intervals) if may_be_vmapped else codes.clamp_(0, intervals)
+        if may_be_vmapped:  # vmap has no batching rule for clamp_, nor for a data-dependent branch
+            codes = codes.clamp(0, intervals)
+        elif bool((torch.sub(hi, lo).div_(safe_step).round_() > intervals).any()):
+            # x - lo >= 0, and the code is monotone in x: a row's top code is its maximum's, so a clamp
+            # can only change a row whose maximum overshoots (a range a few subnormals wide)
+            codes.clamp_(0, intervals)
         q = codes.mul_(step).add_(lo)
         if not may_be_vmapped and bool(ok.all()):
             return q
