@@ -15,7 +15,9 @@ swamps the matching loss and the search only pulls z towards N(0, 1): measured h
 against 19.5 dB with weight 0. Hence the default 0; use it only rescaled to the loss at hand.
 
 A population of candidates ``z`` (P, B * latent_dim) is evaluated in one vectorised pass
-(``evaluation: batched``) or one candidate at a time (``evaluation: loop``, the reference).
+(``evaluation: batched``) or one candidate at a time (``evaluation: loop``, the reference). Batched,
+without a defence to replay, linear layers' trial gradients stay factored (``per_candidate.OuterSum``)
+and ``match_loss`` takes them from inner products; materialised updates go in cache-sized chunks on a CPU.
 
 Everything the search touches (the attacked model, the generator, the labels, the observed update and
 the defence model) lives on ``device``; the model and generator the caller passed stay where they
