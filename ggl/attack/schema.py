@@ -24,7 +24,7 @@ class AttackConfig:
     restarts: int = 1
     sigma: float = 0.3
     latent_bound: Optional[float] = None
-    adam_steps: int = 170
+    adam_steps: int = 160
     adam_lr: float = 0.1
     adam_restarts: int = 4
     loss: str = "l2"
