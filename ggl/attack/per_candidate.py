@@ -105,7 +105,6 @@ class OuterSum:
 
     def __init__(self, delta: Tensor, inputs: Tensor):
         self.delta, self.inputs = delta, inputs
-        self.shape = (delta.shape[0], delta.shape[2], inputs.shape[2])
         self.dtype = delta.dtype
 
     def dense(self) -> Tensor:
