@@ -23,6 +23,7 @@ and read back by the loss, more work than the rest of the evaluation.
 """
 from __future__ import annotations
 
+import functools
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -111,14 +112,19 @@ class OuterSum:
         """The gradients themselves, (P, out, in)."""
         return torch.bmm(self.delta.transpose(1, 2), self.inputs)
 
+    @functools.cached_property
+    def _float64(self) -> Tuple[Tensor, Tensor]:
+        """delta and inputs in float64, converted once for ``inner`` and ``sq_norm``."""
+        return self.delta.double(), self.inputs.double()
+
     def inner(self, target: Tensor) -> Tensor:
         """(P,) float64 <t_p, target> for a target (out, in)."""
-        proj = self.inputs.double() @ target.to(torch.float64).T  # (P, R, out)
-        return (proj * self.delta.double()).sum((1, 2))
+        d, a = self._float64
+        return ((a @ target.to(torch.float64).T) * d).sum((1, 2))  # a @ target^T: (P, R, out)
 
     def sq_norm(self) -> Tensor:
         """(P,) float64 |t_p|^2 = sum of (delta delta^T) * (inputs inputs^T)."""
-        d, a = self.delta.double(), self.inputs.double()
+        d, a = self._float64
         return (d @ d.transpose(1, 2) * (a @ a.transpose(1, 2))).sum((1, 2))
 
 
