@@ -155,7 +155,8 @@ def test_the_quantizer_in_place_and_with_amin_amax_gives_the_reference_bit_for_b
 @pytest.mark.parametrize("range_mode", ["global", "per_tensor"])
 def test_the_quantizer_on_all_candidates_at_once_equals_vmap_of_the_clients_bit_for_bit(range_mode):
     """quantize_candidates (the adaptive search's native batched form) = vmap(quantize_update) per candidate,
-    with non-contiguous inputs and degenerate candidates (a constant update, a NaN) among ordinary ones."""
+    with non-contiguous inputs (quantized in their own layout), a 0-dim parameter, and degenerate candidates
+    (a constant update, a NaN) among ordinary ones."""
     from ggl.defenses.quantize import quantize_candidates, quantize_update
 
     gen = torch.Generator().manual_seed(3)
@@ -165,7 +166,10 @@ def test_the_quantizer_on_all_candidates_at_once_equals_vmap_of_the_clients_bit_
     conv[2, 0, 0, 0] = float("nan")  # a NaN: that candidate's range is NaN, returned as it is
     tiny = torch.finfo(torch.float64).smallest_normal * torch.finfo(torch.float64).eps  # the smallest subnormal
     conv[3], bias[3] = 0.0, torch.tensor([0.0, 16 * tiny, 3 * tiny, 0.0], dtype=torch.float64)  # clamp matters
-    tensors = (conv, bias)
+    # a 0-dim parameter's update; it holds candidate 0's minimum and candidate 4's maximum (the global range
+    # spans the tensors)
+    scalar = torch.tensor([-9.0, 0.5, 3.0, 0.0, 7.0], dtype=torch.float64)
+    tensors = (conv, bias, scalar)
     for bits in (1, 4, 16):
         for grad_mode in (True, False):
             with torch.set_grad_enabled(grad_mode):

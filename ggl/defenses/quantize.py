@@ -16,6 +16,7 @@ to the fractional position: unbiased). It is *not* QSGD (norm-scaled levels; see
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import List, Optional, Sequence, Tuple
 
@@ -46,58 +47,68 @@ def quantize_rows(x: Tensor, intervals: int, noise: Optional[Tensor] = None, may
     of one value (step 0), or with a NaN, comes back as it is. ``may_be_vmapped=False`` (the caller
     holds real tensors) allows an in-place clamp and a data-dependent shortcut; the values are the same."""
     lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)  # not aminmax(dim=): 13x slower; not min(): indices
-    step = (hi - lo) / intervals
-    ok = step > 0
-    safe_step = torch.where(ok, step, torch.ones_like(step))
-    # the clamp: floor(scaled + noise) reaches intervals + 1 at the maximum, and so can rounding when the
-    # range is a few subnormals wide (the step then rounds far from (hi - lo) / intervals)
-    if noise is None and not torch.is_grad_enabled():
-        # the same values in place: the attacker quantizes ~1 M coordinates per population
-        codes = torch.sub(x, lo).div_(safe_step).round_()
-        if may_be_vmapped:  # vmap has no batching rule for clamp_, nor for a data-dependent branch
-            codes = codes.clamp(0, intervals)
-        elif bool((torch.sub(hi, lo).div_(safe_step).round_() > intervals).any()):
-            # x - lo >= 0, and the code is monotone in x: a row's top code is its maximum's, so a clamp
-            # can only change a row whose maximum overshoots (a range a few subnormals wide)
-            codes.clamp_(0, intervals)
-        q = codes.mul_(step).add_(lo)
-        if not may_be_vmapped and bool(ok.all()):
-            return q
-    else:
-        scaled = (x - lo) / safe_step
-        codes = torch.round(scaled) if noise is None else torch.floor(scaled + noise)  # floor: P(up) = fraction
-        q = codes.clamp(0, intervals) * step + lo
-    return torch.where(ok, q, x)
+    return _Grid(lo, hi, intervals, real=not may_be_vmapped).apply(x, noise)
 
 
-def _flat(tensors: Sequence[Tensor], lead: int, sizes: Sequence[int]) -> Tensor:
-    """The tensors (``sizes`` entries each after their first ``lead`` dims) flattened and concatenated: one
-    copy of each, also of a non-contiguous one (``cat`` of ``flatten``s would copy those twice)."""
-    first = tensors[0]
-    out = torch.empty(*first.shape[:lead], sum(sizes), dtype=first.dtype, device=first.device)
-    start = 0
-    for t, size in zip(tensors, sizes):  # narrow, not split: autograd allows copying into a single view
-        out.narrow(-1, start, size).view(t.shape).copy_(t)
-        start += size
-    return out
+class _Grid:
+    """Min/max grids of ``intervals`` steps, one per range: ``lo`` and ``hi`` hold one entry per range and
+    broadcast over a tensor's trailing dims. ``real``: the caller holds real tensors (never vmapped), which
+    allows an in-place clamp and data-dependent shortcuts, checked once per grid; the values are the same."""
+
+    def __init__(self, lo: Tensor, hi: Tensor, intervals: int, real: bool = False):
+        self.lo, self.hi, self.intervals, self.real = lo, hi, intervals, real
+        self.step = (hi - lo) / intervals
+        self.ok = self.step > 0  # a range of one value (step 0), or with a NaN, leaves its coordinates as they are
+        self.safe_step = torch.where(self.ok, self.step, torch.ones_like(self.step))
+
+    @functools.cached_property
+    def overshoots(self) -> bool:
+        """Whether some range's maximum rounds past the top code (a range a few subnormals wide). x - lo >= 0
+        and the code is monotone in x, so only such a range needs the clamp."""
+        return bool((torch.sub(self.hi, self.lo).div_(self.safe_step).round_() > self.intervals).any())
+
+    @functools.cached_property
+    def all_ok(self) -> bool:
+        return bool(self.ok.all())
+
+    def apply(self, x: Tensor, noise: Optional[Tensor] = None) -> Tensor:
+        """``x`` on the grid: nearest rounding, or ``floor(scaled + noise)`` (stochastic rounding)."""
+        lead = (1,) * (x.dim() - self.lo.dim())  # lo (P,) against x (P, ...): one range per candidate
+        lo, step, ok, safe_step = (v.view(v.shape + lead) for v in (self.lo, self.step, self.ok, self.safe_step))
+        # the clamp: floor(scaled + noise) reaches intervals + 1 at the maximum, and so can rounding when the
+        # range is a few subnormals wide (the step then rounds far from (hi - lo) / intervals)
+        if noise is None and not torch.is_grad_enabled():
+            # the same values in place: the attacker quantizes ~1 M coordinates per population
+            codes = torch.sub(x, lo).div_(safe_step).round_()
+            if not self.real:  # vmap has no batching rule for clamp_, nor for a data-dependent branch
+                codes = codes.clamp(0, self.intervals)
+            elif self.overshoots:
+                codes.clamp_(0, self.intervals)
+            q = codes.mul_(step).add_(lo)
+            if self.real and self.all_ok:
+                return q
+        else:
+            scaled = (x - lo) / safe_step
+            codes = torch.round(scaled) if noise is None else torch.floor(scaled + noise)  # floor: P(up) = fraction
+            q = codes.clamp(0, self.intervals) * step + lo
+        return torch.where(ok, q, x)
 
 
-def _quantize(tensors: Sequence[Tensor], lead: int, bits: int, rounding: str, range_mode: str,
+def _quantize(tensors: Sequence[Tensor], bits: int, rounding: str, range_mode: str,
               generator: Optional[torch.Generator], grid: str) -> List[Tensor]:
-    """quantize_update's values; the first ``lead`` dims of every tensor index separate updates, and
-    ``lead > 0`` means the caller holds real tensors (never vmapped)."""
+    """quantize_update's values (of one update; vmap may batch it)."""
     intervals = grid_intervals(bits, grid)
 
     def rows(x: Tensor) -> Tensor:
         noise = (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
                  if rounding == "stochastic" else None)
-        return quantize_rows(x, intervals, noise, may_be_vmapped=lead == 0)
+        return quantize_rows(x, intervals, noise)
     if range_mode == "global":
-        sizes = [t[(0,) * lead].numel() for t in tensors]
-        q = rows(_flat(tensors, lead, sizes) if lead else torch.cat([t.reshape(-1) for t in tensors]))
-        return [chunk.view_as(t) for chunk, t in zip(torch.split(q, sizes, -1), tensors)]
+        sizes = [t.numel() for t in tensors]
+        q = rows(torch.cat([t.reshape(-1) for t in tensors]))
+        return [chunk.view_as(t) for chunk, t in zip(torch.split(q, sizes), tensors)]
     if range_mode == "per_tensor":
-        return [rows(t.flatten(lead)).view_as(t) for t in tensors]
+        return [rows(t.reshape(-1)).view_as(t) for t in tensors]
     raise ValueError(f"range_mode must be 'global' or 'per_tensor', not {range_mode!r}")
 
 
@@ -118,7 +129,7 @@ def quantize_update(tensors: Sequence[Tensor], bits: int, rounding: str = "neare
     numel = sum(t.numel() for t in tensors)
     if bits >= FLOAT_BITS:
         return [t.clone() for t in tensors], FLOAT_BITS * numel
-    out = _quantize(tensors, 0, bits, rounding, range_mode, generator, grid)
+    out = _quantize(tensors, bits, rounding, range_mode, generator, grid)
     n_ranges = 1 if range_mode == "global" else len(tensors)
     return out, code_bits(bits, grid) * numel + SCALE_BITS_PER_RANGE * n_ranges
 
@@ -126,10 +137,24 @@ def quantize_update(tensors: Sequence[Tensor], bits: int, rounding: str = "neare
 def quantize_candidates(tensors: Sequence[Tensor], bits: int, range_mode: str = "global",
                         grid: str = "project") -> List[Tensor]:
     """Nearest-rounding ``quantize_update`` of P updates at once (each tensor (P, *shape), each update its
-    own ranges): the values of ``vmap`` of it, without vmap's cost per op (the adaptive attacker's search)."""
+    own ranges): the values of ``vmap`` of it, without vmap's cost per op (the adaptive attacker's search).
+
+    Each tensor is quantized where it lies, in its own memory layout: a global range is the minimum and
+    maximum of the tensors' own (exact in any order), so the update is never concatenated (a copy of it:
+    a quarter of this function's time on LeNet)."""
     if bits >= FLOAT_BITS:
         return [t.clone() for t in tensors]
-    return _quantize(list(tensors), 1, bits, "nearest", range_mode, None, grid)
+    if range_mode not in ("global", "per_tensor"):
+        raise ValueError(f"range_mode must be 'global' or 'per_tensor', not {range_mode!r}")
+    rows = [t.unsqueeze(1) if t.dim() == 1 else t for t in tensors]  # a scalar parameter: one coordinate each
+    lo = [r.amin(tuple(range(1, r.dim()))) for r in rows]  # (P,) each
+    hi = [r.amax(tuple(range(1, r.dim()))) for r in rows]
+    intervals = grid_intervals(bits, grid)
+    if range_mode == "global":
+        grids = [_Grid(torch.stack(lo).amin(0), torch.stack(hi).amax(0), intervals, real=True)] * len(rows)
+    else:
+        grids = [_Grid(low, high, intervals, real=True) for low, high in zip(lo, hi)]
+    return [g.apply(r).view_as(t) for g, r, t in zip(grids, rows, tensors)]
 
 
 @register
