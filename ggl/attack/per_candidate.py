@@ -151,7 +151,15 @@ def _conv_grads(conv: nn.Conv2d, inp: Tensor, delta: Tensor, p: int, b: int) -> 
     padded = F.pad(inp, (pw, pw, ph, ph))
     padded = padded.contiguous(memory_format=torch.channels_last) if channels_last else padded.contiguous()
     s_n, s_c, s_h, s_w = padded.stride()
-    if channels_last:  # patches[n, u, v, i, j, c] = padded[n, c, u * sh + i * dh, v * sw + j * dw]
+    if channels_last and sh == 1 and b == 1:
+        # stride 1: tap row i of output row u reads padded row u + i * dh, so the rows of patches differ only
+        # by a shift: copy each padded row's patches once (rows[n, r, v, j, c] = padded[n, c, r, v * sw + j * dw],
+        # a third of the full patches' size on LeNet) and take tap row i as a slice, one product per tap row
+        rows = padded.as_strided((n, padded.shape[2], wo, kw, c_in), (s_n, s_h, s_w * sw, s_w * dw, s_c))
+        rows = rows.reshape(p, -1, kw * c_in)
+        grad_w = torch.stack([torch.bmm(d, rows[:, i * dh * wo:(i * dh + ho) * wo]) for i in range(kh)], 2)
+        grad_w = grad_w.view(p, c_out, kh, kw, c_in).permute(0, 1, 4, 2, 3)
+    elif channels_last:  # patches[n, u, v, i, j, c] = padded[n, c, u * sh + i * dh, v * sw + j * dw]
         patches = padded.as_strided((n, ho, wo, kh, kw, c_in), (s_n, s_h * sh, s_w * sw, s_h * dh, s_w * dw, s_c))
         patches = patches.reshape(p, b * ho * wo, kh * kw * c_in)
         grad_w = torch.bmm(d, patches).view(p, c_out, kh, kw, c_in).permute(0, 1, 4, 2, 3)
