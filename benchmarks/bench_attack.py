@@ -12,8 +12,8 @@ Batched = ``evaluation: batched``: the population through the generator's CPU co
 reference loop, the generator as it is and plain autograd per candidate (``evaluation: loop``). Both
 run in this one process on the same candidates and must agree on the losses. The two are timed in
 interleaved rounds and the medians printed (a shared VM's speed drifts within seconds).
-The attacked update is a real private MNIST digit's. Also printed: the trial update + loss alone
-(images given) and the generator alone, the two halves of a batched evaluation.
+The attacked update is a real private MNIST digit's. Also printed: the trial update (+ the quantizer when
+adaptive) + loss alone (images given) and the generator alone, the two halves of a batched evaluation.
 Both modes (non-adaptive, adaptive: the trial update passes the 4-bit quantizer) run by default, each
 printing ``speedup[<mode>]: <batched / one-at-a-time evaluations per second>``.
 
@@ -56,7 +56,6 @@ def measure(args, G, adaptive: bool) -> float:
     from threadpoolctl import threadpool_limits
 
     from ggl.attack import GGLObjective, infer_labels
-    from ggl.attack.objective import match_loss
 
     obs = private_observation("lenet", "dlg", adaptive=adaptive)
     labels = infer_labels(obs)
@@ -76,18 +75,17 @@ def measure(args, G, adaptive: bool) -> float:
         rates = {mode: statistics.median(r) for mode, r in rates.items()}
 
         def trial_batched():
-            return match_loss(obj.sim.batched(imgs, labels), obj.target)
+            return obj.image_losses(imgs, z)
 
         def trial_loop():
-            return [match_loss(tuple(t.unsqueeze(0) for t in obj.sim.reference(imgs[i], labels)), obj.target)
-                    for i in range(len(imgs))]
+            return [obj.image_loss_reference(imgs[i], z[i:i + 1]) for i in range(len(imgs))]
         rates["update_batched"] = rate(trial_batched, args.population, args.seconds / 2, _clock(args))
         rates["update_loop"] = rate(trial_loop, args.population, args.seconds / 2, _clock(args))
         rates["generator"] = rate(lambda: obj.images(z), args.population, args.seconds / 2, _clock(args))
     ratio = statistics.median(ratios)
     print(f"[{mode_name}] torch threads: {torch.get_num_threads()}, population {args.population}, "
           f"batched vs loop max rel. loss diff {rel:.1e}")
-    print(f"[{mode_name}] trial update + loss only (images given): batched {rates['update_batched']:.0f} /s, "
+    print(f"[{mode_name}] trial update{' + quantizer' if adaptive else ''} + loss only (images given): batched {rates['update_batched']:.0f} /s, "
           f"one at a time {rates['update_loop']:.0f} /s, ratio {rates['update_batched'] / rates['update_loop']:.1f}x; "
           f"generator alone, batched: {rates['generator']:.0f} /s")
     print(f"[{mode_name}] candidate evaluations (z -> G -> update -> loss): batched {rates['batched']:.0f} /s, "

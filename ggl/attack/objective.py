@@ -167,12 +167,19 @@ class GGLObjective:
         return torch.cat([self._one(z[i:i + 1]) for i in range(z.shape[0])])
 
     def _batched(self, z: Tensor) -> Tensor:
-        x = self.images(z)
+        return self.image_losses(self.images(z), z)
+
+    def image_losses(self, x: Tensor, z: Tensor) -> Tensor:
+        """(P,) losses of P candidates' images x (P, B, C, H, W), generated from z: the batched evaluation
+        after the generator."""
         return self._total(self.sim.batched(x, self.labels, factored=self.factored_trial), z)
 
     def _one(self, z: Tensor) -> Tensor:
-        """The reference loop body: one candidate's image, update, defence and loss."""
-        x = self.images(z, self.G)[0]  # the generator as it is: this loop is the reference
+        return self.image_loss_reference(self.images(z, self.G)[0], z)  # the generator as it is: the reference
+
+    def image_loss_reference(self, x: Tensor, z: Tensor) -> Tensor:
+        """(1,) loss of one candidate's images x (B, C, H, W), generated from z (1, B * latent_dim): the
+        reference loop body after the generator (update, defence, loss)."""
         trial = self.sim.reference(x, self.labels)
         if self.defense is not None:
             trial = self.defense(trial)
