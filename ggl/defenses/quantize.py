@@ -73,8 +73,8 @@ class _Grid:
 
     def apply(self, x: Tensor, noise: Optional[Tensor] = None) -> Tensor:
         """``x`` on the grid: nearest rounding, or ``floor(scaled + noise)`` (stochastic rounding)."""
-        lead = (1,) * (x.dim() - self.lo.dim())  # lo (P,) against x (P, ...): one range per candidate
-        lo, step, ok, safe_step = (v.view(v.shape + lead) for v in (self.lo, self.step, self.ok, self.safe_step))
+        trailing = (1,) * (x.dim() - self.lo.dim())  # lo (P,) against x (P, ...): one range per candidate
+        lo, step, ok, safe_step = (v.view(v.shape + trailing) for v in (self.lo, self.step, self.ok, self.safe_step))
         # the clamp: floor(scaled + noise) reaches intervals + 1 at the maximum, and so can rounding when the
         # range is a few subnormals wide (the step then rounds far from (hi - lo) / intervals)
         if noise is None and not torch.is_grad_enabled():
