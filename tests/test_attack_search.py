@@ -59,3 +59,21 @@ def test_l2_loss_in_place_is_the_same_number_with_or_without_a_gradient():
     assert torch.equal(with_grad.detach(), without) and torch.equal(without, expect)
     with_grad.sum().backward()  # the gradient path still works
     torch.testing.assert_close(t[0].grad, (t[0].detach() - g[0]))  # d/dt of mean of two sums: 2(t-g)/2
+
+
+def test_l2_loss_may_consume_its_scratch_and_reads_any_layout():
+    """The objective's evaluation hands match_loss its own trial updates to overwrite (consume=True): the
+    same numbers; an expanded view (vmap's output that does not depend on the batch) is left alone; a
+    permuted layout (a channels-last convolution gradient) gives the contiguous copy's loss."""
+    gen = torch.Generator().manual_seed(0)
+    g = [torch.randn(5, 3, dtype=torch.float64, generator=gen), torch.randn(7, dtype=torch.float64, generator=gen)]
+    t = [torch.randn(4, 3, 5, dtype=torch.float64, generator=gen).transpose(1, 2),  # (4, 5, 3), permuted
+         torch.randn(1, 7, dtype=torch.float64, generator=gen).expand(4, 7)]      # one row, expanded
+    with torch.no_grad():
+        expect = match_loss([x.contiguous() for x in t], g)
+        scratch = [x.clone() for x in t]  # clone keeps the permuted layout; the expanded view stays a view
+        scratch[1] = t[1]
+        got = match_loss(scratch, g, consume=True)
+    torch.testing.assert_close(got, expect, rtol=1e-12, atol=0)
+    torch.testing.assert_close(scratch[0], (t[0] - g[0]) ** 2, rtol=0, atol=0)  # consumed: overwritten in place
+    assert torch.equal(t[1], t[1][:1].expand(4, 7))  # the expanded view: not written
