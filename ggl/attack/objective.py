@@ -38,9 +38,10 @@ from ggl.attack.per_candidate import OuterSum
 from ggl.attack.trial import ClientSimulator, DefenseModel
 
 # materialised trial updates per chunk of a CPU evaluation (GGLObjective.chunk): a few MB stay in cache
-# between the defence's and the loss's passes (measured on the CNN, 2.2 MB per candidate: chunks of 3-6
-# candidates within 4% of each other, 2 or 1 up to 1.3x slower, 8 or more 1.4-1.9x slower)
-CHUNK_BYTES = 8 << 20
+# between the defence's and the loss's passes. Measured on the CNN's 4-bit adaptive population of 50 (2.2 MB
+# per candidate), with the quantizer working per tensor: chunks of 5-12 candidates 127-139 ms, 3 141-151 ms,
+# 2 164-168 ms, 1 218-224 ms, the whole population 142-150 ms; 16 MB = 7 candidates there
+CHUNK_BYTES = 16 << 20
 
 
 def match_loss(trial: Sequence[Tensor], target: Sequence[Tensor], kind: str = "l2",
