@@ -9,7 +9,8 @@ import pytest
 from ggl.allocator import retention_supported
 
 # Page faults of one batched evaluation of 20 candidates on the federation's CNN (20 x 544,522
-# parameters = 44 MB of trial updates, materialised as an adaptive attacker's are), in steady state,
+# parameters = 44 MB of trial updates, materialised as an adaptive attacker's are, in one pass: the CPU's
+# cache-sized chunks would hide the effect under glibc's dynamic mmap threshold), in steady state,
 # with glibc's defaults and after retain_freed_memory(). A fresh process, so the defaults are in force.
 SCRIPT = textwrap.dedent("""
     import resource, torch
@@ -29,6 +30,7 @@ SCRIPT = textwrap.dedent("""
                       batch_size=1, local_steps=1, lr=0.05, local_batch_size=32, defenses=[])
     objective = GGLObjective(obs, Generator(128, 1, 32, 10).eval().requires_grad_(False), y, model=model)
     objective.factored_trial = False  # every update materialised, as for an adaptive attacker
+    objective.chunk = 1 << 30  # the whole population in one pass (as on a GPU): 44 MB of updates at once
     z = torch.randn(20, objective.dim)
 
     def faults_per_generation():
