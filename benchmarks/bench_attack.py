@@ -87,7 +87,8 @@ def measure(args, G, adaptive: bool) -> float:
     ratio = statistics.median(ratios)
     print(f"[{mode_name}] torch threads: {torch.get_num_threads()}, population {args.population}, "
           f"batched vs loop max rel. loss diff {rel:.1e}")
-    print(f"[{mode_name}] trial update{' + quantizer' if adaptive else ''} + loss only (images given): batched {rates['update_batched']:.0f} /s, "
+    update = "trial update + quantizer" if adaptive else "trial update"
+    print(f"[{mode_name}] {update} + loss only (images given): batched {rates['update_batched']:.0f} /s, "
           f"one at a time {rates['update_loop']:.0f} /s, ratio {rates['update_batched'] / rates['update_loop']:.1f}x; "
           f"generator alone, batched: {rates['generator']:.0f} /s")
     print(f"[{mode_name}] candidate evaluations (z -> G -> update -> loss): batched {rates['batched']:.0f} /s, "
