@@ -29,6 +29,12 @@ from ggl.errors import ConfigError
 # what a quantized payload carries besides its codes: the range minimum and the step, as float32
 SCALE_BITS_PER_RANGE = 2 * FLOAT_BITS
 GRIDS = ("project", "seed")
+RANGES = ("global", "per_tensor")  # one min/max over the whole update, or one per tensor
+
+
+def _check_range(range_mode: str) -> None:
+    if range_mode not in RANGES:
+        raise ValueError(f"range_mode must be 'global' or 'per_tensor', not {range_mode!r}")
 
 
 def grid_intervals(bits: int, grid: str = "project") -> int:
@@ -97,6 +103,7 @@ class _Grid:
 def _quantize(tensors: Sequence[Tensor], bits: int, rounding: str, range_mode: str,
               generator: Optional[torch.Generator], grid: str) -> List[Tensor]:
     """quantize_update's values (of one update; vmap may batch it)."""
+    _check_range(range_mode)
     intervals = grid_intervals(bits, grid)
 
     def rows(x: Tensor) -> Tensor:
@@ -107,9 +114,7 @@ def _quantize(tensors: Sequence[Tensor], bits: int, rounding: str, range_mode: s
         sizes = [t.numel() for t in tensors]
         q = rows(torch.cat([t.reshape(-1) for t in tensors]))
         return [chunk.view_as(t) for chunk, t in zip(torch.split(q, sizes), tensors)]
-    if range_mode == "per_tensor":
-        return [rows(t.reshape(-1)).view_as(t) for t in tensors]
-    raise ValueError(f"range_mode must be 'global' or 'per_tensor', not {range_mode!r}")
+    return [rows(t.reshape(-1)).view_as(t) for t in tensors]  # per_tensor
 
 
 def quantize_update(tensors: Sequence[Tensor], bits: int, rounding: str = "nearest",
@@ -144,8 +149,7 @@ def quantize_candidates(tensors: Sequence[Tensor], bits: int, range_mode: str = 
     a quarter of this function's time on LeNet)."""
     if bits >= FLOAT_BITS:
         return [t.clone() for t in tensors]
-    if range_mode not in ("global", "per_tensor"):
-        raise ValueError(f"range_mode must be 'global' or 'per_tensor', not {range_mode!r}")
+    _check_range(range_mode)
     rows = [t.unsqueeze(1) if t.dim() == 1 else t for t in tensors]  # a scalar parameter: one coordinate each
     lo = [r.amin(tuple(range(1, r.dim()))) for r in rows]  # (P,) each
     hi = [r.amax(tuple(range(1, r.dim()))) for r in rows]
@@ -171,7 +175,7 @@ class Quantize(Defense):
             raise ConfigError(f"config key '{key}.bits' = {self.bits} must be in 1..16, or 32 for off")
         if self.rounding not in ("nearest", "stochastic"):
             raise ConfigError(f"config key '{key}.rounding' = {self.rounding!r} is not one of nearest, stochastic")
-        if self.range not in ("global", "per_tensor"):
+        if self.range not in RANGES:
             raise ConfigError(f"config key '{key}.range' = {self.range!r} is not one of global, per_tensor")
         if self.grid not in GRIDS:
             raise ConfigError(f"config key '{key}.grid' = {self.grid!r} is not one of {', '.join(GRIDS)}")
