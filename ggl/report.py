@@ -538,48 +538,75 @@ def dodge(xs: Sequence[float], width: float) -> List[float]:
     return out
 
 
-def plot_privacy_utility(rows: List[dict], path: Path, metric: str = "psnr") -> Path:
-    """Worst case per setting (big markers) and the non-adaptive L2 GGL attacker (small hollow) vs the
-    final test accuracy; one column of panels per defence family, one row per round."""
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
+def _ci_dict(ci: Optional[MeanCI]) -> Optional[dict]:
+    return None if ci is None else {"mean": ci.mean, "low": ci.low, "high": ci.high}
 
-    from ggl.plots import _pyplot
 
+def privacy_utility_data(rows: List[dict], metric: str = "psnr") -> dict:
+    """What ``privacy_utility.png`` plots, as plain data (no matplotlib): the settings in legend order,
+    the families (panel columns) and rounds (panel rows), the baseline band and chance line, and per
+    panel its points: setting, family, round, x (dodged accuracy), acc, y (mean, low, high) and marker
+    ("head": the worst case, big; "contrast": the non-adaptive L2 attacker alone, small hollow)."""
     key, ylabel, _ = PLOT_METRICS[metric]
-    plt = _pyplot()
     heads = [r for r in worst_case_rows(rows) if r["test_acc"] is not None and _ci(r["pairs"], key) is not None]
     contrasts = [c for c in (_contrast(rows, r) for r in heads if r.get("derived")) if c is not None]
     plotted = heads + [c for c in contrasts if _ci(c["pairs"], key) is not None]
     families = list(dict.fromkeys(defense_family(r["setting"]) for r in plotted if r["setting"] != "fp32")) or ["fp32"]
     rounds = sorted({r["round"] for r in plotted}, key=lambda x: -1 if x is None else x) or [None]
-    ncols = len(families)
-    fig, axes = plt.subplots(len(rounds), ncols, figsize=(4.2 * ncols + 2.8, 3.6 * len(rounds) + 0.6), dpi=110,
-                             squeeze=False, sharex=True, sharey=True)
     labels = list(dict.fromkeys(r["setting"] for r in plotted))
-    markers = "osD^vP*Xhp<>d8H"
-    cmap = plt.get_cmap("tab20")
-    style = {lab: (cmap((2 * i) % 20 + (2 * i // 20) % 2), markers[i % len(markers)]) for i, lab in enumerate(labels)}
     all_pairs = [p for r in heads for p in r["pairs"]]
     band = mean_ci(_values(all_pairs, f"best_baseline_{key}"), seed=BOOTSTRAP_SEED)
     accs = [r["test_acc"] for r in plotted]
     width = 0.012 * max(max(accs, default=1) - min(accs, default=0), 0.05)
     ch = chance_level(all_pairs, "top1") if metric == "reid" else None
-    for i, rnd in enumerate(rounds):
-        for ax, family in zip(axes[i], families):
+    panels = []
+    for rnd in rounds:
+        for family in families:
             members = [r for r in plotted if r["round"] == rnd and
                        (defense_family(r["setting"]) == family or r["setting"] == "fp32")]
             xs = dodge([r["test_acc"] for r in members], width)
+            points = [{"setting": r["setting"], "family": defense_family(r["setting"]), "round": r["round"], "x": x,
+                       "acc": r["test_acc"], "y": _ci_dict(_ci(r["pairs"], key)),
+                       "marker": "head" if r in heads else "contrast"} for x, r in zip(xs, members)]
+            panels.append({"round": rnd, "family": family, "points": points})
+    return {"metric": metric, "ylabel": ylabel, "labels": labels, "families": families, "rounds": rounds,
+            "band": _ci_dict(band), "chance": ch, "panels": panels,
+            "n_images": sorted({r["n_images"] for r in heads}), "seeds": sorted({len(r["seeds"]) for r in heads})}
+
+
+def plot_privacy_utility(rows: List[dict], path: Path, metric: str = "psnr") -> Path:
+    """Worst case per setting (big markers) and the non-adaptive L2 GGL attacker (small hollow) vs the
+    final test accuracy; one column of panels per defence family, one row per round
+    (the data: ``privacy_utility_data``)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    from ggl.plots import _pyplot
+
+    data = privacy_utility_data(rows, metric)
+    plt = _pyplot()
+    families, rounds, labels = data["families"], data["rounds"], data["labels"]
+    ncols = len(families)
+    fig, axes = plt.subplots(len(rounds), ncols, figsize=(4.2 * ncols + 2.8, 3.6 * len(rounds) + 0.6), dpi=110,
+                             squeeze=False, sharex=True, sharey=True)
+    markers = "osD^vP*Xhp<>d8H"
+    cmap = plt.get_cmap("tab20")
+    style = {lab: (cmap((2 * i) % 20 + (2 * i // 20) % 2), markers[i % len(markers)]) for i, lab in enumerate(labels)}
+    band, ch = data["band"], data["chance"]
+    panels = iter(data["panels"])
+    for i, rnd in enumerate(rounds):
+        for ax, family in zip(axes[i], families):
+            panel = next(panels)
             if band is not None:
-                ax.axhspan(band.low, band.high, color="0.85", zorder=0)
-                ax.axhline(band.mean, color="0.55", lw=1, ls="--", zorder=1)
+                ax.axhspan(band["low"], band["high"], color="0.85", zorder=0)
+                ax.axhline(band["mean"], color="0.55", lw=1, ls="--", zorder=1)
             if ch is not None:
                 ax.axhline(ch, color="0.3", lw=1, ls=":", zorder=1)
-            for x, r in zip(xs, members):
-                ci = _ci(r["pairs"], key)
-                color, marker = style[r["setting"]]
-                head = r in heads
-                ax.errorbar(x, ci.mean, yerr=[[ci.mean - ci.low], [ci.high - ci.mean]], fmt=marker,
+            for pt in panel["points"]:
+                y = pt["y"]
+                color, marker = style[pt["setting"]]
+                head = pt["marker"] == "head"
+                ax.errorbar(pt["x"], y["mean"], yerr=[[y["mean"] - y["low"]], [y["high"] - y["mean"]]], fmt=marker,
                             ms=7 if head else 4.5, capsize=3 if head else 2, color=color,
                             mfc=color if head else "white", mec=color, mew=1.5 if head else 1, zorder=3 if head else 2,
                             alpha=1.0 if head else 0.8)
@@ -587,7 +614,7 @@ def plot_privacy_utility(rows: List[dict], path: Path, metric: str = "psnr") -> 
             ax.set_title(f"{family}{where}", fontsize=9)
             ax.set_xlabel("final test accuracy (same accuracy: spread sideways)", fontsize=8)
             ax.grid(alpha=0.3)
-        axes[i, 0].set_ylabel(ylabel, fontsize=8)
+        axes[i, 0].set_ylabel(data["ylabel"], fontsize=8)
     handles = [Line2D([], [], ls="", marker=style[lab][1], color=style[lab][0], ms=7, label=lab) for lab in labels]
     handles += [Line2D([], [], ls="", marker="o", color="0.3", ms=7, label="worst case: best attacker per victim"),
                 Line2D([], [], ls="", marker="o", color="0.3", mfc="white", ms=4.5,
@@ -596,8 +623,7 @@ def plot_privacy_utility(rows: List[dict], path: Path, metric: str = "psnr") -> 
     if metric == "reid":
         handles.append(Line2D([], [], color="0.3", ls=":", label="chance"))
     fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
-    n = sorted({r["n_images"] for r in heads})
-    seeds = sorted({len(r["seeds"]) for r in heads})
+    n, seeds = data["n_images"], data["seeds"]
     fig.suptitle(f"Privacy vs utility under GGL (mean, 95% bootstrap CI; n = {', '.join(map(str, n)) or '–'} images, "
                  f"{', '.join(map(str, seeds)) or '–'} seed(s) per point): higher = more leakage, right = better "
                  f"model", fontsize=9)
@@ -608,23 +634,20 @@ def plot_privacy_utility(rows: List[dict], path: Path, metric: str = "psnr") -> 
     return path
 
 
-def plot_leakage_vs_round(rows: List[dict], feds: Sequence[FederationResult], path: Path) -> Optional[Path]:
-    """Three panels over FL rounds, one line per setting: the worst-case PSNR and re-identification
-    top-1 (mean, 95% CI) at each attacked round, and the federation's test accuracy curve."""
-    from matplotlib.ticker import MaxNLocator
+LEAKAGE_PANELS = (("psnr", "worst-case PSNR (dB)"), (HEADLINE, "worst-case re-identification top-1"))
 
-    from ggl.plots import _pyplot
 
+def leakage_vs_round_data(rows: List[dict], feds: Sequence[FederationResult]) -> Optional[dict]:
+    """What ``leakage_vs_round.png`` plots, as plain data, or None when no point has a round: the settings
+    (line order); per leakage panel (PSNR, re-identification) each setting's points (round, x = the round
+    shifted sideways, y mean/low/high) and the baseline band or chance line; the accuracy curves."""
     heads = [r for r in worst_case_rows(rows) if r["round"] is not None]
     if not heads:
         return None
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), dpi=110)
-    cmap = plt.get_cmap("tab10")
     settings = list(dict.fromkeys(r["setting"] for r in heads))
-    color = {s: cmap(i % 10) for i, s in enumerate(settings)}
-    for ax, (key, label) in zip(axes[:2], (("psnr", "worst-case PSNR (dB)"),
-                                           (HEADLINE, "worst-case re-identification top-1"))):
+    panels = []
+    for key, label in LEAKAGE_PANELS:
+        series = []
         for s in settings:
             pts = sorted((r for r in heads if r["setting"] == s and r["probe"] == heads[0]["probe"]),
                          key=lambda r: r["round"])
@@ -632,29 +655,59 @@ def plot_leakage_vs_round(rows: List[dict], feds: Sequence[FederationResult], pa
             cis = [(x, c) for x, c in cis if c is not None]
             if not cis:
                 continue
-            xs = [x + 0.08 * (settings.index(s) - (len(settings) - 1) / 2) for x, _ in cis]
-            ax.errorbar(xs, [c.mean for _, c in cis], yerr=[[c.mean - c.low for _, c in cis], [c.high - c.mean for _, c in cis]],
-                        marker="o", capsize=3, color=color[s], label=s)
-        base_key = "best_baseline_psnr" if key == "psnr" else None
-        if base_key:
-            band = mean_ci(_values([p for r in heads for p in r["pairs"]], base_key), seed=BOOTSTRAP_SEED)
-            if band is not None:
-                ax.axhspan(band.low, band.high, color="0.85", zorder=0, label="strongest label-only baseline")
+            series.append({"setting": s, "points": [
+                {"round": x, "x": x + 0.08 * (settings.index(s) - (len(settings) - 1) / 2), "y": _ci_dict(c)}
+                for x, c in cis]})
+        band = ch = None
+        if key == "psnr":
+            band = _ci_dict(mean_ci(_values([p for r in heads for p in r["pairs"]], "best_baseline_psnr"),
+                                    seed=BOOTSTRAP_SEED))
         else:
             ch = chance_level([p for r in heads for p in r["pairs"]], "top1")
-            if ch is not None:
-                ax.axhline(ch, color="0.3", ls=":", label="chance")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("round of the attacked update (global model after that many rounds)", fontsize=8)
-        ax.set_ylabel(label, fontsize=8)
-        ax.grid(alpha=0.3)
-    ax = axes[2]
+        panels.append({"key": key, "label": label, "series": series, "band": band, "chance": ch})
+    accuracy = []
     for s in settings:
         curves = [f.curve for f in feds if f.label == s and f.curve]
         if curves:
             xs = [r for r, _ in curves[0]]
-            ys = [_mean(dict(c).get(x) for c in curves) for x in xs]
-            ax.plot(xs, ys, marker=".", color=color[s], label=s)
+            accuracy.append({"setting": s, "rounds": xs, "acc": [_mean(dict(c).get(x) for c in curves) for x in xs]})
+    return {"settings": settings, "panels": panels, "accuracy": accuracy}
+
+
+def plot_leakage_vs_round(rows: List[dict], feds: Sequence[FederationResult], path: Path) -> Optional[Path]:
+    """Three panels over FL rounds, one line per setting: the worst-case PSNR and re-identification
+    top-1 (mean, 95% CI) at each attacked round, and the federation's test accuracy curve
+    (the data: ``leakage_vs_round_data``)."""
+    from matplotlib.ticker import MaxNLocator
+
+    from ggl.plots import _pyplot
+
+    data = leakage_vs_round_data(rows, feds)
+    if data is None:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), dpi=110)
+    cmap = plt.get_cmap("tab10")
+    color = {s: cmap(i % 10) for i, s in enumerate(data["settings"])}
+    for ax, panel in zip(axes[:2], data["panels"]):
+        for line in panel["series"]:
+            s, pts = line["setting"], line["points"]
+            ax.errorbar([p["x"] for p in pts], [p["y"]["mean"] for p in pts],
+                        yerr=[[p["y"]["mean"] - p["y"]["low"] for p in pts],
+                              [p["y"]["high"] - p["y"]["mean"] for p in pts]],
+                        marker="o", capsize=3, color=color[s], label=s)
+        band = panel["band"]
+        if band is not None:
+            ax.axhspan(band["low"], band["high"], color="0.85", zorder=0, label="strongest label-only baseline")
+        if panel["chance"] is not None:
+            ax.axhline(panel["chance"], color="0.3", ls=":", label="chance")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("round of the attacked update (global model after that many rounds)", fontsize=8)
+        ax.set_ylabel(panel["label"], fontsize=8)
+        ax.grid(alpha=0.3)
+    ax = axes[2]
+    for curve in data["accuracy"]:
+        ax.plot(curve["rounds"], curve["acc"], marker=".", color=color[curve["setting"]], label=curve["setting"])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("rounds completed", fontsize=8)
     ax.set_ylabel("test accuracy", fontsize=8)
