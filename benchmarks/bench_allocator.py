@@ -1,4 +1,4 @@
-"""Attack generations per second with glibc's default malloc vs ``ggl.allocator.retain_freed_memory``.
+"""Attack generations per second with glibc's default malloc vs ``ggl.core.allocator.retain_freed_memory``.
 
     python benchmarks/bench_allocator.py [--population 50] [--threads 0] [--seconds 10]
 
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
 
     from threadpoolctl import threadpool_limits
 
-    from ggl.allocator import retain_freed_memory
+    from ggl.core.allocator import retain_freed_memory
     from ggl.attack import GGLObjective, infer_labels
 
     G, prior_note = prior(args.prior)

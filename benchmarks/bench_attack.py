@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from ggl.allocator import retain_freed_memory
+    from ggl.core.allocator import retain_freed_memory
 
     retain_freed_memory()  # as attack.py
     G, prior_note = prior(args.prior)

@@ -66,7 +66,7 @@ sys.path.insert(0, str(CODE))
 from _attack_setup import DEFAULT_PRIOR, prior  # noqa: E402
 
 from ggl.audit.reid import HEADLINE  # noqa: E402
-from ggl.stats import paired  # noqa: E402
+from ggl.core.stats import paired  # noqa: E402
 
 
 def _cmaes_adam(generations: int, adam_steps: int, adam_restarts: int, adam_lr=None, population: int = 50) -> dict:
@@ -114,7 +114,7 @@ Q4 = [{"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}]
 def federations(victims: int, trained_round: int, threads: int) -> Dict[str, Path]:
     """{setting: run folder} of the two short federations with audit captures (cached)."""
     from ggl.config import load_config
-    from ggl.fl.run import run_federation
+    from ggl.jobs.federation import run_federation
 
     out = {}
     for setting, chain in (("fp32", []), ("q4", Q4)):
@@ -136,7 +136,7 @@ def attack_curve(obs, truth: torch.Tensor, G, cfg, seed: int, reid) -> List[dict
     """[{units, cpu_s, psnr, reid}] along one search; CPU-seconds exclude the watcher's own work.
     ``reid(images)``: the victim's re-identification score of a reconstruction."""
     from ggl.attack import attack
-    from ggl.metrics import psnr
+    from ggl.audit.metrics import psnr
 
     points, spent_watching = [], [0.0]
     start = time.process_time()
@@ -190,12 +190,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from ggl.allocator import retain_freed_memory
+    from ggl.core.allocator import retain_freed_memory
     from ggl.attack.observation import Observation
     from ggl.attack.schema import AttackConfig
     from ggl.audit.evaluate import Evaluator
     from ggl.audit.truth import find_captures
-    from ggl.seeding import derived_seed
+    from ggl.core.seeding import derived_seed
 
     retain_freed_memory()
     arms = [a for a in args.arms.split(",") if a]

@@ -40,7 +40,7 @@ def victims(n: int, arch: str, init: str, bits: int):
     from ggl.data.datamodule import load_split
     from ggl.defenses.quantize import quantize_update
     from ggl.models import build_model
-    from ggl.seeding import generator
+    from ggl.core.seeding import generator
 
     data, split = load_split(DataConfig())
     model = build_model(arch, 1, 10, init=init, seed=0)
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
 
     from scipy import stats
 
-    from ggl import metrics
+    from ggl.audit import metrics
     from ggl.attack.attackers import get_attacker
     from ggl.attack.schema import AttackConfig
     from ggl.gan.prior import load_prior

@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import Callback
 
 import ggl.defenses.quantize as defense_quantize  # the transform looks up quantize_update here at call time
 from ggl.config import load_config
-from ggl.fl.run import run_federation
+from ggl.jobs.federation import run_federation
 
 REPO = Path(__file__).resolve().parent.parent
 

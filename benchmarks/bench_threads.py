@@ -29,7 +29,7 @@ import torch  # loads the OpenMP runtime with this process's environment
 sys.path.insert(0, "benchmarks")  # cwd is the repository root
 from bench_fedavg import RoundTimer
 from ggl.config import load_config
-from ggl.fl.run import run_federation
+from ggl.jobs.federation import run_federation
 
 rounds, busy, thread_counts = int(sys.argv[1]), int(sys.argv[2]), [int(t) for t in sys.argv[3].split(",")]
 default_threads = torch.get_num_threads()

@@ -16,7 +16,7 @@ import torch
 
 from ggl.attack.attackers import register
 from ggl.attack.attackers.base import Attacker
-from ggl.errors import ConfigError
+from ggl.core.errors import ConfigError
 
 
 @register("prior-best-of-n")    # its name in attack.attackers / the sweep's attackers

@@ -7,7 +7,7 @@ import torch
 
 from ggl.defenses import Defense, reapply, register
 from ggl.defenses.topk import index_bits
-from ggl.errors import ConfigError
+from ggl.core.errors import ConfigError
 
 
 def threshold(tensors, tau):

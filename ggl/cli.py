@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from ggl.errors import UserError
+from ggl.core.errors import UserError
 
 TRAIN_OVERRIDES = "overrides as key=value, e.g. fl.rounds=50 trainer.devices=2 trainer.strategy=ddp"
 ATTACK_OVERRIDES = "overrides as key=value, e.g. attack.generations=50 seed=3 source=runs/fed_q4/latest"
@@ -86,13 +86,13 @@ def train_main(argv: Optional[List[str]] = None) -> int:
 
     def go():
         from ggl.config import load_config
-        from ggl.trainer import apply_torch_threads
+        from ggl.runs.trainer import apply_torch_threads
 
         cfg = load_config(args.config, args.overrides, tasks=("fedavg", "gan"))
         apply_torch_threads(cfg.torch_threads)
         if cfg.task == "fedavg":
-            from ggl.fl.run import run_federation
-            from ggl.initial_weights import start_from
+            from ggl.jobs.federation import run_federation
+            from ggl.models.checkpoint import start_from
 
             res = run_federation(cfg, extra_callbacks=start_from(cfg))
             final = res["final"]
@@ -100,7 +100,7 @@ def train_main(argv: Optional[List[str]] = None) -> int:
                   f"uplink_bits_per_round={final['uplink_bits_per_round']:.0f} "
                   f"compression_ratio={final['compression_ratio']:.2f} -> {res['run_dir']}")
         else:
-            from ggl.gan.run import run_gan
+            from ggl.jobs.gan import run_gan
 
             run_gan(cfg)
 
@@ -122,9 +122,9 @@ def attack_main(argv: Optional[List[str]] = None) -> int:
     state = {}
 
     def go():
-        from ggl.audit.run import run_attack_cli
+        from ggl.jobs.attack import run_attack_cli
         from ggl.config import load_config
-        from ggl.trainer import apply_torch_threads
+        from ggl.runs.trainer import apply_torch_threads
 
         cfg = state["cfg"] = load_config(args.config, overrides, tasks=("attack",))
         apply_torch_threads(cfg.torch_threads)
@@ -135,7 +135,7 @@ def attack_main(argv: Optional[List[str]] = None) -> int:
         cfg = state.get("cfg")
         if cfg is None:
             return f"interrupted; start again with: {again}"
-        from ggl.audit.run import _run_name
+        from ggl.jobs.attack import _run_name
 
         latest = Path(cfg.output_dir) / _run_name(cfg) / "latest"
         return (f"interrupted; an attack does not resume: the settings it finished are in {latest}/results.json; "

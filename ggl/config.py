@@ -19,9 +19,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ggl.attack.schema import AttackConfig
-from ggl.checks import in_range, one_of
+from ggl.core.checks import in_range, one_of
 from ggl.defenses.specs import check_chain, parse_defense
-from ggl.errors import ConfigError
+from ggl.core.errors import ConfigError
 from ggl.gan.schema import GANConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -169,7 +169,7 @@ class Config:
     trainer: Dict[str, Any] = field(default_factory=lambda: {"accelerator": "auto", "devices": 1})
 
     def check(self) -> None:
-        from ggl.trainer import check_trainer_args
+        from ggl.runs.trainer import check_trainer_args
 
         one_of(self.task, ("fedavg", "gan", "attack"), "task")
         check_seed(self.seed, "seed")

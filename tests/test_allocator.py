@@ -1,4 +1,4 @@
-"""ggl.allocator: an attack's freed trial updates are reused, not returned to the OS and faulted in
+"""ggl.core.allocator: an attack's freed trial updates are reused, not returned to the OS and faulted in
 again at every generation (measured in benchmarks/bench_allocator.py: ~3x faster on the CNN)."""
 import subprocess
 import sys
@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from ggl.allocator import retention_supported
+from ggl.core.allocator import retention_supported
 
 # Page faults of one batched evaluation of 20 candidates on the federation's CNN (20 x 544,522
 # parameters = 44 MB of trial updates, materialised as an adaptive attacker's are, in one pass: the CPU's
@@ -14,7 +14,7 @@ from ggl.allocator import retention_supported
 # with glibc's defaults and after retain_freed_memory(). A fresh process, so the defaults are in force.
 SCRIPT = textwrap.dedent("""
     import resource, torch
-    from ggl.allocator import retain_freed_memory
+    from ggl.core.allocator import retain_freed_memory
     from ggl.attack.objective import GGLObjective
     from ggl.attack.observation import Observation
     from ggl.models import build_model

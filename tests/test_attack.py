@@ -197,7 +197,7 @@ def test_adaptive_loss_is_zero_at_the_true_latent_and_the_non_adaptive_is_not(ch
 
 def test_adaptive_attacker_refuses_a_defence_it_cannot_model():
     from ggl.attack.trial import DefenseModel
-    from ggl.errors import UserError
+    from ggl.core.errors import UserError
 
     assert not DefenseModel([{"name": "noise", "std": 0.1}]).active  # zero-mean noise: expectation
     with pytest.raises(UserError):

@@ -10,7 +10,7 @@ import torch
 
 from _attack_fixtures import TinyPrior, make_observation, one_torch_thread  # noqa: F401
 from ggl.cli import attack_main
-from ggl.metrics import psnr
+from ggl.audit.metrics import psnr
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -24,7 +24,7 @@ ROW_KEYS = {"setting", "observation", "image", "dataset_index", "label_true", "l
 def tiny_prior(monkeypatch):
     """attack.py with the tiny stand-in prior instead of the shipped checkpoint."""
     holder = {"prior": TinyPrior()}
-    monkeypatch.setattr("ggl.audit.run.load_attack_prior", lambda path, *_: holder["prior"])
+    monkeypatch.setattr("ggl.jobs.attack.load_attack_prior", lambda path, *_: holder["prior"])
     return holder
 
 
@@ -72,7 +72,7 @@ def test_fresh_attack_writes_results_json_grid_and_captures(tmp_path, tiny_prior
 
 
 def test_federation_captures_feed_attack_py_source(make_cfg, tmp_path, tiny_prior, capsys):
-    from ggl.fl.run import run_federation
+    from ggl.jobs.federation import run_federation
 
     cfg = make_cfg("model.name=lenet", "audit.rounds=[1]", "audit.num_images=2", "audit.victim_client=1",
                    config="fed_q4.yaml")

@@ -14,7 +14,7 @@ from _attack_fixtures import TinyPrior, client_gradient, make_observation, one_t
 from ggl.attack.objective import GGLObjective
 from ggl.attack.trial import DefenseModel
 from ggl.defenses.specs import DEFENSE_SPECS, parse_defense
-from ggl.errors import ConfigError
+from ggl.core.errors import ConfigError
 from ggl.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

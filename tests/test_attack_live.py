@@ -27,7 +27,7 @@ class FakeRun:
 def test_the_run_opens_before_the_search_and_streams_during_it(tmp_path, monkeypatch):
     import wandb
 
-    import ggl.audit.run as run_mod
+    import ggl.jobs.attack as run_mod
 
     events, runs = [], []
 

@@ -44,7 +44,7 @@ def test_observation_round_trips_with_weights_only(tmp_path):
 
 
 def test_fresh_captures_keep_ground_truth_out_of_observations(make_cfg, tmp_path):
-    from ggl.audit.run import defense_settings
+    from ggl.jobs.attack import defense_settings
     from ggl.audit.truth import GroundTruth, find_captures
     from ggl.audit.victim import fresh_captures
     from ggl.data.datamodule import load_split

@@ -14,8 +14,8 @@ from ggl.attack.attackers import (available_attackers, best_per_victim, build_po
 from ggl.attack.attackers.best import wins
 from ggl.attack.schema import AttackConfig
 from ggl.defenses.quantize import quantize_update
-from ggl.errors import ConfigError, UserError
-from ggl import metrics
+from ggl.core.errors import ConfigError, UserError
+from ggl.audit import metrics
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -327,7 +327,7 @@ def test_best_per_victim_can_leave_attackers_out_and_keeps_settings_apart():
 
 
 def test_best_per_victim_reads_the_results_schemas_image_records():
-    from ggl.results import ImageRecord
+    from ggl.audit.records import ImageRecord
 
     def rec(attacker, capture, psnr):
         return ImageRecord(setting="q2-stochastic-global", defense="q2-stochastic-global", attacker=attacker,

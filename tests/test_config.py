@@ -3,7 +3,7 @@ import pytest
 
 from ggl.cli import train_main
 from ggl.config import load_config
-from ggl.errors import ConfigError
+from ggl.core.errors import ConfigError
 
 
 def test_fed_configs_differ_only_in_defence():

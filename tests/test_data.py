@@ -4,7 +4,7 @@ import pytest
 
 from ggl.data.sources import load_dataset
 from ggl.data.splits import indices_hash, partition, split_indices
-from ggl.errors import ConfigError, UserError
+from ggl.core.errors import ConfigError, UserError
 
 
 @pytest.fixture(scope="module")

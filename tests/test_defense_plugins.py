@@ -10,7 +10,7 @@ import torch
 
 from _attack_fixtures import TinyPrior, client_gradient, make_observation, one_torch_thread  # noqa: F401
 from ggl.defenses import REGISTRY, Defense, no_model, parse_defense, register
-from ggl.errors import ConfigError, UserError
+from ggl.core.errors import ConfigError, UserError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "my_defense.py"
 
@@ -83,7 +83,7 @@ def example(registered):
 
 def test_example_defense_runs_a_two_round_federation(example, make_cfg):
     from ggl.fl.callbacks import UpdateTransform
-    from ggl.fl.run import run_federation
+    from ggl.jobs.federation import run_federation
 
     class Record(UpdateTransform):
         sent = []

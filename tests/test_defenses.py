@@ -17,7 +17,7 @@ from ggl.defenses.noise import Noise
 from ggl.defenses.quantize import Quantize
 from ggl.defenses.sign import Sign
 from ggl.defenses.topk import TopK, index_bits, topk_sparsify
-from ggl.errors import ConfigError
+from ggl.core.errors import ConfigError
 from ggl.fl.callbacks import DefenseCallback, build_defense_callbacks
 from ggl.fl.update import ClientUpdate
 
@@ -229,7 +229,7 @@ class _Metrics(Callback):
 
 
 def test_dp_fedavg_run_reports_epsilon(make_cfg):
-    from ggl.fl.run import run_federation
+    from ggl.jobs.federation import run_federation
 
     z = 0.7
     noise = DefenseCallback(Noise(noise_multiplier=z), [Clip(max_norm=1.0), Noise(noise_multiplier=z)], 1)
@@ -253,7 +253,7 @@ def _state(res):
 def test_topk_error_feedback_run_counts_bits_and_checkpoints_residuals(make_cfg):
     from pathlib import Path
 
-    from ggl.fl.run import run_federation
+    from ggl.jobs.federation import run_federation
 
     res = run_federation(make_cfg("fl.rounds=1", *_TINY, config="fed_topk.yaml"))
     ckpt = torch.load(Path(res["run_dir"]) / "checkpoints" / "last.ckpt", weights_only=True)

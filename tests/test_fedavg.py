@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 
 from ggl.fl.callbacks import UpdateTransform
-from ggl.fl.run import run_federation
+from ggl.jobs.federation import run_federation
 
 
 def _weights(run_dir) -> dict:

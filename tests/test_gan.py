@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ggl.config import load_config
-from ggl.errors import ConfigError, UserError
+from ggl.core.errors import ConfigError, UserError
 
 FAST = ["data.name=digits", "gan.g_width=16", "gan.d_width=16", "gan.classifier_epochs=1",
         "gan.quality_every=0", "gan.eval_samples=200", "gan.bn_recalibration=2", "gan.sample_every=1",
@@ -25,7 +25,7 @@ def gan_config(out_dir, *overrides):
 @pytest.fixture(scope="module")
 def run20(tmp_path_factory):
     """One 20-step GAN run on `digits` (shared by several tests)."""
-    from ggl.gan.run import run_gan
+    from ggl.jobs.gan import run_gan
 
     out = tmp_path_factory.mktemp("gan20")
     cfg = gan_config(out)
@@ -140,7 +140,7 @@ def test_run_writes_loadable_prior_and_artefacts(run20):
 
 
 def test_same_seed_same_grid_and_prior_other_seed_differs(run20, tmp_path):
-    from ggl.gan.run import run_gan
+    from ggl.jobs.gan import run_gan
 
     cfg, _, run_dir = run20
     again = pathlib.Path(run_gan(gan_config(tmp_path / "a", "gan.quality_every=0"))["run_dir"])
@@ -154,7 +154,7 @@ def test_same_seed_same_grid_and_prior_other_seed_differs(run20, tmp_path):
 
 
 def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
-    from ggl.gan.run import run_gan
+    from ggl.jobs.gan import run_gan
 
     common = ["gan.max_steps=null", "gan.g_width=8", "gan.d_width=8", "checkpoint_every=1"]
     full = run_gan(gan_config(tmp_path / "full", *common, "gan.epochs=2"))
@@ -180,7 +180,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
 
 def test_unconditional_wgan_gp_run(tmp_path):
     from ggl.gan.prior import load_prior
-    from ggl.gan.run import run_gan
+    from ggl.jobs.gan import run_gan
 
     res = run_gan(gan_config(tmp_path, "gan.loss=wgan-gp", "gan.conditional=false", "gan.n_critic=2",
                              "gan.max_steps=4", "gan.ema=0", "gan.spectral_norm=false", "gan.augment=translation"))

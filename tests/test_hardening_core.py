@@ -14,7 +14,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from ggl.errors import ConfigError, UserError
+from ggl.core.errors import ConfigError, UserError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -85,7 +85,7 @@ class _Poison(Callback):
 
 
 def test_huge_finite_update_is_rejected_and_results_are_strict_json(make_cfg):
-    from ggl.fl.run import run_federation
+    from ggl.jobs.federation import run_federation
 
     res = run_federation(make_cfg("fl.rounds=1", "fl.clients_per_round=4"), extra_callbacks=[_Poison(3e38)])
     saved = _strict(Path(res["run_dir"]) / "results.json")
@@ -96,14 +96,14 @@ def test_huge_finite_update_is_rejected_and_results_are_strict_json(make_cfg):
 
 
 def test_a_failing_defence_stops_the_run_with_its_message(make_cfg):
-    from ggl.fl.run import run_federation
+    from ggl.jobs.federation import run_federation
 
     with pytest.raises(RuntimeError, match="defence chain failed.*ValueError: broken defence"):
         run_federation(make_cfg("fl.rounds=1"), extra_callbacks=[_Poison(error=ValueError("broken defence"))])
 
 
 def test_write_json_is_strict_and_says_where_a_number_was_not_finite(tmp_path):
-    from ggl.tracking import write_json
+    from ggl.runs.folder import write_json
 
     write_json(tmp_path / "r.json", {"final": {"test_loss": float("nan"), "acc": 0.5},
                                      "history": [{"loss": torch.tensor(float("inf"))}], "v": torch.tensor([1.0, float("nan")])})
@@ -117,7 +117,7 @@ def test_write_json_is_strict_and_says_where_a_number_was_not_finite(tmp_path):
 # ------------------------------------------------------------------------------ atomic writes
 
 def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path):
-    from ggl.atomic import atomic_open, atomic_write_text
+    from ggl.core.atomic import atomic_open, atomic_write_text
 
     target = atomic_write_text(tmp_path / "f.txt", "old")
     with pytest.raises(KeyboardInterrupt):
@@ -143,9 +143,9 @@ def _crafted(path: Path, marker: Path) -> Path:
 
 
 def test_a_crafted_pickle_is_refused_and_never_runs_whatever_the_environment(tmp_path, monkeypatch):
-    from ggl.checkpointing import AtomicCheckpointIO
+    from ggl.runs.checkpointing import AtomicCheckpointIO
     from ggl.gan.prior import load_prior
-    from ggl.safe_load import safe_load
+    from ggl.core.safe_load import safe_load
 
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     marker = tmp_path / "pwned"
@@ -162,7 +162,7 @@ def test_a_crafted_pickle_is_refused_and_never_runs_whatever_the_environment(tmp
 
 def test_truncated_and_text_files_are_one_line_errors(tmp_path):
     from ggl.gan.prior import load_prior
-    from ggl.safe_load import safe_load
+    from ggl.core.safe_load import safe_load
 
     good = tmp_path / "good.pt"
     torch.save({"a": torch.ones(1000)}, good)
@@ -203,7 +203,7 @@ def test_a_prior_naming_a_foreign_class_is_refused_before_import(tmp_path, monke
 
 @pytest.mark.parametrize("name", ["../../x", "/tmp/abs_ggl_name", "a/b", ".."])
 def test_a_name_that_leaves_output_dir_is_refused(make_cfg, tmp_path, name):
-    from ggl.fl.run import run_federation
+    from ggl.jobs.federation import run_federation
 
     with pytest.raises(UserError, match="config key 'name'"):
         run_federation(make_cfg(f"name={name}"))
@@ -211,7 +211,7 @@ def test_a_name_that_leaves_output_dir_is_refused(make_cfg, tmp_path, name):
 
 
 def test_a_set_up_error_leaves_no_folder_and_does_not_move_latest(make_cfg, tmp_path, monkeypatch):
-    import ggl.fl.run as fl_run
+    import ggl.jobs.federation as fl_run
 
     parent = tmp_path / "runs" / "fed_fp32"
     (parent / "20000101-000000").mkdir(parents=True)
@@ -233,8 +233,8 @@ class _CtrlC(Callback):
 
 def test_resume_guards_and_ctrl_c(make_cfg, tmp_path, capsys):
     """One small federation, then everything a resume must refuse or leave alone."""
-    from ggl.fl.run import run_federation
-    from ggl.tracking import RunLock
+    from ggl.jobs.federation import run_federation
+    from ggl.runs.folder import RunLock
 
     # Ctrl-C in round 1: the KeyboardInterrupt reaches the caller with the run folder, files intact
     with pytest.raises(KeyboardInterrupt) as ki:
@@ -292,8 +292,8 @@ def test_resume_guards_and_ctrl_c(make_cfg, tmp_path, capsys):
 
 
 def test_fewer_rounds_than_done_is_refused(make_cfg):
-    from ggl.fl.run import finished_results
-    from ggl.resume import RunFolder
+    from ggl.jobs.federation import finished_results
+    from ggl.runs.resume import RunFolder
 
     run = RunFolder(Path("/nonexistent"), ckpt=Path("x"), checkpoint={"epoch": 1, "ggl_rounds_completed": 2})
     with pytest.raises(UserError, match="already trained 2 rounds; resume with fl.rounds >= 2"):
@@ -317,7 +317,7 @@ def test_torchrun_two_processes_leave_one_run_folder(tmp_path):
 # ------------------------------------------------------------------------------ GAN export, report, sweep
 
 def test_gan_export_refuses_existing_files_unless_asked(tmp_path):
-    from ggl.gan.run import check_export
+    from ggl.jobs.gan import check_export
 
     target = tmp_path / "prior.pt"
     check_export(target, overwrite=False)  # nothing there yet
@@ -329,7 +329,7 @@ def test_gan_export_refuses_existing_files_unless_asked(tmp_path):
 
 def test_gan_run_with_an_existing_export_stops_before_training(tmp_path):
     from ggl.config import load_config
-    from ggl.gan.run import run_gan
+    from ggl.jobs.gan import run_gan
 
     target = tmp_path / "shipped.pt"
     target.write_bytes(b"the shipped prior")
@@ -395,7 +395,7 @@ def test_done_check_ignores_keys_outside_the_experiment():
 
 def test_a_config_saved_before_a_key_existed_is_the_same_experiment():
     """Runs made before `quantize.grid` / `audit.probe` existed stay resumable and "done" for the sweep."""
-    from ggl.resume import experiment
+    from ggl.runs.resume import experiment
 
     old = {"task": "fedavg", "seed": 0, "data": {}, "model": {}, "fl": {"rounds": 3}, "audit": {"rounds": []},
            "defenses": [{"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}]}

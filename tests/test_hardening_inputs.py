@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from ggl.cli import attack_main, train_main
 from ggl.config import CONFIG_DIR, Config, _read_yaml, load_config, resolve_config_path
-from ggl.errors import UserError
+from ggl.core.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["logger.mode=disabled", "data.name=digits", "data.num_clients=4", "fl.local_epochs=1", "fl.rounds=2",
@@ -174,7 +174,7 @@ def test_ctrl_c_before_training_says_start_again(tmp_path, capsys, monkeypatch):
     def interrupt(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("ggl.fl.run.FederatedDataModule.setup", interrupt)
+    monkeypatch.setattr("ggl.jobs.federation.FederatedDataModule.setup", interrupt)
     assert train_main(["--config", "fed_q4.yaml", f"output_dir={tmp_path}", *TINY]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("interrupted before training started; start again with: python train.py --config fed_q4.yaml")
@@ -243,8 +243,8 @@ def test_help_shows_own_examples_and_configs(main, own, other, capsys):
 def test_model_checkpoint_is_the_starting_state(make_cfg, tmp_path):
     from lightning.pytorch.callbacks import Callback
 
-    from ggl.fl.run import run_federation
-    from ggl.initial_weights import start_from
+    from ggl.jobs.federation import run_federation
+    from ggl.models.checkpoint import start_from
     from ggl.models import build_model
 
     start = build_model("cnn", 1, 10, seed=123).state_dict()
@@ -388,7 +388,7 @@ def test_wheel_package_list_is_every_ggl_package():
 def two_round_run(tmp_path_factory):
     from lightning.pytorch.loggers import WandbLogger
 
-    from ggl.fl.run import run_federation
+    from ggl.jobs.federation import run_federation
 
     tmp = tmp_path_factory.mktemp("rounds")
     logged = []

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from ggl import metrics
+from ggl.audit import metrics
 from ggl.models import build_model
 
 

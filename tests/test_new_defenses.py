@@ -132,7 +132,7 @@ def _numel(res):
 def test_two_round_federation_counts_the_defense_bits(make_cfg, entry, bits_per_client):
     import json
 
-    from ggl.fl.run import run_federation
+    from ggl.jobs.federation import run_federation
 
     res = run_federation(make_cfg(f"defenses=[{json.dumps(entry)}]", *_TINY))
     assert res["final"]["rounds"] == 2 and res["final"]["rejected_updates"] == 0

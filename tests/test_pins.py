@@ -71,7 +71,7 @@ def test_shipped_csvs_round_trip_byte_for_byte(tmp_path):
     """write_csv(read_csv(reports/per_image.csv)) and write_accuracy_csv of what it read are the shipped
     files, byte for byte (no golden: the shipped files are the reference). Read from a copy beside which
     the rewrite goes, so the relative ``images`` paths resolve the same."""
-    from ggl.results import read_csv, write_accuracy_csv, write_csv
+    from ggl.audit.records import read_csv, write_accuracy_csv, write_csv
 
     for f in ("per_image.csv", "accuracy.csv"):
         shutil.copy(REPORTS / f, tmp_path / f)
@@ -93,7 +93,7 @@ def _recon_data(rows) -> dict:
 
 def _figures_data(csv_path: Path) -> dict:
     from ggl.report import build_points, leakage_vs_round_data, privacy_utility_data
-    from ggl.results import read_csv
+    from ggl.audit.records import read_csv
 
     pairs = read_csv(csv_path)
     rows = build_points(pairs)
@@ -139,7 +139,7 @@ def tiny_sweep(tmp_path_factory):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("ggl.audit.run.load_attack_prior", lambda path, *_: TinyPrior())
+        mp.setattr("ggl.jobs.attack.load_attack_prior", lambda path, *_: TinyPrior())
         mp.setenv("TORCH_HOME", str(root / "no_torch_home"))
         assert main([str(ROOT / "configs" / "sweep_tiny.yaml"), f"output_dir={root / 'runs'}", "--no-progress"]) == 0
         assert report_main([str(root / "runs"), "--out", str(root / "report")]) == 0
@@ -163,7 +163,7 @@ def test_tiny_sweep_results_json_keys_and_reconstructions(tiny_sweep):
     ``records_format`` and this golden on purpose.
     Regenerate: GGL_REGEN_GOLDEN=1 pytest tests/test_pins.py -k tiny_sweep."""
     from ggl.report import build_points
-    from ggl.results import read_csv
+    from ggl.audit.records import read_csv
 
     keys = {}
     for name in ("attack-fp32", "attack-q4", "attack-q4-adaptive"):
@@ -214,10 +214,10 @@ def test_capture_parity(make_cfg, tmp_path):
     a 2-round q4 federation capturing rounds 0 and 1 (lenet, digits, 2 victims): tests/golden/captures.json.
     Bit-level: the same seeds and kernels on one CPU kind give the same bytes.
     Regenerate: GGL_REGEN_GOLDEN=1 pytest tests/test_pins.py -k capture_parity."""
-    from ggl.audit.run import defense_settings
+    from ggl.jobs.attack import defense_settings
     from ggl.audit.truth import find_captures
     from ggl.audit.victim import fresh_captures
-    from ggl.fl.run import run_federation
+    from ggl.jobs.federation import run_federation
 
     cfg = make_cfg("audit.num_images=2", "audit.batch_size=1", "model.name=lenet", "model.init=dlg",
                    config="attack.yaml")
@@ -238,7 +238,7 @@ def test_capture_parity(make_cfg, tmp_path):
 
 def _config_snapshot() -> dict:
     from ggl.config import CONFIG_DIR, load_config, to_container
-    from ggl.errors import ConfigError
+    from ggl.core.errors import ConfigError
     from ggl.sweep import load_sweep
 
     out = {}
@@ -273,7 +273,7 @@ def _legacy_files() -> dict:
     """One attack results.json of each historical format (as tests/test_report.py builds them): this
     version's ``ggl.records/1``, ``per_image`` rows without ``records``, and the pre-records rows whose
     ``baseline_<metric>`` was the random prior sample and which lack ``batch_label_acc``."""
-    from ggl.results import add_records
+    from ggl.audit.records import add_records
 
     source = "runs/fed-q4/20250101-000100"
     rows = []
@@ -304,7 +304,7 @@ def test_old_results_formats_still_read(fmt):
     same records as tests/golden/legacy/<format>/records.json (``ImageRecord.to_json``). After the move
     the reader is ``audit.legacy``; the files stay. Regenerate (files and records):
     GGL_REGEN_GOLDEN=1 pytest tests/test_pins.py -k old_results."""
-    from ggl.results import read_attack_records
+    from ggl.audit.records import read_attack_records
 
     path = LEGACY / fmt / "results.json"
     if REGEN:

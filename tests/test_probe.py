@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from _attack_fixtures import one_torch_thread  # noqa: F401
-from ggl.errors import ConfigError
+from ggl.core.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _fresh(make_cfg, tmp_path, probe, local_steps=None, batch=4):
     from ggl.attack.observation import Observation
-    from ggl.audit.run import defense_settings
+    from ggl.jobs.attack import defense_settings
     from ggl.audit.victim import fresh_captures
 
     cfg = make_cfg(f"audit.num_images={batch}", f"audit.batch_size={batch}", "model.name=lenet", "model.init=dlg",
@@ -84,7 +84,7 @@ def test_a_federation_captures_the_local_update_probe_at_its_global_model(make_c
     from ggl.attack.observation import Observation
     from ggl.audit.truth import find_captures
     from ggl.audit.victim import probe_kind
-    from ggl.fl.run import run_federation
+    from ggl.jobs.federation import run_federation
 
     cfg = make_cfg("fl.rounds=1", "audit.rounds=[0]", "audit.num_images=4", "audit.batch_size=4",
                    "fl.local_steps=1")

@@ -85,7 +85,7 @@ def test_seed_grid_has_2_pow_bits_plus_one_levels_and_reproduces_the_formula(bit
 
 def test_seed_grid_is_a_config_key_with_its_own_label():
     from ggl.defenses import parse_defense
-    from ggl.errors import ConfigError
+    from ggl.core.errors import ConfigError
 
     q = parse_defense({"name": "quantize", "bits": 8, "grid": "seed"}, "defenses[0]")
     assert q.label == "q8-seedgrid" and parse_defense({"name": "quantize", "bits": 8}, "d").label == "q8"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from ggl.report import collect, defense_family, dodge, main, reconstruction_rows, write_report
-from ggl.results import add_records
-from ggl.stats import mean_ci
+from ggl.audit.records import add_records
+from ggl.core.stats import mean_ci
 
 Q4 = {"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}
 # per image: the three label-only baselines' PSNR; the best is 12 and 14 (mean 13)
@@ -154,7 +154,7 @@ ORDER = ("best per victim", "ggl-l2", "ggl-l2-adaptive")
 
 def _recompute_table(csv_path: Path) -> list:
     """Every cell of the report's table of every attacker from the CSV alone (plain csv, numpy and
-    ggl.stats.mean_ci), the worst case per victim included."""
+    ggl.core.stats.mean_ci), the worst case per victim included."""
     with csv_path.open(newline="") as fh:
         lines = list(csv.DictReader(fh))
     points = {}

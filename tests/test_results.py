@@ -1,4 +1,4 @@
-"""ggl.results on what the attack job really writes: its per-image rows become typed records (with the
+"""ggl.audit.records on what the attack job really writes: its per-image rows become typed records (with the
 federation they came from), the report reads them, and the CSV gives back the same records."""
 from __future__ import annotations
 
@@ -10,18 +10,18 @@ import pytest
 from _attack_fixtures import TinyPrior, one_torch_thread  # noqa: F401
 from ggl.cli import attack_main
 from ggl.report import collect
-from ggl.results import ImageRecord, SchemaError, add_records, read_attack_records, read_csv, write_csv
+from ggl.audit.records import ImageRecord, SchemaError, add_records, read_attack_records, read_csv, write_csv
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_attack_rows_become_records_that_round_trip_through_json_and_csv(tmp_path, monkeypatch):
-    monkeypatch.setattr("ggl.audit.run.load_attack_prior", lambda path, *_: TinyPrior())
+    monkeypatch.setattr("ggl.jobs.attack.load_attack_prior", lambda path, *_: TinyPrior())
     assert attack_main([f"output_dir={tmp_path / 'runs'}", "logger.mode=disabled", "data.name=digits",
                         "audit.num_images=2", "attack.optimizer=cmaes", "attack.generations=2",
                         "attack.population=6", "attack.progress=false"]) == 0
     path = Path(tmp_path / "runs" / "attack" / "latest").resolve() / "results.json"
-    data = add_records(json.loads(path.read_text()))  # what ggl.audit.run writes once it calls add_records
+    data = add_records(json.loads(path.read_text()))  # what ggl.jobs.attack writes once it calls add_records
     path.write_text(json.dumps(data))
     recs = read_attack_records(path, json.loads(path.read_text()))
     assert [(r.setting, r.attacker, r.image) for r in recs] == [("fp32", "non-adaptive", 0), ("fp32", "non-adaptive", 0),

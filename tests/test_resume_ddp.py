@@ -9,7 +9,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from ggl.fl.run import run_federation
+from ggl.jobs.federation import run_federation
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,7 +31,7 @@ def test_resume_equals_uninterrupted(make_cfg):
 
 
 def test_resume_refuses_a_different_experiment(make_cfg):
-    from ggl.errors import UserError
+    from ggl.core.errors import UserError
 
     first = run_federation(make_cfg("fl.rounds=1"))
     with pytest.raises(UserError, match="fl.lr differ"):

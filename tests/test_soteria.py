@@ -9,7 +9,7 @@ import torch
 from _attack_fixtures import one_torch_thread  # noqa: F401
 from ggl.defenses import parse_defense
 from ggl.defenses.soteria import soteria_keep, soteria_scores
-from ggl.errors import ConfigError
+from ggl.core.errors import ConfigError
 from ggl.fl.callbacks import UpdateTransform, apply_defenses, build_defense_callbacks
 from ggl.fl.client import train_client
 from ggl.models import build_model
@@ -82,7 +82,7 @@ class _Record(UpdateTransform):
 
 
 def test_two_round_federation_prunes_every_update(make_cfg):
-    from ggl.fl.run import run_federation
+    from ggl.jobs.federation import run_federation
 
     record = _Record()
     res = run_federation(make_cfg("defenses=[{name: soteria, percent: 50, layer: classifier.3}]",

@@ -1,10 +1,10 @@
-"""ggl.stats: the bootstrap CI has its coverage; the paired comparison matches a hand computation."""
+"""ggl.core.stats: the bootstrap CI has its coverage; the paired comparison matches a hand computation."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ggl.stats import mean_ci, paired, rank_sums
+from ggl.core.stats import mean_ci, paired, rank_sums
 
 
 def test_bootstrap_ci_covers_the_true_mean_in_at_least_90_percent_of_200_draws():

@@ -96,7 +96,7 @@ def test_bad_parameters_are_one_line_exit_2(tmp_path, capsys, extra, message):
 
 
 def test_sweep_file_must_stay_wandb_syntax(tmp_path):
-    from ggl.errors import ConfigError
+    from ggl.core.errors import ConfigError
 
     bad = tmp_path / "s.yaml"
     bad.write_text(TINY.read_text() + "settings: {}\n")
@@ -106,7 +106,7 @@ def test_sweep_file_must_stay_wandb_syntax(tmp_path):
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_tiny_sweep_runs_then_skips_everything_on_rerun(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("ggl.audit.run.load_attack_prior", lambda path, *_: TinyPrior())
+    monkeypatch.setattr("ggl.jobs.attack.load_attack_prior", lambda path, *_: TinyPrior())
     out = tmp_path / "runs"
     args = [str(TINY), f"output_dir={out}", "--no-progress"]
     assert main(args) == 0
@@ -151,7 +151,7 @@ def test_portfolio_sweep_over_two_rounds_reports_the_worst_case_per_round(tmp_pa
     """The headline's shape on a tiny case: captures at rounds 0 and 1, the portfolio per setting (ggl-eot
     refuses the deterministic q4 and says why), points per round, the worst case with who won, and the
     accuracy of the model each round's victims were attacked at."""
-    monkeypatch.setattr("ggl.audit.run.load_attack_prior", lambda path, *_: TinyPrior())
+    monkeypatch.setattr("ggl.jobs.attack.load_attack_prior", lambda path, *_: TinyPrior())
     out = tmp_path / "runs"
     assert main([str(TINY), f"output_dir={out}", "--no-progress", "attackers=[ggl-l2, ggl-l2-adaptive, ggl-eot]",
                  "defenses=[{name: quantize, bits: 4, rounding: nearest, range: global}]", "fed.fl.rounds=2",

@@ -1,9 +1,9 @@
-"""ggl.worst_case: a setting's leakage against the portfolio is, per victim, the best any attacker did on
+"""ggl.report.worst_case: a setting's leakage against the portfolio is, per victim, the best any attacker did on
 each metric (lower is better for LPIPS), with the PSNR winner named; missing scores never win."""
 from __future__ import annotations
 
-from ggl.results import ImageRecord, record_from_row
-from ggl.worst_case import WORST_CASE, best_record, worst_case_points
+from ggl.audit.records import ImageRecord, record_from_row
+from ggl.report.worst_case import WORST_CASE, best_record, worst_case_points
 
 
 def _rec(name: str, probe: str, psnr, lpips, reid, leak):

@@ -19,7 +19,7 @@ from ggl.attack.labels import infer_labels
 from ggl.attack.objective import GGLObjective
 from ggl.attack.observation import Observation
 from ggl.attack.search import SearchResult, run_search, search_units
-from ggl.errors import UserError
+from ggl.core.errors import UserError
 
 __all__ = ["Observation", "GGLObjective", "SearchResult", "attack", "check_prior_fits", "infer_labels",
            "prior_probes", "run_search", "search_units"]

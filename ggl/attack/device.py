@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ggl.errors import ConfigError
+from ggl.core.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 

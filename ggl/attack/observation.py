@@ -17,9 +17,9 @@ from typing import Dict, List
 import torch
 from torch import Tensor, nn
 
-from ggl.errors import UserError
-from ggl.safe_load import safe_load
-from ggl.atomic import atomic_write_with
+from ggl.core.errors import UserError
+from ggl.core.safe_load import safe_load
+from ggl.core.atomic import atomic_write_with
 
 FORMAT = "ggl.observation/1"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from ggl.checks import one_of
-from ggl.errors import ConfigError
+from ggl.core.checks import one_of
+from ggl.core.errors import ConfigError
 
 OPTIMIZERS = ("cmaes", "adam", "cmaes_adam")
 LOSSES = ("l2", "cosine")

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ggl.attack.objective import GGLObjective
-from ggl.seeding import derived_seed
+from ggl.core.seeding import derived_seed
 
 Tick = Optional[Callable[[int], None]]
 REL_IMPROVEMENT = 1e-3  # a loss that falls by less than 0.1% is no improvement for early stopping

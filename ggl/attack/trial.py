@@ -26,7 +26,7 @@ from torch.func import functional_call, grad, vmap
 
 from ggl.attack.observation import Observation
 from ggl.attack.per_candidate import PerCandidateGradients, supports as supports_per_candidate
-from ggl.errors import UserError
+from ggl.core.errors import UserError
 
 
 class ClientSimulator:

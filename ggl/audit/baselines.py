@@ -18,7 +18,7 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor, nn
 
-from ggl.seeding import derived_seed
+from ggl.core.seeding import derived_seed
 
 BASELINES = ("prior_mean", "public_mean", "prior_sample")
 PRIOR_MEAN_SAMPLES = 500

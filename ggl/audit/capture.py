@@ -19,8 +19,8 @@ from lightning.pytorch.callbacks import Callback
 from ggl.audit.truth import GroundTruth, capture_paths
 from ggl.audit.victim import check_probe_fits, draw_private, observation_from_update, probe_of, probe_update
 from ggl.defenses.specs import defenses_label
-from ggl.errors import ConfigError
-from ggl.seeding import STREAM_LOCAL_DATA, generator
+from ggl.core.errors import ConfigError
+from ggl.core.seeding import STREAM_LOCAL_DATA, generator
 
 AUDIT_DIR = "audit"
 

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ggl import metrics
+from ggl.audit import metrics
 from ggl.audit import baselines as label_only
 from ggl.audit.reid import Gallery, load_feature_classifier
 from ggl.audit.truth import GroundTruth
-from ggl.errors import UserError
+from ggl.core.errors import UserError
 
 METRICS = ("psnr", "ssim", "lpips", "mse", "feature_mse")
 

@@ -24,7 +24,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 from torch import Tensor, nn
-from ggl.safe_load import safe_load
+from ggl.core.safe_load import safe_load
 
 SPACES = ("pixel", "feature")
 GALLERIES = ("all", "class")

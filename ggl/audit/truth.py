@@ -12,9 +12,9 @@ from typing import Dict, List, Tuple
 import torch
 from torch import Tensor
 
-from ggl.errors import UserError
-from ggl.safe_load import safe_load
-from ggl.atomic import atomic_write_with
+from ggl.core.errors import UserError
+from ggl.core.safe_load import safe_load
+from ggl.core.atomic import atomic_write_with
 
 FORMAT = "ggl.ground_truth/1"
 OBS_DIR = "observations"

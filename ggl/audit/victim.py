@@ -30,10 +30,10 @@ from torch import nn
 
 from ggl.attack.observation import Observation
 from ggl.audit.truth import GroundTruth, capture_paths
-from ggl.errors import ConfigError, UserError
+from ggl.core.errors import ConfigError, UserError
 from ggl.fl.update import ClientUpdate
-from ggl.seeding import STREAM_AUDIT, STREAM_LOCAL_DATA, generator
-from ggl.safe_load import safe_load
+from ggl.core.seeding import STREAM_AUDIT, STREAM_LOCAL_DATA, generator
+from ggl.core.safe_load import safe_load
 
 
 PROBES = ("fedsgd", "local_update")

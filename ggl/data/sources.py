@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ggl.errors import UserError
-from ggl.safe_load import safe_load
+from ggl.core.errors import UserError
+from ggl.core.safe_load import safe_load
 
 IMAGE_SIZE = 32
 

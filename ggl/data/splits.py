@@ -12,7 +12,7 @@ from typing import List
 
 import numpy as np
 
-from ggl.errors import ConfigError
+from ggl.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

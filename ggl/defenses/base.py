@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 from torch import Tensor
 
-from ggl.errors import ConfigError
+from ggl.core.errors import ConfigError
 
 FLOAT_BITS = 32
 

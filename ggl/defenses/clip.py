@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ggl.defenses.base import Defense, reapply, register
-from ggl.errors import ConfigError
+from ggl.core.errors import ConfigError
 
 # Opacus' guard against division by zero: the factor max_norm / (norm + EPS) keeps the clipped norm
 # strictly below max_norm, never above it through rounding

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ggl.defenses.base import FLOAT_BITS, Defense, expectation, register
-from ggl.errors import ConfigError
+from ggl.core.errors import ConfigError
 
 # Gaussian noise draws from (seed, round, client, STREAM_DEFENSE, NOISE_SUBSTREAM): never the stream
 # stochastic rounding uses (update.rng(STREAM_DEFENSE)), so a chain with both has independent draws
@@ -96,7 +96,7 @@ class Noise(Defense):
         return bound
 
     def transform(self, tensors, update):
-        from ggl.seeding import STREAM_DEFENSE, generator
+        from ggl.core.seeding import STREAM_DEFENSE, generator
 
         std = self.resolved[0]
         if std == 0:

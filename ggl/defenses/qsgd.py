@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ggl.defenses.base import FLOAT_BITS, Defense, expectation, flat_cat, register, split_like
-from ggl.errors import ConfigError
+from ggl.core.errors import ConfigError
 
 # draws from (seed, round, client, STREAM_DEFENSE, QSGD_SUBSTREAM): apart from noise and stochastic rounding
 QSGD_SUBSTREAM = 2
@@ -66,7 +66,7 @@ class QSGD(Defense):
         return f"qsgd{self.levels}-b{self.bucket_size}"
 
     def transform(self, tensors, update):
-        from ggl.seeding import STREAM_DEFENSE, generator
+        from ggl.core.seeding import STREAM_DEFENSE, generator
 
         device = tensors[0].device if tensors else "cpu"
         gen = generator(update.seed, update.round, update.client_id, STREAM_DEFENSE, QSGD_SUBSTREAM, device=device)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ggl.defenses.base import FLOAT_BITS, Defense, expectation, reapply, register
-from ggl.errors import ConfigError
+from ggl.core.errors import ConfigError
 
 # what a quantized payload carries besides its codes: the range minimum and the step, as float32
 SCALE_BITS_PER_RANGE = 2 * FLOAT_BITS
@@ -190,7 +190,7 @@ class Quantize(Defense):
     def transform(self, tensors, update):
         if self.bits >= FLOAT_BITS:
             return list(tensors), None
-        from ggl.seeding import STREAM_DEFENSE
+        from ggl.core.seeding import STREAM_DEFENSE
 
         gen = update.rng(STREAM_DEFENSE) if self.rounding == "stochastic" else None
         return quantize_update(tensors, self.bits, self.rounding, self.range, generator=gen, grid=self.grid)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ggl.defenses.base import Defense, check_percent, observed_mask, register, share_count
-from ggl.errors import ConfigError, UserError
+from ggl.core.errors import ConfigError, UserError
 
 
 def linear_layers(model: nn.Module) -> List[str]:

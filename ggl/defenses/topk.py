@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ggl.defenses.base import FLOAT_BITS, Defense, flat_cat, observed_mask, register, split_like
-from ggl.errors import ConfigError
+from ggl.core.errors import ConfigError
 
 
 def topk_count(numel: int, fraction: float) -> int:

@@ -25,7 +25,7 @@ from ggl.fl.callbacks import apply_defenses
 from ggl.fl.client import as_delta, train_client
 from ggl.fl.update import ClientUpdate
 from ggl.models import build_model
-from ggl.seeding import STREAM_LOCAL_DATA, STREAM_SAMPLING, generator
+from ggl.core.seeding import STREAM_LOCAL_DATA, STREAM_SAMPLING, generator
 
 # An update whose largest |value| exceeds this many times the largest global weight (at least 1) is
 # rejected as absurd: legitimate deltas and gradients are within a few orders of magnitude of the weights.

@@ -7,7 +7,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
-from ggl.seeding import generator
+from ggl.core.seeding import generator
 
 
 @dataclass

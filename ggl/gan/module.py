@@ -28,7 +28,7 @@ from torch.utils.data import Sampler
 
 from ggl.gan.prior import PriorGenerator, build_generator, freeze, generator_kwargs
 from ggl.models.gan import Discriminator
-from ggl.seeding import generator
+from ggl.core.seeding import generator
 
 STREAM_NOISE = 21
 STREAM_ORDER = 22

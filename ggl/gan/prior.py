@@ -21,10 +21,10 @@ from typing import Any, Dict, Iterable, Optional
 import torch
 from torch import Tensor, nn
 
-from ggl.atomic import atomic_write_with
-from ggl.errors import UserError
+from ggl.core.atomic import atomic_write_with
+from ggl.core.errors import UserError
 from ggl.gan.schema import BUILTIN_GENERATOR
-from ggl.safe_load import safe_load
+from ggl.core.safe_load import safe_load
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PRIOR = REPO_ROOT / "checkpoints" / "gan_mnist5k.pt"
@@ -137,7 +137,7 @@ def prior_state(G: PriorGenerator, class_path: str, kwargs: Dict[str, Any],
 
 
 def save_prior(path: str | Path, state: Dict[str, Any]) -> Path:
-    """Write atomically (``ggl.atomic``)."""
+    """Write atomically (``ggl.core.atomic``)."""
     return atomic_write_with(path, lambda fh: torch.save(state, fh))
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ggl.seeding import generator
+from ggl.core.seeding import generator
 
 STREAM_CLASSIFIER = 11
 STREAM_QUALITY = 12

@@ -29,7 +29,7 @@ import pkgutil
 from dataclasses import fields
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ggl.errors import ConfigError
+from ggl.core.errors import ConfigError
 
 # name -> (attacker class, fixed constructor arguments that make this entry what its name says)
 _REGISTRY: Dict[str, Tuple[type, Dict[str, Any]]] = {}

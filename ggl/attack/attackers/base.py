@@ -14,7 +14,7 @@ from typing import ClassVar, Optional
 
 from torch import Tensor, nn
 
-from ggl.errors import UserError
+from ggl.core.errors import UserError
 
 
 @dataclass

@@ -17,7 +17,7 @@ def _field(record: Any, key: str) -> Any:
 
 
 def _score(record: Any, metric: str) -> Any:
-    """A flat row's ``record[metric]``, or an ``ggl.results.ImageRecord``'s ``record.metric(metric)``."""
+    """A flat row's ``record[metric]``, or an ``ggl.audit.records.ImageRecord``'s ``record.metric(metric)``."""
     if not isinstance(record, Mapping) and callable(getattr(record, "metric", None)):
         return record.metric(metric)
     return _field(record, metric)
@@ -30,7 +30,7 @@ def best_per_victim(records: Iterable[Any], metric: str = "psnr",
     """Per victim, the attacker whose reconstruction scores best on ``metric``, and its score.
 
     ``records``: one per (attacker, victim): flat mappings (e.g. the ``per_image`` rows of the attack
-    runs) or ``ggl.results.ImageRecord`` objects (metrics through ``.metric``), each with
+    runs) or ``ggl.audit.records.ImageRecord`` objects (metrics through ``.metric``), each with
     ``attacker_key`` and the ``victim_key`` fields (the same victim = the same values). The default
     key suits ``ImageRecord``: defence setting (without the attacker), round, capture, image.
     ``higher_is_better``: None = from the metric's name (lpips, mse, feature_mse, loss: lower wins).

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from ggl.attack.attackers import register
 from ggl.attack.attackers.base import Attacker
-from ggl.errors import ConfigError, UserError
+from ggl.core.errors import ConfigError, UserError
 
 MODES = ("likelihood", "sample")
 MATCHES = ("l2", "cosine")
@@ -237,7 +237,7 @@ class EOTAttacker(Attacker):
 
     def run(self, obs, G, cfg, seed, labels=None, tick=None, model=None):
         from ggl.attack import infer_labels, prior_probes, run_search
-        from ggl.seeding import derived_seed
+        from ggl.core.seeding import derived_seed
 
         model = model if model is not None else obs.build_model()
         if labels is None:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ggl.attack.attackers import register
 from ggl.attack.attackers.base import Attacker
-from ggl.errors import ConfigError
+from ggl.core.errors import ConfigError
 
 
 class PixelParametrisation(nn.Module):

@@ -11,7 +11,7 @@ Outputs in ``runs/<name>/<timestamp>/``:
 * ``<setting>/images.pt``: the same images as tensors (``IMAGES_FILE``: originals, reconstructions,
   prior-only, each (N, C, H, W) in [0, 1]), from which ``ggl.report`` composes its figure;
 * one W&B run per setting (offline by default), all in one group, opened before its searches and
-  streaming the loss curve, the best reconstruction so far and the progress (``ggl.audit.live``);
+  streaming the loss curve, the best reconstruction so far and the progress (``ggl.jobs.live``);
 * ``captures/`` (fresh mode): the observations and, separately, the ground truth.
 """
 from __future__ import annotations
@@ -24,18 +24,18 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ggl.allocator import retain_freed_memory
+from ggl.core.allocator import retain_freed_memory
 from ggl.attack import attack, check_prior_fits, search_units
 from ggl.attack.observation import Observation
 from ggl.audit.evaluate import Evaluator, summarize
-from ggl.audit.live import LiveAttackRun
+from ggl.jobs.live import LiveAttackRun
 from ggl.audit.truth import IMAGES_FILE, OBS_DIR, TRUTH_DIR, find_captures
 from ggl.audit.victim import probe_kind
-from ggl.errors import UserError
-from ggl.seeding import derived_seed
-from ggl.results import add_records
-from ggl.atomic import atomic_write_text
-from ggl.tracking import Stopwatch, create_run_dir, point_latest, write_json
+from ggl.core.errors import UserError
+from ggl.core.seeding import derived_seed
+from ggl.audit.records import add_records
+from ggl.core.atomic import atomic_write_text
+from ggl.runs.folder import Stopwatch, create_run_dir, point_latest, write_json
 
 Captures = Dict[str, List[Tuple[Path, Path]]]
 
@@ -122,7 +122,7 @@ def _validate(captures: Captures, G) -> Dict[Path, Observation]:
 
 def save_grid(path: Path, originals: torch.Tensor, rows: List[Tuple[str, torch.Tensor]]) -> Path:
     """Originals on top, then one row per (title, images); one column per image."""
-    from ggl.plots import image_rows_png
+    from ggl.core.plots import image_rows_png
 
     return image_rows_png(path, [("original", originals)] + rows)
 

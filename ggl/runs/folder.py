@@ -18,8 +18,8 @@ from typing import Any, Iterable, Optional
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-from ggl.atomic import atomic_write_text, fsync_dir
-from ggl.errors import UserError
+from ggl.core.atomic import atomic_write_text, fsync_dir
+from ggl.core.errors import UserError
 
 
 def is_rank_zero() -> bool:

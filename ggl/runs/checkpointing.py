@@ -1,4 +1,4 @@
-"""Checkpoint I/O of every Trainer: atomic saves (``ggl.atomic``), safe loads (``ggl.safe_load``).
+"""Checkpoint I/O of every Trainer: atomic saves (``ggl.core.atomic``), safe loads (``ggl.core.safe_load``).
 
 A resume checkpoint may come from someone else, so Lightning's own load goes through the safe loader:
 tensors and plain values only, whatever ``weights_only`` Lightning or the environment asks for.
@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from ggl.atomic import atomic_write_with
-from ggl.safe_load import safe_load
+from ggl.core.atomic import atomic_write_with
+from ggl.core.safe_load import safe_load
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from ggl.atomic import atomic_write_text
+from ggl.core.atomic import atomic_write_text
 from ggl.audit.baselines import BASELINES
 from ggl.audit.reid import reid_keys
 
@@ -204,7 +204,7 @@ def record_from_row(row: dict, config: dict, federation: Optional[FederationRef]
 
 def add_records(results: dict) -> dict:
     """Add ``federation`` and ``records`` to an attack job's results dict (from its ``config`` and
-    ``per_image``); ``ggl.audit.run`` calls it before writing results.json. Returns ``results``."""
+    ``per_image``); ``ggl.jobs.attack`` calls it before writing results.json. Returns ``results``."""
     config = results.get("config") or {}
     source = (config.get("attack") or {}).get("source")
     ref = FederationRef.from_source(source)

@@ -16,8 +16,8 @@ from typing import Any, Iterator
 
 import torch
 
-from ggl.environ import without_env
-from ggl.errors import UserError
+from ggl.core.environ import without_env
+from ggl.core.errors import UserError
 
 _UNSAFE_ENV = ("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD",)
 _env_lock = threading.Lock()

@@ -13,9 +13,9 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 
 from omegaconf import OmegaConf
 
-from ggl.errors import UserError
-from ggl.safe_load import safe_load
-from ggl.tracking import RunLock, check_run_name, check_writable, create_run_dir, new_run_dir, point_latest
+from ggl.core.errors import UserError
+from ggl.core.safe_load import safe_load
+from ggl.runs.folder import RunLock, check_run_name, check_writable, create_run_dir, new_run_dir, point_latest
 
 # the top-level keys that define each job's experiment; everything else (logging, devices, where the
 # run is written, other jobs' sections such as gan.* in a federation's config) may change on resume

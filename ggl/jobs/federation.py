@@ -12,13 +12,13 @@ from ggl.data.datamodule import FederatedDataModule
 from ggl.defenses.specs import defenses_label
 from ggl.fl.callbacks import build_defense_callbacks, privacy_summary
 from ggl.fl.module import FedAvgModule
-from ggl.plots import label_histogram_png
-from ggl.progress import RoundProgressBar
-from ggl.atomic import atomic_write_text
-from ggl.errors import UserError
-from ggl.resume import RunFolder, open_run
-from ggl.tracking import Stopwatch, is_rank_zero, make_logger, write_json
-from ggl.trainer import RunInterrupted, build_trainer
+from ggl.core.plots import label_histogram_png
+from ggl.fl.progress import RoundProgressBar
+from ggl.core.atomic import atomic_write_text
+from ggl.core.errors import UserError
+from ggl.runs.resume import RunFolder, open_run
+from ggl.runs.folder import Stopwatch, is_rank_zero, make_logger, write_json
+from ggl.runs.trainer import RunInterrupted, build_trainer
 
 
 def run_name(cfg: Config) -> str:
@@ -156,7 +156,7 @@ def run_federation(cfg: Config, extra_callbacks=()) -> dict:
     except BaseException:
         run.abandon()
         raise
-    try:  # ggl.trainer.Trainer turns Lightning's exit-on-Ctrl-C into RunInterrupted
+    try:  # ggl.runs.trainer.Trainer turns Lightning's exit-on-Ctrl-C into RunInterrupted
         trainer.fit(module, datamodule=dm, ckpt_path=str(run.ckpt) if run.ckpt else None, weights_only=True)
     except KeyboardInterrupt:
         raise RunInterrupted(run.path) from None

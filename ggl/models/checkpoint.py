@@ -15,8 +15,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
-from ggl.errors import UserError
-from ggl.safe_load import safe_load
+from ggl.core.errors import UserError
+from ggl.core.safe_load import safe_load
 
 KEY = "model.checkpoint"
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ggl.errors import ConfigError
+from ggl.core.errors import ConfigError
 
 
 def one_of(value: Any, allowed: tuple, key: str) -> None:

@@ -17,8 +17,8 @@ from typing import Any, Dict, Optional
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from ggl.checkpointing import AtomicCheckpointIO
-from ggl.errors import ConfigError
+from ggl.runs.checkpointing import AtomicCheckpointIO
+from ggl.core.errors import ConfigError
 
 # Owned by other config keys: setting them under trainer. would silently disagree with those.
 _OWNED = {"max_epochs": "fl.rounds (or gan.epochs)", "max_steps": "fl.rounds (or gan.epochs)",

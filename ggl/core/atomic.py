@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-from ggl.errors import UserError
+from ggl.core.errors import UserError
 
 
 @contextlib.contextmanager

@@ -8,14 +8,14 @@ federation whose captures it attacked (the attack's recorded ``federation``; old
 ``attack.source`` path), and writes to ``--out`` (default: ``report/`` beside the runs or the CSV; an
 existing report is replaced only with ``--overwrite``):
 
-* ``per_image.csv``: one row per attacked image (``ggl.results``: setting, attacker, round, victim id,
+* ``per_image.csv``: one row per attacked image (``ggl.audit.records``: setting, attacker, round, victim id,
   label, every metric, every label-only baseline's scores, leakage, its federation's numbers). Every
   number of the table and of ``privacy_utility.png`` is computed from it alone; ``--from-csv``
   rebuilds them from it;
 * ``privacy_utility.md``: per point (defence setting x round x probe x attacker, seeds pooled) the mean
-  and 95% bootstrap CI over the attacked images (``ggl.stats``) of PSNR, SSIM, re-identification, the
+  and 95% bootstrap CI over the attacked images (``ggl.core.stats``) of PSNR, SSIM, re-identification, the
   best label-only baseline and the leakage over it; first the worst case per setting and round (the
-  best attacker per victim, ``ggl.worst_case``, with who won), then every attacker; then paired
+  best attacker per victim, ``ggl.report.worst_case``, with who won), then every attacker; then paired
   comparisons on the same victims;
 * ``privacy_utility.png``: x = the federation's final test accuracy, y = the ``--metric`` (PSNR, SSIM
   or re-identification top-1) of each setting's worst case with 95% CI bars (small hollow markers: the
@@ -46,10 +46,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from ggl.audit.baselines import BASELINES
 from ggl.audit.reid import HEADLINE, chance
 from ggl.audit.truth import IMAGES_FILE
-from ggl.results import (ACCURACY_FILE, FederationRef, FederationResult, ImageRecord, SchemaError,
+from ggl.audit.records import (ACCURACY_FILE, FederationRef, FederationResult, ImageRecord, SchemaError,
                          read_attack_records, read_csv, write_accuracy_csv, write_csv)
-from ggl.stats import MeanCI, mean_ci, paired
-from ggl.safe_load import safe_load
+from ggl.core.stats import MeanCI, mean_ci, paired
+from ggl.core.safe_load import safe_load
 
 CSV_FILE = "per_image.csv"
 FILES = ("privacy_utility.png", "privacy_utility.md", "reconstructions.png", "leakage_vs_round.png", CSV_FILE,
@@ -191,8 +191,8 @@ def _mean(values: Iterable[Optional[float]]) -> Optional[float]:
 def build_points(pairs: Sequence[Pair]) -> List[dict]:
     """Group images into points (defence setting x attacker x round x probe x dataset x model; seeds
     pooled), add the worst case over the attacker portfolio per (setting, round, probe)
-    (``ggl.worst_case``), in table order: dataset, best test accuracy first, setting, round, attacker."""
-    from ggl.worst_case import worst_case_points
+    (``ggl.report.worst_case``), in table order: dataset, best test accuracy first, setting, round, attacker."""
+    from ggl.report.worst_case import worst_case_points
 
     groups: Dict[tuple, List[Pair]] = {}
     for rec, fed in pairs:
@@ -244,7 +244,7 @@ def _row_order(row: dict) -> tuple:
 def worst_case_rows(rows: Sequence[dict]) -> List[dict]:
     """Per (setting, round, probe, dataset, model): its worst-case point where several attackers ran,
     else its one attacker's point, in table order."""
-    from ggl.worst_case import point_key
+    from ggl.report.worst_case import point_key
 
     derived = {point_key(r) for r in rows if r.get("derived")}
     return [r for r in rows if r.get("derived") or point_key(r) not in derived]
@@ -333,15 +333,15 @@ def table_rows(rows: List[dict]) -> List[List[str]]:
 
 def _contrast(rows: Sequence[dict], r: dict) -> Optional[dict]:
     """The non-adaptive L2 GGL point of ``r``'s setting, round and probe (the attacker of earlier reports)."""
-    from ggl.worst_case import point_key
+    from ggl.report.worst_case import point_key
 
     return next((o for o in rows if not o.get("derived") and o["attacker_name"] == "ggl-l2"
                  and point_key(o) == point_key(r)), None)
 
 
 def headline_rows(rows: List[dict]) -> List[List[str]]:
-    """Per setting, round and probe: the worst case over the attackers (``ggl.worst_case``)."""
-    from ggl.worst_case import wins_text
+    """Per setting, round and probe: the worst case over the attackers (``ggl.report.worst_case``)."""
+    from ggl.report.worst_case import wins_text
 
     out = []
     for r in worst_case_rows(rows):
@@ -381,7 +381,7 @@ def _label(r: dict) -> str:
 
 
 def comparisons(rows: List[dict]) -> List[Tuple[str, str, Any]]:
-    """(comparison, metric label, ggl.stats.Paired) on the same victims: each setting's worst case (or its
+    """(comparison, metric label, ggl.core.stats.Paired) on the same victims: each setting's worst case (or its
     one attacker) against the best label-only baseline (does it leak?); each defence's worst case against
     no defence's at the same round (does the defence reduce leakage?); and, in runs without a portfolio,
     the adaptive against the non-adaptive attacker."""
@@ -581,7 +581,7 @@ def plot_privacy_utility(rows: List[dict], path: Path, metric: str = "psnr") -> 
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    from ggl.plots import _pyplot
+    from ggl.core.plots import _pyplot
 
     data = privacy_utility_data(rows, metric)
     plt = _pyplot()
@@ -680,7 +680,7 @@ def plot_leakage_vs_round(rows: List[dict], feds: Sequence[FederationResult], pa
     (the data: ``leakage_vs_round_data``)."""
     from matplotlib.ticker import MaxNLocator
 
-    from ggl.plots import _pyplot
+    from ggl.core.plots import _pyplot
 
     data = leakage_vs_round_data(rows, feds)
     if data is None:
@@ -761,7 +761,7 @@ def reconstruction_rows(rows: List[dict], max_victims: int = MAX_VICTIMS_SHOWN) 
     are missing is left out (the markdown names it)."""
     import torch
 
-    from ggl.worst_case import victim_key
+    from ggl.report.worst_case import victim_key
 
     positions = _image_positions(rows)
     cache: Dict[str, Optional[dict]] = {}
@@ -814,7 +814,7 @@ def victim_titles(rows: List[dict], max_victims: int = MAX_VICTIMS_SHOWN) -> Opt
 
 def plot_reconstructions(rows: List[dict], path: Path) -> Optional[Path]:
     """``reconstruction_rows`` as one labelled figure, victims as columns."""
-    from ggl.plots import image_rows_png
+    from ggl.core.plots import image_rows_png
 
     labelled = reconstruction_rows(rows)
     if not labelled:
@@ -869,7 +869,7 @@ def write_report(roots: Sequence[Path], out: Path, wandb_mode: str = "disabled",
     roots = [Path(r) for r in roots]
     for r in roots:
         if not r.exists():
-            from ggl.errors import UserError
+            from ggl.core.errors import UserError
 
             raise UserError(f"'{r}' does not exist; give the folder of the runs, e.g. runs/sweep_defenses")
     found = collect(roots)
@@ -886,7 +886,7 @@ def write_report(roots: Sequence[Path], out: Path, wandb_mode: str = "disabled",
 def report_from_csv(csv_path: Path, out: Path, metric: str = "psnr") -> dict:
     """The table and the figures from a per-image CSV alone (the reconstructions figure also needs the
     images files its ``images`` column names, where they still exist)."""
-    from ggl.errors import UserError
+    from ggl.core.errors import UserError
 
     clock = time.perf_counter()
     csv_path = Path(csv_path)
@@ -943,7 +943,7 @@ def output_folder(roots: Sequence[str], from_csv: Optional[str], out: Optional[s
     Never replaces an existing report (e.g. the shipped ``reports/``) without ``--overwrite``; an empty
     or unreadable input is an error before anything is written.
     """
-    from ggl.errors import UserError
+    from ggl.core.errors import UserError
 
     if from_csv is None:
         for r in roots:
@@ -995,7 +995,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="also log the table and figures to a W&B report run (default: disabled)")
     ap.add_argument("--project", default="ggl", help="W&B project of the report run")
     args = ap.parse_args(argv)
-    from ggl.errors import UserError
+    from ggl.core.errors import UserError
 
     try:
         if args.from_csv is not None:
@@ -1014,6 +1014,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(finish_line(found, out, args.metric))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

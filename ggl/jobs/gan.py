@@ -21,16 +21,16 @@ from torch.utils.data import DataLoader, TensorDataset
 from ggl.config import Config, to_container, to_yaml
 from ggl.data.datamodule import load_split
 from ggl.data.splits import indices_hash
-from ggl.errors import ConfigError
+from ggl.core.errors import ConfigError
 from ggl.gan.module import EpochSeededSampler, GANModule, sample_grid
 from ggl.gan.prior import generator_kwargs, prior_state, save_prior
 from ggl.gan.quality import (QualityReference, build_reference, classifier_state, evaluate_generator,
                              seeded_subset, train_classifier)
 from ggl.models.gan import count_params
-from ggl.atomic import atomic_write_text
-from ggl.resume import open_run
-from ggl.tracking import Stopwatch, make_logger, write_json
-from ggl.trainer import build_trainer
+from ggl.core.atomic import atomic_write_text
+from ggl.runs.resume import open_run
+from ggl.runs.folder import Stopwatch, make_logger, write_json
+from ggl.runs.trainer import build_trainer
 
 
 def run_name(cfg: Config) -> str:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ggl.errors import ConfigError, UserError
+from ggl.core.errors import ConfigError, UserError
 
 ATTACKERS = ("non-adaptive", "adaptive")
 SHARED_KEYS = ("seed", "output_dir")           # parameters given to both jobs as they are
@@ -308,9 +308,9 @@ def plan(grid: Dict[str, List[Any]], seeds_vary: Optional[bool] = None) -> List[
 
 
 def comparable(config: dict) -> dict:
-    """The keys that define a run's experiment (``ggl.resume.EXPERIMENT_KEYS`` of its task: a GAN or attack
+    """The keys that define a run's experiment (``ggl.runs.resume.EXPERIMENT_KEYS`` of its task: a GAN or attack
     key added to a federation's config does not make its runs "not done"), less progress bars."""
-    from ggl.resume import experiment
+    from ggl.runs.resume import experiment
 
     out = {k: v for k, v in experiment(config).items() if k not in _IGNORED_TOP}
     for section, key in _IGNORED_NESTED:
@@ -371,14 +371,14 @@ def find_attack(job: Job, source: Path) -> Optional[Path]:
 
 def _job_env():
     """The jobs' own W&B runs must not attach to the agent's sweep run (they have their own ids)."""
-    from ggl.environ import without_env
+    from ggl.core.environ import without_env
 
     return without_env(AGENT_ENV)
 
 
 def run_fed(job: Job) -> Path:
     from ggl.config import load_config
-    from ggl.fl.run import run_federation
+    from ggl.jobs.federation import run_federation
 
     over = list(job.overrides) + ([f"resume={job.resume_dir}"] if job.resume_dir else [])
     cfg = load_config(job.config_file, over)
@@ -391,7 +391,7 @@ def run_fed(job: Job) -> Path:
 def run_attack(job: Job, source: Path) -> Path:
     import torch
 
-    from ggl.audit.run import run_attack_cli
+    from ggl.jobs.attack import run_attack_cli
     from ggl.config import load_config
 
     threads = torch.get_num_threads()
@@ -714,6 +714,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(finish_line(summary, points))
     return 1 if summary["failed"] else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The three recipes, each ``run(cfg) -> dict``: federation, gan, attack."""

@@ -1,0 +1,1 @@
+"""A job's run folder (create, latest, lock, resume) and its Lightning Trainer."""

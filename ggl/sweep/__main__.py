@@ -1,0 +1,6 @@
+"""``python -m ggl.sweep``."""
+import sys
+
+from ggl.sweep import main
+
+sys.exit(main())
