@@ -9,14 +9,17 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List, Optional
 
-from ggl.core.errors import UserError
+from ggl.config import available_configs, config_task, load_config, resolve_config_path
+from ggl.core.errors import EXIT_USER_ERROR, guarded
+from ggl.jobs.attack import _run_name, run_attack_cli
+from ggl.jobs.federation import run_federation
+from ggl.jobs.gan import run_gan
+from ggl.runs.trainer import apply_torch_threads
 
 TRAIN_OVERRIDES = "overrides as key=value, e.g. fl.rounds=50 trainer.devices=2 trainer.strategy=ddp"
 ATTACK_OVERRIDES = "overrides as key=value, e.g. attack.generations=50 seed=3 source=runs/fed_q4/latest"
-EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 TRAIN_EXAMPLES = """examples:
   python train.py --config fed_q4.yaml                              a federation, 4-bit quantized updates
@@ -33,8 +36,6 @@ ATTACK_EXAMPLES = """examples:
 
 def _configs_epilog(tasks: tuple) -> str:
     try:
-        from ggl.config import available_configs, config_task, resolve_config_path
-
         names = [n for n in available_configs() if config_task(resolve_config_path(n)) in tasks]
     except Exception:  # --help must work even if a config file is broken
         names = []
@@ -65,18 +66,6 @@ def _command(script: str, config: Optional[str], overrides: List[str], resume: O
     return shlex.join(words)
 
 
-def _run(fn: Callable[[], object], on_interrupt: Callable[[KeyboardInterrupt], str]) -> int:
-    try:
-        fn()
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt as exc:
-        print(on_interrupt(exc), file=sys.stderr)
-        return EXIT_INTERRUPTED
-    return 0
-
-
 def train_main(argv: Optional[List[str]] = None) -> int:
     args = _parse(argv, "train.py", None, "Train a federation (task: fedavg) or a GAN prior (task: gan).",
                   TRAIN_EXAMPLES, ("fedavg", "gan"))
@@ -85,23 +74,16 @@ def train_main(argv: Optional[List[str]] = None) -> int:
         return EXIT_USER_ERROR
 
     def go():
-        from ggl.config import load_config
-        from ggl.runs.trainer import apply_torch_threads
-
         cfg = load_config(args.config, args.overrides, tasks=("fedavg", "gan"))
         apply_torch_threads(cfg.torch_threads)
         if cfg.task == "fedavg":
-            from ggl.jobs.federation import run_federation
-            from ggl.models.checkpoint import start_from
 
-            res = run_federation(cfg, extra_callbacks=start_from(cfg))
+            res = run_federation(cfg)
             final = res["final"]
             print(f"done: test_acc={final['test_acc']:.4f} rounds={final['rounds']} "
                   f"uplink_bits_per_round={final['uplink_bits_per_round']:.0f} "
                   f"compression_ratio={final['compression_ratio']:.2f} -> {res['run_dir']}")
         else:
-            from ggl.jobs.gan import run_gan
-
             run_gan(cfg)
 
     def interrupted(exc: KeyboardInterrupt) -> str:
@@ -112,7 +94,7 @@ def train_main(argv: Optional[List[str]] = None) -> int:
             return (f"interrupted before the first checkpoint of {run_dir}; nothing to resume, start again with: "
                     f"{_command('train.py', args.config, args.overrides)}")
         return f"interrupted; resume with: {_command('train.py', args.config, args.overrides, resume=str(run_dir))}"
-    return _run(go, interrupted)
+    return guarded(go, interrupted)
 
 
 def attack_main(argv: Optional[List[str]] = None) -> int:
@@ -122,10 +104,6 @@ def attack_main(argv: Optional[List[str]] = None) -> int:
     state = {}
 
     def go():
-        from ggl.jobs.attack import run_attack_cli
-        from ggl.config import load_config
-        from ggl.runs.trainer import apply_torch_threads
-
         cfg = state["cfg"] = load_config(args.config, overrides, tasks=("attack",))
         apply_torch_threads(cfg.torch_threads)
         run_attack_cli(cfg)
@@ -135,9 +113,7 @@ def attack_main(argv: Optional[List[str]] = None) -> int:
         cfg = state.get("cfg")
         if cfg is None:
             return f"interrupted; start again with: {again}"
-        from ggl.jobs.attack import _run_name
-
         latest = Path(cfg.output_dir) / _run_name(cfg) / "latest"
         return (f"interrupted; an attack does not resume: the settings it finished are in {latest}/results.json; "
                 f"start again with: {again}")
-    return _run(go, interrupted)
+    return guarded(go, interrupted)

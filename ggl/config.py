@@ -13,140 +13,28 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ggl.attack.schema import AttackConfig
-from ggl.core.checks import in_range, one_of
-from ggl.defenses.specs import check_chain, parse_defense
+from ggl.audit.schema import AuditConfig
+from ggl.core.checks import INT_MAX, at_least, check_seed, one_of, short
 from ggl.core.errors import ConfigError
+from ggl.data.schema import DataConfig
+from ggl.defenses import check_chain, parse_defense, to_dicts
+from ggl.fl.schema import FLConfig
 from ggl.gan.schema import GANConfig
+from ggl.models.schema import ModelConfig
+from ggl.runs.logger import LoggerConfig
+from ggl.runs.trainer import check_trainer_args
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # the repository's configs/ in a checkout; an installed wheel carries the same files as ggl/configs
 # (pyproject.toml maps the package ggl.configs onto configs/)
 CONFIG_DIR = REPO_ROOT / "configs"
 PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-SEED_MAX = 2**32 - 1       # numpy's legacy seeding and Lightning's seed_everything take [0, 2**32 - 1]
-INT_MAX = 2**63 - 1        # every integer key must fit an int64 (torch, numpy)
-
-
-@dataclass
-class DataConfig:
-    name: str = "mnist5k"
-    root: str = "data"
-    download: bool = False
-    split_seed: int = 0
-    public_fraction: float = 0.4
-    test_fraction: float = 0.2
-    limit: Optional[int] = None
-    partition: str = "iid"
-    num_clients: int = 10
-    alpha: float = 0.5
-    classes_per_client: int = 2
-
-    def check(self) -> None:
-        from ggl.data.sources import available_datasets
-
-        one_of(self.name, tuple(available_datasets()), "data.name")
-        check_seed(self.split_seed, "data.split_seed")
-        in_range(self.public_fraction, 0.0, 0.9, "data.public_fraction")
-        in_range(self.test_fraction, 0.0, 0.5, "data.test_fraction", lo_open=True)
-        if self.public_fraction + self.test_fraction >= 0.95:
-            raise ConfigError("config keys 'data.public_fraction' + 'data.test_fraction' must leave "
-                              "at least 5% of the data for the clients' private split")
-        if self.limit is not None and self.limit < 20:
-            raise ConfigError(f"config key 'data.limit' = {self.limit} must be >= 20 (or null for all)")
-        one_of(self.partition, ("iid", "dirichlet", "shards"), "data.partition")
-        if self.num_clients < 1:
-            raise ConfigError(f"config key 'data.num_clients' = {self.num_clients} must be >= 1")
-        in_range(self.alpha, 0.0, 1e6, "data.alpha", lo_open=True)
-        if self.classes_per_client < 1:
-            raise ConfigError(f"config key 'data.classes_per_client' = {self.classes_per_client} must be >= 1")
-
-
-@dataclass
-class ModelConfig:
-    name: str = "cnn"
-    init: str = "default"
-    checkpoint: Optional[str] = None
-
-    def check(self) -> None:
-        from ggl.models import available_models
-
-        one_of(self.name, tuple(available_models()), "model.name")
-        one_of(self.init, ("default", "dlg"), "model.init")
-
-
-@dataclass
-class FLConfig:
-    rounds: int = 20
-    clients_per_round: Optional[int] = None
-    client_fraction: float = 1.0
-    local_epochs: float = 2.0
-    local_steps: Optional[int] = None
-    batch_size: int = 32
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    server_lr: float = 1.0
-    eval_every: int = 5
-    eval_batch_size: int = 1000
-    simulate_failures: List[int] = field(default_factory=list)
-
-    def check(self) -> None:
-        if self.rounds < 1:
-            raise ConfigError(f"config key 'fl.rounds' = {self.rounds} must be >= 1")
-        in_range(self.client_fraction, 0.0, 1.0, "fl.client_fraction", lo_open=True)
-        if self.clients_per_round is not None and self.clients_per_round < 1:
-            raise ConfigError(f"config key 'fl.clients_per_round' = {self.clients_per_round} must be >= 1")
-        if self.local_steps is None:
-            in_range(self.local_epochs, 0.0, 1000.0, "fl.local_epochs", lo_open=True)
-        elif self.local_steps < 1:
-            raise ConfigError(f"config key 'fl.local_steps' = {self.local_steps} must be >= 1 (or null to use fl.local_epochs)")
-        for key in ("batch_size", "eval_every", "eval_batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"config key 'fl.{key}' = {getattr(self, key)} must be >= 1")
-        in_range(self.lr, 0.0, 100.0, "fl.lr", lo_open=True)
-        in_range(self.momentum, 0.0, 0.999, "fl.momentum")
-        in_range(self.weight_decay, 0.0, 1.0, "fl.weight_decay")
-        in_range(self.server_lr, 0.0, 100.0, "fl.server_lr", lo_open=True)
-
-
-@dataclass
-class AuditConfig:
-    rounds: List[int] = field(default_factory=list)
-    num_images: int = 8
-    batch_size: int = 1
-    victim_client: int = 0
-    probe: Optional[str] = None  # null (today's capture) | fedsgd | local_update (see ggl/audit/victim.py)
-    local_steps: Optional[int] = None  # steps of a local_update probe (null: its default)
-
-    def check(self) -> None:
-        from ggl.audit.victim import probe_of
-
-        probe_of(self)
-        if any(r < 0 for r in self.rounds):
-            raise ConfigError(f"config key 'audit.rounds' = {list(self.rounds)} must hold round numbers >= 0")
-        if self.num_images < 1 or self.batch_size < 1:
-            raise ConfigError("config keys 'audit.num_images' and 'audit.batch_size' must be >= 1")
-        if self.num_images % self.batch_size:
-            raise ConfigError(f"config key 'audit.num_images' = {self.num_images} must be a multiple of "
-                              f"'audit.batch_size' = {self.batch_size}")
-
-
-@dataclass
-class LoggerConfig:
-    mode: str = "offline"
-    project: str = "ggl"
-    entity: Optional[str] = None
-    group: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
-
-    def check(self) -> None:
-        one_of(self.mode, ("offline", "online", "disabled"), "logger.mode")
 
 
 @dataclass
@@ -169,29 +57,13 @@ class Config:
     trainer: Dict[str, Any] = field(default_factory=lambda: {"accelerator": "auto", "devices": 1})
 
     def check(self) -> None:
-        from ggl.runs.trainer import check_trainer_args
-
         one_of(self.task, ("fedavg", "gan", "attack"), "task")
         check_seed(self.seed, "seed")
         check_trainer_args(self.trainer)
-        if self.torch_threads is not None and self.torch_threads < 1:
-            raise ConfigError(f"config key 'torch_threads' = {self.torch_threads} must be >= 1 (or null for "
-                              f"torch's default)")
-        if self.checkpoint_every < 1:
-            raise ConfigError(f"config key 'checkpoint_every' = {self.checkpoint_every} must be >= 1")
+        at_least(self.torch_threads, 1, "torch_threads", " (or null for torch's default)")
+        at_least(self.checkpoint_every, 1, "checkpoint_every")
         for section in (self.data, self.model, self.fl, self.audit, self.gan, self.attack, self.logger):
             section.check()
-
-
-def check_seed(value: int, key: str) -> None:
-    if not 0 <= value <= SEED_MAX:
-        raise ConfigError(f"config key '{key}' = {_short(value)} must be in 0..{SEED_MAX} (2**32 - 1)")
-
-
-def _short(value: Any) -> str:
-    """A value for an error message: thousands of digits shortened to their count."""
-    text = value if isinstance(value, str) else str(value) if isinstance(value, int) else repr(value)
-    return text if len(text) <= 40 else f"{text[:12]}...({len(text)} characters)"
 
 
 def _check_int_sizes(node: Any, prefix: str = "") -> None:
@@ -200,7 +72,7 @@ def _check_int_sizes(node: Any, prefix: str = "") -> None:
     for key, value in items:
         full = f"{prefix}.{key}" if isinstance(node, dict) and prefix else f"{prefix}[{key}]" if prefix else str(key)
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_MAX:
-            raise ConfigError(f"config key '{full}' = {_short(value)} is too large (integers must fit in 64 bits)")
+            raise ConfigError(f"config key '{full}' = {short(value)} is too large (integers must fit in 64 bits)")
         _check_int_sizes(value, full)
 
 
@@ -312,15 +184,15 @@ def _parse_overrides(overrides: List[str]) -> List[tuple]:
         key, raw = item.split("=", 1)
         key = key.strip()
         if not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"override '{_short(item)}': '{key}' is not a config key (e.g. fl.rounds=50)")
+            raise ConfigError(f"override '{short(item)}': '{key}' is not a config key (e.g. fl.rounds=50)")
         try:
             value = OmegaConf.from_dotlist([f"v={raw}"])["v"]
         except (OmegaConfBaseException, ValueError) as exc:  # ValueError: an int of > 4300 digits
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if "Exceeds the limit" in first:
-                raise ConfigError(f"config key '{key}' = {_short(raw)} is too large (integers must fit in "
+                raise ConfigError(f"config key '{key}' = {short(raw)} is too large (integers must fit in "
                                   f"64 bits)") from None
-            raise ConfigError(f"override '{_short(item)}' could not be parsed: {first}") from None
+            raise ConfigError(f"override '{short(item)}' could not be parsed: {first}") from None
         pairs.append((key, value))
     return pairs
 
@@ -407,3 +279,50 @@ def to_container(cfg: Config) -> dict:
     """Plain dict of the resolved config (defence specs included), for logs and results.json."""
     node = OmegaConf.structured(cfg)
     return OmegaConf.to_container(node, resolve=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# the experiment: what a run's results depend on (resume and the sweep's done detection compare it)
+
+
+# the top-level keys that define each job's experiment; everything else (logging, devices, where the
+# run is written, other jobs' sections such as gan.* in a federation's config) may change on resume
+EXPERIMENT_KEYS: Dict[str, Tuple[str, ...]] = {
+    "fedavg": ("task", "seed", "data", "model", "fl", "defenses", "audit"),
+    "gan": ("task", "seed", "data", "gan"),
+    "attack": ("task", "seed", "data", "model", "attack"),
+}
+
+
+
+
+def experiment(config: dict, task: Optional[str] = None) -> dict:
+    """The part of a resolved config that defines the job's results (``EXPERIMENT_KEYS`` of its task)."""
+    task = task or config.get("task")
+    keys = EXPERIMENT_KEYS.get(task)
+    if keys is None:
+        return dict(config)
+    return {k: _normalised(k, config.get(k)) for k in keys}
+
+
+def _normalised(key: str, value: Any) -> Any:
+    """A section as the current schema reads it, so a config saved before a key was added (with the
+    default it now has) still describes the same experiment: sections merged onto the schema's
+    defaults, defense entries through their own parser."""
+    if key in ("defenses", "attack") and value is not None:
+        def chain(entries):
+            try:
+                return to_dicts([parse_defense(dict(e), key) for e in entries])
+            except Exception:  # not parseable any more: compare as written
+                return entries
+        if key == "defenses":
+            return chain(value)
+        if isinstance(value, dict) and isinstance(value.get("defenses"), list):
+            value = {**value, "defenses": [chain(c) if isinstance(c, list) else c for c in value["defenses"]]}
+    if isinstance(value, dict) and key in ("data", "model", "fl", "audit", "gan"):
+        try:
+            schema = OmegaConf.structured(getattr(Config(), key))
+            return OmegaConf.to_container(OmegaConf.merge(schema, value))
+        except Exception:  # a key the schema no longer knows: compare as written
+            return value
+    return value

@@ -160,7 +160,7 @@ CHAINS = {
 
 def _client_chain(tensors, chain):
     """What the client sends: the chain through the federation's own callbacks."""
-    from ggl.defenses.specs import parse_defense
+    from ggl.defenses import parse_defense
     from ggl.fl.callbacks import apply_defenses, build_defense_callbacks
     from ggl.fl.update import ClientUpdate
 

@@ -3,7 +3,7 @@
 The seed's ``NGReconstructor.ng_loss`` replaced the *trial* update with the quantized *observed* one
 under quantization: its loss did not depend on z, and CMA-ES optimised a constant (README, "What the
 seed claimed"). Here the gradient of the loss with respect to z must be non-zero for every defence in
-``ggl.defenses.specs.DEFENSE_SPECS`` (whatever it holds when this runs) and both attackers.
+``ggl.defenses.REGISTRY`` (whatever it holds when this runs) and both attackers.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from _attack_fixtures import TinyPrior, client_gradient, make_observation, one_torch_thread  # noqa: F401
 from ggl.attack.objective import GGLObjective
 from ggl.attack.trial import DefenseModel
-from ggl.defenses.specs import DEFENSE_SPECS, parse_defense
+from ggl.defenses import REGISTRY as DEFENSE_SPECS, parse_defense
 from ggl.core.errors import ConfigError
 from ggl.models import build_model
 

@@ -351,11 +351,12 @@ def example_attacker(monkeypatch):
 
     import ggl.attack.attackers as registry
 
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    before = registry._REGISTRY.snapshot()
     spec = importlib.util.spec_from_file_location("my_attacker", EXAMPLE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
+    yield module
+    registry._REGISTRY.restore(before)
 
 
 def test_example_attacker_joins_the_portfolio_by_its_one_file(example_attacker):

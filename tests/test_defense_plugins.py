@@ -3,6 +3,7 @@ defense (examples/my_defense.py) through a 2-round federation and an adaptive at
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,9 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "my_defense.py"
 @pytest.fixture
 def registered():
     """Defenses a test registers are gone afterwards (the registry is process-wide)."""
-    before = dict(REGISTRY)
+    before = REGISTRY.snapshot()
     yield
-    REGISTRY.clear()
-    REGISTRY.update(before)
+    REGISTRY.restore(before)
 
 
 def test_every_shipped_defense_is_registered_and_round_trips_its_config():
@@ -66,10 +66,26 @@ def test_a_defense_without_an_attacker_model_refuses_an_adaptive_attack_in_one_l
 
 
 def test_register_refuses_a_second_defense_of_the_same_name(registered):
-    with pytest.raises(ValueError, match="two defenses are named 'clip'"):
+    with pytest.raises(ConfigError, match="two defences are registered as 'clip': ggl.defenses.clip.Clip and "):
         @register
         class Clip(Defense):  # noqa: F811
             name: str = "clip"
+
+
+def test_a_plugin_class_of_the_same_name_cannot_shadow_a_built_in_defence(registered, monkeypatch):
+    """The old check compared only ``__qualname__``: a plugin's own top-level ``Clip`` replaced the
+    built-in clip without a word. Now the module counts too, and the built-in stays."""
+    import types
+
+    from ggl.defenses.clip import Clip as BuiltIn
+
+    plugin = types.ModuleType("my_plugin")
+    monkeypatch.setitem(sys.modules, "my_plugin", plugin)
+    exec("from ggl.defenses import Defense\nclass Clip(Defense):\n    name: str = 'clip'\n", plugin.__dict__)
+    with pytest.raises(ConfigError) as err:
+        register(plugin.Clip)
+    assert "ggl.defenses.clip.Clip and my_plugin.Clip" in str(err.value) and "\n" not in str(err.value)
+    assert REGISTRY["clip"] is BuiltIn
 
 
 # ------------------------------------------------------------------------------------------ the README example

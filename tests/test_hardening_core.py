@@ -103,7 +103,7 @@ def test_a_failing_defence_stops_the_run_with_its_message(make_cfg):
 
 
 def test_write_json_is_strict_and_says_where_a_number_was_not_finite(tmp_path):
-    from ggl.runs.folder import write_json
+    from ggl.runs.logger import write_json
 
     write_json(tmp_path / "r.json", {"final": {"test_loss": float("nan"), "acc": 0.5},
                                      "history": [{"loss": torch.tensor(float("inf"))}], "v": torch.tensor([1.0, float("nan")])})
@@ -293,7 +293,7 @@ def test_resume_guards_and_ctrl_c(make_cfg, tmp_path, capsys):
 
 def test_fewer_rounds_than_done_is_refused(make_cfg):
     from ggl.jobs.federation import finished_results
-    from ggl.runs.resume import RunFolder
+    from ggl.runs.folder import RunFolder
 
     run = RunFolder(Path("/nonexistent"), ckpt=Path("x"), checkpoint={"epoch": 1, "ggl_rounds_completed": 2})
     with pytest.raises(UserError, match="already trained 2 rounds; resume with fl.rounds >= 2"):
@@ -395,7 +395,7 @@ def test_done_check_ignores_keys_outside_the_experiment():
 
 def test_a_config_saved_before_a_key_existed_is_the_same_experiment():
     """Runs made before `quantize.grid` / `audit.probe` existed stay resumable and "done" for the sweep."""
-    from ggl.runs.resume import experiment
+    from ggl.config import experiment
 
     old = {"task": "fedavg", "seed": 0, "data": {}, "model": {}, "fl": {"rounds": 3}, "audit": {"rounds": []},
            "defenses": [{"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}]}

@@ -244,7 +244,6 @@ def test_model_checkpoint_is_the_starting_state(make_cfg, tmp_path):
     from lightning.pytorch.callbacks import Callback
 
     from ggl.jobs.federation import run_federation
-    from ggl.models.checkpoint import start_from
     from ggl.models import build_model
 
     start = build_model("cnn", 1, 10, seed=123).state_dict()
@@ -256,7 +255,7 @@ def test_model_checkpoint_is_the_starting_state(make_cfg, tmp_path):
 
     seen = FirstWeights()
     cfg = make_cfg(f"model.checkpoint={tmp_path / 'start.pt'}", "fl.rounds=1")
-    run_federation(cfg, extra_callbacks=start_from(cfg) + [seen])
+    run_federation(cfg, extra_callbacks=[seen])
     assert all(torch.equal(seen.state[k], v) for k, v in start.items())
 
 

@@ -58,13 +58,14 @@ def test_fedsgd_probe_is_one_gradient_whatever_the_local_protocol(make_cfg, tmp_
     ({"probe": "local_update", "local_steps": 1}, "'audit.local_steps' = 1"),
 ])
 def test_bad_probe_keys_are_one_line_errors(audit, needle):
-    from ggl.audit.victim import probe_of
+    from ggl.audit.schema import AuditConfig
 
     with pytest.raises(ConfigError) as err:
-        probe_of(audit)
+        AuditConfig(**audit).probe_steps()
     assert needle in str(err.value) and "\n" not in str(err.value)
-    assert probe_of({"probe": "local_update"}) == ("local_update", 5)
-    assert probe_of({}) == (None, None)
+    assert AuditConfig(probe="local_update").probe_steps() == 5
+    assert AuditConfig(probe="fedsgd").probe_steps() == 1
+    assert AuditConfig().probe_steps() is None
 
 
 def test_a_probe_batch_larger_than_the_victims_data_names_both_numbers(tmp_path, capsys):

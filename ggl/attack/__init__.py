@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ggl.attack.device import attack_device
 from ggl.attack.labels import infer_labels
 from ggl.attack.objective import GGLObjective
 from ggl.attack.observation import Observation
@@ -50,8 +51,6 @@ def attack(obs: Observation, G: nn.Module, cfg, seed: int, labels: Optional[Tens
            tick=None, model: Optional[nn.Module] = None, watch=None) -> SearchResult:
     """Reconstruct the images behind ``obs``. ``labels`` overrides label inference (ablation only).
     The search runs on ``cfg.device``; the result comes back on the CPU. ``watch``: see ``run_search``."""
-    from ggl.attack.device import attack_device
-
     model = model if model is not None else obs.build_model()
     if labels is None:
         probes = prior_probes(G, 64, obs.num_classes, seed) if obs.batch_size > 1 else None

@@ -17,9 +17,10 @@ from typing import Dict, List
 import torch
 from torch import Tensor, nn
 
+from ggl.core.atomic import atomic_write_with
 from ggl.core.errors import UserError
 from ggl.core.safe_load import safe_load
-from ggl.core.atomic import atomic_write_with
+from ggl.models import available_models, build_model
 
 FORMAT = "ggl.observation/1"
 
@@ -99,8 +100,6 @@ class Observation:
         A state dict that does not fit the named architecture (an observation from another model) is
         a ``UserError`` naming both.
         """
-        from ggl.models import available_models, build_model
-
         if self.arch not in available_models():
             raise UserError(f"{source}: architecture '{self.arch}' is unknown (known: "
                             f"{', '.join(available_models())})")

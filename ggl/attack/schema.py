@@ -4,8 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from ggl.attack.attackers import check_portfolio
+from ggl.attack.device import DEVICES, check_device
 from ggl.core.checks import one_of
 from ggl.core.errors import ConfigError
+from ggl.defenses import parse_defense
 
 OPTIMIZERS = ("cmaes", "adam", "cmaes_adam")
 LOSSES = ("l2", "cosine")
@@ -46,14 +49,9 @@ class AttackConfig:
     image_every: int = 20                 # W&B: the best reconstruction so far every N search steps; 0 = off
 
     def check(self) -> None:
-        from ggl.defenses.specs import parse_defense
-
         if self.attackers is not None or self.attacker_options:
-            from ggl.attack.attackers import check_portfolio
-
             check_portfolio(self.attackers, self.attacker_options)
 
-        from ggl.attack.device import DEVICES, check_device
 
         for key, allowed in (("optimizer", OPTIMIZERS), ("loss", LOSSES), ("evaluation", EVALUATIONS),
                              ("device", DEVICES)):

@@ -27,6 +27,7 @@ from torch.func import functional_call, grad, vmap
 from ggl.attack.observation import Observation
 from ggl.attack.per_candidate import PerCandidateGradients, supports as supports_per_candidate
 from ggl.core.errors import UserError
+from ggl.defenses import MASK, NONE, parse_defense
 
 
 class ClientSimulator:
@@ -124,8 +125,6 @@ class DefenseModel:
     """
 
     def __init__(self, specs: Sequence, observed: Sequence[Tensor] = ()):
-        from ggl.defenses import MASK, NONE, parse_defense
-
         self.steps: List[Callable[[Sequence[Tensor]], List[Tensor]]] = []
         # the same steps on P trial updates at once, where every defence gives a batched form
         batched_steps: List[Optional[Callable[[Sequence[Tensor]], List[Tensor]]]] = []

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from ggl.core.safe_load import safe_load
+from ggl.gan.quality import classifier_from_state
 
 SPACES = ("pixel", "feature")
 GALLERIES = ("all", "class")
@@ -85,7 +86,6 @@ def load_feature_classifier(prior_path: Path) -> Tuple[Optional[nn.Module], Opti
         public_hash = json.loads(record.read_text())["data"]["public_indices_hash"]
     except (OSError, ValueError, KeyError, TypeError):
         return None, None, f"{record} does not say which public split the classifier was trained on"
-    from ggl.gan.quality import classifier_from_state
 
     try:
         blob = safe_load(path, "domain classifier")  # weights_only, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, List
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ggl.core.errors import UserError
+from ggl.core.registry import Registry
 from ggl.core.safe_load import safe_load
 
 IMAGE_SIZE = 32
@@ -37,23 +38,16 @@ class ImageData:
         return int(self.labels.shape[0])
 
 
-_SOURCES: Dict[str, Callable[[str, bool], ImageData]] = {}
-
-
-def register(name: str):
-    def deco(fn):
-        _SOURCES[name] = fn
-        return fn
-    return deco
+_SOURCES: Registry[Callable[[str, bool], ImageData]] = Registry("dataset")
+register = _SOURCES.register  # @register("name") on a loader (root, download) -> ImageData
 
 
 def available_datasets() -> List[str]:
-    return list(_SOURCES)
+    return _SOURCES.names()
 
 
 def load_dataset(name: str, root: str = "data", download: bool = False) -> ImageData:
-    if name not in _SOURCES:
-        raise UserError(f"unknown dataset '{name}' (config key 'data.name'); known: {', '.join(_SOURCES)}")
+    _SOURCES.get(name, "data.name")
     return _cached(name, str(Path(root).expanduser().resolve()), bool(download))
 
 

@@ -12,7 +12,7 @@ import pkgutil
 
 from ggl.defenses.base import (EXPECTATION, FLOAT_BITS, MASK, NONE, REAPPLY, REGISTRY, AttackModel, Defense,
                                check_chain, defenses_label, expectation, known_names, no_model, observed_mask,
-                               parse_defense, reapply, register)
+                               parse_defense, reapply, register, to_dicts)
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
@@ -21,4 +21,4 @@ from ggl.defenses.noise import resolve_noise  # noqa: E402  (the noise module re
 
 __all__ = ["AttackModel", "Defense", "EXPECTATION", "FLOAT_BITS", "MASK", "NONE", "REAPPLY", "REGISTRY",
            "check_chain", "defenses_label", "expectation", "known_names", "no_model", "observed_mask",
-           "parse_defense", "reapply", "register", "resolve_noise"]
+           "parse_defense", "reapply", "register", "resolve_noise", "to_dicts"]

@@ -26,17 +26,18 @@ numbers such as a DP epsilon). The generic callback ``ggl.fl.callbacks.DefenseCa
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from fractions import Fraction
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 from torch import Tensor
 
 from ggl.core.errors import ConfigError
+from ggl.core.registry import Registry
 
 FLOAT_BITS = 32
 
-REGISTRY: Dict[str, Type["Defense"]] = {}
+REGISTRY: Registry[Type["Defense"]] = Registry("defence")
 
 # what the adaptive attacker knows of a defense (AttackModel.kind)
 REAPPLY, EXPECTATION, MASK, NONE = "reapply", "expectation", "observed mask", "none"
@@ -151,13 +152,12 @@ def register(cls):
         raise TypeError(f"defense {cls.__qualname__} needs a first field `name: str = '<config name>'`")
     if not issubclass(cls, Defense):
         raise TypeError(f"defense {cls.__qualname__} must subclass ggl.defenses.Defense")
-    name = names["name"].default
-    known = REGISTRY.get(name)
-    if known is not None and known.__qualname__ != cls.__qualname__:
-        raise ValueError(f"two defenses are named '{name}': {known.__module__}.{known.__qualname__} and "
-                         f"{cls.__module__}.{cls.__qualname__}")
-    REGISTRY[name] = cls
-    return cls
+    return REGISTRY.add(names["name"].default, cls, same=_same_class)
+
+
+def _same_class(a: type, b: type) -> bool:
+    """One class imported twice (its module reloaded) is the same defence; any other class is not."""
+    return (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
 
 
 def known_names() -> List[str]:
@@ -177,12 +177,7 @@ def parse_defense(entry: Any, key: str) -> Defense:
     if not isinstance(entry, dict) or "name" not in entry:
         raise ConfigError(f"config key '{key}' must be a mapping with a 'name' (one of {', '.join(known_names())})")
     name = entry["name"]
-    if name not in REGISTRY:
-        near = difflib.get_close_matches(str(name), known_names(), n=1)
-        hint = f"did you mean '{near[0]}'? " if near else ""
-        raise ConfigError(f"config key '{key}.name' = {name!r} is not a known defence; {hint}"
-                          f"known: {', '.join(known_names())}")
-    cls = REGISTRY[name]
+    cls = REGISTRY.get(name, f"{key}.name")
     valid = [f.name for f in fields(cls)]
     for k in entry:
         if k not in valid:
@@ -208,6 +203,11 @@ def defenses_label(specs: Sequence[Defense]) -> str:
     """A short name for a defence chain, used for run names and W&B groups ('fp32' when empty)."""
     labels = [s.label for s in specs if s.label not in ("fp32", "identity")]
     return "+".join(labels) if labels else "fp32"
+
+
+def to_dicts(specs: Sequence[Any]) -> List[dict]:
+    """A chain as plain dicts (what results files and observations store)."""
+    return [asdict(s) if is_dataclass(s) else dict(s) for s in specs]
 
 
 def check_percent(key: str, percent: float) -> None:

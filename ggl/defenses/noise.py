@@ -12,8 +12,10 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ggl.defenses.base import FLOAT_BITS, Defense, expectation, register
 from ggl.core.errors import ConfigError
+from ggl.core.seeding import STREAM_DEFENSE, generator
+from ggl.defenses.accounting import dp_epsilon
+from ggl.defenses.base import Defense, FLOAT_BITS, expectation, register
 
 # Gaussian noise draws from (seed, round, client, STREAM_DEFENSE, NOISE_SUBSTREAM): never the stream
 # stochastic rounding uses (update.rng(STREAM_DEFENSE)), so a chain with both has independent draws
@@ -96,8 +98,6 @@ class Noise(Defense):
         return bound
 
     def transform(self, tensors, update):
-        from ggl.core.seeding import STREAM_DEFENSE, generator
-
         std = self.resolved[0]
         if std == 0:
             return list(tensors), None
@@ -116,8 +116,6 @@ class Noise(Defense):
 
     def epsilon(self, rounds: int, sample_rate: float) -> Optional[float]:
         """Client-level epsilon after ``rounds`` rounds; None when the chain gives no DP guarantee."""
-        from ggl.defenses.accounting import dp_epsilon
-
         multiplier = self.resolved[1]
         if multiplier is None:
             return None

@@ -17,8 +17,9 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ggl.defenses.base import FLOAT_BITS, Defense, expectation, flat_cat, register, split_like
 from ggl.core.errors import ConfigError
+from ggl.core.seeding import STREAM_DEFENSE, generator
+from ggl.defenses.base import Defense, FLOAT_BITS, expectation, flat_cat, register, split_like
 
 # draws from (seed, round, client, STREAM_DEFENSE, QSGD_SUBSTREAM): apart from noise and stochastic rounding
 QSGD_SUBSTREAM = 2
@@ -66,8 +67,6 @@ class QSGD(Defense):
         return f"qsgd{self.levels}-b{self.bucket_size}"
 
     def transform(self, tensors, update):
-        from ggl.core.seeding import STREAM_DEFENSE, generator
-
         device = tensors[0].device if tensors else "cpu"
         gen = generator(update.seed, update.round, update.client_id, STREAM_DEFENSE, QSGD_SUBSTREAM, device=device)
         return qsgd_quantize(tensors, self.levels, self.bucket_size, gen)

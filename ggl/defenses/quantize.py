@@ -23,8 +23,9 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ggl.defenses.base import FLOAT_BITS, Defense, expectation, reapply, register
 from ggl.core.errors import ConfigError
+from ggl.core.seeding import STREAM_DEFENSE
+from ggl.defenses.base import Defense, FLOAT_BITS, expectation, reapply, register
 
 # what a quantized payload carries besides its codes: the range minimum and the step, as float32
 SCALE_BITS_PER_RANGE = 2 * FLOAT_BITS
@@ -190,7 +191,6 @@ class Quantize(Defense):
     def transform(self, tensors, update):
         if self.bits >= FLOAT_BITS:
             return list(tensors), None
-        from ggl.core.seeding import STREAM_DEFENSE
 
         gen = update.rng(STREAM_DEFENSE) if self.rounding == "stochastic" else None
         return quantize_update(tensors, self.bits, self.rounding, self.range, generator=gen, grid=self.grid)

@@ -23,6 +23,7 @@ from torch import Tensor
 from ggl.defenses.quantize import FLOAT_BITS
 from ggl.fl.callbacks import apply_defenses
 from ggl.fl.client import as_delta, train_client
+from ggl.fl.schema import FLConfig
 from ggl.fl.update import ClientUpdate
 from ggl.models import build_model
 from ggl.core.seeding import STREAM_LOCAL_DATA, STREAM_SAMPLING, generator
@@ -61,7 +62,7 @@ class FedAvgModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.fl = fl
+        self.fl = fl if isinstance(fl, FLConfig) else FLConfig(**fl)  # hparams keep the plain dict
         self.seed = seed
         self.model = build_model(model_name, channels, num_classes, init=init, seed=seed)
         self.history: List[dict] = []
@@ -73,16 +74,16 @@ class FedAvgModule(L.LightningModule):
 
     # -------------------------------------------------------------------------- set-up
     def configure_optimizers(self):
-        return torch.optim.SGD(self.model.parameters(), lr=self.fl["server_lr"])
+        return torch.optim.SGD(self.model.parameters(), lr=self.fl.server_lr)
 
     @property
     def rounds(self) -> int:
-        return self.fl["rounds"]
+        return self.fl.rounds
 
     def clients_per_round(self, num_clients: int) -> int:
-        if self.fl.get("clients_per_round"):
-            return min(self.fl["clients_per_round"], num_clients)
-        return max(1, int(round(self.fl["client_fraction"] * num_clients)))
+        if self.fl.clients_per_round:
+            return min(self.fl.clients_per_round, num_clients)
+        return max(1, int(round(self.fl.client_fraction * num_clients)))
 
     def defense_callbacks(self):
         return [cb for cb in self.trainer.callbacks if hasattr(cb, "on_client_update")]
@@ -94,13 +95,13 @@ class FedAvgModule(L.LightningModule):
     def client_update(self, x: Tensor, y: Tensor, client_id: int, round: int) -> ClientUpdate:
         """What ``client_id`` would send in ``round`` after training on (x, y), before defences."""
         fl = self.fl
-        if client_id in fl.get("simulate_failures", ()):
+        if client_id in fl.simulate_failures:
             raise RuntimeError(f"simulated failure of client {client_id} (fl.simulate_failures)")
         return train_client(
             self.model, self.global_params(), x.to(self.device), y.to(self.device),
-            client_id=client_id, round=round, seed=self.seed, lr=fl["lr"], momentum=fl["momentum"],
-            weight_decay=fl["weight_decay"], batch_size=fl["batch_size"], local_epochs=fl["local_epochs"],
-            local_steps=fl["local_steps"], data_gen=generator(self.seed, round, client_id, STREAM_LOCAL_DATA))
+            client_id=client_id, round=round, seed=self.seed, lr=fl.lr, momentum=fl.momentum,
+            weight_decay=fl.weight_decay, batch_size=fl.batch_size, local_epochs=fl.local_epochs,
+            local_steps=fl.local_steps, data_gen=generator(self.seed, round, client_id, STREAM_LOCAL_DATA))
 
     def defended_update(self, update: ClientUpdate) -> ClientUpdate:
         """The update as transmitted: passed through this run's defence callbacks, in order."""
@@ -123,15 +124,26 @@ class FedAvgModule(L.LightningModule):
         return None
 
     def training_step(self, batch, batch_idx):
+        """One FL round: the sampled clients train and send (defended), the server averages and steps."""
         start = time.perf_counter()
         rnd = self.current_epoch
         dm = self.trainer.datamodule
         chosen = sample_clients(dm.num_clients, self.clients_per_round(dm.num_clients), self.seed, rnd)
+        deltas, slot_meta, counters = self._train_clients(chosen, rnd)
+        mean_delta = self.aggregate(deltas, slot_meta)
+        counters = self.trainer.strategy.reduce(counters, reduce_op="sum")
+        uplink_bits, accepted, rejected, failed = counters.tolist()
+        self.rejected_total += int(rejected)
+        self.failed_total += int(failed)
+        self._step_server(mean_delta, rnd)
+        self._log_round(rnd, start, uplink_bits, accepted, rejected, failed, numel=deltas.shape[-1])
+
+    def _train_clients(self, chosen, rnd: int):
+        """This rank's share of ``chosen``: (deltas by slot, slot meta [client id, weight], counters)."""
+        dm = self.trainer.datamodule
         world = self.trainer.world_size
         mine = chosen[self.global_rank::world]
-
-        params = list(self.model.parameters())
-        numel = sum(p.numel() for p in params)
+        numel = sum(p.numel() for p in self.model.parameters())
         # Each rank fills the same number of slots (padding stays weight 0), so all ranks gather equal shapes.
         slots = -(-len(chosen) // world)
         deltas = torch.zeros(slots, numel, device=self.device)
@@ -164,13 +176,10 @@ class FedAvgModule(L.LightningModule):
             slot_meta[slot, 0] = cid
             slot_meta[slot, 1] = update.num_samples
             counters[1] += 1
+        return deltas, slot_meta, counters
 
-        mean_delta = self.aggregate(deltas, slot_meta)
-        counters = self.trainer.strategy.reduce(counters, reduce_op="sum")
-        uplink_bits, accepted, rejected, failed = counters.tolist()
-        self.rejected_total += int(rejected)
-        self.failed_total += int(failed)
-
+    def _step_server(self, mean_delta: Tensor | None, rnd: int) -> None:
+        """The server optimizer descends along -mean_delta (unless nothing, or nothing finite, came)."""
         opt = self.optimizers()
         if mean_delta is None:
             rank_zero_warn(f"round {rnd}: no client update was accepted; the global model is unchanged")
@@ -180,12 +189,14 @@ class FedAvgModule(L.LightningModule):
                            f"rejected and the global model is unchanged")
         else:
             offset = 0
-            for p in params:  # the server optimizer descends along -delta
+            for p in self.model.parameters():
                 p.grad = -mean_delta[offset:offset + p.numel()].view_as(p).to(p.dtype)
                 offset += p.numel()
             opt.step()
             opt.zero_grad(set_to_none=True)
 
+    def _log_round(self, rnd: int, start: float, uplink_bits: float, accepted: float, rejected: float,
+                   failed: float, numel: int) -> None:
         fp32_bits = FLOAT_BITS * numel * (accepted + rejected)
         round_metrics = {
             "round": float(rnd + 1),
@@ -225,7 +236,7 @@ class FedAvgModule(L.LightningModule):
 
     # -------------------------------------------------------------------------- evaluation
     def is_eval_round(self, rnd: int) -> bool:
-        return (rnd + 1) % self.fl["eval_every"] == 0 or rnd + 1 == self.rounds
+        return (rnd + 1) % self.fl.eval_every == 0 or rnd + 1 == self.rounds
 
     def on_validation_epoch_start(self) -> None:
         self._val_loss = self._val_correct = self._val_count = 0.0

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ggl.core.seeding import generator
+from ggl.gan.module import translate
 
 STREAM_CLASSIFIER = 11
 STREAM_QUALITY = 12
@@ -81,7 +82,6 @@ def train_classifier(images: Tensor, labels: Tensor, num_classes: int, seed: int
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps = epochs * -(-len(labels) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    from ggl.gan.module import translate
 
     model.train()
     with torch.random.fork_rng(devices=[]):

@@ -35,7 +35,8 @@ from ggl.core.errors import UserError
 from ggl.core.seeding import derived_seed
 from ggl.audit.records import add_records
 from ggl.core.atomic import atomic_write_text
-from ggl.runs.folder import Stopwatch, create_run_dir, point_latest, write_json
+from ggl.runs.folder import create_run_dir, point_latest
+from ggl.runs.logger import Stopwatch, write_json
 
 Captures = Dict[str, List[Tuple[Path, Path]]]
 

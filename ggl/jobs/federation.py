@@ -1,23 +1,30 @@
 """``train.py`` with ``task: fedavg``: build the data, module, defences, logger and Trainer; fit."""
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
+from typing import Dict, List
 
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch import Tensor
 
-from ggl.config import Config, to_container, to_yaml
-from ggl.data.datamodule import FederatedDataModule
-from ggl.defenses.specs import defenses_label
-from ggl.fl.callbacks import build_defense_callbacks, privacy_summary
-from ggl.fl.module import FedAvgModule
-from ggl.core.plots import label_histogram_png
-from ggl.fl.progress import RoundProgressBar
+from ggl.audit.capture import AuditCapture
+from ggl.config import Config, experiment, to_container, to_yaml
 from ggl.core.atomic import atomic_write_text
 from ggl.core.errors import UserError
-from ggl.runs.resume import RunFolder, open_run
-from ggl.runs.folder import Stopwatch, is_rank_zero, make_logger, write_json
+from ggl.core.plots import label_histogram_png
+from ggl.data.datamodule import FederatedDataModule
+from ggl.data.sources import load_dataset
+from ggl.defenses import defenses_label
+from ggl.fl.callbacks import build_defense_callbacks, check_defenses_fit, privacy_summary
+from ggl.fl.module import FedAvgModule
+from ggl.fl.progress import RoundProgressBar
+from ggl.models import build_model
+from ggl.models.checkpoint import check_fits, read_state
+from ggl.runs.folder import RunFolder, open_run
+from ggl.runs.logger import Stopwatch, is_rank_zero, make_logger, write_json
 from ggl.runs.trainer import RunInterrupted, build_trainer
 
 
@@ -130,6 +137,28 @@ def finished_results(run: RunFolder, rounds: int) -> dict | None:
     return results
 
 
+class StartFrom(Callback):
+    """Loads the checked state into the federation's model before training, unless resuming."""
+
+    def __init__(self, state: Dict[str, Tensor]):
+        self.state = state
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and not trainer.ckpt_path:  # a resumed run continues from its own weights
+            pl_module.model.load_state_dict(self.state, strict=True)
+
+
+def start_from(cfg) -> List[Callback]:
+    """[] without ``model.checkpoint``; else the callback, after checking the file against the model."""
+    if not cfg.model.checkpoint:
+        return []
+    data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.download)  # cached: the run reuses it
+    model = build_model(cfg.model.name, data.channels, data.num_classes)
+    state = read_state(cfg.model.checkpoint)
+    check_fits(model, state, cfg.model.checkpoint, cfg.model.name)
+    return [StartFrom(state)]
+
+
 def run_federation(cfg: Config, extra_callbacks=()) -> dict:
     """Train the configured federation; ``extra_callbacks`` join the chain after the configured defences.
 
@@ -137,15 +166,18 @@ def run_federation(cfg: Config, extra_callbacks=()) -> dict:
     leaves ``latest`` where it was. Ctrl-C leaves the last checkpoint and results.json intact (both are
     written atomically) and raises ``KeyboardInterrupt`` carrying ``run_dir`` for the resume hint.
     """
+    extra_callbacks = start_from(cfg) + list(extra_callbacks)  # model.checkpoint, checked before any folder
     dm = FederatedDataModule(cfg.data, cfg.fl.eval_batch_size, cfg.seed)
     dm.setup()
+    check_defenses_fit(cfg.defenses, build_model(cfg.model.name, dm.data.channels, dm.data.num_classes))
     name = run_name(cfg)
     label = defenses_label(cfg.defenses)
     config = to_container(cfg)
     # Lightning's rank of this process (a Trainer reads torchrun/SLURM/launcher variables) decides who writes
     rank_zero = build_trainer(cfg.trainer, {"max_epochs": cfg.fl.rounds, "logger": False}).global_rank == 0
     run = open_run(cfg.resume, cfg.output_dir, name, config, "fl", _RESUMABLE_FL_KEYS,
-                   example="runs/fed_q4/latest", rank_zero=rank_zero)
+                   example="runs/fed_q4/latest", experiment=functools.partial(experiment, task="fedavg"),
+                   rank_zero=rank_zero)
     try:
         done = finished_results(run, cfg.fl.rounds) if run.ckpt else None
         if done is not None:
@@ -186,8 +218,6 @@ def _set_up(cfg: Config, dm: FederatedDataModule, run: RunFolder, name: str, lab
                         save_top_k=1, every_n_epochs=cfg.checkpoint_every, auto_insert_metric_name=False),
     ]
     if cfg.audit.rounds:  # victim updates for attack.py source=<this run> (ggl/audit/capture.py)
-        from ggl.audit.capture import AuditCapture
-
         callbacks.append(AuditCapture(run_dir, cfg.audit, config["data"], cfg.model.name, cfg.defenses, cfg.seed))
     logger = make_logger(cfg.logger, run_dir, name=f"{name}-s{cfg.seed}", group=label,
                          tags=["fedavg", label, cfg.data.name, cfg.model.name, cfg.data.partition],

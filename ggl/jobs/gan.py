@@ -8,6 +8,7 @@ shipped files ``PATH`` (prior), ``<stem>.json``, ``<stem>_classifier.pt`` and ``
 """
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import shlex
@@ -18,7 +19,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from ggl.config import Config, to_container, to_yaml
+from ggl.config import Config, experiment, to_container, to_yaml
 from ggl.data.datamodule import load_split
 from ggl.data.splits import indices_hash
 from ggl.core.errors import ConfigError
@@ -28,8 +29,8 @@ from ggl.gan.quality import (QualityReference, build_reference, classifier_state
                              seeded_subset, train_classifier)
 from ggl.models.gan import count_params
 from ggl.core.atomic import atomic_write_text
-from ggl.runs.resume import open_run
-from ggl.runs.folder import Stopwatch, make_logger, write_json
+from ggl.runs.folder import open_run
+from ggl.runs.logger import Stopwatch, make_logger, write_json
 from ggl.runs.trainer import build_trainer
 
 
@@ -140,14 +141,14 @@ def _run_gan(cfg: Config) -> dict:
     if g.export:
         check_export(Path(g.export), g.export_overwrite)
     run = open_run(cfg.resume, cfg.output_dir, name, config, "gan", _RESUMABLE_GAN_KEYS,
-                   example="runs/gan_mnist/latest")
+                   example="runs/gan_mnist/latest", experiment=functools.partial(experiment, task="gan"))
     done = finished_gan(run, _max_epochs(g, len(public)))
     if done is not None:
         run.release()
         return done
     try:
         results = _train_in(run, cfg, clock, data, split, public, heldout, x_pub, y_pub, name, config)
-    except BaseException as exc:
+    except BaseException:
         if not run.committed:  # set-up failed: no orphan folder, latest not moved
             run.abandon()
         run.release()
@@ -197,53 +198,63 @@ def check_export(path: Path, overwrite: bool) -> None:
 
 
 def _train_in(run, cfg: Config, clock, data, split, public, heldout, x_pub, y_pub, name, config) -> dict:
-    g = cfg.gan
-    run_dir, ckpt_path = run.path, run.ckpt
-    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-    public_hash = indices_hash(split.public)
+    """Build, fit, measure and write, inside the run folder ``run``."""
+    atomic_write_text(run.path / "config.yaml", to_yaml(cfg))
+    trainer, module, logger, classifier, ref = _build(run, cfg, data, public, heldout, x_pub, y_pub, name, config)
+    classifier_seconds = clock.seconds  # everything before GAN training: data, domain classifier, reference
+    loader = DataLoader(TensorDataset(x_pub, y_pub), batch_size=cfg.gan.batch_size,
+                        sampler=EpochSeededSampler(len(public), cfg.seed), drop_last=True)
+    fit_clock = Stopwatch()
+    run.commit()
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=str(run.ckpt) if run.ckpt else None,
+                weights_only=True)
+    timing = {"train_seconds": fit_clock.seconds, "classifier_seconds": classifier_seconds}
+    G = module.export_generator()  # the prior: EMA generator with recalibrated BN, in eval mode
+    results, state = _measure(cfg, G, module, ref, split, public, config, clock, timing, run.path)
+    grid = sample_grid(G, cfg.seed, cfg.gan.grid_per_class, cfg.gan.grid_size)
+    if trainer.is_global_zero:
+        _write(run.path, cfg, results, state, classifier, grid, logger, trainer.global_step)
+    metrics = results["metrics"]
+    agree = metrics["class_agreement"]
+    print(f"done: fid={metrics['fid']:.2f} (real-vs-real {metrics['fid_real_vs_real']:.2f})"
+          + (f" class_agreement={agree:.3f} (real {metrics['class_agreement_real']:.3f})" if agree is not None else "")
+          + f" epochs={results['timing']['epochs']} wall={results['timing']['wall_seconds']:.0f}s -> {run.path}")
+    return results
 
+
+def _build(run, cfg: Config, data, public, heldout, x_pub, y_pub, name, config):
+    """The GAN module, its logger, the Trainer with its callbacks, the domain classifier and the reference."""
+    g, run_dir = cfg.gan, run.path
     module = GANModule(to_container(cfg)["gan"], data.channels, data.images.shape[-1], data.num_classes,
                        seed=cfg.seed)
     logger = make_logger(cfg.logger, run_dir, name=f"{name}-s{cfg.seed}", group="gan",
                          tags=["gan", cfg.data.name, g.loss, "conditional" if g.conditional else "unconditional"],
                          config=config, job_type="gan")
-    grid_cb = SampleGrid(run_dir, cfg.seed, g.sample_every, g.grid_per_class, g.grid_size)
-    callbacks = [grid_cb]
-    max_epochs = _max_epochs(g, len(public))
-    trainer_defaults = {"max_epochs": max_epochs, "default_root_dir": str(run_dir),
+    trainer_defaults = {"max_epochs": _max_epochs(g, len(public)), "default_root_dir": str(run_dir),
                         "logger": logger if logger is not None else False,
                         "limit_val_batches": 0, "use_distributed_sampler": False}
     # the quality monitor needs the classifier, which needs the device: build the trainer in two steps
     trainer = build_trainer(cfg.trainer, {**trainer_defaults, "callbacks": []})
     if trainer.world_size > 1:
         raise ConfigError("GAN training runs on one device; set trainer.devices=1 (config section 'trainer')")
-    device = trainer.strategy.root_device
-
     classifier = train_classifier(x_pub, y_pub, data.num_classes, seed=cfg.seed, epochs=g.classifier_epochs,
-                                  device=device)
+                                  device=trainer.strategy.root_device)
     ref = build_reference(classifier, x_pub, data.images[heldout], data.labels[heldout])
-    classifier_seconds = clock.seconds  # everything before GAN training: data, domain classifier, reference
-    callbacks.append(QualityMonitor(ref, cfg.seed, g.quality_every))
-    # save_top_k=1 without a monitor keeps the newest epoch file; Lightning (2.6) writes last.ckpt only
-    # when some checkpoint was saved in that epoch, so save_top_k=0 would leave nothing until the end
-    callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:04d}", save_last=True,
-                                     save_top_k=1, every_n_epochs=cfg.checkpoint_every,
-                                     auto_insert_metric_name=False))
+    callbacks = [SampleGrid(run_dir, cfg.seed, g.sample_every, g.grid_per_class, g.grid_size),
+                 QualityMonitor(ref, cfg.seed, g.quality_every),
+                 # save_top_k=1 without a monitor keeps the newest epoch file; Lightning (2.6) writes last.ckpt
+                 # only when some checkpoint was saved in that epoch, so save_top_k=0 would leave nothing until the end
+                 ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:04d}", save_last=True,
+                                 save_top_k=1, every_n_epochs=cfg.checkpoint_every, auto_insert_metric_name=False)]
     trainer = build_trainer(cfg.trainer, {**trainer_defaults, "callbacks": callbacks})
+    return trainer, module, logger, classifier, ref
 
-    loader = DataLoader(TensorDataset(x_pub, y_pub), batch_size=g.batch_size,
-                        sampler=EpochSeededSampler(len(public), cfg.seed), drop_last=True)
-    fit_clock = Stopwatch()
-    run.commit()
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=str(ckpt_path) if ckpt_path else None,
-                weights_only=True)
-    train_seconds = fit_clock.seconds
 
-    # the prior: EMA generator with recalibrated BN, in eval mode
-    G = module.export_generator()
+def _measure(cfg: Config, G, module, ref, split, public, config, clock, timing, run_dir) -> tuple:
+    """The prior's quality against the real-vs-real reference: (results dict, the prior's state)."""
+    g = cfg.gan
+    public_hash = indices_hash(split.public)
     final = evaluate_generator(G, ref, cfg.seed)
-    grid = sample_grid(G, cfg.seed, g.grid_per_class, g.grid_size)
-    wall = clock.seconds
     epochs_done = module.history[-1]["epoch"] + 1 if module.history else 0
     metrics = {
         "fid": final["fid"], "fid_real_vs_real": ref.metrics["fid_real_vs_real"],
@@ -269,31 +280,31 @@ def _train_in(run, cfg: Config, clock, data, split, public, heldout, x_pub, y_pu
         "spec": G.spec(), "generator": state["generator"],
         "params": {"generator": count_params(module.G), "discriminator": count_params(module.D)},
         "metrics": metrics,
-        "timing": {"wall_seconds": wall, "train_seconds": train_seconds,
-                   "classifier_seconds": classifier_seconds, "epochs": epochs_done,
+        "timing": {"wall_seconds": clock.seconds, "train_seconds": timing["train_seconds"],
+                   "classifier_seconds": timing["classifier_seconds"], "epochs": epochs_done,
                    "images_per_second_median": sorted(ips)[len(ips) // 2] if ips else None,
                    "torch_threads": torch.get_num_threads()},
         "versions": _versions(),
         "history": module.history,
         "run_dir": str(run_dir),
     }
-    if trainer.is_global_zero:
-        save_prior(run_dir / "prior.pt", state)
-        save_prior(run_dir / "classifier.pt", classifier_state(classifier))
-        _save_png(grid, run_dir / "samples.png")
+    return results, state
+
+
+def _write(run_dir: Path, cfg: Config, results: dict, state: dict, classifier, grid: torch.Tensor, logger,
+           step: int) -> None:
+    """The run's prior, classifier, samples and results.json (and the shipped copies with ``gan.export``)."""
+    save_prior(run_dir / "prior.pt", state)
+    save_prior(run_dir / "classifier.pt", classifier_state(classifier))
+    _save_png(grid, run_dir / "samples.png")
+    write_json(run_dir / "results.json", results)
+    if cfg.gan.export:
+        results["exported"] = _export(Path(cfg.gan.export), state, classifier, grid, results, cfg.gan.export_overwrite)
         write_json(run_dir / "results.json", results)
-        if g.export:
-            results["exported"] = _export(Path(g.export), state, classifier, grid, results, g.export_overwrite)
-            write_json(run_dir / "results.json", results)
-        if logger is not None:
-            logger.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},
-                               step=trainer.global_step)
-            logger.log_image(key="final_samples", images=[grid], step=trainer.global_step)
-    agree = metrics["class_agreement"]
-    print(f"done: fid={metrics['fid']:.2f} (real-vs-real {metrics['fid_real_vs_real']:.2f})"
-          + (f" class_agreement={agree:.3f} (real {metrics['class_agreement_real']:.3f})" if agree is not None else "")
-          + f" epochs={epochs_done} wall={wall:.0f}s -> {run_dir}")
-    return results
+    if logger is not None:
+        logger.log_metrics({f"final/{k}": v for k, v in results["metrics"].items() if isinstance(v, (int, float))},
+                           step=step)
+        logger.log_image(key="final_samples", images=[grid], step=step)
 
 
 def _export(path: Path, state: dict, classifier, grid: torch.Tensor, results: dict, overwrite: bool) -> dict:

@@ -5,14 +5,13 @@ checkpoint (weights under ``state_dict`` with a ``model.`` prefix). It is read w
 code (weights only) and checked against the configured model before any run folder exists: a
 missing, unreadable or mismatching file is one line naming the file and the first parameter that
 does not fit. A resumed run starts from its own checkpoint; ``model.checkpoint`` only seeds round 0.
+Fresh victims of an attack start from it too (``load_into``).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Dict, List
 
-import torch
-from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from ggl.core.errors import UserError
@@ -56,26 +55,8 @@ def check_fits(model: nn.Module, state: Dict[str, Tensor], path: str | Path, mod
                         + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
 
 
-class StartFrom(Callback):
-    """Loads the checked state into the federation's model before training, unless resuming."""
-
-    def __init__(self, state: Dict[str, Tensor]):
-        self.state = state
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage == "fit" and not trainer.ckpt_path:  # a resumed run continues from its own weights
-            pl_module.model.load_state_dict(self.state, strict=True)
-
-
-def start_from(cfg) -> List[Callback]:
-    """[] without ``model.checkpoint``; else the callback, after checking the file against the model."""
-    if not cfg.model.checkpoint:
-        return []
-    from ggl.data.sources import load_dataset
-    from ggl.models import build_model
-
-    data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.download)  # cached: the run reuses it
-    model = build_model(cfg.model.name, data.channels, data.num_classes)
-    state = read_state(cfg.model.checkpoint)
-    check_fits(model, state, cfg.model.checkpoint, cfg.model.name)
-    return [StartFrom(state)]
+def load_into(model: nn.Module, path: str | Path, model_name: str) -> None:
+    """``model`` given the checked weights of ``path``."""
+    state = read_state(path)
+    check_fits(model, state, path, model_name)
+    model.load_state_dict(state, strict=True)

@@ -1,31 +1,23 @@
-"""Run folders, results.json and the W&B logger: the one results format every job writes.
-
-Every run writes ``<output_dir>/<name>/<timestamp>/`` (``config.yaml``, ``results.json``, artefacts)
-and points ``<output_dir>/<name>/latest`` at it once its set-up succeeded. Nothing is ever overwritten:
-two runs started in the same second get distinct folders. Only rank 0 creates a folder.
+"""A job's run folder: ``<output_dir>/<name>/<timestamp>/`` created fresh (unique, never overwritten,
+``latest`` moved only once set-up succeeded), locked, or the stopped run it continues (refusing a
+different experiment). Only rank 0 creates, locks and writes.
 """
 from __future__ import annotations
 
-import json
-import math
 import os
-import secrets
-import string
-import time
+import shutil
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
-from lightning.fabric.utilities.rank_zero import rank_zero_only
+from omegaconf import OmegaConf
 
-from ggl.core.atomic import atomic_write_text, fsync_dir
+from ggl.core.atomic import fsync_dir
 from ggl.core.errors import UserError
+from ggl.core.safe_load import safe_load
 
-
-def is_rank_zero() -> bool:
-    """Lightning's own process rank (RANK, LOCAL_RANK, SLURM_PROCID, ...; set from the Trainer once built)."""
-    return rank_zero_only.rank == 0
-
+Experiment = Callable[[dict], dict]   # a config -> the part of it that defines a run's results
 
 def check_writable(folder: Path) -> None:
     """Fail before training, not after an hour, when results cannot be written."""
@@ -127,71 +119,105 @@ class RunLock:
             self.fd = None
 
 
-def strict_json(obj: Any, where: str = "", found: Optional[dict] = None) -> Any:
-    """``obj`` with every non-finite float replaced by None; ``found`` collects where and what it was."""
-    if isinstance(obj, float) or (hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0):
-        value = obj.item() if hasattr(obj, "item") else obj
-        if isinstance(value, float) and not math.isfinite(value):
-            if found is not None:
-                found[where or "."] = repr(value)
-            return None
-        return value
-    if isinstance(obj, dict):
-        return {k: strict_json(v, f"{where}.{k}" if where else str(k), found) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict_json(v, f"{where}[{i}]", found) for i, v in enumerate(obj)]
-    return obj
+def resolve_resume(resume: str, example: str) -> Tuple[Path, Path]:
+    """``resume`` = a run folder (its checkpoints/last.ckpt) or a checkpoint in one -> (run_dir, ckpt).
 
-
-def write_json(path: Path, obj: Any) -> None:
-    """Strict JSON (no NaN/Infinity tokens), written atomically.
-
-    A non-finite number becomes null, and ``non_finite_values`` lists where and what it was, so a
-    reader knows the null is a NaN (e.g. a diverged federation's loss), not a missing value.
+    A checkpoint must sit in ``<run>/checkpoints/`` of a ggl run folder (one with ``config.yaml``):
+    otherwise the folder two levels up is someone else's, and resuming would write into it.
     """
-    found: dict = {}
-    clean = strict_json(obj, "", found)
-    if found and isinstance(clean, dict):
-        clean["non_finite_values"] = {**clean.get("non_finite_values", {}), **found}
-    text = json.dumps(clean, indent=2, default=_json_default, allow_nan=False) + "\n"
-    atomic_write_text(path, text)
+    path = Path(resume)
+    if path.is_dir():
+        run_dir, ckpt = path.resolve(), path.resolve() / "checkpoints" / "last.ckpt"
+    else:
+        ckpt = path.resolve()
+        run_dir = ckpt.parent.parent
+    if not ckpt.is_file():
+        raise UserError(f"config key 'resume' = {resume!r}: no checkpoint at '{ckpt}' (give a run folder "
+                        f"such as {example}, or a .ckpt file)")
+    if ckpt.parent.name != "checkpoints" or not (run_dir / "config.yaml").is_file():
+        raise UserError(f"config key 'resume' = {resume!r}: '{ckpt}' is not in the checkpoints/ folder of a "
+                        f"ggl run folder (one with config.yaml); resume only runs ggl made, such as {example}")
+    return run_dir, ckpt
 
 
-def _json_default(o):
-    if hasattr(o, "tolist"):  # tensors and arrays; non-finite entries become null
-        return strict_json(o.tolist())
-    return str(o)
+def check_same_experiment(run_dir: Path, config: dict, section: str, resumable: Iterable[str],
+                          experiment: Experiment) -> None:
+    """Only ``section.<resumable>`` keys (how far to go) and keys outside the experiment may differ."""
+    saved_file = run_dir / "config.yaml"
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(saved_file))
+    except Exception as exc:  # a hand-edited or truncated YAML file: name it
+        raise UserError(f"resume: cannot read the run's {saved_file} ({str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"resume: the run's {saved_file} is not a config mapping")
+    mine, theirs = experiment(config), experiment(saved)
+    resumable = set(resumable)
+    diffs = [k for k in mine if k != section and theirs.get(k) != mine[k]]
+    mine_s, theirs_s = mine.get(section) or {}, theirs.get(section) or {}
+    diffs += [f"{section}.{k}" for k in sorted(set(mine_s) | set(theirs_s)) if k not in resumable
+              and theirs_s.get(k) != mine_s.get(k)]
+    if diffs:
+        allowed = ", ".join(f"{section}.{k}" for k in sorted(resumable))
+        raise UserError(f"resume: {', '.join(diffs)} differ from the run's {saved_file}; a resumed run may "
+                        f"only change {allowed}, devices and logging (start a new run instead)")
 
 
-def make_logger(logger_cfg, run_dir: Path, name: str, group: str, tags: Iterable[str], config: dict,
-                job_type: str, run_id: Optional[str] = None):
-    """Lightning's WandbLogger, offline unless ``logger.mode=online``; ``None`` when disabled.
-
-    The run id is kept in ``run_dir/wandb_id.txt`` so a resumed run appends to the same W&B run.
-    """
-    if logger_cfg.mode == "disabled":
-        return None
-    from lightning.pytorch.loggers import WandbLogger
-
-    id_file = Path(run_dir) / "wandb_id.txt"
-    if run_id is None and id_file.is_file():
-        run_id = id_file.read_text().strip()
-    if run_id is None:
-        run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-        if is_rank_zero():
-            id_file.write_text(run_id + "\n")
-    os.environ.setdefault("WANDB_SILENT", "true")
-    return WandbLogger(
-        name=name, project=logger_cfg.project, entity=logger_cfg.entity, group=logger_cfg.group or group,
-        tags=sorted(set(tags) | set(logger_cfg.tags)), save_dir=str(run_dir), offline=logger_cfg.mode == "offline",
-        id=run_id, resume="allow", config=config, job_type=job_type,
-    )
+def read_checkpoint(ckpt: Path) -> Dict[str, Any]:
+    """The checkpoint, through the safe loader: a truncated or crafted file is a one-line error here."""
+    blob = safe_load(ckpt, "checkpoint")
+    if not isinstance(blob, dict) or "state_dict" not in blob or "epoch" not in blob:
+        raise UserError(f"checkpoint '{ckpt}' is not a Lightning checkpoint (no state_dict/epoch); give the "
+                        f"run folder or its checkpoints/last.ckpt")
+    return blob
 
 
-class Stopwatch:
-    def __init__(self):
-        self.start = time.perf_counter()
+@dataclass
+class RunFolder:
+    path: Path
+    ckpt: Optional[Path] = None      # the checkpoint to resume from
+    fresh: bool = False              # created by this job (removed again if its set-up fails)
+    rank_zero: bool = True
+    checkpoint: Dict[str, Any] = field(default_factory=dict)  # the resume checkpoint, safely loaded
+    lock: Optional[RunLock] = None
+    committed: bool = False
 
-    @property
-    def seconds(self) -> float:
-        return time.perf_counter() - self.start
+    def commit(self) -> None:
+        """Set-up succeeded: a fresh folder becomes ``latest``."""
+        if self.fresh and self.rank_zero:
+            point_latest(self.path)
+        self.committed = True
+
+    def abandon(self) -> None:
+        """Set-up failed: remove a fresh folder (``latest`` was never moved) and unlock."""
+        self.release()
+        if self.fresh and self.rank_zero:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+def open_run(resume: Optional[str], output_dir: str, name: str, config: dict, section: str,
+             resumable: Iterable[str], example: str, experiment: Experiment, rank_zero: bool = True) -> RunFolder:
+    """The job's run folder; on ranks other than 0 its path is rank 0's only once shared (see ShareRunDir).
+    ``experiment`` maps a config (this one, or the resumed run's saved one) to the keys that define its results."""
+    check_run_name(name)
+    if not resume:
+        if not rank_zero:  # the real folder arrives by broadcast from rank 0 when the Trainer starts
+            return RunFolder(Path(output_dir) / name / "rank0-folder-pending", rank_zero=False)
+        run = RunFolder(create_run_dir(output_dir, name), fresh=True)
+    else:
+        run_dir, ckpt = resolve_resume(resume, example)
+        check_same_experiment(run_dir, config, section, resumable, experiment)
+        run = RunFolder(run_dir, ckpt, rank_zero=rank_zero, checkpoint=read_checkpoint(ckpt))
+        if rank_zero:
+            check_writable(run_dir)
+    if rank_zero:
+        try:
+            run.lock = RunLock(run.path).acquire()
+        except BaseException:
+            run.abandon()
+            raise
+    return run

@@ -310,7 +310,7 @@ def plan(grid: Dict[str, List[Any]], seeds_vary: Optional[bool] = None) -> List[
 def comparable(config: dict) -> dict:
     """The keys that define a run's experiment (``ggl.runs.resume.EXPERIMENT_KEYS`` of its task: a GAN or attack
     key added to a federation's config does not make its runs "not done"), less progress bars."""
-    from ggl.runs.resume import experiment
+    from ggl.config import experiment
 
     out = {k: v for k, v in experiment(config).items() if k not in _IGNORED_TOP}
     for section, key in _IGNORED_NESTED:

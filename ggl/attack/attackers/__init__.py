@@ -30,20 +30,24 @@ from dataclasses import fields
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ggl.core.errors import ConfigError
+from ggl.core.registry import Registry
 
 # name -> (attacker class, fixed constructor arguments that make this entry what its name says)
-_REGISTRY: Dict[str, Tuple[type, Dict[str, Any]]] = {}
+_REGISTRY: Registry[Tuple[type, Dict[str, Any]]] = Registry("attacker", owner=lambda entry: entry[0])
 
 
 def register(name: str, **fixed: Any) -> Callable[[type], type]:
     """Class decorator: register ``cls`` under ``name``; ``fixed`` are constructor arguments that the
     name stands for (e.g. ``loss='cosine', adaptive=True``), not settable as options."""
     def deco(cls: type) -> type:
-        if name in _REGISTRY:
-            raise ValueError(f"attacker name '{name}' registered twice")
-        _REGISTRY[name] = (cls, dict(fixed))
+        _REGISTRY.add(name, (cls, dict(fixed)), same=_same_entry)
         return cls
     return deco
+
+
+def _same_entry(a: tuple, b: tuple) -> bool:
+    """One class imported twice (its module reloaded) with the same fixed arguments is the same attacker."""
+    return (a[0].__module__, a[0].__qualname__, a[1]) == (b[0].__module__, b[0].__qualname__, b[1])
 
 
 def available_attackers() -> List[str]:
@@ -51,10 +55,7 @@ def available_attackers() -> List[str]:
 
 
 def _unknown(name: Any, key: str) -> ConfigError:
-    near = difflib.get_close_matches(str(name), available_attackers(), n=1)
-    hint = f"did you mean '{near[0]}'? " if near else ""
-    return ConfigError(f"config key '{key}' = {name!r} is not a known attacker; {hint}"
-                       f"known: {', '.join(available_attackers())}")
+    return _REGISTRY.unknown(name, key)
 
 
 def option_names(name: str) -> List[str]:

@@ -14,6 +14,7 @@ from typing import ClassVar, Optional
 
 from torch import Tensor, nn
 
+from ggl.attack import search_units
 from ggl.core.errors import UserError
 
 
@@ -31,8 +32,6 @@ class Attacker:
 
     def units(self, cfg) -> int:
         """Progress-bar units one attack takes (the latent search's by default)."""
-        from ggl.attack import search_units
-
         return search_units(cfg)
 
     def refusal(self, obs) -> Optional[str]:

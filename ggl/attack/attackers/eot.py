@@ -38,9 +38,19 @@ from typing import ClassVar, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ggl.attack import infer_labels, prior_probes, run_search
 from ggl.attack.attackers import register
 from ggl.attack.attackers.base import Attacker
+from ggl.attack.objective import GGLObjective, kl_latent, match_loss
 from ggl.core.errors import ConfigError, UserError
+from ggl.core.seeding import derived_seed
+from ggl.defenses import defenses_label, parse_defense, resolve_noise
+from ggl.defenses.clip import EPS, Clip
+from ggl.defenses.identity import Identity
+from ggl.defenses.noise import Noise
+from ggl.defenses.sign import Sign
+from ggl.defenses.topk import TopK
+from ggl.defenses.quantize import Quantize, quantize_rows
 
 MODES = ("likelihood", "sample")
 MATCHES = ("l2", "cosine")
@@ -66,9 +76,6 @@ class DefenseChainModel:
 
     def __init__(self, specs: Sequence, observed: Sequence[Tensor], samples: int = 8, mode: str = "likelihood",
                  match: str = "l2", seed: int = 0):
-        from ggl.defenses.specs import (ClipSpec, IdentitySpec, NoiseSpec, QuantizeSpec, SignSpec, TopKSpec,
-                                        defenses_label, parse_defense, resolve_noise)
-
         parsed = [parse_defense(dict(s), f"observation.defenses[{i}]") if isinstance(s, dict) else s
                   for i, s in enumerate(specs)]
         self.label = defenses_label(parsed)
@@ -76,20 +83,20 @@ class DefenseChainModel:
         self.target = torch.cat([t.reshape(-1) for t in observed]).double()
         self.steps: List[Tuple[str, object]] = []
         for i, s in enumerate(parsed):
-            if isinstance(s, QuantizeSpec):
+            if isinstance(s, Quantize):
                 if s.bits < 32:
                     self.steps.append(("sround" if s.rounding == "stochastic" else "quantize", s))
-            elif isinstance(s, NoiseSpec):
+            elif isinstance(s, Noise):
                 std, _ = resolve_noise(parsed, i, "observation.defenses")
                 if std > 0:
                     self.steps.append(("noise", float(std)))
-            elif isinstance(s, ClipSpec):
+            elif isinstance(s, Clip):
                 self.steps.append(("clip", float(s.max_norm)))
-            elif isinstance(s, SignSpec):
+            elif isinstance(s, Sign):
                 self.steps.append(("sign", None))
-            elif isinstance(s, TopKSpec):
+            elif isinstance(s, TopK):
                 self.steps.append(("mask", self.target != 0))
-            elif not isinstance(s, IdentitySpec):
+            elif not isinstance(s, Identity):
                 raise UserError(f"attacker 'ggl-eot' has no model of defence '{getattr(s, 'name', s)}'")
         self.randomised = any(k in ("sround", "noise") for k, _ in self.steps)
         self.exact = mode == "likelihood" and bool(self.steps) and self.steps[-1][0] in ("sround", "noise")
@@ -118,8 +125,6 @@ class DefenseChainModel:
 
     def _quantize(self, x: Tensor, spec, noise: Optional[Tensor]) -> Tensor:
         """``ggl.defenses.quantize.quantize_rows`` over the last dimension (per range group)."""
-        from ggl.defenses.quantize import quantize_rows
-
         levels = 2 ** spec.bits - 1
         noise_groups = self._groups(noise, spec.range) if noise is not None else None
         out = [quantize_rows(part, levels, noise_groups[g] if noise is not None else None)
@@ -128,8 +133,6 @@ class DefenseChainModel:
 
     def transform(self, x: Tensor, steps) -> Tensor:
         """Apply ``steps`` to trial updates x (P, N) -> (K, P, N) (K = 1 without sampled steps)."""
-        from ggl.defenses.clip import EPS
-
         x = x.unsqueeze(0)
         for j, (kind, arg) in enumerate(steps):
             if kind == "quantize":
@@ -169,8 +172,6 @@ class DefenseChainModel:
 
     def loss(self, trial: Tensor) -> Tensor:
         """(P,) losses (float64) of flat trial updates (P, N)."""
-        from ggl.attack.objective import match_loss
-
         n = trial.shape[-1]
         if self.exact:
             nll = self._nll(self.transform(trial, self.steps[:-1]))
@@ -186,8 +187,6 @@ class DefenseChainModel:
 def _objective_class():
     """GGL's objective with the chain's likelihood / EOT loss as its matching term (defined lazily so
     the registry imports without the search stack)."""
-    from ggl.attack.objective import GGLObjective, kl_latent
-
     class EOTObjective(GGLObjective):
         def __init__(self, obs, generator, labels, chain: DefenseChainModel, kl_weight: float = 0.0, model=None):
             super().__init__(obs, generator, labels, loss="l2", kl_weight=kl_weight, adaptive=False,
@@ -236,8 +235,6 @@ class EOTAttacker(Attacker):
         return None
 
     def run(self, obs, G, cfg, seed, labels=None, tick=None, model=None):
-        from ggl.attack import infer_labels, prior_probes, run_search
-        from ggl.core.seeding import derived_seed
 
         model = model if model is not None else obs.build_model()
         if labels is None:

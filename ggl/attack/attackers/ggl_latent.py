@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ggl.attack import attack
 from ggl.attack.attackers import register
 from ggl.attack.attackers.base import Attacker, with_keys
 
@@ -35,7 +36,5 @@ class GGLAttacker(Attacker):
         return "adaptive" if self.adaptive else "none"
 
     def run(self, obs, G, cfg, seed, labels=None, tick=None, model=None):
-        from ggl.attack import attack
-
         return attack(obs, G, with_keys(cfg, loss=self.loss_kind, adaptive=self.adaptive), seed,
                       labels=labels, tick=tick, model=model)

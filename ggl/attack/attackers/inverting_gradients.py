@@ -29,6 +29,7 @@ from typing import ClassVar, Optional
 import torch
 from torch import Tensor, nn
 
+from ggl.attack import GGLObjective, SearchResult, infer_labels
 from ggl.attack.attackers import register
 from ggl.attack.attackers.base import Attacker
 from ggl.core.errors import ConfigError
@@ -88,8 +89,6 @@ class InvertingGradients(Attacker):
         return self.steps
 
     def run(self, obs, G, cfg, seed, labels=None, tick=None, model=None):
-        from ggl.attack import GGLObjective, SearchResult, infer_labels
-
         start = time.perf_counter()
         model = model if model is not None else obs.build_model()
         if labels is None:
