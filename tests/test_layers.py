@@ -109,16 +109,7 @@ ALLOWLIST_FUNCTION_IMPORTS: Dict[str, int] = {
     "ggl.runs.resume -> ggl.audit.victim": 1,
     "ggl.runs.resume -> ggl.config": 1,
     "ggl.runs.resume -> ggl.defenses.specs": 1,
-    "ggl.sweep -> ggl.attack.attackers": 3,
-    "ggl.sweep -> ggl.attack.search": 1,
-    "ggl.sweep -> ggl.jobs.attack": 1,
-    "ggl.sweep -> ggl.config": 8,
-    "ggl.sweep -> ggl.defenses": 4,
-    "ggl.sweep -> ggl.core.environ": 1,
-    "ggl.sweep -> ggl.jobs.federation": 1,
-    "ggl.sweep -> ggl.report": 5,
-    "ggl.sweep -> ggl.runs.resume": 1,
-}  # 127 imports
+}  # 102 imports
 
 
 def module_name(path: Path) -> str:
