@@ -60,15 +60,7 @@ ALLOWLIST_FUNCTION_IMPORTS: Dict[str, int] = {
     "ggl.report -> ggl.core.errors": 4,
     "ggl.report -> ggl.core.plots": 3,
     "ggl.report -> ggl.report.worst_case": 5,
-    "ggl.sweep -> ggl.attack.attackers": 3,
-    "ggl.sweep -> ggl.attack.search": 1,
-    "ggl.sweep -> ggl.config": 9,
-    "ggl.sweep -> ggl.core.environ": 1,
-    "ggl.sweep -> ggl.defenses": 4,
-    "ggl.sweep -> ggl.jobs.attack": 1,
-    "ggl.sweep -> ggl.jobs.federation": 1,
-    "ggl.sweep -> ggl.report": 5,
-}  # 56 imports
+}  # 31 imports
 
 
 def module_name(path: Path) -> str:

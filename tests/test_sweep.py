@@ -9,7 +9,10 @@ import pytest
 
 from _attack_fixtures import TinyPrior, one_torch_thread  # noqa: F401
 from ggl.config import CONFIG_DIR
-from ggl.sweep import W_AND_B_TOP_KEYS, Job, Progress, expand, load_sweep, main, plan
+from ggl.sweep.grid import W_AND_B_TOP_KEYS, expand, load_sweep
+from ggl.sweep.main import main
+from ggl.sweep.plan import Job, plan
+from ggl.sweep.runner import Progress
 
 DEFAULT = CONFIG_DIR / "sweep_defenses.yaml"
 TINY = CONFIG_DIR / "sweep_tiny.yaml"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from _attack_fixtures import one_torch_thread  # noqa: F401
-from ggl.sweep import main
+from ggl.sweep.main import main
 
 TINY = Path(__file__).resolve().parent.parent / "configs" / "sweep_tiny.yaml"
 

@@ -1,6 +1,6 @@
 """``python -m ggl.sweep``."""
 import sys
 
-from ggl.sweep import main
+from ggl.sweep.main import main
 
 sys.exit(main())

@@ -1,0 +1,139 @@
+"""``python -m ggl.sweep``: the command line (argparse), the finish line, and the W&B agent's own run.
+
+    python -m ggl.sweep configs/sweep_defenses.yaml [key=value ...] [--list]     # the grid, locally
+    python -m ggl.sweep configs/sweep_defenses.yaml --one key=value ...           # one grid point (wandb agent)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from ggl.core.errors import ConfigError, UserError
+from ggl.report import HEADLINE, _ci, chance_level, collect, most_leakage
+from ggl.sweep.grid import check_parameter_name, load_sweep, parse_overrides
+from ggl.sweep.plan import GridPoint, mark_done, plan
+from ggl.sweep.runner import run_points
+
+DESCRIPTION = "The privacy-utility sweep: defence settings -> federations with audit captures -> GGL attacks."
+
+
+def results_of(points: List[GridPoint]) -> dict:
+    """The report's points (``ggl.report.collect``: same pairing, statistics) of the finished jobs."""
+    folders = [d for p in points for d in [p.fed.done_dir] + [a.done_dir for a in p.attacks] if d]
+    return collect(folders) if folders else {"rows": [], "skipped": []}
+
+
+def output_root(points: List[GridPoint]) -> Optional[Path]:
+    """The folder holding the sweep's runs (``<output_dir>`` of ``<output_dir>/<name>/<timestamp>``)."""
+    roots = {Path(d).parent.parent for p in points for d in [p.fed.done_dir] + [a.done_dir for a in p.attacks] if d}
+    return next(iter(roots)) if len(roots) == 1 else None
+
+
+def _log_agent_run(point: GridPoint) -> None:
+    """Under ``wandb agent``: the sweep's own run (the agent's WANDB_RUN_ID) gets the setting's numbers."""
+    import wandb
+
+    run = wandb.init(config={k: v for k, v in point.params.items()}, job_type="sweep-point",
+                     name=point.setting, tags=["sweep", point.setting])
+    try:
+        rows = results_of([point])["rows"]
+        summary = {"setting": point.setting}
+        grids = {}
+        for r in rows:
+            grid = Path(r["images"]).parent / "grid.png" if r["images"] is not None else None
+            if grid is not None and grid.is_file():
+                grids[f"reconstructions/{r['attacker_name']}"] = wandb.Image(str(grid))
+        if grids:
+            run.log(grids)
+        for r in rows:  # one prefix per attacker (and worst case) and round: rounds never overwrite each other
+            prefix = r["attacker_name"] + (f"/round{r['round']}" if r["round"] is not None else "")
+            summary["test_acc"] = r["test_acc"]
+            summary["uplink_bits_per_round"] = r["bits_per_round"]
+            summary[f"{prefix}/n_images"] = r["n_images"]
+            summary[f"{prefix}/reid_chance"] = chance_level(r["pairs"])
+            for key in ("psnr", "ssim", "lpips", HEADLINE, "best_baseline_psnr", "leakage_psnr"):
+                ci = _ci(r["pairs"], key)
+                if ci is not None:
+                    summary.update({f"{prefix}/{key}_mean": ci.mean, f"{prefix}/{key}_ci_low": ci.low,
+                                    f"{prefix}/{key}_ci_high": ci.high})
+        run.summary.update({k: v for k, v in summary.items() if v is not None})
+    finally:
+        run.finish()
+
+
+def finish_line(summary: dict, points: List[GridPoint]) -> str:
+    """One line: what ran, where the output went, the key numbers, the next command."""
+    line = (f"sweep: {len(summary['ran'])} jobs run, {len(summary['skipped'])} skipped (done before), "
+            f"{len(summary['failed'])} failed, {summary['wall_seconds']:.0f} s"
+            + (f"; failed: {', '.join(summary['failed'])}" if summary["failed"] else ""))
+    root = output_root(points)
+    if root is None:
+        return line
+
+    rows = results_of(points)["rows"]
+    key = most_leakage(rows)
+    return f"{line} -> {root} ({len(rows)} points){key}; next: python -m ggl.report {root}"
+
+
+# ---------------------------------------------------------------------------------------------
+# entry point
+
+
+def _grid(args: argparse.Namespace) -> Tuple[Dict[str, List[Any]], bool]:
+    """The sweep file's grid with the command line's values (each a one-value axis), and whether seed is
+    a grid axis of the file."""
+    _, grid = load_sweep(args.sweep)
+    seeds_vary = len(grid.get("seed", [0])) > 1
+    for key, value in parse_overrides(args.overrides).items():
+        check_parameter_name(key, "command line")
+        grid[key] = [value]
+    if args.one:
+        multi = [k for k, v in grid.items() if len(v) != 1]
+        if multi:
+            raise ConfigError(f"--one runs one grid point: give one value for {', '.join(multi)} "
+                              f"(e.g. defenses=[])")
+    return grid, seeds_vary
+
+
+def _print_list(points: List[GridPoint]) -> None:
+    mark_done(points)
+    for p in points:
+        jobs = [p.fed] + p.attacks
+        state = ", ".join(f"{j.name}: {'done' if j.done_dir else 'resume' if j.resume_dir else 'to run'}"
+                          for j in jobs)
+        print(f"{p.setting}: {state}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ggl.sweep", description=DESCRIPTION,
+                                 epilog="e.g. python -m ggl.sweep configs/sweep_defenses.yaml fed.fl.rounds=5")
+    ap.add_argument("sweep", help="a W&B grid sweep file, e.g. configs/sweep_defenses.yaml")
+    ap.add_argument("overrides", nargs="*", help="parameter=value; a grid parameter given one value runs only it")
+    ap.add_argument("--one", action="store_true", help="run one grid point (what `wandb agent` calls): every "
+                    "grid parameter must be given one value")
+    ap.add_argument("--list", action="store_true", help="list the settings and what is done; run nothing")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = ap.parse_intermixed_args(argv)  # the agent puts --one between the file and the key=values
+    try:
+        grid, seeds_vary = _grid(args)
+        workers = grid.get("workers", [1])[0]
+        if not isinstance(workers, int) or workers < 1:
+            raise ConfigError(f"sweep parameter 'workers' = {workers} must be >= 1")
+        points = plan(grid, seeds_vary)
+        if args.list:
+            _print_list(points)
+            return 0
+        summary = run_points(points, progress=not args.no_progress, workers=workers)
+        if args.one and os.environ.get("WANDB_SWEEP_ID") and not summary["failed"]:
+            _log_agent_run(points[0])
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to continue (finished jobs are skipped)", file=sys.stderr)
+        return 130
+    print(finish_line(summary, points))
+    return 1 if summary["failed"] else 0

@@ -1,0 +1,240 @@
+"""Running the grid points' jobs: in this process one after the other, or (``workers`` > 1) a point per worker
+process at a time; a point's own jobs run in order (its attacks need its federation). One progress bar
+over all jobs, with the time left measured from the jobs run so far."""
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from ggl.config import load_config
+from ggl.core.environ import without_env
+from ggl.core.errors import UserError
+from ggl.jobs.attack import run_attack_cli
+from ggl.jobs.federation import run_federation
+from ggl.sweep.plan import GridPoint, Job, find_attack, mark_done
+
+# environment the W&B agent sets for its one run; the jobs' own W&B runs must not inherit it
+AGENT_ENV = ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH")
+
+
+def _job_env():
+    """The jobs' own W&B runs must not attach to the agent's sweep run (they have their own ids)."""
+    return without_env(AGENT_ENV)
+
+
+def run_fed(job: Job) -> Path:
+    over = list(job.overrides) + ([f"resume={job.resume_dir}"] if job.resume_dir else [])
+    cfg = load_config(job.config_file, over)
+    res = run_federation(cfg)
+    # the folder as find_fed names it (a resumed run reports it resolved), so the attacks' configs
+    # (attack.source) are the same whether the federation ran now or in an earlier, stopped sweep
+    return Path(cfg.output_dir) / job.name / Path(res["run_dir"]).name
+
+
+def run_attack(job: Job, source: Path) -> Path:
+    threads = torch.get_num_threads()
+    cfg = load_config(job.config_file, job.overrides + [f"attack.source={source}"])
+    try:  # the attack sets torch's thread count for the process; the next federation gets it back
+        res = run_attack_cli(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    return Path(cfg.output_dir) / job.name / Path(res["run_dir"]).name
+
+
+class Progress:
+    """One bar over all jobs; the time left is measured: seconds per FL round and per attack search
+    unit (image x generation), per kind of job, from the jobs run so far (not from skipped ones),
+    times the work left of that kind."""
+
+    def __init__(self, jobs: List[Job], enabled: bool = True, workers: int = 1):
+        from tqdm.auto import tqdm
+
+        self.workers = max(1, int(workers))  # jobs of that many points run side by side
+        self.left: Dict[str, float] = {}
+        self.spent: Dict[str, List[float]] = {}  # [seconds, units] per kind of job
+        for j in jobs:
+            self.left.setdefault(self.kind(j), 0.0)
+            self.spent.setdefault(self.kind(j), [0.0, 0.0])
+            if j.done_dir is None:
+                self.left[self.kind(j)] += j.cost
+        done = sum(j.done_dir is not None for j in jobs)
+        self.bar = tqdm(total=len(jobs), initial=done, unit="job", disable=not enabled, file=sys.stderr,
+                        dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} jobs [{elapsed}{postfix}]")
+        self._post("")
+
+    @staticmethod
+    def kind(job: Job) -> str:
+        """Rates are kept apart where they differ: an adaptive search step costs 1.5-4x a non-adaptive one."""
+        return job.kind if job.kind == "fed" else f"attack-{job.attacker}"
+
+    def eta(self) -> Optional[float]:
+        total = 0.0
+        for kind, units in self.left.items():
+            if units <= 0:
+                continue
+            seconds, done = self.spent[kind]
+            if done <= 0:
+                return None
+            total += units * seconds / done
+        return total / self.workers
+
+    def _post(self, current: str) -> None:
+        eta = self.eta()
+        left = "time left: ? (after the first job of each kind)" if eta is None else f"time left ~{_hms(eta)}"
+        self.bar.set_postfix_str(f"{current} | {left}" if current else left)
+
+    def start(self, job: Job) -> None:
+        self._post(f"{job.kind} {job.name}")
+
+    def finish(self, job: Job, seconds: float) -> None:
+        kind = self.kind(job)
+        self.spent[kind][0] += seconds
+        self.spent[kind][1] += job.cost
+        self.left[kind] = max(0.0, self.left[kind] - job.cost)
+        self.bar.update(1)
+        self._post("")
+
+    def skip(self, job: Job) -> None:
+        """A job that will not run (found done, or its federation failed): no work left, no rate."""
+        self.left[self.kind(job)] = max(0.0, self.left[self.kind(job)] - job.cost)
+        self.bar.update(1)
+        self._post("")
+
+    def write(self, msg: str) -> None:
+        self.bar.write(msg, file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def _run_point(p: GridPoint, write, start=None, done=None) -> List[Tuple[Job, str, float]]:
+    """Run the jobs of one grid point not done yet, in order: [(job, status, seconds)], status "ran",
+    "failed", "skipped" (done before the sweep) or "found" (found done once its federation resumed),
+    each also handed to ``done`` as it is known. A failing job is reported with ``write`` and its
+    setting's later jobs fail."""
+    out: List[Tuple[Job, str, float]] = []
+
+    def emit(job: Job, status: str, seconds: float = 0.0) -> None:
+        out.append((job, status, seconds))
+        if done is not None:
+            done(job, status, seconds)
+
+    for job in [p.fed] + p.attacks:
+        found = False
+        if job.kind == "attack" and job.done_dir is None and p.fed.done_dir is not None:
+            job.done_dir = find_attack(job, p.fed.done_dir)  # its federation was resumed just now
+            found = job.done_dir is not None
+        if job.done_dir is not None:
+            emit(job, "found" if found else "skipped")
+            continue
+        if job.kind == "attack" and p.fed.done_dir is None:  # its federation failed
+            emit(job, "failed")
+            continue
+        if start:
+            start(job)
+        t0 = time.perf_counter()
+        try:
+            with _job_env():
+                if job.kind == "fed":
+                    what = f"resuming {job.resume_dir}" if job.resume_dir else "starting"
+                    write(f"[sweep] federation {job.name}: {what}")
+                    job.done_dir = run_fed(job)
+                else:
+                    write(f"[sweep] attack {job.name} on {p.fed.done_dir}")
+                    job.done_dir = run_attack(job, p.fed.done_dir)
+        except UserError as exc:
+            write(f"[sweep] {job.kind} {job.name} failed: {exc}")
+            emit(job, "failed")
+            continue
+        except Exception as exc:  # one broken setting must not lose the others
+            write(f"[sweep] {job.kind} {job.name} failed: {type(exc).__name__}: {exc}")
+            emit(job, "failed")
+            continue
+        emit(job, "ran", time.perf_counter() - t0)
+    return out
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _worker_point(p: GridPoint) -> Tuple[GridPoint, List[Tuple[str, str, float]]]:
+    """A grid point in a worker process; jobs come back by name (the parent holds its own Job objects)."""
+    done = _run_point(p, lambda msg: print(msg, file=sys.stderr, flush=True))
+    return p, [(job.name, status, seconds) for job, status, seconds in done]
+
+
+Record = Callable[[Job, str, float], None]
+
+
+def _run_pool(points: List[GridPoint], workers: int, threads: int, record: Record, write) -> None:
+    """The points in ``workers`` spawned processes of ``threads`` threads each; each job's status is
+    ``record``ed as its point comes back (a worker that died fails its point's jobs not done yet)."""
+    ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                             initargs=(threads,)) as pool:
+        futures = {pool.submit(_worker_point, p): p for p in points}
+        for fut in as_completed(futures):
+            p = futures[fut]
+            try:
+                done_point, done = fut.result()
+            except Exception as exc:  # the worker itself died
+                write(f"[sweep] setting {p.setting} failed: {type(exc).__name__}: {exc}")
+                for job in [p.fed] + p.attacks:
+                    if job.done_dir is None:
+                        record(job, "failed", 0.0)
+                continue
+            by_name = {j.name: j for j in [done_point.fed] + done_point.attacks}
+            for job in [p.fed] + p.attacks:
+                name_status = next((d for d in done if d[0] == job.name), None)
+                if name_status is None:
+                    continue
+                job.done_dir = by_name[job.name].done_dir
+                record(job, name_status[1], name_status[2])
+
+
+def run_points(points: List[GridPoint], progress: bool = True, workers: int = 1) -> dict:
+    """Run every job not done yet; a failing job is reported and its setting's later jobs skipped.
+
+    ``workers`` > 1: grid points (independent of each other) run in that many worker processes of
+    ``torch_threads`` threads each (1 if unset), e.g. two one-thread processes on 2 cores instead of
+    one two-thread process; a point's own jobs still run in order (its attacks need its federation)."""
+    mark_done(points)
+    threads = points[0].params.get("torch_threads") if points else None
+    if threads:
+        torch.set_num_threads(int(threads))
+    jobs = [j for p in points for j in [p.fed] + p.attacks]
+    bar = Progress(jobs, enabled=progress, workers=workers if len(points) > 1 else 1)
+    summary = {"ran": [], "skipped": [], "failed": [], "wall_seconds": 0.0}
+    clock = time.perf_counter()
+
+    def record(job: Job, status: str, seconds: float) -> None:
+        summary["skipped" if status == "found" else status].append(job.name)
+        if status == "ran":
+            bar.finish(job, seconds)
+        elif status in ("failed", "found"):
+            bar.skip(job)
+
+    try:
+        if workers > 1 and len(points) > 1:
+            _run_pool(points, workers, int(threads or 1), record, bar.write)
+        else:
+            for p in points:
+                _run_point(p, bar.write, bar.start, record)
+    finally:
+        bar.close()
+        summary["wall_seconds"] = time.perf_counter() - clock
+    return summary
