@@ -30,7 +30,6 @@ TODAY = {
     "ggl.audit.metrics": "audit", "ggl.audit.records": "audit", "ggl.fl.progress": "fl", "ggl.models.checkpoint": "models",
     "ggl.runs.folder": "runs", "ggl.runs.resume": "runs", "ggl.runs.trainer": "runs", "ggl.runs.checkpointing": "runs",
     "ggl.jobs.federation": "jobs", "ggl.jobs.gan": "jobs", "ggl.jobs.attack": "jobs", "ggl.jobs.live": "jobs",
-    "ggl.report.worst_case": "report",
 }
 FORBIDDEN = {"report": ("config", "jobs")}  # same or lower layer, but not allowed (section 1, rule 1)
 
@@ -63,18 +62,8 @@ ALLOWLIST_FUNCTION_IMPORTS: Dict[str, int] = {
     "ggl.attack.schema -> ggl.attack.device": 2,
     "ggl.attack.schema -> ggl.defenses.specs": 1,
     "ggl.attack.trial -> ggl.defenses": 3,
-    "ggl.audit.evaluate -> ggl.audit.reid": 2,
     "ggl.audit.evaluate -> ggl.config": 1,
-    "ggl.audit.evaluate -> ggl.data.datamodule": 1,
-    "ggl.audit.evaluate -> ggl.data.splits": 1,
-    "ggl.audit.evaluate -> ggl.gan.prior": 1,
     "ggl.audit.reid -> ggl.gan.quality": 1,
-    "ggl.jobs.attack -> ggl.attack.attackers": 1,
-    "ggl.jobs.attack -> ggl.audit.victim": 1,
-    "ggl.jobs.attack -> ggl.config": 3,
-    "ggl.jobs.attack -> ggl.defenses.specs": 1,
-    "ggl.jobs.attack -> ggl.gan.prior": 1,
-    "ggl.jobs.attack -> ggl.core.plots": 1,
     "ggl.audit.victim -> ggl.config": 1,
     "ggl.audit.victim -> ggl.data.datamodule": 1,
     "ggl.audit.victim -> ggl.fl.callbacks": 2,
@@ -100,12 +89,6 @@ ALLOWLIST_FUNCTION_IMPORTS: Dict[str, int] = {
     "ggl.gan.quality -> ggl.gan.module": 1,
     "ggl.models.checkpoint -> ggl.data.sources": 1,
     "ggl.models.checkpoint -> ggl.models": 1,
-    "ggl.report -> ggl.audit.baselines": 1,
-    "ggl.report -> ggl.core.errors": 4,
-    "ggl.report -> ggl.core.plots": 3,
-    "ggl.report -> ggl.report.worst_case": 5,
-    "ggl.audit.records -> ggl.audit.baselines": 2,
-    "ggl.audit.records -> ggl.defenses.specs": 2,
     "ggl.runs.resume -> ggl.audit.victim": 1,
     "ggl.runs.resume -> ggl.config": 1,
     "ggl.runs.resume -> ggl.defenses.specs": 1,
@@ -116,9 +99,8 @@ ALLOWLIST_FUNCTION_IMPORTS: Dict[str, int] = {
     "ggl.sweep -> ggl.defenses": 4,
     "ggl.sweep -> ggl.core.environ": 1,
     "ggl.sweep -> ggl.jobs.federation": 1,
-    "ggl.sweep -> ggl.report": 5,
     "ggl.sweep -> ggl.runs.resume": 1,
-}  # 127 imports
+}  # 92 imports
 
 
 def module_name(path: Path) -> str:

@@ -84,7 +84,7 @@ def test_shipped_csvs_round_trip_byte_for_byte(tmp_path):
 
 
 def _recon_data(rows) -> dict:
-    from ggl.report import reconstruction_rows, victim_titles
+    from ggl.report.figures import reconstruction_rows, victim_titles
 
     return {"rows": [[title, None if images is None else list(images.shape)]
                      for title, images in reconstruction_rows(rows)],
@@ -92,7 +92,8 @@ def _recon_data(rows) -> dict:
 
 
 def _figures_data(csv_path: Path) -> dict:
-    from ggl.report import build_points, leakage_vs_round_data, privacy_utility_data
+    from ggl.report.figures import leakage_vs_round_data, privacy_utility_data
+    from ggl.report.points import build_points
     from ggl.audit.records import read_csv
 
     pairs = read_csv(csv_path)
@@ -132,7 +133,7 @@ def _key_paths(obj, prefix: str = "") -> set:
 def tiny_sweep(tmp_path_factory):
     """configs/sweep_tiny.yaml (TinyPrior for the GAN, one torch thread, LPIPS off everywhere: TORCH_HOME
     points at an empty folder, so a machine with the AlexNet weights writes the same files) and its report."""
-    from ggl.report import main as report_main
+    from ggl.report.build import main as report_main
     from ggl.sweep import main
 
     root = tmp_path_factory.mktemp("tiny_sweep")
@@ -162,7 +163,7 @@ def test_tiny_sweep_results_json_keys_and_reconstructions(tiny_sweep):
     (titles, tensor shapes: tests/golden/tiny/reconstructions.json). A format change updates
     ``records_format`` and this golden on purpose.
     Regenerate: GGL_REGEN_GOLDEN=1 pytest tests/test_pins.py -k tiny_sweep."""
-    from ggl.report import build_points
+    from ggl.report.points import build_points
     from ggl.audit.records import read_csv
 
     keys = {}
@@ -304,7 +305,7 @@ def test_old_results_formats_still_read(fmt):
     same records as tests/golden/legacy/<format>/records.json (``ImageRecord.to_json``). After the move
     the reader is ``audit.legacy``; the files stay. Regenerate (files and records):
     GGL_REGEN_GOLDEN=1 pytest tests/test_pins.py -k old_results."""
-    from ggl.audit.records import read_attack_records
+    from ggl.audit.legacy import read_attack_records
 
     path = LEGACY / fmt / "results.json"
     if REGEN:

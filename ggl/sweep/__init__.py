@@ -34,6 +34,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ggl.core.errors import ConfigError, UserError
+from ggl.audit.reid import HEADLINE
+from ggl.report.collect import collect
+from ggl.report.points import build_points, chance_level
+from ggl.report.tables import most_leakage
 
 ATTACKERS = ("non-adaptive", "adaptive")
 SHARED_KEYS = ("seed", "output_dir")           # parameters given to both jobs as they are
@@ -602,12 +606,10 @@ def run_points(points: List[Point], progress: bool = True, workers: int = 1) -> 
     return summary
 
 
-def results_of(points: List[Point]) -> dict:
-    """The report's points (``ggl.report.collect``: same pairing, statistics) of the finished jobs."""
-    from ggl.report import collect
-
+def results_of(points: List[Point]) -> list:
+    """The report's points (``ggl.report.points.Point``: same pairing, statistics) of the finished jobs."""
     folders = [d for p in points for d in [p.fed.done_dir] + [a.done_dir for a in p.attacks] if d]
-    return collect(folders) if folders else {"rows": [], "skipped": []}
+    return build_points(collect(folders).pairs) if folders else []
 
 
 def output_root(points: List[Point]) -> Optional[Path]:
@@ -620,28 +622,26 @@ def _log_agent_run(point: Point) -> None:
     """Under ``wandb agent``: the sweep's own run (the agent's WANDB_RUN_ID) gets the setting's numbers."""
     import wandb
 
-    from ggl.report import HEADLINE, _ci, chance_level
-
     run = wandb.init(config={k: v for k, v in point.params.items()}, job_type="sweep-point",
                      name=point.setting, tags=["sweep", point.setting])
     try:
-        rows = results_of([point])["rows"]
+        found = results_of([point])
         summary = {"setting": point.setting}
         grids = {}
-        for r in rows:
-            grid = Path(r["images"]).parent / "grid.png" if r["images"] is not None else None
+        for r in found:
+            grid = r.images.parent / "grid.png" if r.images is not None else None
             if grid is not None and grid.is_file():
-                grids[f"reconstructions/{r['attacker_name']}"] = wandb.Image(str(grid))
+                grids[f"reconstructions/{r.key.attacker}"] = wandb.Image(str(grid))
         if grids:
             run.log(grids)
-        for r in rows:  # one prefix per attacker (and worst case) and round: rounds never overwrite each other
-            prefix = r["attacker_name"] + (f"/round{r['round']}" if r["round"] is not None else "")
-            summary["test_acc"] = r["test_acc"]
-            summary["uplink_bits_per_round"] = r["bits_per_round"]
-            summary[f"{prefix}/n_images"] = r["n_images"]
-            summary[f"{prefix}/reid_chance"] = chance_level(r["pairs"])
+        for r in found:  # one prefix per attacker (and worst case) and round: rounds never overwrite each other
+            prefix = r.key.attacker + (f"/round{r.key.round}" if r.key.round is not None else "")
+            summary["test_acc"] = r.fed.test_acc
+            summary["uplink_bits_per_round"] = r.fed.bits_per_round
+            summary[f"{prefix}/n_images"] = r.n_images
+            summary[f"{prefix}/reid_chance"] = chance_level(r.pairs)
             for key in ("psnr", "ssim", "lpips", HEADLINE, "best_baseline_psnr", "leakage_psnr"):
-                ci = _ci(r["pairs"], key)
+                ci = r.ci(key)
                 if ci is not None:
                     summary.update({f"{prefix}/{key}_mean": ci.mean, f"{prefix}/{key}_ci_low": ci.low,
                                     f"{prefix}/{key}_ci_high": ci.high})
@@ -658,11 +658,8 @@ def finish_line(summary: dict, points: List[Point]) -> str:
     root = output_root(points)
     if root is None:
         return line
-    from ggl.report import most_leakage
-
-    rows = results_of(points)["rows"]
-    key = most_leakage(rows)
-    return f"{line} -> {root} ({len(rows)} points){key}; next: python -m ggl.report {root}"
+    found = results_of(points)
+    return f"{line} -> {root} ({len(found)} points){most_leakage(found)}; next: python -m ggl.report {root}"
 
 
 # ---------------------------------------------------------------------------------------------
