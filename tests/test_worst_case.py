@@ -22,6 +22,10 @@ def test_each_metric_takes_its_own_best_attacker_and_the_psnr_winner_is_named():
     assert winner == "ggl-eot" and best.images == "ggl-eot.pt"  # the figure shows the winner's image
     assert best.metrics == {"psnr": 18.0, "lpips": 0.10, "reid_top1_feature_class": 1.0, "reid_gallery_class": 200.0}
     assert best.leakage == {"psnr": 4.0} and best.attacker == WORST_CASE and best.defense == "q4"
+    # non-finite scores never win (ggl-l2's 15 beats an inf and a nan PSNR)
+    odd = [_rec("ggl-eot", "b0", float("inf"), None, None, None), _rec("ggl-l2", "b0", 15.0, None, None, None),
+           _rec("inverting-gradients", "b0", float("nan"), None, None, None)]
+    assert best_record(odd)[1] == "ggl-l2" and best_record(odd)[0].metrics["psnr"] == 15.0
 
 
 def test_ties_go_to_the_first_attacker_and_points_pair_victims_by_capture():
