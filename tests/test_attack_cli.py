@@ -16,8 +16,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SUMMARY_KEYS = {"psnr_mean", "psnr_std", "ssim_mean", "lpips_mean", "label_acc", "baseline_psnr_mean",
                 "n_images", "wall_seconds"}
-ROW_KEYS = {"setting", "observation", "image", "dataset_index", "label_true", "label_pred", "label_correct",
-            "psnr", "ssim", "lpips", "mse", "feature_mse", "baseline_psnr", "baseline_ssim", "loss"}
+RECORD_KEYS = {"setting", "defense", "attacker", "adaptive", "seed", "round", "capture_id", "victim_index", "image",
+               "label", "label_pred", "batch_label_acc", "metrics", "baselines", "leakage", "federation", "probe"}
 
 
 @pytest.fixture
@@ -54,19 +54,17 @@ def test_fresh_attack_writes_results_json_grid_and_captures(tmp_path, tiny_prior
         assert s["n_images"] == 2 and 0.0 <= s["label_acc"] <= 1.0 and s["wall_seconds"] > 0
         assert isinstance(s["psnr_mean"], float) and isinstance(s["baseline_psnr_mean"], float)
         assert s["lpips_mean"] is None or isinstance(s["lpips_mean"], float)
-        own = json.loads((run / setting / "results.json").read_text())  # the per-setting run
-        assert set(own) == {"config", "per_image", "summary"} and SUMMARY_KEYS <= set(own["summary"])
+        assert not (run / setting / "results.json").exists()  # ggl.records/2: one results.json per run
         assert (run / setting / "grid.png").stat().st_size > 0
         # the images the report draws are the ones that were scored, in the rows' order
         images = torch.load(run / setting / "images.pt", weights_only=True)
         assert {k: tuple(v.shape) for k, v in images.items()} == {
             "originals": (2, 1, 32, 32), "reconstructions": (2, 1, 32, 32), "prior_only": (2, 1, 32, 32)}
-        scored = [r["psnr"] for r in own["per_image"]]
+        scored = [r["metrics"]["psnr"] for r in res["records"] if r["setting"] == setting]
         assert psnr(images["reconstructions"], images["originals"]).tolist() == pytest.approx(scored, abs=1e-3)
-    assert len(res["per_image"]) == 4
-    for row in res["per_image"]:
-        assert ROW_KEYS <= set(row)
-        assert row["labels_given"] == "inferred"
+    assert res["records_format"] == "ggl.records/2" and "per_image" not in res and len(res["records"]) == 4
+    for rec in res["records"]:
+        assert RECORD_KEYS <= set(rec) and rec["attacker"] == "ggl-l2" and rec["probe"] == "fedsgd"
     assert (run / "grid.png").stat().st_size > 0
     assert len(list((run / "captures" / "ground_truth").glob("*.pt"))) == 2
 
@@ -87,7 +85,7 @@ def test_federation_captures_feed_attack_py_source(make_cfg, tmp_path, tiny_prio
     assert attack_main(_args(tmp_path, f"source={source}", "name=from_fed")) == 0
     res = json.loads((tmp_path / "runs" / "from_fed" / "latest" / "results.json").read_text())
     assert res["settings"] == ["q4"]
-    assert [r["round"] for r in res["per_image"]] == [1, 1]
+    assert [r["round"] for r in res["records"]] == [1, 1]
     assert res["summary"]["q4"]["n_images"] == 2
     # the federation a capture came from is recorded in the attack's records, not inferred from paths
     assert len(res["records"]) == 2 and res["federation"] is not None
@@ -150,5 +148,5 @@ def test_portfolio_runs_each_attacker_as_a_setting_and_records_refusals(tmp_path
     res = json.loads((tmp_path / "runs" / "pf" / "latest" / "results.json").read_text())
     assert res["settings"] == ["fp32@ggl-l2", "q4@ggl-l2"]
     assert set(res["refused"]) == {"fp32@ggl-eot", "q4@ggl-eot"}
-    assert {r["attacker_name"] for r in res["per_image"]} == {"ggl-l2"} and len(res["records"]) == 4
+    assert {r["attacker"] for r in res["records"]} == {"ggl-l2"} and len(res["records"]) == 4
     assert "skipped" in capsys.readouterr().err

@@ -2,16 +2,13 @@
 EOT/likelihood attacker's exact likelihood and its refusal, the best attacker per victim."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from _attack_fixtures import TinyPrior, make_observation, one_torch_thread  # noqa: F401
-from ggl.attack.attackers import (available_attackers, best_per_victim, build_portfolio, check_portfolio,
-                                  get_attacker)
-from ggl.attack.attackers.best import wins
+from ggl.attack.attackers import available_attackers, build_portfolio, check_portfolio, get_attacker
 from ggl.attack.schema import AttackConfig
 from ggl.defenses.quantize import quantize_update
 from ggl.core.errors import ConfigError, UserError
@@ -292,52 +289,6 @@ def test_eot_loss_ranks_the_true_image_first_on_q2_stochastic():
         with torch.no_grad():
             at_truth, elsewhere = objective(z_true), objective(others)
         assert float(at_truth) < float(elsewhere.min()), f"victim {k}"
-
-
-# ------------------------------------------------------------------------------------------- best per victim
-
-def _rows():
-    return [
-        {"attacker": "ggl-l2", "observation": "a", "image": 0, "psnr": 20.0, "lpips": 0.30},
-        {"attacker": "ggl-eot", "observation": "a", "image": 0, "psnr": 23.5, "lpips": 0.35},
-        {"attacker": "inverting-gradients", "observation": "a", "image": 0, "psnr": None, "lpips": 0.20},
-        {"attacker": "ggl-l2", "observation": "b", "image": 0, "psnr": 18.0, "lpips": 0.40},
-        {"attacker": "ggl-eot", "observation": "b", "image": 0, "psnr": 18.0, "lpips": 0.50},
-        {"attacker": "inverting-gradients", "observation": "b", "image": 0, "psnr": float("nan"), "lpips": None},
-        {"attacker": "ggl-l2", "observation": "c", "image": 0, "psnr": float("inf"), "lpips": None},
-    ]
-
-
-def test_best_per_victim_picks_the_strongest_attacker_by_metric():
-    best = best_per_victim(_rows(), victim_key=("observation", "image"))
-    assert [(b["observation"], b["best_attacker"], b["best_psnr"]) for b in best] == [
-        ("a", "ggl-eot", 23.5), ("b", "ggl-l2", 18.0), ("c", None, None)]  # tie: first seen; inf/nan/None never win
-    assert best[0]["scores"] == {"ggl-l2": 20.0, "ggl-eot": 23.5, "inverting-gradients": None}
-    by_lpips = best_per_victim(_rows(), metric="lpips", victim_key=("observation", "image"))
-    assert [b["best_attacker"] for b in by_lpips] == ["inverting-gradients", "ggl-l2", None]  # lower LPIPS wins
-    assert wins(best) == {"ggl-eot": 1, "ggl-l2": 1}
-
-
-def test_best_per_victim_can_leave_attackers_out_and_keeps_settings_apart():
-    rows = _rows() + [{"attacker": "ggl-eot", "observation": "a", "image": 0, "psnr": 40.0, "setting": "q2"}]
-    best = best_per_victim(rows, victim_key=("setting", "observation", "image"), exclude=("ggl-eot",))
-    assert [(b["setting"], b["observation"], b["best_attacker"]) for b in best] == [
-        (None, "a", "ggl-l2"), (None, "b", "ggl-l2"), (None, "c", None), ("q2", "a", None)]
-    assert math.isclose(best[0]["best_psnr"], 20.0)
-
-
-def test_best_per_victim_reads_the_results_schemas_image_records():
-    from ggl.audit.records import ImageRecord
-
-    def rec(attacker, capture, psnr):
-        return ImageRecord(setting="q2-stochastic-global", defense="q2-stochastic-global", attacker=attacker,
-                           adaptive=False, seed=0, round=0, probe=capture, victim_id=7, image=0, label=3,
-                           label_pred=3, batch_label_acc=1.0, metrics={"psnr": psnr})
-
-    best = best_per_victim([rec("ggl-l2-adaptive", "r0000_b000", 15.4), rec("ggl-eot", "r0000_b000", 16.9),
-                            rec("ggl-l2-adaptive", "r0000_b001", 19.5), rec("ggl-eot", "r0000_b001", 19.1)])
-    assert [(b["probe"], b["best_attacker"], b["best_psnr"]) for b in best] == [
-        ("r0000_b000", "ggl-eot", 16.9), ("r0000_b001", "ggl-l2-adaptive", 19.5)]
 
 
 # ------------------------------------------------------------------------------------------ the README example

@@ -129,6 +129,11 @@ def test_prior_class_mean_is_the_mean_of_seeded_prior_samples():
     assert not torch.allclose(means[0], means[1])
 
 
+# the job's fields of each record (ggl.jobs.attack fills them from its objects)
+TAGS = {"setting": "fp32", "defense": "fp32", "attacker": "ggl-l2", "adaptive": False, "seed": 0, "federation": None,
+        "probe": "fedsgd"}
+
+
 def test_evaluate_scores_the_attack_and_every_baseline_with_every_metric(tmp_path):
     G = TinyPrior(num_classes=3)
     data, split = _synthetic_data()
@@ -136,18 +141,18 @@ def test_evaluate_scores_the_attack_and_every_baseline_with_every_metric(tmp_pat
     victims = torch.tensor([31, 44])
     truth_path = GroundTruth("obs", DATA_CFG, victims, data.labels[victims], round=2).save(tmp_path / "gt.pt")
     recon = (data.images[victims] + 0.01).clamp(0, 1)  # a near-perfect reconstruction
-    rows, truth, recon_m, base = ev.evaluate(truth_path, "obs", recon.flip(0), data.labels[victims].flip(0), G,
-                                             None, seed=0)
-    assert torch.equal(recon_m, recon) and [r["dataset_index"] for r in rows] == [31, 44]
-    for r in rows:
-        assert r["reid_top1_pixel_class"] == 1.0 and r["reid_gallery_all"] == 20
-        assert r["reid_top1_feature_all"] is None  # no public classifier in this test, and the row says why
-        assert "no domain classifier beside the prior" in r["reid_feature_note"]
+    recs, truth, recon_m, base = ev.evaluate(truth_path, "obs", recon.flip(0), data.labels[victims].flip(0), G,
+                                             None, seed=0, tags=TAGS)
+    assert torch.equal(recon_m, recon) and [r.victim_index for r in recs] == [31, 44]
+    assert "no domain classifier beside the prior" in ev.reid_note  # why feature re-identification is null
+    for r in recs:
+        assert r.metrics["reid_top1_pixel_class"] == 1.0 and r.metrics["reid_gallery_all"] == 20
+        assert r.metrics["reid_top1_feature_all"] is None  # no public classifier in this test
         for name in baselines.BASELINES:
-            assert isinstance(r[f"baseline_{name}_psnr"], float) and f"baseline_{name}_reid_rr_pixel_all" in r
-        best = max(r[f"baseline_{name}_psnr"] for name in baselines.BASELINES)
-        assert r["best_baseline_psnr"] == best and r["leakage_psnr"] == pytest.approx(r["psnr"] - best)
-        assert r["leakage_psnr"] > 10 and r["round"] == 2
+            assert isinstance(r.baselines[name]["psnr"], float) and "reid_rr_pixel_all" in r.baselines[name]
+        best = max(r.baselines[name]["psnr"] for name in baselines.BASELINES)
+        assert r.metric("best_baseline_psnr") == best and r.leakage["psnr"] == pytest.approx(r.metrics["psnr"] - best)
+        assert r.leakage["psnr"] > 10 and r.round == 2 and r.capture_id == "obs" and r.attacker == "ggl-l2"
 
 
 def test_summary_has_the_means_chance_levels_and_the_reason_feature_reid_is_missing(tmp_path):
@@ -159,13 +164,12 @@ def test_summary_has_the_means_chance_levels_and_the_reason_feature_reid_is_miss
     victims = torch.tensor([31, 44])
     truth_path = GroundTruth("obs", DATA_CFG, victims, data.labels[victims]).save(tmp_path / "gt.pt")
     recon = (data.images[victims] + 0.01).clamp(0, 1)
-    rows, *_ = ev.evaluate(truth_path, "obs", recon, data.labels[victims], G, None, seed=0)
-    for r in rows:
-        r["setting"] = "fp32"
-    s = summarize(rows, 1.0, None)
+    recs, *_ = ev.evaluate(truth_path, "obs", recon, data.labels[victims], G, None, seed=0, tags=TAGS)
+    s = summarize(recs, 1.0, None, ev.reid_note)
     assert s["reid_top1_pixel_class_mean"] == 1.0 and s["n_images"] == 2
     # 20 private images, 3 classes: victim 31 (class 1) and 44 (class 2) have 7 and 6 same-class images
     assert s["reid_top1_class_chance"] == pytest.approx((1 / 7 + 1 / 6) / 2)
     assert s["reid_top1_all_chance"] == pytest.approx(1 / 20)
-    assert s["leakage_psnr_mean"] == pytest.approx(np.mean([r["psnr"] - r["best_baseline_psnr"] for r in rows]))
+    assert s["leakage_psnr_mean"] == pytest.approx(np.mean([r.metrics["psnr"] - r.metric("best_baseline_psnr")
+                                                            for r in recs]))
     assert "no domain classifier" in s["reid_feature_note"]

@@ -84,7 +84,7 @@ def test_shipped_csvs_round_trip_byte_for_byte(tmp_path):
 
 
 def _recon_data(rows) -> dict:
-    from ggl.report import reconstruction_rows, victim_titles
+    from ggl.report.figures import reconstruction_rows, victim_titles
 
     return {"rows": [[title, None if images is None else list(images.shape)]
                      for title, images in reconstruction_rows(rows)],
@@ -92,7 +92,8 @@ def _recon_data(rows) -> dict:
 
 
 def _figures_data(csv_path: Path) -> dict:
-    from ggl.report import build_points, leakage_vs_round_data, privacy_utility_data
+    from ggl.report.figures import leakage_vs_round_data, privacy_utility_data
+    from ggl.report.points import build_points
     from ggl.audit.records import read_csv
 
     pairs = read_csv(csv_path)
@@ -132,7 +133,7 @@ def _key_paths(obj, prefix: str = "") -> set:
 def tiny_sweep(tmp_path_factory):
     """configs/sweep_tiny.yaml (TinyPrior for the GAN, one torch thread, LPIPS off everywhere: TORCH_HOME
     points at an empty folder, so a machine with the AlexNet weights writes the same files) and its report."""
-    from ggl.report import main as report_main
+    from ggl.report.build import main as report_main
     from ggl.sweep import main
 
     root = tmp_path_factory.mktemp("tiny_sweep")
@@ -162,7 +163,7 @@ def test_tiny_sweep_results_json_keys_and_reconstructions(tiny_sweep):
     (titles, tensor shapes: tests/golden/tiny/reconstructions.json). A format change updates
     ``records_format`` and this golden on purpose.
     Regenerate: GGL_REGEN_GOLDEN=1 pytest tests/test_pins.py -k tiny_sweep."""
-    from ggl.report import build_points
+    from ggl.report.points import build_points
     from ggl.audit.records import read_csv
 
     keys = {}
@@ -269,47 +270,15 @@ LEGACY = GOLDEN / "legacy"
 LEGACY_FORMATS = ("records1", "per_image_only", "pre_records")
 
 
-def _legacy_files() -> dict:
-    """One attack results.json of each historical format (as tests/test_report.py builds them): this
-    version's ``ggl.records/1``, ``per_image`` rows without ``records``, and the pre-records rows whose
-    ``baseline_<metric>`` was the random prior sample and which lack ``batch_label_acc``."""
-    from ggl.audit.records import add_records
-
-    source = "runs/fed-q4/20250101-000100"
-    rows = []
-    for i, (p, s) in enumerate(((15.0, 0.6), (17.0, 0.7))):
-        row = {"setting": "q4", "observation": f"r0003_b{i:03d}", "image": 0, "dataset_index": 100 + i, "round": 3,
-               "label_true": i, "label_pred": i, "psnr": p, "ssim": s, "batch_label_acc": 1.0, "lpips": None,
-               "reid_top1_feature_class": float(i), "reid_rr_feature_class": 0.5, "reid_gallery_all": 100.0,
-               "reid_gallery_class": 10.0}
-        for name, values in {"prior_mean": (12.0, 13.0), "public_mean": (11.0, 14.0),
-                             "prior_sample": (10.0, 12.0)}.items():
-            row.update({f"baseline_{name}_psnr": values[i], f"baseline_{name}_ssim": 0.5})
-        rows.append(row)
-    old_rows = [{k: r[k] for k in ("setting", "observation", "image", "dataset_index", "round", "label_true",
-                                   "label_pred", "psnr", "ssim")}
-                | {"baseline_psnr": 10.0 + 2 * i, "baseline_ssim": 0.5}
-                for i, r in enumerate(rows)]
-    summary = {"q4": {"psnr_mean": 16.0, "ssim_mean": 0.65, "label_acc": 1.0, "n_images": 2}}
-    config = {"task": "attack", "seed": 0, "attack": {"source": source, "adaptive": False}}
-    base = {"config": config, "settings": ["q4"], "summary": summary, "wall_seconds": 1.0}
-    return {"records1": add_records({**base, "per_image": [dict(r) for r in rows]}),
-            "per_image_only": {**base, "per_image": rows},
-            "pre_records": {**base, "per_image": old_rows}}
-
-
 @pytest.mark.parametrize("fmt", LEGACY_FORMATS)
 def test_old_results_formats_still_read(fmt):
     """tests/golden/legacy/<format>/results.json (one file of each historical format) is read into the
-    same records as tests/golden/legacy/<format>/records.json (``ImageRecord.to_json``). After the move
-    the reader is ``audit.legacy``; the files stay. Regenerate (files and records):
+    same records as tests/golden/legacy/<format>/records.json (``ImageRecord.to_json``). The files were
+    written by the writers of their time and are never written again; regenerate the records only:
     GGL_REGEN_GOLDEN=1 pytest tests/test_pins.py -k old_results."""
-    from ggl.audit.records import read_attack_records
+    from ggl.audit.legacy import read_attack_records
 
     path = LEGACY / fmt / "results.json"
-    if REGEN:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(_legacy_files()[fmt], indent=1) + "\n")
     data = json.loads(path.read_text())
     assert ("records" in data) == (fmt == "records1")
     records = [r.to_json() for r in read_attack_records(Path("runs/attack-q4/20250101-000300/results.json"), data)]

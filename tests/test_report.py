@@ -10,8 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ggl.report import collect, defense_family, dodge, main, reconstruction_rows, write_report
-from ggl.audit.records import add_records
+from ggl.audit.legacy import record_from_row
+from ggl.audit.records import RECORDS_FORMAT, FederationRef
+from ggl.report.build import main, write_report
+from ggl.report.collect import collect
+from ggl.report.figures import defense_family, dodge, reconstruction_rows
+from ggl.report.points import build_points
 from ggl.core.stats import mean_ci
 
 Q4 = {"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}
@@ -71,12 +75,21 @@ def _attack(root: Path, name: str, stamp: str, source: Path, setting: str, adapt
     config = {"task": "attack", "seed": seed, "attack": {"source": str(source), "adaptive": adaptive}}
     results = {"config": config, "settings": [setting], "per_image": rows, "summary": {setting: summary},
                "wall_seconds": 1.0}
-    _write(run / "results.json", results if old else add_records(results))
+    _write(run / "results.json", results if old else _records2(results))
     # the per-setting copy attack.py writes too: must not be counted twice
     _write(run / setting / "results.json", {"config": {**config, "setting": setting}, "per_image": rows,
                                             "summary": summary})
     _images(run / setting / "images.pt", recon=psnr[0] / 100, originals=originals)
     return run
+
+
+def _records2(results: dict) -> dict:
+    """The ``ggl.records/2`` file ggl.jobs.attack writes for these rows (records only, no ``per_image``)."""
+    config = results["config"]
+    ref = FederationRef.from_source(config["attack"]["source"])
+    records = [record_from_row(r, {**config, "setting": r["setting"]}, ref).to_json() for r in results["per_image"]]
+    return {k: v for k, v in results.items() if k != "per_image"} | {
+        "federation": {"name": ref.name, "stamp": ref.stamp}, "records_format": RECORDS_FORMAT, "records": records}
 
 
 @pytest.fixture
@@ -133,8 +146,8 @@ def test_report_rows_pairing_and_figures(runs, tmp_path):
     assert [(r[0], r[5], r[11], r[12]) for r in head] == [
         ("fp32", ci([20.0, 22.0]), "ggl-l2", ci([20.0, 22.0])),
         ("q4", "18.00 [18.00, 18.00]", "ggl-l2-adaptive 2", ci([15.0, 17.0]))]
-    assert found["skipped"] == [] and found["ignored"] == 1  # the GAN run is not an error
-    assert found["superseded"] == 1  # the older q4 attack
+    assert found.collected.skipped == [] and found.collected.ignored == 1  # the GAN run is not an error
+    assert found.collected.superseded == 1  # the older q4 attack
     assert f"prior mean {ci([12.0, 13.0] * 3)} dB" in md  # the baselines over all 6 attacked images
     cmp = _table(md, "| comparison")
     assert ["q4: adaptive − non-adaptive", "PSNR (dB)", "2", ci([3.0, 1.0])] == cmp[-2][:4]
@@ -143,7 +156,7 @@ def test_report_rows_pairing_and_figures(runs, tmp_path):
     for name in ("privacy_utility.png", "reconstructions.png", "leakage_vs_round.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the victims, then each setting's worst case (its winner's images), then the prior-only images
-    figure = reconstruction_rows(found["rows"])
+    figure = reconstruction_rows(found.points)
     assert [label for label, _ in figure] == ["original", "fp32, ggl-l2: 21.0 dB, re-id 0.50",
                                               "q4, best per victim: 18.0 dB, re-id 1.00", "prior only: 11.0 dB"]
     assert [float(images.mean()) for _, images in figure] == pytest.approx([1.0, 0.20, 0.18, 0.0])
@@ -267,8 +280,8 @@ def test_dp_epsilon_of_the_federation_is_in_the_table(tmp_path):
 def test_attack_paired_after_the_runs_folder_moved(runs, tmp_path):
     moved = tmp_path / "elsewhere"
     runs.rename(moved)  # attack.source paths now point nowhere: the recorded federation still pairs them
-    rows = collect([moved])["rows"]
-    assert [(r["setting"], r["attacker_name"], r["test_acc"]) for r in rows] == [
+    points = build_points(collect([moved]).pairs)
+    assert [(p.key.defense, p.key.attacker, p.fed.test_acc) for p in points] == [
         ("fp32", "ggl-l2", 0.9), ("q4", "best per victim", 0.85), ("q4", "ggl-l2", 0.85), ("q4", "ggl-l2-adaptive", 0.85)]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ggl.report import report_from_csv
+from ggl.report.build import report_from_csv
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 
@@ -18,6 +18,6 @@ def test_every_table_of_the_shipped_report_is_rebuilt_from_its_csv(tmp_path):
     found = report_from_csv(REPORTS / "per_image.csv", tmp_path)
     shipped = _tables((REPORTS / "privacy_utility.md").read_text())
     assert len(shipped) > 100 and _tables((tmp_path / "privacy_utility.md").read_text()) == shipped
-    heads = [r for r in found["rows"] if r.get("derived")]
+    heads = [p for p in found.points if p.worst_case]
     # the evidence the README quotes: 7 settings x 2 rounds, >= 32 victims each, the portfolio's worst case
-    assert len(heads) == 14 and {r["round"] for r in heads} == {0, 9} and min(r["n_images"] for r in heads) >= 32
+    assert len(heads) == 14 and {p.key.round for p in heads} == {0, 9} and min(p.n_images for p in heads) >= 32

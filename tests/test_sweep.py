@@ -141,12 +141,13 @@ def test_tiny_sweep_runs_then_skips_everything_on_rerun(tmp_path, monkeypatch, c
     assert _run_dirs(out) == dirs and json.loads(res_file.read_text())["final"]["rounds"] == 1
 
     # the report pairs the sweep's runs
-    from ggl.report import collect
+    from ggl.report.collect import collect
+    from ggl.report.points import build_points
 
-    rows = collect([out])["rows"]
-    assert sorted((r["setting"], r["attacker_name"]) for r in rows) == [
+    points = build_points(collect([out]).pairs)
+    assert sorted((p.key.defense, p.key.attacker) for p in points) == [
         ("fp32", "ggl-l2"), ("q4", "best per victim"), ("q4", "ggl-l2"), ("q4", "ggl-l2-adaptive")]
-    assert all(r["test_acc"] is not None and r["n_images"] == 2 for r in rows)
+    assert all(p.fed.test_acc is not None and p.n_images == 2 for p in points)
 
 
 @pytest.mark.usefixtures("one_torch_thread")
@@ -163,34 +164,35 @@ def test_portfolio_sweep_over_two_rounds_reports_the_worst_case_per_round(tmp_pa
     res = json.loads((out / "attack-q4" / "latest" / "results.json").read_text())
     assert res["settings"] == ["q4@ggl-l2", "q4@ggl-l2-adaptive"]
     assert "deterministic" in res["refused"]["q4@ggl-eot"]
-    assert {(r["defense"], r["attacker"], r["attacker_name"], r["round"]) for r in res["records"]} == {
-        ("q4", "non-adaptive", "ggl-l2", 0), ("q4", "adaptive", "ggl-l2-adaptive", 0),
-        ("q4", "non-adaptive", "ggl-l2", 1), ("q4", "adaptive", "ggl-l2-adaptive", 1)}
+    assert {(r["defense"], r["adaptive"], r["attacker"], r["round"]) for r in res["records"]} == {
+        ("q4", False, "ggl-l2", 0), ("q4", True, "ggl-l2-adaptive", 0),
+        ("q4", False, "ggl-l2", 1), ("q4", True, "ggl-l2-adaptive", 1)}
 
-    from ggl.report import collect, worst_case_rows
+    from ggl.report.collect import collect
+    from ggl.report.points import build_points, worst_cases
 
-    found = collect([out])
-    heads = worst_case_rows(found["rows"])
-    assert [(r["setting"], r["round"], r["attacker_name"], r["n_images"]) for r in heads] == [
+    points = build_points(collect([out]).pairs)
+    heads = worst_cases(points)
+    assert [(p.key.defense, p.key.round, p.key.attacker, p.n_images) for p in heads] == [
         ("q4", 0, "best per victim", 2), ("q4", 1, "best per victim", 2)]
     history = json.loads((out / "fed-q4" / "latest" / "results.json").read_text())["history"]
-    assert heads[1]["round_test_acc"] == next(h["test_acc"] for h in history if h["round"] == 1)
-    assert heads[0]["round_test_acc"] is None  # the untrained model is not evaluated
+    assert heads[1].fed.round_test_acc == next(h["test_acc"] for h in history if h["round"] == 1)
+    assert heads[0].fed.round_test_acc is None  # the untrained model is not evaluated
     for head in heads:
-        by_attacker = {r["attacker_name"]: r for r in found["rows"]
-                       if r["round"] == head["round"] and not r.get("derived")}
-        for rec, _ in head["pairs"]:  # per victim: the better of the two attackers, and who it was
-            scores = {name: next(x.metrics["psnr"] for x, _ in p["pairs"] if x.probe == rec.probe)
+        by_attacker = {p.key.attacker: p for p in points if p.key.round == head.key.round and not p.worst_case}
+        for rec, _ in head.pairs:  # per victim: the better of the two attackers, and who it was
+            scores = {name: next(x.metrics["psnr"] for x, _ in p.pairs if x.capture_id == rec.capture_id)
                       for name, p in by_attacker.items()}
             assert rec.metrics["psnr"] == max(scores.values())
-        assert sum(head["wins"].values()) == 2 and set(head["wins"]) <= {"ggl-l2", "ggl-l2-adaptive"}
+        wins = head.worst_case.wins
+        assert sum(wins.values()) == 2 and set(wins) <= {"ggl-l2", "ggl-l2-adaptive"}
     # the report's headline (accuracy at each round included) is rebuilt from its CSVs alone
-    from ggl.report import main as report_main
+    from ggl.report.build import main as report_main
 
     assert report_main([str(out), "--out", str(tmp_path / "rep")]) == 0
     assert report_main(["--from-csv", str(tmp_path / "rep" / "per_image.csv"), "--out", str(tmp_path / "again")]) == 0
     md, md2 = ((tmp_path / d / "privacy_utility.md").read_text() for d in ("rep", "again"))
     head = "| setting | round | probe | test acc |"
     assert md.split(head)[1].split("\n\n")[0] == md2.split(head)[1].split("\n\n")[0]
-    assert f"| q4 | 1 | fedsgd | {history[-1]['test_acc']:.3f} | {heads[1]['round_test_acc']:.3f} |" in md2
+    assert f"| q4 | 1 | fedsgd | {history[-1]['test_acc']:.3f} | {heads[1].fed.round_test_acc:.3f} |" in md2
     assert (tmp_path / "again" / "leakage_vs_round.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,17 +1,18 @@
-"""ggl.report.worst_case: a setting's leakage against the portfolio is, per victim, the best any attacker did on
+"""ggl.report.points' worst case: a setting's leakage against the portfolio is, per victim, the best any attacker did on
 each metric (lower is better for LPIPS), with the PSNR winner named; missing scores never win."""
 from __future__ import annotations
 
-from ggl.audit.records import ImageRecord, record_from_row
-from ggl.report.worst_case import WORST_CASE, best_record, worst_case_points
+from ggl.audit.legacy import record_from_row
+from ggl.audit.records import ImageRecord
+from ggl.report.points import WORST_CASE, FedSummary, Point, PointKey, best_record, worst_case_points
 
 
 def _rec(name: str, probe: str, psnr, lpips, reid, leak):
-    return ImageRecord(setting=f"q4@{name}", defense="q4", attacker="adaptive", adaptive=True, seed=0, round=9,
-                       probe=probe, victim_id=int(probe[-1]), image=0, label=1, label_pred=1, batch_label_acc=1.0,
+    return ImageRecord(setting=f"q4@{name}", defense="q4", attacker=name, adaptive=True, seed=0, round=9,
+                       capture_id=probe, victim_index=int(probe[-1]), image=0, label=1, label_pred=1, batch_label_acc=1.0,
                        metrics={"psnr": psnr, "lpips": lpips, "reid_top1_feature_class": reid,
                                 "reid_gallery_class": 200.0},
-                       leakage={"psnr": leak}, attacker_name=name, images=f"{name}.pt")
+                       leakage={"psnr": leak}, images=f"{name}.pt")
 
 
 def test_each_metric_takes_its_own_best_attacker_and_the_psnr_winner_is_named():
@@ -20,18 +21,23 @@ def test_each_metric_takes_its_own_best_attacker_and_the_psnr_winner_is_named():
     best, winner = best_record(recs)
     assert winner == "ggl-eot" and best.images == "ggl-eot.pt"  # the figure shows the winner's image
     assert best.metrics == {"psnr": 18.0, "lpips": 0.10, "reid_top1_feature_class": 1.0, "reid_gallery_class": 200.0}
-    assert best.leakage == {"psnr": 4.0} and best.attacker_name == WORST_CASE and best.defense == "q4"
+    assert best.leakage == {"psnr": 4.0} and best.attacker == WORST_CASE and best.defense == "q4"
+    # non-finite scores never win (ggl-l2's 15 beats an inf and a nan PSNR)
+    odd = [_rec("ggl-eot", "b0", float("inf"), None, None, None), _rec("ggl-l2", "b0", 15.0, None, None, None),
+           _rec("inverting-gradients", "b0", float("nan"), None, None, None)]
+    assert best_record(odd)[1] == "ggl-l2" and best_record(odd)[0].metrics["psnr"] == 15.0
 
 
 def test_ties_go_to_the_first_attacker_and_points_pair_victims_by_capture():
     a = [_rec("ggl-l2", "b0", 20.0, 0.2, 1.0, 5.0), _rec("ggl-l2", "b1", 10.0, 0.5, 0.0, -1.0)]
     b = [_rec("ggl-l2-adaptive", "b0", 20.0, 0.2, 1.0, 5.0), _rec("ggl-l2-adaptive", "b1", 14.0, 0.4, 0.0, 2.0)]
-    base = {"setting": "q4", "round": 9, "probe": "fedsgd", "dataset": "mnist5k", "model": "cnn"}
-    points = [{**base, "attacker_name": "ggl-l2", "pairs": [(r, None) for r in a]},
-              {**base, "attacker_name": "ggl-l2-adaptive", "pairs": [(r, None) for r in b]}]
+    points = [Point(key=PointKey("q4", name, 9, "fedsgd", "mnist5k", "cnn"), pairs=tuple((r, None) for r in recs),
+                    fed=FedSummary(), seeds=(0,), kind="adaptive")
+              for name, recs in (("ggl-l2", a), ("ggl-l2-adaptive", b))]
     (worst,) = worst_case_points(points)
-    assert [r.metrics["psnr"] for r, _ in worst["pairs"]] == [20.0, 14.0]
-    assert worst["wins"] == {"ggl-l2": 1, "ggl-l2-adaptive": 1} and worst["n_images"] == 2
+    assert [r.metrics["psnr"] for r, _ in worst.pairs] == [20.0, 14.0]
+    assert worst.worst_case.wins == {"ggl-l2": 1, "ggl-l2-adaptive": 1} and worst.n_images == 2
+    assert worst.key.attacker == WORST_CASE and worst.kind == "portfolio"
     # a single attacker is its own worst case: no derived point
     assert worst_case_points(points[:1]) == []
 
@@ -41,10 +47,10 @@ def test_a_portfolio_row_names_its_defence_and_attacker():
            "probe_kind": "fedsgd", "observation": "r0009_b000", "image": 0, "dataset_index": 7, "round": 9,
            "psnr": 12.0}
     rec = record_from_row(row, {"attack": {"adaptive": False}}, None)
-    assert (rec.defense, rec.attacker, rec.attacker_id, rec.probe_kind, rec.round) == \
-        ("q2-stochastic-global", "adaptive", "ggl-eot", "fedsgd", 9)
+    assert (rec.defense, rec.adaptive, rec.attacker, rec.probe, rec.round) == \
+        ("q2-stochastic-global", True, "ggl-eot", "fedsgd", 9)
     plain = record_from_row({**row, "setting": "q4", "attacker_name": None, "attacker_models": None}, {"attack": {}}, None)
-    assert (plain.defense, plain.attacker, plain.attacker_id) == ("q4", "non-adaptive", "ggl-l2")
+    assert (plain.defense, plain.adaptive, plain.attacker) == ("q4", False, "ggl-l2")
 
 
 def test_adaptive_inverting_gradients_runs_only_where_it_models_something():

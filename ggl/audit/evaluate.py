@@ -20,9 +20,14 @@ from torch import Tensor, nn
 
 from ggl.audit import metrics
 from ggl.audit import baselines as label_only
-from ggl.audit.reid import Gallery, load_feature_classifier
+from ggl.audit.records import ImageRecord
+from ggl.audit.reid import Gallery, chance, load_feature_classifier, reid_keys
 from ggl.audit.truth import GroundTruth
 from ggl.core.errors import UserError
+from ggl.data.datamodule import load_split
+from ggl.data.schema import DataConfig
+from ggl.data.splits import indices_hash
+from ggl.gan.prior import DEFAULT_PRIOR
 
 METRICS = ("psnr", "ssim", "lpips", "mse", "feature_mse")
 
@@ -54,11 +59,8 @@ class Evaluator:
         self._data_cache: Dict[str, object] = {}
         self._gallery_cache: Dict[str, Gallery] = {}
         self._label_only_cache: Dict[tuple, label_only.LabelOnly] = {}
-        if prior_path is None:
-            from ggl.gan.prior import DEFAULT_PRIOR
-
-            prior_path = DEFAULT_PRIOR
-        self.prior_path = Path(prior_path)
+        self.reid_note: Optional[str] = None  # why feature-space re-identification is null, if it is
+        self.prior_path = Path(DEFAULT_PRIOR if prior_path is None else prior_path)
 
     # ------------------------------------------------------------------ ground truth
     def truth(self, path: Path, obs_id: Optional[str] = None) -> Tuple[GroundTruth, Tensor]:
@@ -80,9 +82,6 @@ class Evaluator:
         return GroundTruth.load(path).labels.clone()
 
     def _dataset(self, data_cfg: dict, path: Optional[Path] = None):
-        from ggl.config import DataConfig
-        from ggl.data.datamodule import load_split
-
         key = repr(sorted(data_cfg.items()))
         if key not in self._data_cache:
             try:
@@ -96,8 +95,6 @@ class Evaluator:
     def gallery(self, data_cfg: dict) -> Gallery:
         """The private split as the re-identification gallery, with the public classifier's features
         when that classifier was trained on this dataset's public split."""
-        from ggl.data.splits import indices_hash
-
         key = repr(sorted(data_cfg.items()))
         if key not in self._gallery_cache:
             data, split = self._dataset(data_cfg)
@@ -141,39 +138,32 @@ class Evaluator:
         return rows
 
     def evaluate(self, truth_path: Path, obs_id: str, recon: Tensor, pred_labels: Tensor, G: nn.Module,
-                 model: nn.Module, seed: int) -> Tuple[List[dict], Tensor, Tensor, Tensor]:
-        """Per-image rows (attack scores, every label-only baseline's scores, leakage), the originals,
-        the matched reconstructions and the matched prior-sample images, in the victim's image order."""
+                 model: nn.Module, seed: int, tags: dict) -> Tuple[List[ImageRecord], Tensor, Tensor, Tensor]:
+        """One ``ImageRecord`` per victim image (attack scores, every label-only baseline's scores, leakage;
+        ``tags``: the job's fields ``setting``, ``defense``, ``attacker``, ``adaptive``, ``seed``,
+        ``federation``, ``probe``), the originals, the matched reconstructions and the matched
+        prior-sample images, in the victim's image order."""
         gt, truth = self.truth(truth_path, obs_id)
         perm = _match(recon, truth)
         recon_m, pred_m = recon[perm].float().cpu(), pred_labels[perm]
         gallery = self.gallery(gt.dataset)
+        self.reid_note = gallery.feature_reason
         guesses = self.label_only(gt.dataset, G).images(pred_labels.cpu(), seed)
         guesses = {name: img[_match(img, truth)] for name, img in guesses.items()}
         attack_rows = self._all_scores(recon_m, truth, model, gallery, gt.indices)
         base_rows = {name: self._all_scores(img, truth, model, gallery, gt.indices) for name, img in guesses.items()}
         acc = label_accuracy(gt.labels, pred_labels)
-        rows = []
+        records = []
         for i in range(len(truth)):
-            row = {"observation": obs_id, "image": i, "dataset_index": int(gt.indices[i]), "round": gt.round,
-                   "client_id": int(gt.client_id), "label_true": int(gt.labels[i]), "label_pred": int(pred_m[i]),
-                   "label_correct": bool(int(gt.labels[i]) == int(pred_m[i])), "batch_label_acc": acc}
-            row.update(attack_rows[i])
-            for name in label_only.BASELINES:
-                row.update({f"baseline_{name}_{k}": v for k, v in base_rows[name][i].items()
-                            if not k.startswith("reid_gallery")})
-            if gallery.feature_reason:
-                row["reid_feature_note"] = gallery.feature_reason
-            # the previous rows' names of the random prior sample, kept for readers of older results
-            row.update({f"baseline_{k}": base_rows["prior_sample"][i][k] for k in METRICS})
-            for k in attack_rows[i]:
-                if k.startswith("reid_gallery"):
-                    continue
-                per_base = {name: base_rows[name][i][k] for name in label_only.BASELINES}
-                row[f"best_baseline_{k}"] = label_only.best_baseline(k, per_base)
-                row[f"leakage_{k}"] = label_only.leakage(k, attack_rows[i][k], per_base)
-            rows.append(row)
-        return rows, truth, recon_m, guesses["prior_sample"]
+            baselines = {name: {k: v for k, v in base_rows[name][i].items() if not k.startswith("reid_gallery")}
+                         for name in label_only.BASELINES}
+            leak = {k: label_only.leakage(k, v, {b: s[k] for b, s in baselines.items()})
+                    for k, v in attack_rows[i].items() if not k.startswith("reid_gallery")}
+            records.append(ImageRecord(
+                **tags, round=gt.round, capture_id=obs_id, victim_index=int(gt.indices[i]), image=i,
+                label=int(gt.labels[i]), label_pred=int(pred_m[i]), batch_label_acc=acc,
+                metrics=dict(attack_rows[i]), baselines=baselines, leakage=leak))
+        return records, truth, recon_m, guesses["prior_sample"]
 
     def _all_scores(self, images: Tensor, truth: Tensor, model: Optional[nn.Module], gallery: Gallery,
                     victims: Tensor) -> List[dict]:
@@ -183,14 +173,13 @@ class Evaluator:
         return rows
 
 
-def summarize(rows: List[dict], wall_seconds: float, lpips_reason: Optional[str]) -> dict:
+def summarize(records: List[ImageRecord], wall_seconds: float, lpips_reason: Optional[str],
+              reid_note: Optional[str] = None) -> dict:
     """The ``summary`` block of results.json for one defence setting: the mean of every per-image score
-    (``<key>_mean``), the re-identification chance levels, and ``baseline_*`` = the random prior sample
-    (as before), ``best_baseline_*`` = the best label-only baseline per image."""
-    from ggl.audit.reid import chance, reid_keys
-
+    (``<key>_mean``), the re-identification chance levels, and ``baseline_*`` = the random prior sample,
+    ``best_baseline_*`` = the best label-only baseline per image."""
     def col(key):
-        vals = [r[key] for r in rows if r.get(key) is not None]
+        vals = [v for v in (r.metric(key) for r in records) if v is not None]
         return np.array(vals, dtype=np.float64) if vals else None
 
     def mean(key):
@@ -199,8 +188,8 @@ def summarize(rows: List[dict], wall_seconds: float, lpips_reason: Optional[str]
 
     psnr = col("psnr")
     obs_acc = {}
-    for r in rows:
-        obs_acc[r["observation"]] = (r["batch_label_acc"], obs_acc.get(r["observation"], (0, 0))[1] + 1)
+    for r in records:
+        obs_acc[r.capture_id] = (r.batch_label_acc, obs_acc.get(r.capture_id, (0, 0))[1] + 1)
     n = sum(c for _, c in obs_acc.values())
     out = {
         "psnr_mean": mean("psnr"), "psnr_std": None if psnr is None else float(psnr.std()),
@@ -210,9 +199,8 @@ def summarize(rows: List[dict], wall_seconds: float, lpips_reason: Optional[str]
         "baseline_ssim_mean": mean("baseline_prior_sample_ssim"),
         "baseline_lpips_mean": mean("baseline_prior_sample_lpips"),
         "mse_mean": mean("mse"), "feature_mse_mean": mean("feature_mse"),
-        "n_images": len(rows), "wall_seconds": float(wall_seconds),
-        "lpips_note": lpips_reason,
-        "reid_feature_note": next((r["reid_feature_note"] for r in rows if r.get("reid_feature_note")), None),
+        "n_images": len(records), "wall_seconds": float(wall_seconds),
+        "lpips_note": lpips_reason, "reid_feature_note": reid_note,
     }
     for key in METRICS + tuple(reid_keys()):
         out.setdefault(f"{key}_mean", mean(key))

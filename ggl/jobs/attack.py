@@ -1,40 +1,36 @@
-"""``attack.py``: victims (fresh, or captured by a federation) -> GGL attack -> evaluator -> outputs.
+"""``attack.py``: victims (fresh, or captured by a federation) -> attacker portfolio -> evaluator -> records.
 
-Outputs in ``runs/<name>/<timestamp>/``:
-
-* ``results.json``: ``{"config", "settings", "per_image", "summary": {<setting>: {...}}}``; each
-  defence setting also has its own ``<setting>/results.json`` with ``{"config", "per_image",
-  "summary": {"psnr_mean", "psnr_std", "ssim_mean", "lpips_mean", "label_acc",
-  "baseline_psnr_mean", "n_images", "wall_seconds", ...}}``;
-* ``grid.png``: originals over the reconstructions of each setting (one column per image) and the
-  prior-only baseline; ``<setting>/grid.png`` per setting;
-* ``<setting>/images.pt``: the same images as tensors (``IMAGES_FILE``: originals, reconstructions,
-  prior-only, each (N, C, H, W) in [0, 1]), from which ``ggl.report`` composes its figure;
-* one W&B run per setting (offline by default), all in one group, opened before its searches and
-  streaming the loss curve, the best reconstruction so far and the progress (``ggl.jobs.live``);
-* ``captures/`` (fresh mode): the observations and, separately, the ground truth.
+``run(cfg)`` writes ``runs/<name>/<timestamp>/``: ``results.json`` (``ggl.records/2``: ``config``,
+``federation``, ``settings``, ``records``, ``summary``, ``refused``), ``grid.png``, per setting
+``<setting>/grid.png`` and ``<setting>/images.pt``, ``captures/`` (fresh mode), and one W&B run per
+setting (``ggl.jobs.live``). The files: README, "Outputs of the attack".
 """
 from __future__ import annotations
 
 import shutil
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 
-from ggl.core.allocator import retain_freed_memory
 from ggl.attack import attack, check_prior_fits, search_units
+from ggl.attack.attackers import build_portfolio
 from ggl.attack.observation import Observation
 from ggl.audit.evaluate import Evaluator, summarize
-from ggl.jobs.live import LiveAttackRun
+from ggl.audit.records import RECORDS_FORMAT, FederationRef, ImageRecord
 from ggl.audit.truth import IMAGES_FILE, OBS_DIR, TRUTH_DIR, find_captures
-from ggl.audit.victim import probe_kind
-from ggl.core.errors import UserError
-from ggl.core.seeding import derived_seed
-from ggl.audit.records import add_records
+from ggl.audit.victim import fresh_captures, probe_kind
+from ggl.config import REPO_ROOT, to_container, to_yaml
+from ggl.core.allocator import retain_freed_memory
 from ggl.core.atomic import atomic_write_text
+from ggl.core.errors import UserError
+from ggl.core.plots import image_rows_png
+from ggl.core.seeding import derived_seed
+from ggl.defenses import defenses_label
+from ggl.gan.prior import load_prior
+from ggl.jobs.live import LiveAttackRun
 from ggl.runs.folder import create_run_dir, point_latest
 from ggl.runs.logger import Stopwatch, write_json
 
@@ -49,9 +45,6 @@ def load_attack_prior(path: str, trusted_generators=()):
     """The GAN prior of ``attack.prior`` (``ggl.gan.prior.load_prior``); relative paths are tried
     from the working directory, then from the repository root. Its generator class must be ggl's own
     or one of ``attack.trusted_generators`` (checked before anything is imported)."""
-    from ggl.config import REPO_ROOT
-    from ggl.gan.prior import load_prior
-
     p = Path(path).expanduser()
     if not p.is_absolute() and not p.exists() and (REPO_ROOT / p).exists():
         p = REPO_ROOT / p
@@ -60,8 +53,6 @@ def load_attack_prior(path: str, trusted_generators=()):
 
 def defense_settings(cfg) -> List[Tuple[str, list]]:
     """[(label, defence chain)] to attack side by side (``attack.defenses``, else ``defenses``)."""
-    from ggl.defenses.specs import defenses_label
-
     chains = cfg.attack.defenses if cfg.attack.defenses is not None else [list(cfg.defenses)]
     out, seen = [], {}
     for chain in chains:
@@ -118,31 +109,14 @@ def _validate(captures: Captures, G) -> Dict[Path, Observation]:
 
 
 # ---------------------------------------------------------------------------------------------
-# outputs
-
-
-def save_grid(path: Path, originals: torch.Tensor, rows: List[Tuple[str, torch.Tensor]]) -> Path:
-    """Originals on top, then one row per (title, images); one column per image."""
-    from ggl.core.plots import image_rows_png
-
-    return image_rows_png(path, [("original", originals)] + rows)
-
-
-def _fmt(v, spec=".2f"):
-    return "n/a" if v is None else format(v, spec)
-
-
-# ---------------------------------------------------------------------------------------------
-# the job
+# the attackers
 
 
 def _attackers(a) -> List[Tuple[str, object]]:
-    """(setting suffix, attacker) pairs: the portfolio of ``attack.attackers``, or today's one GGL
-    attacker (``attack.loss``, ``attack.adaptive``) when it is null."""
+    """(setting suffix, attacker) pairs: the portfolio of ``attack.attackers``, or the one GGL attacker of
+    ``attack.loss`` / ``attack.adaptive`` (None, setting ``<label>`` or ``<label>-adaptive``) when it is null."""
     if a.attackers is None:
         return [("-adaptive" if a.adaptive else "", None)]
-    from ggl.attack.attackers import build_portfolio
-
     return [(f"@{att.name}", att) for att in build_portfolio(list(a.attackers), dict(a.attacker_options or {}))]
 
 
@@ -150,39 +124,82 @@ def _units(attacker, a) -> int:
     return search_units(a) if attacker is None else attacker.units(a)
 
 
-def _attacker_name(attacker, a) -> str:
-    return attacker.name if attacker is not None else f"ggl-{a.loss}" + ("-adaptive" if a.adaptive else "")
-
-
-def _attacker_models(attacker, a) -> str:
-    """What of the defence the attacker models: none | adaptive | eot (``Attacker.models``)."""
-    if attacker is not None:
-        return attacker.models
-    return "adaptive" if a.adaptive else "none"
-
-
-def run_attack_cli(cfg, prior=None) -> dict:
-    """``python attack.py``: returns the results dict (also written to ``results.json``)."""
-    from tqdm.auto import tqdm
-
-    from ggl.config import to_container, to_yaml
-
-    clock = Stopwatch()
+def _tags(cfg, label: str, setting: str, attacker, obs) -> dict:
+    """The job's fields of an ``ImageRecord``: what it attacked and with what, from the objects it holds."""
     a = cfg.attack
-    if a.torch_threads:
-        torch.set_num_threads(a.torch_threads)
-    retain_freed_memory()  # a generation's trial updates reuse the last one's memory (ggl/allocator.py)
-    captures: Optional[Captures] = source_captures(a.source) if a.source else None
-    G = prior if prior is not None else load_attack_prior(a.prior, a.trusted_generators)
+    models = attacker.models if attacker is not None else ("adaptive" if a.adaptive else "none")
+    name = attacker.name if attacker is not None else f"ggl-{a.loss}" + ("-adaptive" if a.adaptive else "")
+    return {"setting": setting, "defense": label, "attacker": name, "adaptive": models != "none",
+            "seed": cfg.seed, "federation": FederationRef.from_source(a.source), "probe": probe_kind(obs)}
 
-    name = _run_name(cfg)
+
+# ---------------------------------------------------------------------------------------------
+# one setting: every capture of a defence through one attacker
+
+
+def _attack_one(cfg, attacker, obs, truth_path: Path, k: int, G, evaluator: Evaluator, tick, watch):
+    a = cfg.attack
+    given = evaluator.true_labels(truth_path) if a.true_labels else None  # ABLATION ONLY
+    seed = derived_seed(cfg.seed, 0x6617, k)
+    model = obs.build_model()
+    if attacker is None:
+        return seed, model, attack(obs, G, a, seed, labels=given, tick=tick, model=model, watch=watch)
+    return seed, model, attacker.run(obs, G, a, seed, labels=given, tick=tick, model=model)
+
+
+def attack_setting(cfg, label: str, setting: str, attacker, pairs, observations, G, evaluator: Evaluator,
+                   bar, live: LiveAttackRun) -> Tuple[List[ImageRecord], Dict[str, torch.Tensor], dict]:
+    """(records, {originals, reconstructions, prior_only}, summary) of one setting."""
+    clock = Stopwatch()
+    records, images = [], {"originals": [], "reconstructions": [], "prior_only": []}
+    for k, (obs_path, truth_path) in enumerate(pairs):
+        obs = observations[obs_path]
+        bar.set_postfix_str(f"{setting} {obs.obs_id}", refresh=False)
+        seed, model, res = _attack_one(cfg, attacker, obs, truth_path, k, G, evaluator, bar.update,
+                                       live.watcher(k, obs.obs_id))
+        recs, truth, recon, base = evaluator.evaluate(truth_path, obs.obs_id, res.images, res.labels, G, model,
+                                                      seed, _tags(cfg, label, setting, attacker, obs))
+        records += recs
+        for key, x in zip(images, (truth, recon, base)):
+            images[key].append(x)
+    summary = summarize(records, clock.seconds, evaluator.lpips.reason, evaluator.reid_note)
+    if cfg.attack.true_labels:
+        summary["label_acc_note"] = "attack.true_labels=true: the attacker was given the true labels (ablation)"
+    return records, {k: torch.cat(v) for k, v in images.items()}, summary
+
+
+def _fmt(v, spec=".2f"):
+    return "n/a" if v is None else format(v, spec)
+
+
+def write_setting(setting_dir: Path, setting: str, images: Dict[str, torch.Tensor], summary: dict) -> Path:
+    """``<setting>/images.pt`` and ``<setting>/grid.png`` (originals over the reconstructions and the
+    prior-only baseline); returns the grid."""
+    setting_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu().clamp(0, 1) for k, v in images.items()}, setting_dir / IMAGES_FILE)
+    return image_rows_png(setting_dir / "grid.png", [
+        ("original", images["originals"]), (_title(setting, summary), images["reconstructions"]),
+        (f"prior only\n{_fmt(summary['baseline_psnr_mean'], '.1f')} dB", images["prior_only"])])
+
+
+def _title(setting: str, summary: dict) -> str:
+    return f"{setting}\n{_fmt(summary['psnr_mean'], '.1f')} dB"
+
+
+# ---------------------------------------------------------------------------------------------
+# the job
+
+
+def prepare(cfg, G, name: str) -> Tuple[Path, dict, Captures, Dict[Path, Observation]]:
+    """The run folder, the config as written, the captures (``attack.source``'s or fresh victims') and
+    every observation, validated before any search; a set-up error leaves no folder behind."""
+    a = cfg.attack
+    captures: Optional[Captures] = source_captures(a.source) if a.source else None
     run_dir = create_run_dir(cfg.output_dir, name)
     try:  # a set-up error leaves no orphan folder and does not move `latest`
         atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
         config = to_container(cfg)
         if captures is None:
-            from ggl.audit.victim import fresh_captures
-
             captures = fresh_captures(cfg, defense_settings(cfg), run_dir / "captures")
         if a.max_observations:
             captures = {k: v[:a.max_observations] for k, v in captures.items()}
@@ -191,82 +208,70 @@ def run_attack_cli(cfg, prior=None) -> dict:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
     point_latest(run_dir)
+    return run_dir, config, captures, observations
 
-    evaluator = Evaluator()
-    settings = [(label, suffix, attacker) for label in captures for suffix, attacker in _attackers(a)]
+
+def _bar(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="GGL", unit="gen", disable=not enabled, dynamic_ncols=True, file=sys.stderr)
+
+
+def run(cfg, prior=None) -> dict:
+    """``python attack.py``: returns the results dict (also written to ``results.json``)."""
+    clock, a = Stopwatch(), cfg.attack
+    if a.torch_threads:
+        torch.set_num_threads(a.torch_threads)
+    retain_freed_memory()  # a generation's trial updates reuse the last one's memory (ggl/core/allocator.py)
+    G = prior if prior is not None else load_attack_prior(a.prior, a.trusted_generators)
+    name = _run_name(cfg)
+    run_dir, config, captures, observations = prepare(cfg, G, name)
+    settings = [(label, label + suffix, attacker) for label in captures for suffix, attacker in _attackers(a)]
+    ref = FederationRef.from_source(a.source)
+    results = {"config": config, "federation": asdict(ref) if ref else None, "records_format": RECORDS_FORMAT,
+               "settings": [], "records": [], "summary": {}, "refused": {}}
+    evaluator, grid_rows, first = Evaluator(), [], None
     group = cfg.logger.group or f"{name}-{run_dir.name}"
-    total = sum(len(captures[label]) * _units(attacker, a) for label, _, attacker in settings)
-    bar = tqdm(total=total, desc="GGL", unit="gen", disable=not a.progress, dynamic_ncols=True, file=sys.stderr)
-    results = {"config": config, "settings": [], "per_image": [], "summary": {}, "refused": {}}
-    originals, grid_rows, baseline_row = None, [], None
+    bar = _bar(sum(len(captures[label]) * _units(att, a) for label, _, att in settings), a.progress)
     try:
-        for label, suffix, attacker in settings:
-            setting = label + suffix
-            first = observations[captures[label][0][0]]
-            reason = attacker.refusal(first) if attacker is not None else None
+        for label, setting, attacker in settings:
+            pairs = captures[label]
+            reason = attacker.refusal(observations[pairs[0][0]]) if attacker is not None else None
             if reason:  # e.g. EOT on a deterministic defence: recorded, not fatal to the portfolio
                 print(f"{setting}: skipped ({reason})", file=sys.stderr)
                 results["refused"][setting] = reason
-                bar.update(len(captures[label]) * _units(attacker, a))
+                bar.update(len(pairs) * _units(attacker, a))
                 continue
-            results["settings"].append(setting)
-            setting_clock = Stopwatch()
-            rows, truths, recons, bases = [], [], [], []
-            chain = observations[captures[label][0][0]].defenses  # what the clients really applied
-            live = LiveAttackRun(cfg, run_dir / setting, name, group, setting, config, chain,
-                                 len(captures[label]), search_units(a))
+            chain = observations[pairs[0][0]].defenses  # what the clients really applied
+            live = LiveAttackRun(cfg, run_dir / setting, name, group, setting, config, chain, len(pairs),
+                                 search_units(a))
             try:
-                for k, (obs_path, truth_path) in enumerate(captures[label]):
-                    obs = observations[obs_path]
-                    bar.set_postfix_str(f"{setting} {obs.obs_id}", refresh=False)
-                    given = evaluator.true_labels(truth_path) if a.true_labels else None  # ABLATION ONLY
-                    seed = derived_seed(cfg.seed, 0x6617, k)
-                    model = obs.build_model()
-                    if attacker is None:
-                        res = attack(obs, G, a, seed, labels=given, tick=bar.update, model=model,
-                                     watch=live.watcher(k, obs.obs_id))
-                    else:
-                        res = attacker.run(obs, G, a, seed, labels=given, tick=bar.update, model=model)
-                    img_rows, truth, recon, base = evaluator.evaluate(truth_path, obs.obs_id, res.images, res.labels,
-                                                                      G, model, seed)
-                    for r in img_rows:
-                        r.update({"setting": setting, "attacker_name": _attacker_name(attacker, a),
-                                  "attacker_models": _attacker_models(attacker, a), "probe_kind": probe_kind(obs),
-                                  "loss": res.loss, "evaluations": res.evaluations,
-                                  "search_seconds": res.seconds,
-                                  "labels_given": "true labels (ablation)" if a.true_labels else "inferred"})
-                    rows += img_rows
-                    truths.append(truth), recons.append(recon), bases.append(base)
-                summary = summarize(rows, setting_clock.seconds, evaluator.lpips.reason)
-                if a.true_labels:
-                    summary["label_acc_note"] = "attack.true_labels=true: the attacker was given the true labels (ablation)"
-                truth_all, recon_all, base_all = torch.cat(truths), torch.cat(recons), torch.cat(bases)
-                originals = truth_all if originals is None else originals
-                baseline_row = base_all if baseline_row is None else baseline_row
-                title = f"{setting}\n{_fmt(summary['psnr_mean'], '.1f')} dB"
-                grid_rows.append((title, recon_all))
-                setting_dir = run_dir / setting
-                grid = save_grid(setting_dir / "grid.png", truth_all,
-                                 [(title, recon_all), (f"prior only\n{_fmt(summary['baseline_psnr_mean'], '.1f')} dB", base_all)])
-                torch.save({k: v.detach().cpu().clamp(0, 1) for k, v in (("originals", truth_all), ("reconstructions", recon_all),
-                                                                        ("prior_only", base_all))},
-                           setting_dir / IMAGES_FILE)
-                write_json(setting_dir / "results.json", {"config": {**config, "setting": setting}, "per_image": rows,
-                                                          "summary": summary})
-                results["per_image"] += rows
+                records, images, summary = attack_setting(cfg, label, setting, attacker, pairs, observations, G,
+                                                          evaluator, bar, live)
+                grid = write_setting(run_dir / setting, setting, images, summary)
+                results["settings"].append(setting)
+                results["records"] += [r.to_json() for r in records]
                 results["summary"][setting] = summary
-                write_json(run_dir / "results.json", add_records(results))
+                write_json(run_dir / "results.json", results)
             except BaseException:
                 live.abort()
                 raise
             live.finish(summary, grid, setting)
+            first = first or (images, summary)
+            grid_rows.append((_title(setting, summary), images["reconstructions"]))
     finally:
         bar.close()
-    if originals is not None:
-        base_title = f"prior only\n{_fmt(results['summary'][results['settings'][0]]['baseline_psnr_mean'], '.1f')} dB"
-        save_grid(run_dir / "grid.png", originals, grid_rows + [(base_title, baseline_row)])
+    if first is not None:
+        image_rows_png(run_dir / "grid.png", [("original", first[0]["originals"])] + grid_rows + [
+            (f"prior only\n{_fmt(first[1]['baseline_psnr_mean'], '.1f')} dB", first[0]["prior_only"])])
     results["wall_seconds"] = clock.seconds
-    write_json(run_dir / "results.json", add_records(results))
+    write_json(run_dir / "results.json", results)
+    _print_summary(results, evaluator, clock, run_dir)
+    results["run_dir"] = str(run_dir)
+    return results
+
+
+def _print_summary(results: dict, evaluator: Evaluator, clock: Stopwatch, run_dir: Path) -> None:
     for setting, s in results["summary"].items():
         print(f"{setting}: PSNR {_fmt(s['psnr_mean'])} +- {_fmt(s['psnr_std'])} dB, SSIM {_fmt(s['ssim_mean'], '.3f')}, "
               f"LPIPS {_fmt(s['lpips_mean'], '.3f')}, label acc {s['label_acc']:.0%} | prior-only baseline "
@@ -275,5 +280,6 @@ def run_attack_cli(cfg, prior=None) -> dict:
     if evaluator.lpips.reason:
         print(f"LPIPS: null ({evaluator.lpips.reason})")
     print(f"done in {clock.seconds:.0f} s -> {run_dir}")
-    results["run_dir"] = str(run_dir)
-    return results
+
+
+run_attack_cli = run  # ggl.cli, ggl.sweep and the notebook call it by this name until they switch to run

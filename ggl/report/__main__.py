@@ -1,6 +1,6 @@
 """``python -m ggl.report``."""
 import sys
 
-from ggl.report import main
+from ggl.report.build import main
 
 sys.exit(main())

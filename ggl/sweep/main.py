@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ggl.core.errors import ConfigError, UserError
-from ggl.report import HEADLINE, _ci, chance_level, collect, most_leakage
+from ggl.audit.reid import HEADLINE
+from ggl.report.collect import collect
+from ggl.report.points import build_points, chance_level
+from ggl.report.tables import most_leakage
 from ggl.sweep.grid import check_parameter_name, load_sweep, parse_overrides
 from ggl.sweep.plan import GridPoint, mark_done, plan
 from ggl.sweep.runner import run_points
@@ -20,10 +23,10 @@ from ggl.sweep.runner import run_points
 DESCRIPTION = "The privacy-utility sweep: defence settings -> federations with audit captures -> GGL attacks."
 
 
-def results_of(points: List[GridPoint]) -> dict:
-    """The report's points (``ggl.report.collect``: same pairing, statistics) of the finished jobs."""
+def results_of(points: List[GridPoint]) -> list:
+    """The report's points (``ggl.report.points.Point``: same pairing, statistics) of the finished jobs."""
     folders = [d for p in points for d in [p.fed.done_dir] + [a.done_dir for a in p.attacks] if d]
-    return collect(folders) if folders else {"rows": [], "skipped": []}
+    return build_points(collect(folders).pairs) if folders else []
 
 
 def output_root(points: List[GridPoint]) -> Optional[Path]:
@@ -39,23 +42,23 @@ def _log_agent_run(point: GridPoint) -> None:
     run = wandb.init(config={k: v for k, v in point.params.items()}, job_type="sweep-point",
                      name=point.setting, tags=["sweep", point.setting])
     try:
-        rows = results_of([point])["rows"]
+        found = results_of([point])
         summary = {"setting": point.setting}
         grids = {}
-        for r in rows:
-            grid = Path(r["images"]).parent / "grid.png" if r["images"] is not None else None
+        for r in found:
+            grid = r.images.parent / "grid.png" if r.images is not None else None
             if grid is not None and grid.is_file():
-                grids[f"reconstructions/{r['attacker_name']}"] = wandb.Image(str(grid))
+                grids[f"reconstructions/{r.key.attacker}"] = wandb.Image(str(grid))
         if grids:
             run.log(grids)
-        for r in rows:  # one prefix per attacker (and worst case) and round: rounds never overwrite each other
-            prefix = r["attacker_name"] + (f"/round{r['round']}" if r["round"] is not None else "")
-            summary["test_acc"] = r["test_acc"]
-            summary["uplink_bits_per_round"] = r["bits_per_round"]
-            summary[f"{prefix}/n_images"] = r["n_images"]
-            summary[f"{prefix}/reid_chance"] = chance_level(r["pairs"])
+        for r in found:  # one prefix per attacker (and worst case) and round: rounds never overwrite each other
+            prefix = r.key.attacker + (f"/round{r.key.round}" if r.key.round is not None else "")
+            summary["test_acc"] = r.fed.test_acc
+            summary["uplink_bits_per_round"] = r.fed.bits_per_round
+            summary[f"{prefix}/n_images"] = r.n_images
+            summary[f"{prefix}/reid_chance"] = chance_level(r.pairs)
             for key in ("psnr", "ssim", "lpips", HEADLINE, "best_baseline_psnr", "leakage_psnr"):
-                ci = _ci(r["pairs"], key)
+                ci = r.ci(key)
                 if ci is not None:
                     summary.update({f"{prefix}/{key}_mean": ci.mean, f"{prefix}/{key}_ci_low": ci.low,
                                     f"{prefix}/{key}_ci_high": ci.high})
@@ -72,10 +75,8 @@ def finish_line(summary: dict, points: List[GridPoint]) -> str:
     root = output_root(points)
     if root is None:
         return line
-
-    rows = results_of(points)["rows"]
-    key = most_leakage(rows)
-    return f"{line} -> {root} ({len(rows)} points){key}; next: python -m ggl.report {root}"
+    found = results_of(points)
+    return f"{line} -> {root} ({len(found)} points){most_leakage(found)}; next: python -m ggl.report {root}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ public GAN prior, if it uses one); it never sees private data. Each registered a
     result = get_attacker("ggl-eot", {"samples": 8})(obs, G, cfg.attack, seed)   # a SearchResult
     attackers = build_portfolio(cfg.attack.attackers, cfg.attack.attacker_options)
     results = run_portfolio(attackers, obs, G, cfg.attack, seed)  # {name: SearchResult | refusal reason}
-    leakage = best_per_victim(rows)                              # rows: per-image scores + "attacker"
+
+The leakage of a setting, per victim the best any attacker did, is the report's (``ggl.report.points``).
 
 Adding an attacker = one file here with a class derived from ``Attacker`` and decorated with
 ``@register("name")``: every module of this package is imported below (``examples/my_attacker.py``;
@@ -110,10 +111,9 @@ def build_portfolio(names: Sequence[str], options: Optional[Mapping[str, Any]] =
 
 
 from ggl.attack.attackers.base import Attacker  # noqa: E402  (the registry must exist first)
-from ggl.attack.attackers.best import best_per_victim  # noqa: E402
 from ggl.attack.attackers.portfolio import portfolio_units, run_portfolio  # noqa: E402
 for _module in pkgutil.iter_modules(__path__):  # each attacker file registers itself
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["Attacker", "available_attackers", "best_per_victim", "build_portfolio", "check_portfolio",
+__all__ = ["Attacker", "available_attackers", "build_portfolio", "check_portfolio",
            "get_attacker", "option_names", "portfolio_units", "register", "run_portfolio"]

@@ -1,0 +1,318 @@
+"""Points of the report: attacked images grouped by (defence, attacker, round, probe, dataset, model), seeds
+pooled, with their statistics; the worst case per victim over the attacker portfolio (the only place the
+"best per victim" rule lives); paired comparisons on the same victims. Pure functions of the records:
+the per-image CSV is enough to recompute every number here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from ggl.audit.baselines import BASELINES, direction
+from ggl.audit.records import ATTACKER_KINDS, FederationResult, ImageRecord
+from ggl.audit.reid import HEADLINE, chance
+from ggl.core.stats import MeanCI, mean_ci, paired
+
+Pair = Tuple[ImageRecord, Optional[FederationResult]]
+BOOTSTRAP_SEED = 0
+WORST_CASE = "best per victim"   # the attacker of a worst-case point
+WIN_METRIC = "psnr"              # which attacker "won" a victim (whose reconstruction is shown)
+# table order of the attackers: the worst case first, then the portfolio's own order
+ATTACKER_ORDER = (WORST_CASE, "ggl-l2", "ggl-l2-adaptive", "ggl-cosine", "ggl-cosine-adaptive", "ggl-eot",
+                  "inverting-gradients", "inverting-gradients-adaptive")
+# attacker -> the attacker it is compared with on the same victims (the first one that ran): what
+# modelling the defence adds (the expectation attacker of a randomised defence is ggl-l2: E[q(u)] = u)
+MODELLING_PAIRS = {"ggl-l2-adaptive": ("ggl-l2",), "ggl-eot": ("ggl-l2-adaptive", "ggl-l2")}
+COMPARE_METRICS = (("psnr", "PSNR (dB)"), (HEADLINE, "re-id top-1"))
+
+
+@dataclass(frozen=True)
+class PointKey:
+    defense: str
+    attacker: str
+    round: Optional[int]
+    probe: Optional[str]
+    dataset: Optional[str]
+    model: Optional[str]
+
+    @property
+    def setting(self) -> tuple:
+        """What a worst case is taken over the attackers of: one defence, round and probe of one dataset/model."""
+        return self.defense, self.round, self.probe, self.dataset, self.model
+
+
+@dataclass(frozen=True)
+class FedSummary:
+    """The federation numbers of a point (its federations' mean test accuracy; the rest from the first)."""
+    test_acc: Optional[float] = None
+    round_test_acc: Optional[float] = None
+    bits_per_round: Optional[float] = None
+    compression_ratio: Optional[float] = None
+    epsilon: Optional[Tuple[float, float]] = None   # (epsilon, delta) of a DP federation
+    rounds: Optional[int] = None
+    faults: int = 0
+
+
+@dataclass(frozen=True)
+class WorstCase:
+    attackers: Tuple[str, ...]         # the attackers it is taken over
+    wins: Dict[str, int]               # attacker -> victims won on WIN_METRIC, most first
+    won_by: Dict[tuple, str]           # victim key -> the attacker that won it
+
+
+@dataclass(frozen=True, eq=False)
+class Point:
+    key: PointKey
+    pairs: Tuple[Pair, ...]            # the images (records with their federation), in seed/round/capture order
+    fed: FedSummary
+    seeds: Tuple[int, ...]
+    kind: str                          # non-adaptive | adaptive | portfolio (the worst case)
+    images: Optional[Path] = None      # the attack's images.pt (None for a worst case: per victim, the winner's)
+    worst_case: Optional[WorstCase] = None
+
+    @property
+    def n_images(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def victims(self) -> tuple:
+        return tuple((r.seed, r.victim_index) for r, _ in self.pairs)
+
+    def ci(self, key: str) -> Optional[MeanCI]:
+        """Mean and 95% bootstrap CI of a flat metric name over the point's images (``ImageRecord.metric``)."""
+        return ci(self.pairs, key)
+
+
+def values(pairs: Sequence[Pair], key: str) -> List[Optional[float]]:
+    return [r.metric(key) for r, _ in pairs]
+
+
+def ci(pairs: Sequence[Pair], key: str) -> Optional[MeanCI]:
+    return mean_ci(values(pairs, key), seed=BOOTSTRAP_SEED)
+
+
+def mean(xs: Iterable[Optional[float]]) -> Optional[float]:
+    v = [float(x) for x in xs if x is not None and math.isfinite(float(x))]
+    return sum(v) / len(v) if v else None
+
+
+# ---------------------------------------------------------------------------------------------
+# building
+
+
+def _point(key: PointKey, group: List[Pair]) -> Point:
+    group = sorted(group, key=lambda p: (p[0].seed if p[0].seed is not None else -1, p[0].round or 0,
+                                         p[0].capture_id or "", p[0].image))
+    feds = list({f.key: f for _, f in group if f is not None}.values())
+    first = feds[0] if feds else None
+    fed = FedSummary() if first is None else FedSummary(
+        test_acc=mean(f.test_acc for f in feds), bits_per_round=first.bits_per_round,
+        round_test_acc=mean(f.accuracy_at(key.round) for f in feds) if key.round is not None else None,
+        compression_ratio=first.compression_ratio, rounds=first.rounds, faults=sum(f.faults for f in feds),
+        epsilon=(first.epsilon, first.delta) if first.epsilon is not None else None)
+    return Point(key=key, pairs=tuple(group), fed=fed, seeds=tuple(sorted({r.seed for r, _ in group
+                                                                           if r.seed is not None})),
+                 kind=ATTACKER_KINDS[group[0][0].adaptive],
+                 images=next((Path(r.images) for r, _ in group if r.images), None))
+
+
+def build_points(pairs: Sequence[Pair]) -> List[Point]:
+    """Group images into points (seeds pooled) and add the worst case over the attackers per (defence,
+    round, probe, dataset, model), in table order: dataset, best test accuracy first, defence, probe,
+    round, attacker."""
+    groups: Dict[PointKey, List[Pair]] = {}
+    for rec, fed in pairs:
+        key = PointKey(rec.defense, rec.attacker, rec.round, rec.probe, fed.dataset if fed else None,
+                       fed.model if fed else None)
+        groups.setdefault(key, []).append((rec, fed))
+    points = [_point(key, group) for key, group in groups.items()]
+    return sorted(points + worst_case_points(points), key=_order)
+
+
+def measured_pairs(points: Sequence[Point]) -> List[Pair]:
+    """The attacked images of the points (not the worst cases' combined records): what the CSV holds."""
+    return [p for point in points if point.worst_case is None for p in point.pairs]
+
+
+def _attacker_rank(name: str) -> tuple:
+    return (ATTACKER_ORDER.index(name), "") if name in ATTACKER_ORDER else (len(ATTACKER_ORDER), name)
+
+
+def _order(p: Point) -> tuple:
+    acc = p.fed.test_acc
+    return (p.key.dataset or "", -(acc if acc is not None else -1.0), p.key.defense, p.key.probe or "",
+            p.key.round if p.key.round is not None else -1, _attacker_rank(p.key.attacker))
+
+
+# ---------------------------------------------------------------------------------------------
+# the worst case: per victim, the best any attacker did
+
+
+def _better(metric: str, a: Optional[float], b: Optional[float]) -> bool:
+    """Is score ``a`` more leakage than ``b`` on ``metric`` (None and non-finite never are)?"""
+    if a is None or not math.isfinite(a):
+        return False
+    if b is None or not math.isfinite(b):
+        return True
+    sign = direction(metric) or 1
+    return sign * a > sign * b
+
+
+def _best(metric: str, scores) -> Optional[float]:
+    best = None
+    for v in scores:
+        if _better(metric, v, best):
+            best = v
+    return best
+
+
+def victim_key(rec: ImageRecord) -> tuple:
+    return rec.seed, rec.round, rec.capture_id, rec.image, rec.victim_index
+
+
+def best_record(records: Sequence[ImageRecord]) -> Tuple[ImageRecord, str]:
+    """One victim's records (one per attacker) -> (a record holding the best score of any attacker on
+    every metric and leakage, the attacker that won on PSNR; ties go to the first)."""
+    winner = records[0]
+    for r in records[1:]:
+        if _better(WIN_METRIC, r.metrics.get(WIN_METRIC), winner.metrics.get(WIN_METRIC)):
+            winner = r
+    metrics = {key: next((r.metrics[key] for r in records if r.metrics.get(key) is not None), None)
+               if key.startswith("reid_gallery")  # gallery sizes: the same for every attacker
+               else _best(key, (r.metrics.get(key) for r in records))
+               for key in dict.fromkeys(k for r in records for k in r.metrics)}
+    leakage = {key: _best(key, (r.leakage.get(key) for r in records))
+               for key in dict.fromkeys(k for r in records for k in r.leakage)}
+    rec = dataclasses.replace(winner, setting=f"{winner.defense}@{WORST_CASE}", attacker=WORST_CASE,
+                              metrics=metrics, leakage=leakage)
+    return rec, winner.attacker
+
+
+def worst_case_points(points: List[Point]) -> List[Point]:
+    """One worst-case point per (defence, round, probe, dataset, model) that ran two or more attackers."""
+    groups: Dict[tuple, List[Point]] = {}
+    for p in points:
+        groups.setdefault(p.key.setting, []).append(p)
+    out = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        by_victim: Dict[tuple, List[Pair]] = {}
+        for p in members:
+            for rec, fed in p.pairs:
+                by_victim.setdefault(victim_key(rec), []).append((rec, fed))
+        pairs, won_by, wins = [], {}, {}
+        for vk, entries in by_victim.items():
+            rec, winner = best_record([r for r, _ in entries])
+            pairs.append((rec, next((f for _, f in entries if f is not None), None)))
+            won_by[vk] = winner
+            wins[winner] = wins.get(winner, 0) + 1
+        first = members[0]
+        case = WorstCase(attackers=tuple(p.key.attacker for p in members), won_by=won_by,
+                         wins=dict(sorted(wins.items(), key=lambda kv: (-kv[1], kv[0]))))
+        out.append(dataclasses.replace(first, key=dataclasses.replace(first.key, attacker=WORST_CASE),
+                                       pairs=tuple(pairs), kind="portfolio", images=None, worst_case=case))
+    return out
+
+
+def worst_cases(points: Sequence[Point]) -> List[Point]:
+    """Per (defence, round, probe, dataset, model): its worst-case point where several attackers ran,
+    else its one attacker's point, in table order."""
+    derived = {p.key.setting for p in points if p.worst_case is not None}
+    return [p for p in points if p.worst_case is not None or p.key.setting not in derived]
+
+
+def wins_text(point: Point) -> str:
+    """'ggl-l2-adaptive 20, ggl-eot 12' (victims won on PSNR)."""
+    wins = point.worst_case.wins if point.worst_case else {}
+    return ", ".join(f"{k} {v}" for k, v in wins.items()) or "–"
+
+
+def contrast(points: Sequence[Point], p: Point) -> Optional[Point]:
+    """The non-adaptive L2 GGL point of ``p``'s setting, round and probe (the attacker of earlier reports)."""
+    return next((o for o in points if o.worst_case is None and o.key.attacker == "ggl-l2"
+                 and o.key.setting == p.key.setting), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# baselines, chance and paired comparisons
+
+
+def strongest_baseline(pairs: Sequence[Pair], metric: str) -> Optional[str]:
+    """The label-only baseline with the best mean ``metric`` over these images."""
+    means = {b: mean(r.baselines.get(b, {}).get(metric) for r, _ in pairs) for b in BASELINES}
+    means = {b: m for b, m in means.items() if m is not None}
+    if not means:
+        return None
+    sign = direction(metric) or 1
+    return max(means, key=lambda b: sign * means[b])
+
+
+def chance_level(pairs: Sequence[Pair], kind: str = "top1", gallery: str = "class") -> Optional[float]:
+    return mean(chance(kind, r.metrics[f"reid_gallery_{gallery}"]) for r, _ in pairs
+                if r.metrics.get(f"reid_gallery_{gallery}") is not None)
+
+
+def _aligned(a: Sequence[Pair], b: Sequence[Pair], key_a: str, key_b: str) -> Tuple[List[float], List[float]]:
+    """Values of two image sets on their common victims (seed, round, victim index, image)."""
+    def index(pairs):
+        return {(r.seed, r.round, r.victim_index, r.image): r for r, _ in pairs if r.victim_index is not None}
+
+    ia, ib = index(a), index(b)
+    common = [k for k in ia if k in ib]
+    va = [ia[k].metric(key_a) for k in common]
+    vb = [ib[k].metric(key_b) for k in common]
+    keep = [i for i in range(len(common)) if va[i] is not None and vb[i] is not None]
+    return [float(va[i]) for i in keep], [float(vb[i]) for i in keep]
+
+
+def label(p: Point) -> str:
+    rnd = f" round {p.key.round}" if p.key.round is not None else ""
+    return f"{p.key.defense}{rnd} {p.key.attacker}"
+
+
+def _paired(name: str, a: Point, b: Point, baseline: bool = False) -> list:
+    out = []
+    for key, metric in COMPARE_METRICS:
+        res = paired(*_aligned(a.pairs, b.pairs, key, f"best_baseline_{key}" if baseline else key),
+                     seed=BOOTSTRAP_SEED)
+        if res is not None:
+            out.append((name, metric, res))
+    return out
+
+
+def comparisons(points: List[Point]) -> list:
+    """(comparison, metric label, ggl.core.stats.Paired) on the same victims: each setting's worst case (or
+    its one attacker) against the best label-only baseline (does it leak?); each defence's worst case
+    against no defence's at the same round (does the defence reduce leakage?); each attacker that models
+    the defence against the one it adds to (``MODELLING_PAIRS``)."""
+    out = []
+    heads = worst_cases(points)
+    for p in heads:
+        out += _paired(f"{label(p)} − best label-only baseline", p, p, baseline=True)
+    ref = {(p.key.round, p.key.probe, p.key.dataset): p for p in heads if p.key.defense == "fp32"}
+    for p in heads:
+        other = ref.get((p.key.round, p.key.probe, p.key.dataset))
+        if other is not None and other is not p:
+            rnd = "–" if p.key.round is None else str(p.key.round)
+            out += _paired(f"{label(p)} − fp32 {other.key.attacker} (round {rnd})", p, other)
+    by_key = {(p.key.defense, p.key.attacker, p.key.round, p.key.probe, p.key.dataset): p for p in points
+              if p.worst_case is None}
+    several_rounds = len({p.key.round for p in points}) > 1
+    for p in points:
+        if p.worst_case is not None or p.key.attacker not in MODELLING_PAIRS:
+            continue
+        for base in MODELLING_PAIRS[p.key.attacker]:
+            other = by_key.get((p.key.defense, base, p.key.round, p.key.probe, p.key.dataset))
+            if other is not None:
+                break
+        else:
+            continue
+        name = (f"{p.key.defense}: adaptive − non-adaptive" if p.key.attacker == "ggl-l2-adaptive"
+                else f"{p.key.defense}: {p.key.attacker} − {base}")
+        name += f" (round {p.key.round})" if several_rounds else ""
+        out += _paired(name, p, other)
+    return out

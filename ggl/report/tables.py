@@ -1,0 +1,190 @@
+"""The report's text: the column lists, the rows of the worst-case, every-attacker and comparison tables,
+``privacy_utility.md`` and the finish line's key number."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, List, Optional, Sequence
+
+from ggl.audit.baselines import BASELINES
+from ggl.audit.reid import HEADLINE
+from ggl.audit.truth import IMAGES_FILE
+from ggl.core.stats import MeanCI
+from ggl.report.collect import Collected
+from ggl.report.points import (Pair, Point, ci, chance_level, comparisons, contrast, mean, measured_pairs,
+                               strongest_baseline, wins_text, worst_cases)
+
+CSV_FILE = "per_image.csv"
+TABLE_COLUMNS = ["setting", "round", "probe", "attacker", "test acc", "acc at round", "PSNR (dB)", "SSIM",
+                 "re-id top-1 (chance)", "re-id MRR (chance)", "LPIPS", "label acc", "best label-only PSNR (dB)",
+                 "PSNR leakage (dB)", "re-id leakage", "n images", "seeds", "uplink bits / round", "compression",
+                 "DP ε (δ)", "rounds", "dataset"]
+HEADLINE_COLUMNS = ["setting", "round", "probe", "test acc", "acc at round", "worst-case PSNR (dB)", "SSIM",
+                    "re-id top-1 (chance)", "best label-only PSNR (dB)", "PSNR leakage (dB)", "re-id leakage",
+                    "won by (victims, PSNR)", "ggl-l2 non-adaptive PSNR (dB)", "n images", "compression"]
+COMPARE_COLUMNS = ["comparison", "metric", "n pairs", "mean difference [95% CI]", "Wilcoxon p", "Cohen's d_z",
+                   "rank-biserial"]
+MRR_KEY = "reid_rr_feature_class"
+
+
+def fmt(v: Any, spec: str = ".2f", none: str = "–") -> str:
+    return none if v is None else format(v, spec)
+
+
+def fmt_ci(c: Optional[MeanCI], spec: str = ".2f") -> str:
+    return "–" if c is None else c.fmt(spec)
+
+
+def _bits(v: Optional[float]) -> str:
+    if v is None:
+        return "–"
+    for unit, scale in (("Gbit", 1e9), ("Mbit", 1e6), ("kbit", 1e3)):
+        if v >= scale:
+            return f"{v / scale:.2f} {unit}"
+    return f"{v:.0f} bit"
+
+
+def _top1(pairs: Sequence[Pair]) -> str:
+    top1 = ci(pairs, HEADLINE)
+    return "–" if top1 is None else f"{top1.fmt()} ({fmt(chance_level(pairs, 'top1'), '.3f')})"
+
+
+def _best_baseline(pairs: Sequence[Pair]) -> str:
+    best = strongest_baseline(pairs, "psnr")
+    return fmt_ci(ci(pairs, "best_baseline_psnr")) + (f" ({best.replace('_', ' ')})" if best else "")
+
+
+def _round(p: Point) -> str:
+    return "–" if p.key.round is None else str(p.key.round)
+
+
+def _compression(p: Point) -> str:
+    return fmt(p.fed.compression_ratio, ".1f") + ("×" if p.fed.compression_ratio is not None else "")
+
+
+def table_rows(points: List[Point]) -> List[List[str]]:
+    """Every point (each attacker, and each worst case) with all its numbers."""
+    out = []
+    for p in points:
+        mrr, eps = p.ci(MRR_KEY), p.fed.epsilon
+        out.append([
+            p.key.defense, _round(p), p.key.probe or "–", p.key.attacker, fmt(p.fed.test_acc, ".3f"),
+            fmt(p.fed.round_test_acc, ".3f"), fmt_ci(p.ci("psnr")), fmt_ci(p.ci("ssim"), ".3f"),
+            _top1(p.pairs), "–" if mrr is None else f"{mrr.fmt()} ({fmt(chance_level(p.pairs, 'rr'), '.3f')})",
+            fmt_ci(p.ci("lpips"), ".3f"), fmt(mean(rec.batch_label_acc for rec, _ in p.pairs), ".0%"),
+            _best_baseline(p.pairs), fmt_ci(p.ci("leakage_psnr")), fmt_ci(p.ci(f"leakage_{HEADLINE}")),
+            str(p.n_images), str(len(p.seeds)) if p.seeds else "–", _bits(p.fed.bits_per_round), _compression(p),
+            f"{eps[0]:.3g} ({eps[1]:g})" if eps else "–",
+            str(p.fed.rounds) if p.fed.rounds is not None else "–", p.key.dataset or "–"])
+    return out
+
+
+def headline_rows(points: List[Point]) -> List[List[str]]:
+    """Per setting, round and probe: the worst case over the attackers (``ggl.report.points``)."""
+    out = []
+    for p in worst_cases(points):
+        other = contrast(points, p)
+        out.append([
+            p.key.defense, _round(p), p.key.probe or "–", fmt(p.fed.test_acc, ".3f"), fmt(p.fed.round_test_acc, ".3f"),
+            fmt_ci(p.ci("psnr")), fmt_ci(p.ci("ssim"), ".3f"), _top1(p.pairs), _best_baseline(p.pairs),
+            fmt_ci(p.ci("leakage_psnr")), fmt_ci(p.ci(f"leakage_{HEADLINE}")),
+            wins_text(p) if p.worst_case else p.key.attacker,
+            fmt_ci(other.ci("psnr")) if other else "–", str(p.n_images), _compression(p)])
+    return out
+
+
+def comparison_rows(points: List[Point]) -> List[List[str]]:
+    return [[name, label, str(res.n), res.ci.fmt(".2f"), f"{res.p_value:.2g}", fmt(res.cohens_dz, ".2f"),
+             f"{res.rank_biserial:.2f}"] for name, label, res in comparisons(points)]
+
+
+def md_table(columns: List[str], cells: List[List[str]]) -> List[str]:
+    return (["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+            + ["| " + " | ".join(c) + " |" for c in cells])
+
+
+INTRO = ("Utility: the federation's final test accuracy on its full test split. Privacy: how well GGL "
+         "reconstructs the victim's images from the captured update, against the originals (higher = more "
+         "leakage). Every score is the mean over the attacked images with its 95% bootstrap CI in brackets "
+         "(seeds pooled). Re-identification: the share of reconstructions whose nearest private image of the "
+         "same class, in the feature space of a classifier trained on the public split, is the victim (chance "
+         "in brackets: 1 / the class's private images). Label-only baselines (what the label alone gives): "
+         "the prior's class mean, the public split's class mean, a random prior sample; leakage = the attack's "
+         "score minus the best of them on the same image.")
+WORST_CASE_INTRO = ("Per defence setting, round (the global model after that many rounds; 0 = untrained) and probe: "
+                    "per victim, the best reconstruction of any attacker that ran (on each metric); `won by` counts "
+                    "the victims each attacker won on PSNR. The last columns show the non-adaptive L2 GGL attacker "
+                    "alone, for contrast. `acc at round` is the test accuracy of the model the victims' updates were "
+                    "computed at (– at round 0: untrained, not evaluated).")
+
+
+def markdown(collected: Collected, points: List[Point], command: str, seconds: float) -> str:
+    c = collected
+    lines = ["# Privacy–utility report", "",
+             f"`{command}` — {c.n_feds} federation runs, {c.n_attacks} attacked settings "
+             f"read from {c.n_files} results files ({datetime.now():%Y-%m-%d %H:%M}, {seconds:.1f} s). "
+             f"Per-image data: [`{CSV_FILE}`]({CSV_FILE}) (`python -m ggl.report --from-csv {CSV_FILE}` rebuilds "
+             f"this table and the figure from it).", "",
+             "![privacy vs utility](privacy_utility.png)", "", INTRO, ""]
+    lines += ["## The worst case per setting and round", "", WORST_CASE_INTRO, ""]
+    lines += md_table(HEADLINE_COLUMNS, headline_rows(points))
+    lines += ["", "![leakage and accuracy over rounds](leakage_vs_round.png)", "", "## Every attacker", ""]
+    lines += md_table(TABLE_COLUMNS, table_rows(points))
+    cmp_rows = comparison_rows(points)
+    if cmp_rows:
+        lines += ["", "Paired comparisons on the same victims (difference of means, Wilcoxon signed-rank "
+                      "two-sided, effect sizes):", ""]
+        lines += md_table(COMPARE_COLUMNS, cmp_rows)
+    return "\n".join(lines + _notes(c, points) + ["", "![reconstructions](reconstructions.png)", ""])
+
+
+def _notes(c: Collected, points: List[Point]) -> List[str]:
+    lines = []
+    band = {b: ci(measured_pairs(points), f"baseline_{b}_psnr") for b in BASELINES}
+    shown = [f"{b.replace('_', ' ')} {m.fmt()} dB" for b, m in band.items() if m is not None]
+    if shown:
+        lines += ["", "Label-only baselines over all attacked images, PSNR: " + "; ".join(shown) + "."]
+    victims = {(p.key.round, p.key.probe, p.victims) for p in points if p.victims}
+    if len(victims) > len({(p.key.round, p.key.probe) for p in points if p.victims}):
+        lines += ["", f"Note: the settings attacked {len(victims)} different sets of victim images "
+                      f"(different audit configs); rows are not the same images."]
+    if c.superseded:
+        lines += ["", f"{c.superseded} older attack result(s) of a setting and attacker already shown "
+                      f"were left out (the newest run wins; point the report at one sweep's folder to compare "
+                      f"like with like)."]
+    faulty = [f"{p.key.defense} ({p.kind}): {p.fed.faults}" for p in points if p.fed.faults]
+    if faulty:
+        lines += ["", "**Warning:** these points' federations dropped failed clients or rejected updates, so their "
+                      "accuracy is not the defence's alone (see each run's results.json `final`): "
+                      + "; ".join(faulty) + "."]
+    if any(p.fed.test_acc is None for p in points):
+        lines += ["", "Rows with test acc `–`: attacks whose federation run was not found under the folder "
+                      "(fresh victims, or a moved/deleted federation); they are not plotted."]
+    if c.feds_alone:
+        lines += ["", "Federations without an attack yet: " + ", ".join(
+            f"{f.label} (`{f.dir}`, acc {f.test_acc:.3f})" for f in c.feds_alone) + "."]
+    if c.skipped:
+        lines += ["", "Skipped results.json files:", ""] + [f"- `{p}`: {why}" for p, why in c.skipped]
+    no_images = [f"{p.key.defense} ({p.kind})" for p in points if p.images is None or not p.images.is_file()]
+    if no_images:
+        lines += ["", f"Not in the reconstructions figure (no {IMAGES_FILE} of their attack runs here; rerun those "
+                      f"attacks): " + ", ".join(no_images) + "."]
+    return lines
+
+
+def most_leakage(points: Sequence[Point]) -> str:
+    """'; most leakage: <point> PSNR <mean [CI]> dB over the best label-only baseline (n), re-id vs
+    chance', or '' when no point has a leakage score: the key number of a finish line."""
+    worst = None
+    for p in worst_cases(points):
+        leak = p.ci("leakage_psnr")
+        if leak is not None and (worst is None or leak.mean > worst[1].mean):
+            worst = (p, leak)
+    if worst is None:
+        return ""
+    p, leak = worst
+    reid = p.ci(HEADLINE)
+    where = f" round {p.key.round}" if p.key.round is not None else ""
+    return (f"; most leakage: {p.key.defense}{where} {p.key.attacker} PSNR {leak.fmt()} dB over the best label-only "
+            f"baseline (n = {p.n_images})"
+            + (f", re-id top-1 {reid.mean:.2f} (chance {fmt(chance_level(p.pairs), '.3f')})" if reid is not None
+               else ""))
