@@ -107,14 +107,22 @@ class Grid:
         n = sum(t.numel() for t in self.observed)
         return self.cell_distance(self.before(trial)) / n
 
-    def transmitted(self, trial: Sequence[Tensor]) -> Tuple[Tensor, ...]:
+    def decode_values(self, q: Sequence[Tensor]) -> List[Tensor]:
+        """Updates on this grid (each (P, *shape)) with the cell that holds 0 decoded as 0, as ``decode``
+        does to the observed one."""
+        return list(q)
+
+    def transmitted(self, trial: Sequence[Tensor], decoded: bool = False) -> Tuple[Tensor, ...]:
         """What the client would send for P trial updates, on the payload's grid: the chain's earlier steps,
-        then the quantizer on the observed grid, with a straight-through (identity) gradient."""
+        then the quantizer on the observed grid (``decoded``: read with the zero cell as 0), with a
+        straight-through (identity) gradient."""
         x = self.before(trial)
-        if not torch.is_grad_enabled():
-            return tuple(self.quantize(x))
         with torch.no_grad():
             q = self.quantize(x)
+            if decoded:
+                q = self.decode_values(q)
+        if not torch.is_grad_enabled():
+            return tuple(q)
         return tuple(t + (qt - t).detach() for t, qt in zip(x, q))
 
 
@@ -184,6 +192,18 @@ class MinMaxGrid(Grid):
         for i, t in enumerate(self.observed):
             k0 = self._zero_code(i)
             out.append(t.clone() if k0 is None else torch.where(self.codes[i] == k0, torch.zeros_like(t), t))
+        return out
+
+    def decode_values(self, q):
+        out = []
+        for i, t in enumerate(q):
+            k0 = self._zero_code(i)
+            if k0 is None:
+                out.append(t)
+                continue
+            lo, step = (_bcast(v, t) for v in self.ranges[i])
+            c0 = torch.full((), float(k0), dtype=t.dtype, device=t.device) * step + lo  # the quantizer's own ops
+            out.append(torch.where(t == c0, torch.zeros_like(t), t))
         return out
 
 
@@ -315,14 +335,15 @@ def decoded_observation(obs):
 
 class ObservedGridModel:
     """``GGLObjective.defense`` for the observed-grid adaptive attacker: ``batched`` on P trial updates
-    (each (P, *shape)), called on one update (``evaluation: loop``); ``Grid.transmitted`` either way."""
+    (each (P, *shape)), called on one update (``evaluation: loop``); ``Grid.transmitted`` either way
+    (``decoded``: the zero cell read as 0, to match against the decoded observed update)."""
 
-    def __init__(self, grid: Grid):
-        self.grid = grid
+    def __init__(self, grid: Grid, decoded: bool = False):
+        self.grid, self.decoded = grid, decoded
         self.active = True
 
     def batched(self, tensors):
-        return self.grid.transmitted(tensors)
+        return self.grid.transmitted(tensors, self.decoded)
 
     def __call__(self, tensors):
-        return tuple(t[0] for t in self.grid.transmitted([t.unsqueeze(0) for t in tensors]))
+        return tuple(t[0] for t in self.grid.transmitted([t.unsqueeze(0) for t in tensors], self.decoded))

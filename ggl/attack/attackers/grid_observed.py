@@ -8,7 +8,10 @@ whose gradient extremes are set by the architecture); at a trained model they do
 grid is public: the payload carries each range's ``lo`` and ``step`` (``ggl.attack.grid``). These
 attackers quantize every trial on it (nearest rounding, codes clamped to the payload's, with the very
 operations of the client's quantizer: on the true image's update it reproduces the payload bit for
-bit), with a straight-through gradient for Adam, as the adaptive attacker does. ``sign`` is replayed
+bit), with a straight-through gradient for Adam, as the adaptive attacker does. By default
+(``decoded: true``) both the observed update and each quantized trial are read with the cell that
+holds 0 decoded as 0 (``ggl-l2-decoded``): on one grid that changes only what mismatched codes cost
+for L2, but it takes the common offset ``c0`` (most coordinates, at a trained model) out of the cosine. ``sign`` is replayed
 with the payload's scales. Steps of the chain before the quantizer (clip) are replayed as the adaptive
 attacker does.
 
@@ -30,6 +33,8 @@ from ggl.attack.attackers.base import Attacker
 @dataclass
 class ObservedGridAttacker(Attacker):
     loss_kind: str = "l2"
+    decoded: bool = True        # match in decoded values: the zero cell read as 0 in the observed update and in
+    #                             each quantized trial (where the grid has such a cell); false: the levels as sent
     search: ClassVar[str] = "attack.optimizer (cmaes | adam | cmaes_adam)"
     models: ClassVar[str] = "adaptive"
 
@@ -54,7 +59,11 @@ class ObservedGridAttacker(Attacker):
         objective = GGLObjective(obs, G, labels, loss=self.loss_kind, kl_weight=cfg.kl_weight, adaptive=False,
                                  evaluation=getattr(cfg, "evaluation", "batched"), model=model,
                                  device=attack_device(getattr(cfg, "device", "auto")))
-        objective.defense = ObservedGridModel(observed_grid(obs, objective.target))
+        grid = observed_grid(obs, objective.target)
+        decoded = self.decoded and grid.decodes
+        objective.defense = ObservedGridModel(grid, decoded)
+        if decoded:
+            objective.target = grid.decode()
         objective.factored_trial = False  # the quantizer reads the trial updates themselves
         return objective
 
