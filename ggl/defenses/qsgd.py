@@ -73,3 +73,25 @@ class QSGD(Defense):
 
     def attack_model(self):
         return expectation()
+
+
+def payload_norms(tensors: Sequence[Tensor], levels: int, bucket_size: int) -> Tuple[Tensor, Tensor]:
+    """(norms, known) per bucket, read off the sent values ``||v|| * sign(v_i) * l_i / s`` (float64): the
+    unit ``||v|| / s`` is the largest value of which every sent magnitude is an integer multiple <= s (the
+    smallest nonzero magnitude over j, for the smallest j that fits). Exact up to rounding when the
+    bucket's levels have no common divisor > 1 (any level 1 does); a bucket that sent only zeros has no
+    norm to read (``known`` False, norm 0)."""
+    flat = flat_cat(tensors).double()
+    n = flat.numel()
+    pad = (-n) % bucket_size
+    mag = torch.cat([flat, flat.new_zeros(pad)]).view(-1, bucket_size).abs()
+    known = (mag > 0).any(1)
+    smallest = torch.where(mag > 0, mag, torch.full_like(mag, float("inf"))).amin(1)
+    smallest = torch.where(known, smallest, torch.ones_like(smallest))
+    unit = torch.zeros_like(smallest)
+    for j in range(levels, 0, -1):  # the smallest j that fits wins: overwrite from the largest down
+        ratio = mag / (smallest / j).unsqueeze(1)
+        fits = ((ratio - ratio.round()).abs() < 1e-3).all(1) & (ratio.round() <= levels).all(1)
+        unit = torch.where(fits, smallest / j, unit)
+    known = known & (unit > 0)
+    return torch.where(known, unit * levels, torch.zeros_like(unit)), known

@@ -201,3 +201,46 @@ class Quantize(Defense):
         return reapply(lambda ts: quantize_update(ts, self.bits, "nearest", self.range, grid=self.grid)[0],
                        straight_through=True,
                        batched_fn=lambda ts: quantize_candidates(ts, self.bits, self.range, self.grid))
+
+
+# ---------------------------------------------------------------------------------------- the public grid
+def quantize_on_grid(x: Tensor, lo: Tensor, step: Tensor, intervals: int) -> Tensor:
+    """``x`` on a *given* grid (``lo``, ``step``, broadcastable to ``x``): nearest rounding with the very
+    operations of ``_Grid.apply``, so on the client's own (lo, step) it returns the client's values bit for
+    bit. ``step`` must be > 0. The attacker's observed-grid model (``ggl.attack.grid``)."""
+    codes = torch.round((x - lo) / step).clamp(0, intervals)
+    return codes * step + lo
+
+
+def payload_grid(tensors: Sequence[Tensor], bits: int, range_mode: str = "global",
+                 grid: str = "project") -> List[Tuple[Tensor, Tensor]]:
+    """(lo, step) of each range of a quantized payload (one range for ``global``, one per tensor), derived
+    from its dequantized values ``tensors`` (what an ``Observation`` stores; the payload itself carries
+    both as float32, counted in ``SCALE_BITS_PER_RANGE``).
+
+    ``lo`` is the smallest value (code 0 dequantizes to ``lo`` exactly); ``step`` is the float nearest
+    ``(max - lo) / intervals`` on which quantizing the values returns them bit for bit (the client's step
+    does; a neighbour a few ulps away may too, and is then indistinguishable from it given the payload).
+    A range sent unchanged (one value) gets step 0. ValueError when no step within 16 ulps reproduces the
+    values: they are not this quantizer's output (e.g. another defence came after it)."""
+    _check_range(range_mode)
+    intervals = grid_intervals(bits, grid)
+    rows = ([torch.cat([t.reshape(-1) for t in tensors])] if range_mode == "global"
+            else [t.reshape(-1) for t in tensors])
+    out = []
+    for r in rows:
+        lo, hi = r.min(), r.max()
+        estimate = (hi - lo) / intervals
+        if not estimate > 0:
+            out.append((lo, torch.zeros_like(lo)))
+            continue
+        up, down, candidates = estimate, estimate, [estimate]
+        for _ in range(16):
+            up, down = torch.nextafter(up, up + estimate), torch.nextafter(down, torch.zeros_like(down))
+            candidates += [up, down]
+        step = next((s for s in candidates if s > 0 and torch.equal(quantize_on_grid(r, lo, s, intervals), r)), None)
+        if step is None:
+            raise ValueError(f"the values are not a {bits}-bit {grid}-grid payload: no step near "
+                             f"{float(estimate):.6g} reproduces them")
+        out.append((lo, step))
+    return out

@@ -41,3 +41,15 @@ class Sign(Defense):
 
     def attack_model(self):
         return reapply(lambda ts: sign_update(ts)[0], straight_through=True)
+
+
+def payload_scales(tensors: Sequence[Tensor]) -> List[Tensor]:
+    """Each tensor's scale ``mean(|x|)`` as the payload carries it (float32), read off the sent values
+    ``+-scale``. ValueError when a tensor is not of that form (not this defence's output)."""
+    scales = []
+    for t in tensors:
+        scale = t.abs().amax() if t.numel() else t.new_zeros(())
+        if not bool((t.abs() == scale).all()):
+            raise ValueError("the values are not a sign payload: a tensor holds more than +-one scale")
+        scales.append(scale)
+    return scales

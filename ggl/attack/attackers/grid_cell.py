@@ -1,0 +1,89 @@
+"""``ggl-cell``: GGL scored by the set-membership likelihood of a quantized payload.
+
+Each code of a deterministic quantizer says where the client's coordinate lies: in its rounding cell
+``[c - step/2, c + step/2]`` on the payload's public min/max grid (``lo`` and ``step``, read off the
+payload: ``ggl.attack.grid``). The likelihood of the payload given a trial update ``u`` is 1 when every
+coordinate of ``u`` lies in its cell, 0 otherwise; this attacker's loss is its smooth continuation, the
+mean over coordinates of the squared distance (in steps) of ``u`` outside its cell. It is 0 at the
+truth, needs no straight-through gradient (the distance is differentiable in ``u``), and is blind to
+the zero cell's offset ``c0 = lo + k0 step`` that a matching loss on the dequantized update sees.
+The nearest-rounding twin of ``ggl-eot``'s tent likelihood (stochastic rounding: cells one step wide
+on each side, each point weighted by its probability).
+
+* ``sign``: +scale says ``u >= 0``, -scale ``u < 0`` (distance in units of the tensor's scale), and the
+  transmitted scale ``mean |u|`` itself, as one squared relative error weighted as the tensor's coordinates;
+* ``qsgd``: level ``l`` with sign ``s`` says ``u`` lies within one unit ``||v|| / levels`` of ``s l``
+  units (stochastic rounding: the support of its likelihood), and the transmitted bucket norm itself,
+  as one squared relative error weighted as the bucket's coordinates.
+
+Refuses (one line) an observation without a grid: float32, stochastic min/max rounding (``ggl-eot``
+has its exact likelihood), a chain that does not end in a quantizer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Optional
+
+from ggl.attack.attackers import register
+from ggl.attack.attackers.base import Attacker
+
+
+def _objective_class():
+    """GGL's objective with the cell loss as its matching term (defined lazily, as ``eot.py`` does)."""
+    from ggl.attack.objective import GGLObjective, kl_latent
+
+    class CellObjective(GGLObjective):
+        def __init__(self, obs, generator, labels, kl_weight: float = 0.0, evaluation: str = "batched",
+                     model=None, device="cpu"):
+            from ggl.attack.grid import observed_grid
+
+            super().__init__(obs, generator, labels, loss="l2", kl_weight=kl_weight, adaptive=False,
+                             evaluation=evaluation, model=model, device=device)
+            self.grid = observed_grid(obs, self.target)
+            self.factored_trial = False  # the cells are read coordinate by coordinate
+
+        def _kl(self, z):
+            return self.kl_weight * kl_latent(z.reshape(z.shape[0], self.batch, self.latent_dim))
+
+        def _total(self, trial, z):
+            loss = self.grid.cell_loss(trial)
+            return loss + self._kl(z) if self.kl_weight else loss
+
+        def image_loss_reference(self, x, z):
+            trial = tuple(t.unsqueeze(0) for t in self.sim.reference(x, self.labels))
+            loss = self.grid.cell_loss(trial)
+            return loss + self._kl(z) if self.kl_weight else loss
+
+    return CellObjective
+
+
+@register("ggl-cell")
+@dataclass
+class CellAttacker(Attacker):
+    loss: ClassVar[str] = "cell"
+    search: ClassVar[str] = "attack.optimizer (cmaes | adam | cmaes_adam)"
+    models: ClassVar[str] = "adaptive"
+
+    def describe(self) -> dict:
+        return {**super().describe(), "grid": "cell"}
+
+    def refusal(self, obs) -> Optional[str]:
+        from ggl.attack.grid import grid_refusal
+
+        return grid_refusal(obs, "cell")
+
+    def objective(self, obs, G, cfg, labels, model):
+        from ggl.attack.device import attack_device
+
+        return _objective_class()(obs, G, labels, kl_weight=cfg.kl_weight,
+                                  evaluation=getattr(cfg, "evaluation", "batched"), model=model,
+                                  device=attack_device(getattr(cfg, "device", "auto")))
+
+    def run(self, obs, G, cfg, seed, labels=None, tick=None, model=None):
+        from ggl.attack import infer_labels, prior_probes, run_search
+
+        model = model if model is not None else obs.build_model()
+        if labels is None:
+            probes = prior_probes(G, 64, obs.num_classes, seed) if obs.batch_size > 1 else None
+            labels = infer_labels(obs, model, probes)
+        return run_search(self.objective(obs, G, cfg, labels, model), cfg, seed, tick=tick)

@@ -1,0 +1,77 @@
+"""``ggl-l2-observed-grid`` / ``ggl-cosine-observed-grid``: the adaptive GGL attacker, with each trial
+update quantized on the *payload's* public grid instead of on the trial's own.
+
+The adaptive attacker (``ggl-l2-adaptive``) re-applies the client's quantizer to each trial update, and
+that quantizer takes its range from its input: a trial is quantized on the trial's own min/max, the
+victim was quantized on the victim's. The two grids coincide only where both ranges do (a fresh model,
+whose gradient extremes are set by the architecture); at a trained model they do not. The victim's
+grid is public: the payload carries each range's ``lo`` and ``step`` (``ggl.attack.grid``). These
+attackers quantize every trial on it (nearest rounding, codes clamped to the payload's, with the very
+operations of the client's quantizer: on the true image's update it reproduces the payload bit for
+bit), with a straight-through gradient for Adam, as the adaptive attacker does. By default
+(``decoded: true``) both the observed update and each quantized trial are read with the cell that
+holds 0 decoded as 0 (``ggl-l2-decoded``): on one grid that changes only what mismatched codes cost
+for L2, but it takes the common offset ``c0`` (most coordinates, at a trained model) out of the cosine. ``sign`` is replayed
+with the payload's scales. Steps of the chain before the quantizer (clip) are replayed as the adaptive
+attacker does.
+
+Refuses (one line) an observation without a deterministic grid: float32, stochastic rounding (use
+``ggl-eot``), QSGD (unbiased: its expectation is the update; use ``ggl-cell``), a chain that does not
+end in the quantizer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Optional
+
+from ggl.attack.attackers import register
+from ggl.attack.attackers.base import Attacker
+
+
+@register("ggl-l2-observed-grid", loss_kind="l2")
+@register("ggl-cosine-observed-grid", loss_kind="cosine")
+@dataclass
+class ObservedGridAttacker(Attacker):
+    loss_kind: str = "l2"
+    decoded: bool = True        # match in decoded values: the zero cell read as 0 in the observed update and in
+    #                             each quantized trial (where the grid has such a cell); false: the levels as sent
+    search: ClassVar[str] = "attack.optimizer (cmaes | adam | cmaes_adam)"
+    models: ClassVar[str] = "adaptive"
+
+    @property
+    def loss(self) -> str:  # type: ignore[override]
+        return self.loss_kind
+
+    def describe(self) -> dict:
+        return {**super().describe(), "grid": "observed"}
+
+    def refusal(self, obs) -> Optional[str]:
+        from ggl.attack.grid import grid_refusal
+
+        return grid_refusal(obs, "quantize")
+
+    def objective(self, obs, G, cfg, labels, model):
+        """GGL's objective with the observed-grid quantizer as its defence model."""
+        from ggl.attack import GGLObjective
+        from ggl.attack.device import attack_device
+        from ggl.attack.grid import ObservedGridModel, observed_grid
+
+        objective = GGLObjective(obs, G, labels, loss=self.loss_kind, kl_weight=cfg.kl_weight, adaptive=False,
+                                 evaluation=getattr(cfg, "evaluation", "batched"), model=model,
+                                 device=attack_device(getattr(cfg, "device", "auto")))
+        grid = observed_grid(obs, objective.target)
+        decoded = self.decoded and grid.decodes
+        objective.defense = ObservedGridModel(grid, decoded)
+        if decoded:
+            objective.target = grid.decode()
+        objective.factored_trial = False  # the quantizer reads the trial updates themselves
+        return objective
+
+    def run(self, obs, G, cfg, seed, labels=None, tick=None, model=None):
+        from ggl.attack import infer_labels, prior_probes, run_search
+
+        model = model if model is not None else obs.build_model()
+        if labels is None:
+            probes = prior_probes(G, 64, obs.num_classes, seed) if obs.batch_size > 1 else None
+            labels = infer_labels(obs, model, probes)
+        return run_search(self.objective(obs, G, cfg, labels, model), cfg, seed, tick=tick)

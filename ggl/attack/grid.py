@@ -1,0 +1,349 @@
+"""The public grid of a quantized payload, as the server that receives it knows it.
+
+A deterministic quantizer's payload carries, besides its integer codes, the public numbers that turn
+them back into values (each counted in the payload's bits):
+
+* ``quantize`` (nearest rounding): each range's minimum ``lo`` and ``step`` (float32);
+  code ``k`` means "the coordinate lies in the rounding cell ``[lo + (k - 1/2) step, lo + (k + 1/2) step]``";
+* ``sign``: each tensor's scale ``mean(|x|)``; ``+scale`` means ``x >= 0``, ``-scale`` means ``x < 0``;
+* ``qsgd``: each bucket's norm ``||v||``; level ``l`` with sign ``s`` means ``v`` lies within one
+  unit ``||v|| / levels`` of ``s * l`` units (stochastic rounding goes to a neighbouring level).
+
+An ``Observation`` stores the dequantized values, not the codes; the grid is read off them exactly
+(``ggl.defenses.quantize.payload_grid``, ``sign.payload_scales``, ``qsgd.payload_norms``): ``lo`` is
+the smallest value, ``step`` the float that reproduces every value bit for bit. That is what a server
+holding the payload knows; no private number enters.
+
+Three uses, one per attacker family (``ggl/attack/attackers/grid_*.py``):
+
+* ``quantize``: the observed-grid adaptive model, a trial update quantized on the *payload's* grid
+  (not on the trial's own min/max, as ``Quantize.attack_model`` does): at a trained model the victim's
+  range and a trial's differ, and so do their grids;
+* ``cell_loss``: the set-membership likelihood, the mean squared distance (in grid units) of each trial
+  coordinate to the cell its code names; 0 at the truth, no straight-through gradient needed;
+* ``decode``: the observation with the cell that holds 0 decoded as exactly 0 instead of as its level
+  ``c0 = lo + k0 step`` (``|c0|`` up to half a step): a dead ReLU's exact-zero gradient then matches
+  exactly, and any attacker runs unchanged on it.
+
+The quantizer must be the chain's last step; clip (or any other re-applied, deterministic step, or
+unbiased randomness by its expectation) may come before it and is modelled as ``ggl.attack.trial.
+DefenseModel`` models it. ``grid_refusal`` says, in one line, why an observation has no grid to use.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from ggl.errors import UserError
+
+FLOAT_BITS = 32
+
+
+class NoGrid(UserError):
+    """The observation carries no public grid this module can use (the message says why, in one line)."""
+
+
+def _parsed(specs: Sequence) -> list:
+    from ggl.defenses import parse_defense
+
+    out = []
+    for i, s in enumerate(specs):
+        d = parse_defense(dict(s) if isinstance(s, dict) else s, f"observation.defenses[{i}]")
+        if d.label not in ("fp32", "identity"):
+            out.append(d)
+    return out
+
+
+def _check_prefix(prefix: list) -> None:
+    from ggl.defenses import MASK, NONE
+
+    for d in prefix:
+        kind = d.attack_model().kind
+        if kind in (MASK, NONE):
+            raise NoGrid(f"defence '{d.label}' before the quantizer is not modelled on the quantized payload "
+                         f"(its mask is not observable after quantization)")
+
+
+class Grid:
+    """A payload's public grid; subclasses per quantizer. ``sizes``: the update's tensor shapes."""
+    kind = ""
+    decodes = False      # whether ``decode`` changes anything (a cell that holds 0 decoded off 0)
+    quantizes = False    # whether ``quantize`` is a deterministic model (not an expectation)
+
+    def __init__(self, label: str, observed: Sequence[Tensor], prefix: Optional[list] = None):
+        self.label = label
+        self.observed = [t.detach() for t in observed]
+        self.prefix = prefix or []
+        self._prefix_model = None
+        if self.prefix:
+            from ggl.attack.trial import DefenseModel
+
+            model = DefenseModel(self.prefix)
+            self._prefix_model = model if model.active else None
+
+    # ------------------------------------------------------------------ pieces every quantizer defines
+    def quantize(self, trial: Sequence[Tensor]) -> List[Tensor]:
+        """P trial updates (each (P, *shape)) on the payload's grid (values, no gradient)."""
+        raise NotImplementedError
+
+    def cell_distance(self, trial: Sequence[Tensor]) -> Tensor:
+        """(P,) float64: sum over coordinates of the squared distance (grid units) outside the code's cell,
+        plus the grid's own constraints (a transmitted scale or norm); 0 at the truth."""
+        raise NotImplementedError
+
+    def decode(self) -> List[Tensor]:
+        """The observed update with the cell that holds 0 decoded as 0."""
+        return [t.clone() for t in self.observed]
+
+    # ------------------------------------------------------------------ shared
+    def before(self, trial: Sequence[Tensor]) -> Tuple[Tensor, ...]:
+        """The chain's steps before the quantizer, applied to P trial updates."""
+        return tuple(trial) if self._prefix_model is None else self._prefix_model.batched(tuple(trial))
+
+    def cell_loss(self, trial: Sequence[Tensor]) -> Tensor:
+        """(P,) mean squared cell distance per coordinate (float64)."""
+        n = sum(t.numel() for t in self.observed)
+        return self.cell_distance(self.before(trial)) / n
+
+    def decode_values(self, q: Sequence[Tensor]) -> List[Tensor]:
+        """Updates on this grid (each (P, *shape)) with the cell that holds 0 decoded as 0, as ``decode``
+        does to the observed one."""
+        return list(q)
+
+    def transmitted(self, trial: Sequence[Tensor], decoded: bool = False) -> Tuple[Tensor, ...]:
+        """What the client would send for P trial updates, on the payload's grid: the chain's earlier steps,
+        then the quantizer on the observed grid (``decoded``: read with the zero cell as 0), with a
+        straight-through (identity) gradient."""
+        x = self.before(trial)
+        with torch.no_grad():
+            q = self.quantize(x)
+            if decoded:
+                q = self.decode_values(q)
+        if not torch.is_grad_enabled():
+            return tuple(q)
+        return tuple(t + (qt - t).detach() for t, qt in zip(x, q))
+
+
+def _bcast(v: Tensor, t: Tensor) -> Tensor:
+    """A per-range scalar to broadcast over a (P, *shape) trial tensor, in its dtype and device."""
+    return v.to(device=t.device, dtype=t.dtype)
+
+
+class MinMaxGrid(Grid):
+    """``quantize`` with nearest rounding: (lo, step) per tensor (the global range's for every tensor)."""
+    kind = "minmax"
+    quantizes = True
+
+    def __init__(self, spec, observed, prefix=None):
+        from ggl.defenses.quantize import grid_intervals, payload_grid
+
+        super().__init__(spec.label, observed, prefix)
+        self.intervals = grid_intervals(spec.bits, spec.grid)
+        try:
+            ranges = payload_grid(self.observed, spec.bits, spec.range, spec.grid)
+        except ValueError as exc:
+            raise NoGrid(f"the observed update is not the payload of '{spec.label}' ({exc})") from None
+        self.ranges = ranges * len(self.observed) if spec.range == "global" else ranges
+        self.codes: List[Optional[Tensor]] = []
+        for t, (lo, step) in zip(self.observed, self.ranges):
+            self.codes.append(torch.round((t - lo) / step) if step > 0 else None)
+        self.decodes = any(self._zero_code(i) is not None for i in range(len(self.observed)))
+
+    def _zero_code(self, i: int) -> Optional[int]:
+        """The code of the cell that holds 0 in tensor i's range, if 0 is in its range and sent off 0."""
+        lo, step = self.ranges[i]
+        if not step > 0:
+            return None
+        k0 = int(torch.round(-lo / step))
+        if not 0 <= k0 <= self.intervals or float(k0 * step + lo) == 0.0:
+            return None
+        return k0
+
+    def quantize(self, trial):
+        from ggl.defenses.quantize import quantize_on_grid
+
+        out = []
+        for t, (lo, step) in zip(trial, self.ranges):
+            if not step > 0:  # a range the client sent unchanged
+                out.append(t)
+                continue
+            out.append(quantize_on_grid(t, _bcast(lo, t), _bcast(step, t), self.intervals))
+        return out
+
+    def cell_distance(self, trial):
+        total = 0
+        for t, (lo, step), codes in zip(trial, self.ranges, self.codes):
+            if codes is None:  # a range of one value, sent as it is: every coordinate is lo
+                total = total + (t - _bcast(lo, t)).to(torch.float64).pow(2).reshape(t.shape[0], -1).sum(1)
+                continue
+            # the position on the grid in the client's own arithmetic (its dtype and operations), so a
+            # coordinate the client rounded to code k lies within [k - 1/2, k + 1/2] exactly
+            pos = ((t - _bcast(lo, t)) / _bcast(step, t)).to(torch.float64)
+            k = codes.to(device=t.device, dtype=torch.float64)
+            lower = (k - 0.5).clamp_min(0.0)  # nothing lies below lo: the range's minimum is code 0's value
+            d = torch.relu(lower - pos) + torch.relu(pos - (k + 0.5))
+            total = total + d.pow(2).reshape(t.shape[0], -1).sum(1)
+        return total
+
+    def decode(self):
+        out = []
+        for i, t in enumerate(self.observed):
+            k0 = self._zero_code(i)
+            out.append(t.clone() if k0 is None else torch.where(self.codes[i] == k0, torch.zeros_like(t), t))
+        return out
+
+    def decode_values(self, q):
+        out = []
+        for i, t in enumerate(q):
+            k0 = self._zero_code(i)
+            if k0 is None:
+                out.append(t)
+                continue
+            lo, step = (_bcast(v, t) for v in self.ranges[i])
+            c0 = torch.full((), float(k0), dtype=t.dtype, device=t.device) * step + lo  # the quantizer's own ops
+            out.append(torch.where(t == c0, torch.zeros_like(t), t))
+        return out
+
+
+class SignGrid(Grid):
+    """``sign``: one scale per tensor; +scale says x >= 0, -scale says x < 0."""
+    kind = "sign"
+    quantizes = True
+
+    def __init__(self, spec, observed, prefix=None):
+        from ggl.defenses.sign import payload_scales
+
+        super().__init__(spec.label, observed, prefix)
+        try:
+            self.scales = payload_scales(self.observed)
+        except ValueError as exc:
+            raise NoGrid(f"the observed update is not the payload of '{spec.label}' ({exc})") from None
+        self.positive = [t >= 0 for t in self.observed]
+
+    def quantize(self, trial):
+        out = []
+        for t, s in zip(trial, self.scales):
+            s = _bcast(s, t)
+            out.append(torch.where(t >= 0, s, -s))
+        return out
+
+    def cell_distance(self, trial):
+        total = 0
+        for t, s, pos_code in zip(trial, self.scales, self.positive):
+            if not s > 0:  # an all-zero tensor: the client's was all zero
+                total = total + t.to(torch.float64).pow(2).reshape(t.shape[0], -1).sum(1)
+                continue
+            x = t.to(torch.float64) / float(s)
+            d = torch.where(pos_code.to(t.device), torch.relu(-x), torch.relu(x))
+            # the transmitted scale, mean |x| in the client's own arithmetic, as a constraint per coordinate
+            scale = t.abs().reshape(t.shape[0], -1).mean(1).to(torch.float64)
+            total = total + d.pow(2).reshape(t.shape[0], -1).sum(1) + t[0].numel() * ((scale - float(s)) / float(s)) ** 2
+        return total
+
+
+class QSGDGrid(Grid):
+    """``qsgd``: each bucket's norm; the code s*l says v lies within one unit norm/levels of s*l units."""
+    kind = "qsgd"
+
+    def __init__(self, spec, observed, prefix=None):
+        from ggl.defenses.qsgd import payload_norms
+
+        super().__init__(spec.label, observed, prefix)
+        self.levels, self.bucket = int(spec.levels), int(spec.bucket_size)
+        self.norms, self.known = payload_norms(self.observed, self.levels, self.bucket)
+        flat = torch.cat([t.reshape(-1) for t in self.observed]).double()
+        self.n = flat.numel()
+        self.pad = (-self.n) % self.bucket
+        q = torch.cat([flat, flat.new_zeros(self.pad)]).view(-1, self.bucket)
+        unit = torch.where(self.known, self.norms / self.levels, torch.ones_like(self.norms)).unsqueeze(1)
+        self.codes = torch.round(q / unit)
+
+    def quantize(self, trial):  # unbiased: its expectation on the observed norms is the update itself
+        return list(trial)
+
+    def _buckets(self, trial) -> Tensor:
+        p = trial[0].shape[0]
+        flat = torch.cat([t.reshape(p, -1) for t in trial], 1).to(torch.float64)
+        return torch.cat([flat, flat.new_zeros(p, self.pad)], 1).view(p, -1, self.bucket)
+
+    def cell_distance(self, trial):
+        v = self._buckets(trial)
+        known = self.known.to(v.device)
+        norms = self.norms.to(v.device)
+        unit = torch.where(known, norms / self.levels, torch.ones_like(norms))
+        pos = v / unit.view(1, -1, 1)
+        k = self.codes.to(v.device).unsqueeze(0)
+        lower, upper = (k - 1).clamp_min(-self.levels), (k + 1).clamp_max(self.levels)
+        d = (torch.relu(lower - pos) + torch.relu(pos - upper)) * known.view(1, -1, 1)
+        # the transmitted norm: one constraint per bucket, weighted as its coordinates
+        rel = (v.norm(dim=2) - norms) / torch.where(known, norms, torch.ones_like(norms))
+        return d.pow(2).sum((1, 2)) + (self.bucket * rel.pow(2) * known).sum(1)
+
+
+def observed_grid(obs, update: Optional[Sequence[Tensor]] = None) -> Grid:
+    """The public grid of ``obs``'s payload (``update``: the same update on the search's device and dtype;
+    default ``obs.update``); ``NoGrid`` (one line) when it has none to use."""
+    from ggl.defenses.qsgd import QSGD
+    from ggl.defenses.quantize import Quantize
+    from ggl.defenses.sign import Sign
+
+    chain = _parsed(obs.defenses)
+    if not chain:
+        raise NoGrid("its update is sent in float32 (no quantizer): there is no grid to use")
+    last, prefix = chain[-1], chain[:-1]
+    update = obs.update if update is None else update
+    if isinstance(last, Quantize) and last.bits < FLOAT_BITS:
+        if last.rounding != "nearest":
+            raise NoGrid(f"'{last.label}' rounds stochastically (unbiased, each code a random neighbour): its "
+                         f"likelihood is ggl-eot's")
+        _check_prefix(prefix)
+        return MinMaxGrid(last, update, prefix)
+    if isinstance(last, Sign):
+        _check_prefix(prefix)
+        return SignGrid(last, update, prefix)
+    if isinstance(last, QSGD):
+        _check_prefix(prefix)
+        return QSGDGrid(last, update, prefix)
+    names = "+".join(d.label for d in chain)
+    raise NoGrid(f"its defence '{names}' does not end in a quantizer with a public grid (quantize, sign, qsgd)")
+
+
+def grid_refusal(obs, need: str = "cell") -> Optional[str]:
+    """Why ``obs`` has no grid for ``need`` (``cell``: any grid; ``quantize``: a deterministic quantizer to
+    re-apply on the observed grid; ``decode``: a cell that holds 0 sent off 0), or None."""
+    try:
+        grid = observed_grid(obs)
+    except NoGrid as exc:
+        return str(exc)
+    if need == "quantize" and not grid.quantizes:
+        return (f"'{grid.label}' is unbiased randomness: its expectation on the observed grid is the update "
+                f"itself (the non-adaptive attacker's); use ggl-cell or ggl-eot")
+    if need == "decode" and not grid.decodes:
+        return (f"'{grid.label}' sends no cell holding 0 off 0 (nothing to decode): the attacker itself "
+                f"sees the same update")
+    return None
+
+
+def decoded_observation(obs):
+    """A copy of ``obs`` whose update is its grid's ``decode`` (the zero cell as exactly 0)."""
+    import dataclasses
+
+    return dataclasses.replace(obs, update=observed_grid(obs).decode())
+
+
+class ObservedGridModel:
+    """``GGLObjective.defense`` for the observed-grid adaptive attacker: ``batched`` on P trial updates
+    (each (P, *shape)), called on one update (``evaluation: loop``); ``Grid.transmitted`` either way
+    (``decoded``: the zero cell read as 0, to match against the decoded observed update)."""
+
+    def __init__(self, grid: Grid, decoded: bool = False):
+        self.grid, self.decoded = grid, decoded
+        self.active = True
+
+    def batched(self, tensors):
+        return self.grid.transmitted(tensors, self.decoded)
+
+    def __call__(self, tensors):
+        return tuple(t[0] for t in self.grid.transmitted([t.unsqueeze(0) for t in tensors], self.decoded))

@@ -1,0 +1,274 @@
+"""The grid attackers (issue 26) at a *trained* ReLU CNN, where a victim's min/max grid and a trial's
+own differ and most of a one-image gradient is exactly 0: the payload's public grid is the client's,
+the observed-grid quantizer reproduces the payload bit for bit and puts other images on the payload's
+levels, the decoded update is exactly 0 where the gradient is, the cell loss is exactly 0 at the
+truth, each defence-aware loss ranks the true image and a slight perturbation of it first, and every
+grid attacker refuses, in one line, an observation without a grid it can use."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from _attack_fixtures import TinyPrior, client_gradient, one_torch_thread  # noqa: F401
+from ggl.attack.attackers import build_portfolio, get_attacker, run_portfolio
+from ggl.attack.grid import decoded_observation, observed_grid
+from ggl.attack.observation import Observation
+from ggl.attack.schema import AttackConfig
+from ggl.defenses.qsgd import qsgd_quantize
+from ggl.defenses.quantize import grid_intervals, quantize_update
+from ggl.defenses.sign import sign_update
+from ggl.errors import UserError
+from ggl.models import build_model
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+Q4 = {"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}
+QUANTIZERS = {
+    "q4": Q4,
+    "q4-per-tensor": {**Q4, "range": "per_tensor"},
+    "q3-seedgrid": {**Q4, "bits": 3, "grid": "seed"},
+}
+SIGN = {"name": "sign"}
+QSGD = {"name": "qsgd", "levels": 4, "bucket_size": 512}
+VICTIMS = range(4)
+CFG = AttackConfig(optimizer="cmaes", population=12, generations=20, sigma=1.0)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """The ReLU CNN after 40 SGD steps on prior images (its gradients' ranges are no longer the init's)."""
+    torch.set_num_threads(1)
+    G = TinyPrior()
+    model = build_model("cnn", 1, 10, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(40):
+        y = torch.randint(0, 10, (32,), generator=gen)
+        loss = F.cross_entropy(model(G(torch.randn(32, 8, generator=gen), y)), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return G, model
+
+
+def _send(g, spec, k: int):
+    if spec["name"] == "quantize":
+        gen = torch.Generator().manual_seed(300 + k)  # stochastic rounding's draws
+        return quantize_update(g, spec["bits"], spec["rounding"], spec["range"], generator=gen,
+                               grid=spec.get("grid", "project"))[0]
+    if spec["name"] == "sign":
+        return sign_update(g)[0]
+    return qsgd_quantize(g, spec["levels"], spec["bucket_size"], torch.Generator().manual_seed(300 + k))[0]
+
+
+def _victim(trained, k: int, spec):
+    """Victim k: a prior image of class k (seeded latent z), its FedSGD gradient g at the trained model, and
+    the observation of g sent through ``spec``."""
+    G, model = trained
+    y = torch.tensor([k % 10])
+    z = torch.randn(1, 8, generator=torch.Generator().manual_seed(200 + k))
+    g = client_gradient(model, G(z, y), y)
+    obs = Observation(arch="cnn", channels=1, num_classes=10,
+                      state={n: v.detach().clone() for n, v in model.state_dict().items()},
+                      names=[n for n, _ in model.named_parameters()], update=_send(g, spec, k), kind="gradient",
+                      batch_size=1, local_steps=1, lr=0.1, local_batch_size=1, defenses=[dict(spec)],
+                      obs_id=f"victim{k}")
+    return z, y, g, obs
+
+
+def _batch(g):
+    return [t.unsqueeze(0) for t in g]
+
+
+def _flat(ts):
+    return torch.cat([t.reshape(-1) for t in ts])
+
+
+# ------------------------------------------------------------------------------------------- the premise
+
+def test_at_the_trained_model_the_victims_grid_is_not_a_trials_own(trained):
+    """Most of the victim's gradient is exactly 0 and its zero cell is sent off 0; other images of its class
+    have ranges, hence steps, of their own (what the adaptive attacker quantizes them on)."""
+    G, model = trained
+    intervals = grid_intervals(4)
+    for k in VICTIMS:
+        _, y, g, obs = _victim(trained, k, Q4)
+        flat = _flat(g)
+        assert float((flat == 0).double().mean()) > 0.5
+        (lo, step), = [observed_grid(obs).ranges[0]]
+        assert float(torch.round(-lo / step) * step + lo) != 0.0
+        others = G(torch.randn(8, 8, generator=torch.Generator().manual_seed(7 + k)), y.repeat(8))
+        ratios = [float((_flat(client_gradient(model, x[None], y)).aminmax()[1] -
+                         _flat(client_gradient(model, x[None], y)).aminmax()[0]) / intervals / step) for x in others]
+        assert max(abs(r - 1) for r in ratios) > 0.05, ratios
+
+
+# ------------------------------------------------------------------------------------------- the public grid
+
+@pytest.mark.parametrize("setting", list(QUANTIZERS))
+def test_the_payloads_grid_is_the_clients_and_reproduces_the_payload_bit_for_bit(trained, setting):
+    spec = QUANTIZERS[setting]
+    intervals = grid_intervals(spec["bits"], spec.get("grid", "project"))
+    for k in VICTIMS:
+        _, _, g, obs = _victim(trained, k, spec)
+        grid = observed_grid(obs)
+        ranges = [_flat(g)] if spec["range"] == "global" else [t.reshape(-1) for t in g]
+        derived = grid.ranges[:1] if spec["range"] == "global" else grid.ranges
+        for r, (lo, step) in zip(ranges, derived):
+            assert torch.equal(lo, r.min()) and torch.equal(step, (r.max() - r.min()) / intervals)
+        sent = grid.quantize(_batch(g))
+        assert all(torch.equal(s[0], o) for s, o in zip(sent, obs.update)), f"victim {k}"
+
+
+def test_sign_scales_are_the_clients_and_reproduce_the_payload(trained):
+    for k in VICTIMS:
+        _, _, g, obs = _victim(trained, k, SIGN)
+        grid = observed_grid(obs)
+        assert all(torch.equal(s, t.abs().mean()) for s, t in zip(grid.scales, g))
+        assert all(torch.equal(s[0], o) for s, o in zip(grid.quantize(_batch(g)), obs.update))
+
+
+def test_qsgd_norms_are_read_off_the_payload(trained):
+    for k in VICTIMS:
+        _, _, g, obs = _victim(trained, k, QSGD)
+        grid = observed_grid(obs)
+        flat = _flat(g).double()
+        flat = torch.cat([flat, flat.new_zeros((-flat.numel()) % 512)]).view(-1, 512)
+        norms = flat.norm(dim=1)
+        assert bool(grid.known.any())
+        # float32 norms, rounded twice on the way (the payload's values, then the unit read off them)
+        torch.testing.assert_close(grid.norms[grid.known], norms[grid.known], rtol=4 * 2 ** -23, atol=0)
+
+
+@pytest.mark.parametrize("setting", list(QUANTIZERS))
+def test_the_observed_grid_puts_other_images_on_the_payloads_levels(trained, setting):
+    """A trial quantized on the payload's grid takes only the payload's levels (on its own grid it would not)."""
+    G, model = trained
+    spec = QUANTIZERS[setting]
+    intervals = grid_intervals(spec["bits"], spec.get("grid", "project"))
+    for k in VICTIMS:
+        _, y, _, obs = _victim(trained, k, spec)
+        grid = observed_grid(obs)
+        x = G(torch.randn(1, 8, generator=torch.Generator().manual_seed(50 + k)), y)
+        sent = grid.quantize(_batch(client_gradient(model, x, y)))
+        for s, (lo, step) in zip(sent, grid.ranges):
+            levels = torch.arange(intervals + 1, dtype=lo.dtype) * step + lo
+            assert bool(torch.isin(s, levels).all()), f"victim {k}"
+
+
+# ------------------------------------------------------------------------------------------- decoding
+
+@pytest.mark.parametrize("setting", list(QUANTIZERS))
+def test_the_decoded_update_is_exactly_zero_where_the_gradient_is(trained, setting):
+    spec = QUANTIZERS[setting]
+    sent_off_zero = 0
+    for k in VICTIMS:
+        _, _, g, obs = _victim(trained, k, spec)
+        decoded = decoded_observation(obs).update
+        for t, d, o in zip(g, decoded, obs.update):
+            zero = t == 0
+            assert bool((d[zero] == 0).all()), f"victim {k}"
+            sent_off_zero += int((o[zero] != 0).sum())
+            assert torch.equal(d[d != o], torch.zeros_like(d[d != o]))  # only the zero cell changes, to 0
+            assert o[d != o].unique().numel() <= 1  # ... one level of it
+    assert sent_off_zero > 0  # the payload sent them off 0: decoding changed something
+
+
+# ------------------------------------------------------------------------------------------- the cell loss
+
+@pytest.mark.parametrize("setting", list(QUANTIZERS) + ["sign"])
+def test_the_cell_loss_is_exactly_zero_at_the_truth(trained, setting):
+    spec = SIGN if setting == "sign" else QUANTIZERS[setting]
+    for k in VICTIMS:
+        _, _, g, obs = _victim(trained, k, spec)
+        assert float(observed_grid(obs).cell_loss(_batch(g))[0]) == 0.0, f"victim {k}"
+
+
+# ------------------------------------------------------------------------------------------- the losses
+
+RANKED = [(name, setting) for name in ("ggl-l2-observed-grid", "ggl-cosine-observed-grid", "ggl-cell")
+          for setting in list(QUANTIZERS) + ["sign"]] + [("ggl-cell", "qsgd")] + [
+          (name, setting) for name in ("ggl-cosine-decoded",) for setting in QUANTIZERS]
+
+
+@pytest.mark.parametrize("name,setting", RANKED)
+def test_each_defence_aware_loss_ranks_the_truth_and_a_perturbation_first(trained, name, setting):
+    """On 4 victims, the true image and a slightly perturbed one (latent + 0.1 N(0, 1)) score below each of
+    32 other prior images of the same class."""
+    from ggl.attack import GGLObjective
+
+    G, model = trained
+    spec = {"sign": SIGN, "qsgd": QSGD}.get(setting) or QUANTIZERS[setting]
+    attacker = get_attacker(name)
+    for k in VICTIMS:
+        z, y, _, obs = _victim(trained, k, spec)
+        if name.endswith("-decoded"):
+            objective = GGLObjective(decoded_observation(obs), G, y, loss=attacker.loss_kind, model=model)
+        else:
+            objective = attacker.objective(obs, G, CFG, y, model)
+        near = z + 0.1 * torch.randn(1, 8, generator=torch.Generator().manual_seed(5 + k))
+        others = torch.randn(32, 8, generator=torch.Generator().manual_seed(7 + k))
+        with torch.no_grad():
+            losses = objective(torch.cat([z, near, others])).double()
+        assert float(losses[:2].max()) < float(losses[2:].min()), f"victim {k}: {losses[:2].tolist()} vs " \
+                                                                 f"{float(losses[2:].min())}"
+
+
+# ------------------------------------------------------------------------------------------- refusals
+
+NEW = ["ggl-l2-observed-grid", "ggl-cosine-observed-grid", "ggl-cell", "ggl-l2-decoded", "ggl-cosine-decoded",
+       "inverting-gradients-decoded"]
+
+
+DECODED = ["ggl-l2-decoded", "ggl-cosine-decoded", "inverting-gradients-decoded"]
+
+
+@pytest.mark.parametrize("chain,refused,why", [
+    ([], NEW, "float32"),                                                       # no defence: no grid
+    ([{**Q4, "bits": 32}], NEW, "float32"),
+    ([{**Q4, "bits": 2, "rounding": "stochastic"}], NEW, "ggl-eot"),            # its likelihood is ggl-eot's
+    ([{"name": "topk", "fraction": 0.1}], NEW, "does not end in a quantizer"),
+    ([Q4, {"name": "noise", "std": 0.01}], NEW, "does not end in a quantizer"),
+    ([{"name": "topk", "fraction": 0.1}, Q4], NEW, "mask"),                     # not observable after quantizing
+    ([SIGN], DECODED, "nothing to decode"),                                     # no cell holds 0
+    ([QSGD], ["ggl-l2-observed-grid", "ggl-cosine-observed-grid"] + DECODED, "unbiased|nothing to decode"),
+    ([{"name": "clip", "max_norm": 1.0}, Q4], [], ""),
+])
+def test_grid_attackers_refuse_what_they_cannot_use_in_one_line(chain, refused, why):
+    import re
+
+    G = TinyPrior()
+    y = torch.tensor([3])
+    model = build_model("cnn", 1, 10, seed=0)
+    g = client_gradient(model, G(torch.randn(1, 8, generator=torch.Generator().manual_seed(0)), y), y)
+    sent = _send(g, chain[-1], 0) if chain and chain[-1]["name"] in ("quantize", "sign", "qsgd") else g
+    obs = Observation(arch="cnn", channels=1, num_classes=10, state=model.state_dict(),
+                      names=[n for n, _ in model.named_parameters()], update=sent, kind="gradient", batch_size=1,
+                      local_steps=1, lr=0.1, local_batch_size=1, defenses=[dict(d) for d in chain], obs_id="r")
+    for name in NEW:
+        reason = get_attacker(name).refusal(obs)
+        if name in refused:
+            assert isinstance(reason, str) and re.search(why, reason) and "\n" not in reason, (name, chain, reason)
+            with pytest.raises(UserError, match="refuses observation 'r'"):
+                get_attacker(name)(obs, G, CFG, seed=0)
+        else:
+            assert reason is None, (name, chain, reason)
+
+
+def test_the_portfolio_records_refusals_and_runs_the_grid_attackers(trained):
+    """One q4 victim, every grid attacker through run_portfolio (tiny budget); a decoded attacker is its base
+    attacker on the decoded observation, the same search to the bit."""
+    G, model = trained
+    _, y, _, obs = _victim(trained, 1, Q4)
+    cfg = AttackConfig(optimizer="cmaes", population=6, generations=2, sigma=1.0)
+    attackers = build_portfolio(NEW, {"inverting-gradients-decoded": {"steps": 2, "restarts": 1}})
+    out = run_portfolio(attackers, obs, G, cfg, seed=1)
+    assert list(out) == NEW and not any(isinstance(v, str) for v in out.values())
+    assert all(r.images.shape == (1, 1, 32, 32) and r.labels.tolist() == y.tolist() for r in out.values())
+    base = get_attacker("ggl-cosine")(decoded_observation(obs), G, cfg, seed=1)
+    assert base.loss == out["ggl-cosine-decoded"].loss and torch.equal(base.images, out["ggl-cosine-decoded"].images)
+    obs.defenses = []
+    refused = run_portfolio(attackers, obs, G, cfg, seed=1)
+    assert all(isinstance(v, str) and "float32" in v for v in refused.values())
