@@ -18,7 +18,7 @@ from ggl.attack.schema import AttackConfig
 from ggl.defenses.qsgd import qsgd_quantize
 from ggl.defenses.quantize import grid_intervals, quantize_update
 from ggl.defenses.sign import sign_update
-from ggl.errors import UserError
+from ggl.core.errors import UserError
 from ggl.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

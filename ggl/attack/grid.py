@@ -36,7 +36,12 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ggl.errors import UserError
+from ggl.attack.trial import DefenseModel
+from ggl.core.errors import UserError
+from ggl.defenses import MASK, NONE, parse_defense
+from ggl.defenses.qsgd import QSGD, payload_norms
+from ggl.defenses.quantize import Quantize, grid_intervals, payload_grid, quantize_on_grid
+from ggl.defenses.sign import Sign, payload_scales
 
 FLOAT_BITS = 32
 
@@ -46,8 +51,6 @@ class NoGrid(UserError):
 
 
 def _parsed(specs: Sequence) -> list:
-    from ggl.defenses import parse_defense
-
     out = []
     for i, s in enumerate(specs):
         d = parse_defense(dict(s) if isinstance(s, dict) else s, f"observation.defenses[{i}]")
@@ -57,8 +60,6 @@ def _parsed(specs: Sequence) -> list:
 
 
 def _check_prefix(prefix: list) -> None:
-    from ggl.defenses import MASK, NONE
-
     for d in prefix:
         kind = d.attack_model().kind
         if kind in (MASK, NONE):
@@ -78,8 +79,6 @@ class Grid:
         self.prefix = prefix or []
         self._prefix_model = None
         if self.prefix:
-            from ggl.attack.trial import DefenseModel
-
             model = DefenseModel(self.prefix)
             self._prefix_model = model if model.active else None
 
@@ -137,8 +136,6 @@ class MinMaxGrid(Grid):
     quantizes = True
 
     def __init__(self, spec, observed, prefix=None):
-        from ggl.defenses.quantize import grid_intervals, payload_grid
-
         super().__init__(spec.label, observed, prefix)
         self.intervals = grid_intervals(spec.bits, spec.grid)
         try:
@@ -162,8 +159,6 @@ class MinMaxGrid(Grid):
         return k0
 
     def quantize(self, trial):
-        from ggl.defenses.quantize import quantize_on_grid
-
         out = []
         for t, (lo, step) in zip(trial, self.ranges):
             if not step > 0:  # a range the client sent unchanged
@@ -213,8 +208,6 @@ class SignGrid(Grid):
     quantizes = True
 
     def __init__(self, spec, observed, prefix=None):
-        from ggl.defenses.sign import payload_scales
-
         super().__init__(spec.label, observed, prefix)
         try:
             self.scales = payload_scales(self.observed)
@@ -248,8 +241,6 @@ class QSGDGrid(Grid):
     kind = "qsgd"
 
     def __init__(self, spec, observed, prefix=None):
-        from ggl.defenses.qsgd import payload_norms
-
         super().__init__(spec.label, observed, prefix)
         self.levels, self.bucket = int(spec.levels), int(spec.bucket_size)
         self.norms, self.known = payload_norms(self.observed, self.levels, self.bucket)
@@ -285,9 +276,6 @@ class QSGDGrid(Grid):
 def observed_grid(obs, update: Optional[Sequence[Tensor]] = None) -> Grid:
     """The public grid of ``obs``'s payload (``update``: the same update on the search's device and dtype;
     default ``obs.update``); ``NoGrid`` (one line) when it has none to use."""
-    from ggl.defenses.qsgd import QSGD
-    from ggl.defenses.quantize import Quantize
-    from ggl.defenses.sign import Sign
 
     chain = _parsed(obs.defenses)
     if not chain:

@@ -24,19 +24,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
+from ggl.attack import infer_labels, prior_probes, run_search
 from ggl.attack.attackers import register
 from ggl.attack.attackers.base import Attacker
+from ggl.attack.device import attack_device
+from ggl.attack.grid import grid_refusal, observed_grid
+from ggl.attack.objective import GGLObjective, kl_latent
 
 
 def _objective_class():
     """GGL's objective with the cell loss as its matching term (defined lazily, as ``eot.py`` does)."""
-    from ggl.attack.objective import GGLObjective, kl_latent
-
     class CellObjective(GGLObjective):
         def __init__(self, obs, generator, labels, kl_weight: float = 0.0, evaluation: str = "batched",
                      model=None, device="cpu"):
-            from ggl.attack.grid import observed_grid
-
             super().__init__(obs, generator, labels, loss="l2", kl_weight=kl_weight, adaptive=False,
                              evaluation=evaluation, model=model, device=device)
             self.grid = observed_grid(obs, self.target)
@@ -68,20 +68,14 @@ class CellAttacker(Attacker):
         return {**super().describe(), "grid": "cell"}
 
     def refusal(self, obs) -> Optional[str]:
-        from ggl.attack.grid import grid_refusal
-
         return grid_refusal(obs, "cell")
 
     def objective(self, obs, G, cfg, labels, model):
-        from ggl.attack.device import attack_device
-
         return _objective_class()(obs, G, labels, kl_weight=cfg.kl_weight,
                                   evaluation=getattr(cfg, "evaluation", "batched"), model=model,
                                   device=attack_device(getattr(cfg, "device", "auto")))
 
     def run(self, obs, G, cfg, seed, labels=None, tick=None, model=None):
-        from ggl.attack import infer_labels, prior_probes, run_search
-
         model = model if model is not None else obs.build_model()
         if labels is None:
             probes = prior_probes(G, 64, obs.num_classes, seed) if obs.batch_size > 1 else None

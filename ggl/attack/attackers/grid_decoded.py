@@ -23,6 +23,7 @@ from typing import Optional
 from ggl.attack.attackers import register
 from ggl.attack.attackers.ggl_latent import GGLAttacker
 from ggl.attack.attackers.inverting_gradients import InvertingGradients
+from ggl.attack.grid import decoded_observation, grid_refusal
 
 
 class Decoded:
@@ -36,13 +37,9 @@ class Decoded:
         return {**super().describe(), "grid": "decoded"}  # type: ignore[misc]
 
     def refusal(self, obs) -> Optional[str]:
-        from ggl.attack.grid import grid_refusal
-
         return grid_refusal(obs, "decode")
 
     def run(self, obs, G, cfg, seed, labels=None, tick=None, model=None):
-        from ggl.attack.grid import decoded_observation
-
         return super().run(decoded_observation(obs), G, cfg, seed, labels=labels, tick=tick,  # type: ignore[misc]
                            model=model)
 

@@ -24,8 +24,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
+from ggl.attack import GGLObjective, infer_labels, prior_probes, run_search
 from ggl.attack.attackers import register
 from ggl.attack.attackers.base import Attacker
+from ggl.attack.device import attack_device
+from ggl.attack.grid import ObservedGridModel, grid_refusal, observed_grid
 
 
 @register("ggl-l2-observed-grid", loss_kind="l2")
@@ -46,15 +49,10 @@ class ObservedGridAttacker(Attacker):
         return {**super().describe(), "grid": "observed"}
 
     def refusal(self, obs) -> Optional[str]:
-        from ggl.attack.grid import grid_refusal
-
         return grid_refusal(obs, "quantize")
 
     def objective(self, obs, G, cfg, labels, model):
         """GGL's objective with the observed-grid quantizer as its defence model."""
-        from ggl.attack import GGLObjective
-        from ggl.attack.device import attack_device
-        from ggl.attack.grid import ObservedGridModel, observed_grid
 
         objective = GGLObjective(obs, G, labels, loss=self.loss_kind, kl_weight=cfg.kl_weight, adaptive=False,
                                  evaluation=getattr(cfg, "evaluation", "batched"), model=model,
@@ -68,8 +66,6 @@ class ObservedGridAttacker(Attacker):
         return objective
 
     def run(self, obs, G, cfg, seed, labels=None, tick=None, model=None):
-        from ggl.attack import infer_labels, prior_probes, run_search
-
         model = model if model is not None else obs.build_model()
         if labels is None:
             probes = prior_probes(G, 64, obs.num_classes, seed) if obs.batch_size > 1 else None
