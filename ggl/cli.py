@@ -13,7 +13,7 @@ from typing import List, Optional
 
 from ggl.config import available_configs, config_task, load_config, resolve_config_path
 from ggl.core.errors import EXIT_USER_ERROR, guarded
-from ggl.jobs.attack import _run_name, run_attack_cli
+from ggl.jobs.attack import _run_name, run_attack
 from ggl.jobs.federation import run_federation
 from ggl.jobs.gan import run_gan
 from ggl.runs.trainer import apply_torch_threads
@@ -106,7 +106,7 @@ def attack_main(argv: Optional[List[str]] = None) -> int:
     def go():
         cfg = state["cfg"] = load_config(args.config, overrides, tasks=("attack",))
         apply_torch_threads(cfg.torch_threads)
-        run_attack_cli(cfg)
+        run_attack(cfg)
 
     def interrupted(exc: KeyboardInterrupt) -> str:
         again = _command("attack.py", args.config, args.overrides)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from _attack_fixtures import TinyPrior, client_gradient, make_observation, one_torch_thread  # noqa: F401
-from ggl.attack import GGLObjective, attack, infer_labels, prior_probes
+from ggl.attack import GGLObjective, attack, infer_labels, prior_samples
 from ggl.attack.objective import kl_latent, match_loss
 from ggl.attack.schema import AttackConfig
 from ggl.audit.evaluate import Evaluator
@@ -45,7 +45,7 @@ def test_count_based_label_inference_batch4():
     x = G(torch.randn(4, 8, generator=torch.Generator().manual_seed(5)), y)
     obs = make_observation(x, y)
     model = obs.build_model()
-    probes = prior_probes(G, 64, 10, seed=0)
+    probes = prior_samples(G, 64, 10, seed=0)
     assert infer_labels(obs, model, probes).tolist() == [1, 1, 3, 7]
     y2 = torch.tensor([0, 4, 4, 4])
     obs2 = make_observation(G(torch.randn(4, 8, generator=torch.Generator().manual_seed(6)), y2), y2)

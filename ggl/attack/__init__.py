@@ -23,7 +23,7 @@ from ggl.attack.search import SearchResult, run_search, search_units
 from ggl.core.errors import UserError
 
 __all__ = ["Observation", "GGLObjective", "SearchResult", "attack", "check_prior_fits", "infer_labels",
-           "prior_probes", "run_search", "search_units"]
+           "prior_samples", "run_search", "search_units"]
 
 
 def check_prior_fits(G: nn.Module, obs: Observation, source: str = "observation") -> None:
@@ -39,7 +39,7 @@ def check_prior_fits(G: nn.Module, obs: Observation, source: str = "observation"
 
 
 @torch.no_grad()
-def prior_probes(G: nn.Module, n: int, num_classes: int, seed: int) -> Tensor:
+def prior_samples(G: nn.Module, n: int, num_classes: int, seed: int) -> Tensor:
     """Random images from the prior (random classes): the attacker's stand-in for typical inputs."""
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(n, int(G.latent_dim), generator=gen)
@@ -53,7 +53,7 @@ def attack(obs: Observation, G: nn.Module, cfg, seed: int, labels: Optional[Tens
     The search runs on ``cfg.device``; the result comes back on the CPU. ``watch``: see ``run_search``."""
     model = model if model is not None else obs.build_model()
     if labels is None:
-        probes = prior_probes(G, 64, obs.num_classes, seed) if obs.batch_size > 1 else None
+        probes = prior_samples(G, 64, obs.num_classes, seed) if obs.batch_size > 1 else None
         labels = infer_labels(obs, model, probes)
     objective = GGLObjective(obs, G, labels, loss=cfg.loss, kl_weight=cfg.kl_weight, adaptive=cfg.adaptive,
                              evaluation=cfg.evaluation, model=model,

@@ -1,4 +1,4 @@
-"""Victims, the evaluator and the orchestration of ``attack.py``.
+"""Victims, the evaluator and what they write (records, ground truth), around the attacker.
 
 The three roles of the threat model stay apart: ``victim`` (and the federation's ``capture``) hold
 private data and produce observations + ground truth in separate files; ``ggl.attack`` sees the

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -109,3 +109,8 @@ def paired(a: Sequence[float], b: Sequence[float], seed: int = 0) -> Optional[Pa
     return Paired(n=int(d.size), mean_diff=float(d.mean()), ci=ci, wilcoxon_stat=stat, p_value=p,
                   cohens_dz=float(d.mean() / sd) if sd > 0 else None,
                   rank_biserial=(r_plus - r_minus) / total if total else 0.0)
+
+
+def fmt(v: Any, spec: str = ".2f", none: str = "–") -> str:
+    """A number for a table or a log line; ``none`` where there is no value."""
+    return none if v is None else format(v, spec)

@@ -1,9 +1,9 @@
 """``attack.py``: victims (fresh, or captured by a federation) -> attacker portfolio -> evaluator -> records.
 
-``run(cfg)`` writes ``runs/<name>/<timestamp>/``: ``results.json`` (``ggl.records/2``: ``config``,
+``run_attack(cfg)`` writes ``runs/<name>/<timestamp>/``: ``results.json`` (``ggl.records/2``: ``config``,
 ``federation``, ``settings``, ``records``, ``summary``, ``refused``), ``grid.png``, per setting
 ``<setting>/grid.png`` and ``<setting>/images.pt``, ``captures/`` (fresh mode), and one W&B run per
-setting (``ggl.jobs.live``). The files: README, "Outputs of the attack".
+setting (``ggl.jobs.live``). The files: README, section "Attack", **Outputs**.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from ggl.core.atomic import atomic_write_text
 from ggl.core.errors import UserError
 from ggl.core.plots import image_rows_png
 from ggl.core.seeding import derived_seed
+from ggl.core.stats import fmt
 from ggl.defenses import defenses_label
 from ggl.gan.prior import load_prior
 from ggl.jobs.live import LiveAttackRun
@@ -168,10 +169,6 @@ def attack_setting(cfg, label: str, setting: str, attacker, pairs, observations,
     return records, {k: torch.cat(v) for k, v in images.items()}, summary
 
 
-def _fmt(v, spec=".2f"):
-    return "n/a" if v is None else format(v, spec)
-
-
 def write_setting(setting_dir: Path, setting: str, images: Dict[str, torch.Tensor], summary: dict) -> Path:
     """``<setting>/images.pt`` and ``<setting>/grid.png`` (originals over the reconstructions and the
     prior-only baseline); returns the grid."""
@@ -179,11 +176,11 @@ def write_setting(setting_dir: Path, setting: str, images: Dict[str, torch.Tenso
     torch.save({k: v.detach().cpu().clamp(0, 1) for k, v in images.items()}, setting_dir / IMAGES_FILE)
     return image_rows_png(setting_dir / "grid.png", [
         ("original", images["originals"]), (_title(setting, summary), images["reconstructions"]),
-        (f"prior only\n{_fmt(summary['baseline_psnr_mean'], '.1f')} dB", images["prior_only"])])
+        (f"prior only\n{fmt(summary['baseline_psnr_mean'], '.1f')} dB", images["prior_only"])])
 
 
 def _title(setting: str, summary: dict) -> str:
-    return f"{setting}\n{_fmt(summary['psnr_mean'], '.1f')} dB"
+    return f"{setting}\n{fmt(summary['psnr_mean'], '.1f')} dB"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,7 +214,7 @@ def _bar(total: int, enabled: bool):
     return tqdm(total=total, desc="GGL", unit="gen", disable=not enabled, dynamic_ncols=True, file=sys.stderr)
 
 
-def run(cfg, prior=None) -> dict:
+def run_attack(cfg, prior=None) -> dict:
     """``python attack.py``: returns the results dict (also written to ``results.json``)."""
     clock, a = Stopwatch(), cfg.attack
     if a.torch_threads:
@@ -263,7 +260,7 @@ def run(cfg, prior=None) -> dict:
         bar.close()
     if first is not None:
         image_rows_png(run_dir / "grid.png", [("original", first[0]["originals"])] + grid_rows + [
-            (f"prior only\n{_fmt(first[1]['baseline_psnr_mean'], '.1f')} dB", first[0]["prior_only"])])
+            (f"prior only\n{fmt(first[1]['baseline_psnr_mean'], '.1f')} dB", first[0]["prior_only"])])
     results["wall_seconds"] = clock.seconds
     write_json(run_dir / "results.json", results)
     _print_summary(results, evaluator, clock, run_dir)
@@ -273,13 +270,12 @@ def run(cfg, prior=None) -> dict:
 
 def _print_summary(results: dict, evaluator: Evaluator, clock: Stopwatch, run_dir: Path) -> None:
     for setting, s in results["summary"].items():
-        print(f"{setting}: PSNR {_fmt(s['psnr_mean'])} +- {_fmt(s['psnr_std'])} dB, SSIM {_fmt(s['ssim_mean'], '.3f')}, "
-              f"LPIPS {_fmt(s['lpips_mean'], '.3f')}, label acc {s['label_acc']:.0%} | prior-only baseline "
-              f"PSNR {_fmt(s['baseline_psnr_mean'])} dB, SSIM {_fmt(s['baseline_ssim_mean'], '.3f')} "
+        print(f"{setting}: PSNR {fmt(s['psnr_mean'])} +- {fmt(s['psnr_std'])} dB, SSIM {fmt(s['ssim_mean'], '.3f')}, "
+              f"LPIPS {fmt(s['lpips_mean'], '.3f')}, label acc {s['label_acc']:.0%} | prior-only baseline "
+              f"PSNR {fmt(s['baseline_psnr_mean'])} dB, SSIM {fmt(s['baseline_ssim_mean'], '.3f')} "
               f"({s['n_images']} images, {s['wall_seconds']:.0f} s)")
     if evaluator.lpips.reason:
         print(f"LPIPS: null ({evaluator.lpips.reason})")
     print(f"done in {clock.seconds:.0f} s -> {run_dir}")
 
 
-run_attack_cli = run  # ggl.cli, ggl.sweep and the notebook call it by this name until they switch to run

@@ -15,9 +15,8 @@ from ggl.audit.records import FederationResult
 from ggl.audit.reid import HEADLINE
 from ggl.core.plots import _pyplot, image_rows_png
 from ggl.core.safe_load import safe_load
-from ggl.core.stats import MeanCI
+from ggl.core.stats import MeanCI, fmt
 from ggl.report.points import Point, ci, chance_level, contrast, mean, measured_pairs, victim_key, worst_cases
-from ggl.report.tables import fmt
 
 # --metric -> (per-image key, axis label, number format)
 PLOT_METRICS = {"psnr": ("psnr", "attack PSNR (dB)", ".2f"), "ssim": ("ssim", "attack SSIM", ".3f"),
@@ -238,8 +237,6 @@ def leakage_vs_round(points: List[Point], feds: Sequence[FederationResult], path
 def _load_images(path: Optional[Path]) -> Optional[dict]:
     if path is None or not Path(path).is_file():
         return None
-    import torch
-
     try:
         images = safe_load(path, "report images")  # weights_only, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says
         return {k: images[k].float().clamp(0, 1) for k in ("originals", "reconstructions", "prior_only")}

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from ggl.audit.baselines import BASELINES
 from ggl.audit.reid import HEADLINE
 from ggl.audit.truth import IMAGES_FILE
-from ggl.core.stats import MeanCI
+from ggl.core.stats import MeanCI, fmt
 from ggl.report.collect import Collected
 from ggl.report.points import (Pair, Point, ci, chance_level, comparisons, contrast, mean, measured_pairs,
                                strongest_baseline, wins_text, worst_cases)
@@ -24,10 +24,6 @@ HEADLINE_COLUMNS = ["setting", "round", "probe", "test acc", "acc at round", "wo
 COMPARE_COLUMNS = ["comparison", "metric", "n pairs", "mean difference [95% CI]", "Wilcoxon p", "Cohen's d_z",
                    "rank-biserial"]
 MRR_KEY = "reid_rr_feature_class"
-
-
-def fmt(v: Any, spec: str = ".2f", none: str = "–") -> str:
-    return none if v is None else format(v, spec)
 
 
 def fmt_ci(c: Optional[MeanCI], spec: str = ".2f") -> str:

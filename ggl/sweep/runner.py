@@ -15,7 +15,7 @@ import torch
 from ggl.config import load_config
 from ggl.core.environ import without_env
 from ggl.core.errors import UserError
-from ggl.jobs.attack import run_attack_cli
+from ggl.jobs.attack import run_attack
 from ggl.jobs.federation import run_federation
 from ggl.sweep.plan import GridPoint, Job, find_attack, mark_done
 
@@ -41,7 +41,7 @@ def run_attack(job: Job, source: Path) -> Path:
     threads = torch.get_num_threads()
     cfg = load_config(job.config_file, job.overrides + [f"attack.source={source}"])
     try:  # the attack sets torch's thread count for the process; the next federation gets it back
-        res = run_attack_cli(cfg)
+        res = run_attack(cfg)
     finally:
         torch.set_num_threads(threads)
     return Path(cfg.output_dir) / job.name / Path(res["run_dir"]).name

@@ -38,7 +38,7 @@ from typing import ClassVar, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ggl.attack import infer_labels, prior_probes, run_search
+from ggl.attack import infer_labels, prior_samples, run_search
 from ggl.attack.attackers import register
 from ggl.attack.attackers.base import Attacker
 from ggl.attack.objective import GGLObjective, kl_latent, match_loss
@@ -238,7 +238,7 @@ class EOTAttacker(Attacker):
 
         model = model if model is not None else obs.build_model()
         if labels is None:
-            probes = prior_probes(G, 64, obs.num_classes, seed) if obs.batch_size > 1 else None
+            probes = prior_samples(G, 64, obs.num_classes, seed) if obs.batch_size > 1 else None
             labels = infer_labels(obs, model, probes)
         chain = self.chain(obs, derived_seed(seed, 0xE07))
         objective = _objective_class()(obs, G, labels, chain, kl_weight=cfg.kl_weight, model=model)
