@@ -1,27 +1,14 @@
 """The defense plugin contract: one defense = one dataclass in one file under ``ggl/defenses/``.
 
-A defense is a dataclass whose fields are its config keys (``name`` first, with the config name as
-its default), registered with ``@register``. Everything about it lives on that one object:
-
-* ``check(key)``: range checks of its own keys (a ``ConfigError`` naming ``key.<field>``);
-* ``label``: a short name for run names and W&B groups (``q4``, ``clip0.25``);
-* ``transform(tensors, update) -> (tensors, bits)``: the pure transform of one client update
-  (``bits=None``: the payload size does not change). ``update`` (a ``ggl.fl.update.ClientUpdate``)
-  gives the seeded randomness (``update.rng``) and, for defenses that need it, the client's data
-  (``update.private``);
-* ``norm_preserving``: never increases an update's L2 norm (so a clip before it still bounds it);
-* ``keeps_client_state`` + ``apply(tensors, update, state)``: per-client state (error feedback), a
-  flat tensor of the update's size per client that the generic callback stores, checkpoints and
-  shares across processes;
-* ``attack_model()``: what the adaptive attacker applies to its trial updates (``reapply`` with or
-  without a straight-through gradient, ``expectation``, ``observed_mask``, or ``no_model(reason)``);
-  ``reapply(fn, batched_fn=...)`` may add the same transform on a whole population's updates at once
-  (optional: without it the search runs ``fn`` under ``vmap``; ``quantize.py`` has one).
-
-Optional hooks for the federation (defaults do nothing): ``bind`` (settings that depend on the chain,
-e.g. noise relative to the clip before it), ``setup`` (checks against the model), ``round_stats``
-(numbers averaged over a round's updates and logged), ``round_metrics`` / ``summary`` (per-run
-numbers such as a DP epsilon). The generic callback ``ggl.fl.callbacks.DefenseCallback`` calls them.
+Its fields are its config keys (``name`` first, defaulting to the config name); ``@register`` adds it.
+It defines ``check(key)`` (range checks: a ``ConfigError`` naming ``key.<field>``), ``label`` (``q4``),
+``transform(tensors, update) -> (tensors, bits)`` (pure; ``bits=None``: size unchanged; ``update.rng``
+gives seeded randomness, ``update.private`` the client's data), ``norm_preserving``, optionally
+``keeps_client_state`` + ``apply(tensors, update, state)`` (per-client state such as error feedback),
+and ``attack_model()`` for the adaptive attacker (``reapply``, ``expectation``, ``observed_mask`` or
+``no_model(reason)``). Optional federation hooks, called by ``ggl.fl.callbacks.DefenseCallback``:
+``bind``, ``setup``, ``round_stats``, ``round_metrics``, ``summary``. The whole contract: README, "Add
+your own defense"; a complete defence: ``examples/my_defense.py``.
 """
 from __future__ import annotations
 

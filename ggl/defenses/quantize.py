@@ -3,16 +3,12 @@
 ``quantize_update`` is a pure function, shared by the federation (``Quantize.transform``) and by the
 adaptive attacker (``Quantize.attack_model``), so both apply the very same transform.
 
-Two grids:
-
-* ``grid: project`` (default): step ``(max - min) / (2**bits - 1)``, exactly ``2**bits`` levels
-  (codes ``0..2**bits-1``), both ends of the range representable: ``bits`` bits per coordinate.
-* ``grid: seed``: the originally proposed step ``(max - min) / 2**bits``, which yields ``2**bits + 1``
-  levels (codes ``0..2**bits``): one more than ``bits`` bits can carry, so it costs
-  ``ceil(log2(2**bits + 1)) = bits + 1`` bits per coordinate. For reproducing that scheme.
-
-``rounding: stochastic`` is stochastic rounding on that min/max grid (round up with probability equal
-to the fractional position: unbiased). It is *not* QSGD (norm-scaled levels; see ``qsgd.py``).
+* ``grid: project`` (default): step ``(max - min) / (2**bits - 1)``, exactly ``2**bits`` levels, both
+  ends of the range representable: ``bits`` bits per coordinate.
+* ``grid: seed``: the originally proposed step ``(max - min) / 2**bits``, ``2**bits + 1`` levels: one
+  more than ``bits`` bits can carry, so counted as ``bits + 1`` bits per coordinate.
+* ``rounding: stochastic``: stochastic rounding on that grid (round up with probability equal to the
+  fractional position: unbiased). It is *not* QSGD (norm-scaled levels; see ``qsgd.py``).
 """
 from __future__ import annotations
 
@@ -53,7 +49,7 @@ def quantize_rows(x: Tensor, intervals: int, noise: Optional[Tensor] = None, may
     ``floor(scaled + noise)`` with ``noise`` ~ U[0, 1) broadcastable to ``x`` (stochastic rounding). A row
     of one value (step 0), or with a NaN, comes back as it is. ``may_be_vmapped=False`` (the caller
     holds real tensors) allows an in-place clamp and a data-dependent shortcut; the values are the same."""
-    lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)  # not aminmax(dim=): 13x slower; not min(): indices
+    lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)  # not aminmax(dim=): slower (benchmarks/README.md); not min(): indices
     return _Grid(lo, hi, intervals, real=not may_be_vmapped).apply(x, noise)
 
 

@@ -1,26 +1,13 @@
 """The attacker portfolio: one attacker, one file, one registry (this module).
 
-An attacker reconstructs the images behind one ``Observation`` from what the server sees (and the
-public GAN prior, if it uses one); it never sees private data. Each registered attacker declares
+An attacker reconstructs the images behind one ``Observation`` from what the server sees (and the public
+GAN prior, if it uses one); it never sees private data. Each declares ``loss`` (what it matches),
+``search`` (how it searches), ``models`` (what of the defence it models: none | adaptive | eot) and
+``uses_prior``. ``get_attacker(name, options)(obs, G, cfg.attack, seed)`` runs one (a ``SearchResult``);
+``run_portfolio(build_portfolio(names, options), obs, G, cfg.attack, seed)`` runs several.
 
-* ``loss``   - what it matches: ``l2``, ``cosine``, ``likelihood`` (exact log-likelihood of the
-  transmitted update), ``cosine+tv`` ...;
-* ``search`` - how it searches: ``cmaes``, ``adam``, ``cmaes_adam`` (``ggl.attack.search.run_search``
-  with the ``attack:`` budget) or its own (``adam-pixels``);
-* ``models`` - what of the defence it models: ``none``, ``adaptive`` (re-applies the known
-  deterministic defence) or ``eot`` (samples / the exact likelihood of a randomised defence);
-* ``uses_prior`` - whether it searches the GAN prior's latent space.
-
-    from ggl.attack.attackers import get_attacker, available_attackers
-    result = get_attacker("ggl-eot", {"samples": 8})(obs, G, cfg.attack, seed)   # a SearchResult
-    attackers = build_portfolio(cfg.attack.attackers, cfg.attack.attacker_options)
-    results = run_portfolio(attackers, obs, G, cfg.attack, seed)  # {name: SearchResult | refusal reason}
-
-The leakage of a setting, per victim the best any attacker did, is the report's (``ggl.report.points``).
-
-Adding an attacker = one file here with a class derived from ``Attacker`` and decorated with
-``@register("name")``: every module of this package is imported below (``examples/my_attacker.py``;
-a file imported before the config is loaded works too).
+Adding one = a file here with an ``Attacker`` subclass decorated ``@register("name")`` (every module of
+this package is imported below): README, "Add your own attacker", and ``examples/my_attacker.py``.
 """
 from __future__ import annotations
 

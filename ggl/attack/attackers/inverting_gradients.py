@@ -1,24 +1,13 @@
 """``inverting-gradients``: the pixel-space attack of Geiping et al. (NeurIPS 2020), with no prior.
 
-Adam on the pixels themselves, kept in [0, 1] (boxed), minimising
-
-    loss(x) = (1 - cos(update(x), observed)) + tv_weight * TV(x)
-
-with the project's cosine loss (1 - cosine similarity per layer, averaged over layers; the paper
-takes one cosine over all layers together) and the anisotropic total variation ``TV(x)`` = mean
-|horizontal difference| + mean |vertical difference| per image. As in the paper: signed gradients
-(Adam is fed ``sign(grad)``), the learning rate divided by 10 at 3/8, 5/8 and 7/8 of the steps, and
-``restarts`` independent random starts (uniform in [0, 1], run together in one batch) of which the
-one with the lowest final loss wins. Labels come from ``ggl.attack.labels.infer_labels`` without
-prior probes (no prior at all: for batch > 1 the mean softmax is taken as uniform).
-
-Its trial updates are GGL's (``ggl.attack.objective.GGLObjective``) with the identity in place of the
-generator, so it replays the client's computation exactly as the latent attackers do.
-``inverting-gradients`` models no defence (a user comparing priors compares it with ``ggl-cosine``);
-``inverting-gradients-adaptive`` re-applies the observed defence to its trial updates as
-``ggl-cosine-adaptive`` does (``ggl.attack.trial.DefenseModel``, straight-through where the defence
-is not differentiable), so that a defence is not credited with what a pixel-space attacker which
-ignores it cannot see.
+Adam on the pixels, boxed in [0, 1], minimising ``(1 - cos(update(x), observed)) + tv_weight * TV(x)``
+(the project's cosine per layer, averaged over layers, where the paper takes one over all layers;
+``TV`` = mean |horizontal| + mean |vertical difference|). As in the paper: signed gradients, the
+learning rate divided by 10 at 3/8, 5/8 and 7/8 of the steps, ``restarts`` random starts in one batch
+(the lowest final loss wins). Labels from ``infer_labels`` without prior probes. Trial updates are
+GGL's (``GGLObjective``) with the identity as the generator. ``inverting-gradients-adaptive``
+re-applies the observed defence (``DefenseModel``, straight-through) as ``ggl-cosine-adaptive`` does,
+so a defence is not credited with what an attacker that ignores it cannot see.
 """
 from __future__ import annotations
 
