@@ -41,7 +41,7 @@ def test_an_unknown_defense_lists_the_known_ones():
 
 def test_a_defense_without_an_attacker_model_refuses_an_adaptive_attack_in_one_line(registered):
     from ggl.attack.trial import DefenseModel
-    from ggl.sweep import make_point
+    from ggl.sweep.plan import make_point
 
     @register
     class Opaque(Defense):

@@ -55,7 +55,7 @@ def test_a_portfolio_row_names_its_defence_and_attacker():
 
 def test_adaptive_inverting_gradients_runs_only_where_it_models_something():
     from ggl.attack.attackers import get_attacker
-    from ggl.sweep import portfolio_for
+    from ggl.sweep.plan import portfolio_for
 
     names = ["inverting-gradients", "inverting-gradients-adaptive"]
     assert get_attacker(names[1]).models == "adaptive" and get_attacker(names[0]).models == "none"

@@ -103,6 +103,7 @@ class ImageRecord:
     federation: Optional[FederationRef] = None
     images: Optional[str] = None      # the attack's images.pt of this setting (for the figure)
     probe: Optional[str] = None       # what the victim sent: fedsgd | local_update | fl
+    search: Dict[str, Any] = field(default_factory=dict)  # the search behind it: seed, loss, evaluations, seconds
 
     def to_json(self) -> dict:
         blob = asdict(self)
@@ -122,6 +123,8 @@ class ImageRecord:
             raise SchemaError(f"{what}: {exc}") from None
         for k, v in rec.metrics.items():
             num(v, f"{what}.metrics.{k}")
+        for k, v in rec.search.items():
+            num(v, f"{what}.search.{k}")
         for b, scores in rec.baselines.items():
             for k, v in scores.items():
                 num(v, f"{what}.baselines.{b}.{k}")

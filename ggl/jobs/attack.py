@@ -158,8 +158,10 @@ def attack_setting(cfg, label: str, setting: str, attacker, pairs, observations,
         bar.set_postfix_str(f"{setting} {obs.obs_id}", refresh=False)
         seed, model, res = _attack_one(cfg, attacker, obs, truth_path, k, G, evaluator, bar.update,
                                        live.watcher(k, obs.obs_id))
+        search = {"seed": seed, "loss": res.loss, "evaluations": res.evaluations, "seconds": res.seconds}
         recs, truth, recon, base = evaluator.evaluate(truth_path, obs.obs_id, res.images, res.labels, G, model,
-                                                      seed, _tags(cfg, label, setting, attacker, obs))
+                                                      seed, {**_tags(cfg, label, setting, attacker, obs),
+                                                             "search": search})
         records += recs
         for key, x in zip(images, (truth, recon, base)):
             images[key].append(x)

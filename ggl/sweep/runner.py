@@ -15,8 +15,7 @@ import torch
 from ggl.config import load_config
 from ggl.core.environ import without_env
 from ggl.core.errors import UserError
-from ggl.jobs.attack import run_attack
-from ggl.jobs.federation import run_federation
+from ggl.jobs import attack as attack_job, federation as federation_job
 from ggl.sweep.plan import GridPoint, Job, find_attack, mark_done
 
 # environment the W&B agent sets for its one run; the jobs' own W&B runs must not inherit it
@@ -31,7 +30,7 @@ def _job_env():
 def run_fed(job: Job) -> Path:
     over = list(job.overrides) + ([f"resume={job.resume_dir}"] if job.resume_dir else [])
     cfg = load_config(job.config_file, over)
-    res = run_federation(cfg)
+    res = federation_job.run_federation(cfg)
     # the folder as find_fed names it (a resumed run reports it resolved), so the attacks' configs
     # (attack.source) are the same whether the federation ran now or in an earlier, stopped sweep
     return Path(cfg.output_dir) / job.name / Path(res["run_dir"]).name
@@ -41,7 +40,7 @@ def run_attack(job: Job, source: Path) -> Path:
     threads = torch.get_num_threads()
     cfg = load_config(job.config_file, job.overrides + [f"attack.source={source}"])
     try:  # the attack sets torch's thread count for the process; the next federation gets it back
-        res = run_attack(cfg)
+        res = attack_job.run_attack(cfg)
     finally:
         torch.set_num_threads(threads)
     return Path(cfg.output_dir) / job.name / Path(res["run_dir"]).name
