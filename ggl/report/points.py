@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ggl.audit.baselines import BASELINES, direction
+from ggl.audit.baselines import BASELINES
+from ggl.audit.metrics import direction
 from ggl.audit.records import ATTACKER_KINDS, FederationResult, ImageRecord
 from ggl.audit.reid import HEADLINE, chance
 from ggl.core.stats import MeanCI, mean_ci, paired
