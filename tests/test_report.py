@@ -14,7 +14,8 @@ from ggl.audit.legacy import record_from_row
 from ggl.audit.records import RECORDS_FORMAT, FederationRef
 from ggl.report.build import main, write_report
 from ggl.report.collect import collect
-from ggl.report.figures import defense_family, dodge, reconstruction_rows
+from ggl.defenses import defense_family
+from ggl.report.figures import dodge, reconstruction_rows
 from ggl.report.points import build_points
 from ggl.core.stats import mean_ci
 

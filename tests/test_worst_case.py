@@ -2,9 +2,14 @@
 each metric (lower is better for LPIPS), with the PSNR winner named; missing scores never win."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import pytest
+
 from ggl.audit.legacy import record_from_row
 from ggl.audit.records import ImageRecord
-from ggl.report.points import WORST_CASE, FedSummary, Point, PointKey, best_record, worst_case_points
+from ggl.report.points import (WORST_CASE, FedSummary, Point, PointKey, best_record, build_points, comparisons,
+                               worst_case_points)
 
 
 def _rec(name: str, probe: str, psnr, lpips, reid, leak):
@@ -62,3 +67,39 @@ def test_adaptive_inverting_gradients_runs_only_where_it_models_something():
     q4 = [{"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}]
     assert portfolio_for(names, q4, "q4") == names
     assert portfolio_for(names, [], "fp32") == names[:1]  # no defence: it would repeat its twin
+
+
+@pytest.fixture
+def throwaway_attackers():
+    """Three attackers registered as a plug-in author would (undone afterwards): two without ``order`` (in
+    registration order, zz- first), one with ``order`` and ``compare_with``."""
+    import ggl.attack.attackers as attackers
+
+    before, reporting = attackers._REGISTRY.snapshot(), dict(attackers._REPORTING)
+
+    @attackers.register("mid", order=15, compare_with=("ggl-l2",), kind="c")
+    @attackers.register("aa-second", kind="b")
+    @attackers.register("zz-first", kind="a")
+    @dataclass
+    class Throwaway(attackers.Attacker):
+        kind: str = ""
+
+    yield
+    attackers._REGISTRY.restore(before)
+    attackers._REPORTING.clear()
+    attackers._REPORTING.update(reporting)
+
+
+def test_table_order_and_comparisons_come_from_the_attackers_registrations(throwaway_attackers):
+    from ggl.attack.attackers import attacker_order, compare_with
+
+    shipped = ["ggl-l2", "ggl-l2-adaptive", "ggl-cosine", "ggl-cosine-adaptive", "ggl-eot", "inverting-gradients",
+               "inverting-gradients-adaptive"]
+    order = attacker_order()  # other undeclared attackers (the grid ones) sit between the shipped and ours
+    assert order[:8] == [shipped[0], "mid", *shipped[1:]] and order[-2:] == ["zz-first", "aa-second"]
+    assert compare_with("ggl-eot") == ("ggl-l2-adaptive", "ggl-l2") and compare_with("zz-first") == ()
+    names = ["gone-attacker", "aa-second", "zz-first", "mid", "ggl-l2"]  # gone-attacker: an older run's, unregistered
+    recs = [_rec(name, f"b{v}", 10.0 + i + v, None, 0.5, 1.0) for i, name in enumerate(names) for v in (1, 2)]
+    points = build_points([(r, None) for r in recs])
+    assert [p.key.attacker for p in points] == [WORST_CASE, "ggl-l2", "mid", "zz-first", "aa-second", "gone-attacker"]
+    assert [name for name, *_ in comparisons(points) if "−" in name and ":" in name] == ["q4: mid − ggl-l2"] * 2

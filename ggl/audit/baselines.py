@@ -17,19 +17,11 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor, nn
 
+from ggl.audit.metrics import direction
 from ggl.core.seeding import derived_seed
 
 BASELINES = ("prior_mean", "public_mean", "prior_sample")
 PRIOR_MEAN_SAMPLES = 500
-# metric -> +1 when higher = closer to the victim, -1 when lower is
-DIRECTION = {"psnr": 1, "ssim": 1, "lpips": -1, "mse": -1, "feature_mse": -1}
-
-
-def direction(metric: str) -> int:
-    if metric.startswith("reid_"):
-        return 1
-    return DIRECTION.get(metric, 0)
-
 
 @torch.no_grad()
 def prior_class_means(G: nn.Module, num_classes: int, samples: int = PRIOR_MEAN_SAMPLES, seed: int = 0,

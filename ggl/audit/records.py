@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ggl.audit.baselines import BASELINES, best_baseline
-from ggl.audit.reid import reid_keys
+from ggl.audit.metrics import METRICS
 from ggl.core.atomic import atomic_write_text
 from ggl.defenses import defenses_label, parse_defense
 
 RECORDS_FORMAT = "ggl.records/2"
-METRICS: Tuple[str, ...] = ("psnr", "ssim", "lpips", "mse", "feature_mse", *reid_keys())
 GALLERY_KEYS = ("reid_gallery_all", "reid_gallery_class")
 ATTACKER_KINDS = ("non-adaptive", "adaptive")  # the CSV's ``attacker`` column: does the attacker model the defence
 
@@ -156,7 +155,7 @@ class ImageRecord:
                                "images": os.path.relpath(Path(self.images).resolve(), folder.resolve())
                                if self.images else None}
         row.update({k: getattr(fed, k) if fed is not None else None for k in FED_COLUMNS})
-        row.update({k: self.metrics.get(k) for k in METRICS + GALLERY_KEYS})
+        row.update({k: self.metrics.get(k) for k in (*METRICS, *GALLERY_KEYS)})
         row.update({f"baseline_{b}_{m}": self.baselines.get(b, {}).get(m) for b in BASELINES for m in METRICS})
         row.update({f"leakage_{m}": self.leakage.get(m) for m in METRICS})
         return row
@@ -171,7 +170,7 @@ class ImageRecord:
             adaptive=line.get("adaptive") == "true", seed=n("seed"), round=n("round"),
             capture_id=line.get("probe") or None, victim_index=n("victim_id"), image=n("image") or 0,
             label=n("label"), label_pred=n("label_pred"), batch_label_acc=f("batch_label_acc"),
-            metrics={k: f(k) for k in METRICS + GALLERY_KEYS},  # an empty cell is a null score
+            metrics={k: f(k) for k in (*METRICS, *GALLERY_KEYS)},  # an empty cell is a null score
             baselines={b: {m: f(f"baseline_{b}_{m}") for m in METRICS}
                        for b in BASELINES if any(line.get(f"baseline_{b}_{m}", "") != "" for m in METRICS)},
             leakage={m: f(f"leakage_{m}") for m in METRICS},
@@ -269,7 +268,7 @@ ID_COLUMNS = ("setting", "defense", "attacker", "attacker_name", "adaptive", "se
 
 def csv_columns() -> List[str]:
     cols = list(dict.fromkeys(ID_COLUMNS + FED_COLUMNS))
-    cols += list(METRICS) + list(GALLERY_KEYS)
+    cols += [*METRICS, *GALLERY_KEYS]  # METRICS: ggl.audit.metrics' table, read at call time
     cols += [f"baseline_{b}_{m}" for b in BASELINES for m in METRICS]
     cols += [f"leakage_{m}" for m in METRICS]
     return cols

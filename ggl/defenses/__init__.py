@@ -11,8 +11,8 @@ import importlib
 import pkgutil
 
 from ggl.defenses.base import (EXPECTATION, FLOAT_BITS, MASK, NONE, REAPPLY, REGISTRY, AttackModel, Defense,
-                               check_chain, defenses_label, expectation, known_names, no_model, observed_mask,
-                               parse_defense, reapply, register, to_dicts)
+                               check_chain, defense_family, defenses_label, expectation, known_names,
+                               label_owner, no_model, observed_mask, parse_defense, reapply, register, to_dicts)
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
@@ -20,5 +20,5 @@ for _module in pkgutil.iter_modules(__path__):
 from ggl.defenses.noise import resolve_noise  # noqa: E402  (the noise module registered above)
 
 __all__ = ["AttackModel", "Defense", "EXPECTATION", "FLOAT_BITS", "MASK", "NONE", "REAPPLY", "REGISTRY",
-           "check_chain", "defenses_label", "expectation", "known_names", "no_model", "observed_mask",
-           "parse_defense", "reapply", "register", "resolve_noise", "to_dicts"]
+           "check_chain", "defense_family", "defenses_label", "expectation", "known_names", "label_owner",
+           "no_model", "observed_mask", "parse_defense", "reapply", "register", "resolve_noise", "to_dicts"]

@@ -13,9 +13,10 @@ your own defense"; a complete defence: ``examples/my_defense.py``.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from fractions import Fraction
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
 from torch import Tensor
 
@@ -79,6 +80,10 @@ class Defense:
 
     norm_preserving = False       # class default; a property where it depends on the settings
     round_stat_keys: Tuple[str, ...] = ()
+    # the report's grouping of labels (its figure panels); ``register`` sets it to the name unless declared
+    family: ClassVar[str] = ""
+    # a regex matching the start of this defence's ``label`` (one part of a chain label); "" = its name
+    label_pattern: ClassVar[str] = ""
 
     def check(self, key: str) -> None:
         pass
@@ -139,6 +144,8 @@ def register(cls):
         raise TypeError(f"defense {cls.__qualname__} needs a first field `name: str = '<config name>'`")
     if not issubclass(cls, Defense):
         raise TypeError(f"defense {cls.__qualname__} must subclass ggl.defenses.Defense")
+    if "family" not in vars(cls):
+        cls.family = names["name"].default
     return REGISTRY.add(names["name"].default, cls, same=_same_class)
 
 
@@ -190,6 +197,28 @@ def defenses_label(specs: Sequence[Defense]) -> str:
     """A short name for a defence chain, used for run names and W&B groups ('fp32' when empty)."""
     labels = [s.label for s in specs if s.label not in ("fp32", "identity")]
     return "+".join(labels) if labels else "fp32"
+
+
+def label_owner(part: str) -> Optional[Type[Defense]]:
+    """The registered defence whose labels ``part`` (one entry of a chain label) has: the longest match
+    of a ``label_pattern`` (its name by default) at the start, the first registered on a tie."""
+    best, length = None, -1
+    for name, cls in REGISTRY.items():
+        m = re.match(cls.label_pattern or re.escape(name), part)
+        if m and len(m.group(0)) > length:
+            best, length = cls, len(m.group(0))
+    return best
+
+
+def defense_family(label: str) -> str:
+    """The families of a chain label, each part's through the registry (``Defense.family``):
+    'q4-stochastic-global' -> 'quantize', 'clip0.25+nm0.1' -> 'clip+noise', 'top0.01-ef' -> 'top-k'; 'fp32'
+    (no defence) is its own; a part no defence claims (an older run's) loses its numbers and suffix."""
+    def family(part: str) -> str:
+        owner = None if part == "fp32" else label_owner(part)
+        return owner.family if owner else "fp32" if part == "fp32" else re.sub(r"[\d.]+.*$", "", part) or part
+
+    return "+".join(dict.fromkeys(family(part) for part in label.split("+")))
 
 
 def to_dicts(specs: Sequence[Any]) -> List[dict]:

@@ -162,6 +162,7 @@ def quantize_candidates(tensors: Sequence[Tensor], bits: int, range_mode: str = 
 class Quantize(Defense):
     """``{name: quantize, bits: 4, rounding: nearest, range: global, grid: project}``."""
     name: str = "quantize"
+    label_pattern = r"q\d"      # q4, q2-stochastic-global (bits=32 is "fp32": no defence)
     bits: int = 4
     rounding: str = "nearest"
     range: str = "global"

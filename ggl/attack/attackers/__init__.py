@@ -8,6 +8,7 @@ GAN prior, if it uses one); it never sees private data. Each declares ``loss`` (
 
 Adding one = a file here with an ``Attacker`` subclass decorated ``@register("name")`` (every module of
 this package is imported below): README, "Add your own attacker", and ``examples/my_attacker.py``.
+``register(..., order=, compare_with=)`` also places it in the report's tables and comparisons.
 """
 from __future__ import annotations
 
@@ -24,13 +25,34 @@ from ggl.core.registry import Registry
 _REGISTRY: Registry[Tuple[type, Dict[str, Any]]] = Registry("attacker", owner=lambda entry: entry[0])
 
 
-def register(name: str, **fixed: Any) -> Callable[[type], type]:
+# name -> (its place in the report's tables or None, the attackers it adds to); see ``register``
+_REPORTING: Dict[str, Tuple[Optional[float], Tuple[str, ...]]] = {}
+
+
+def register(name: str, order: Optional[float] = None, compare_with: Sequence[str] = (),
+             **fixed: Any) -> Callable[[type], type]:
     """Class decorator: register ``cls`` under ``name``; ``fixed`` are constructor arguments that the
-    name stands for (e.g. ``loss='cosine', adaptive=True``), not settable as options."""
+    name stands for (e.g. ``loss='cosine', adaptive=True``), not settable as options. For the report:
+    ``order`` sorts the attackers in its tables (undeclared: after the declared ones, in registration
+    order); ``compare_with`` names the attackers this one adds to (it is compared with the first of them
+    that ran on the same victims: what modelling the defence adds)."""
     def deco(cls: type) -> type:
         _REGISTRY.add(name, (cls, dict(fixed)), same=_same_entry)
+        _REPORTING[name] = (order, tuple(compare_with))
         return cls
     return deco
+
+
+def attacker_order() -> List[str]:
+    """The registered attackers in the report's table order (declared ``order`` first, then registration order)."""
+    names = _REGISTRY.names()
+    declared = sorted((n for n in names if _REPORTING[n][0] is not None), key=lambda n: _REPORTING[n][0])
+    return declared + [n for n in names if _REPORTING[n][0] is None]
+
+
+def compare_with(name: str) -> Tuple[str, ...]:
+    """The attackers ``name`` is compared with on the same victims (its ``register(compare_with=...)``)."""
+    return _REPORTING.get(name, (None, ()))[1]
 
 
 def _same_entry(a: tuple, b: tuple) -> bool:
@@ -102,5 +124,5 @@ from ggl.attack.attackers.portfolio import portfolio_units, run_portfolio  # noq
 for _module in pkgutil.iter_modules(__path__):  # each attacker file registers itself
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["Attacker", "available_attackers", "build_portfolio", "check_portfolio",
+__all__ = ["Attacker", "attacker_order", "available_attackers", "build_portfolio", "check_portfolio", "compare_with",
            "get_attacker", "option_names", "portfolio_units", "register", "run_portfolio"]

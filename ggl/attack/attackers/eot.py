@@ -184,7 +184,7 @@ def _objective_class():
     return EOTObjective
 
 
-@register("ggl-eot")
+@register("ggl-eot", order=50, compare_with=("ggl-l2-adaptive", "ggl-l2"))
 @dataclass
 class EOTAttacker(Attacker):
     samples: int = 8            # draws of each sampled randomised step (K)

@@ -45,8 +45,8 @@ def total_variation(x: Tensor) -> Tensor:
     return dx + dy
 
 
-@register("inverting-gradients", adaptive=False)
-@register("inverting-gradients-adaptive", adaptive=True)
+@register("inverting-gradients", order=60, adaptive=False)
+@register("inverting-gradients-adaptive", order=70, adaptive=True)
 @dataclass
 class InvertingGradients(Attacker):
     adaptive: bool = False      # fixed by the name: re-apply the observed defence to the trial updates
