@@ -33,6 +33,14 @@ def test_each_metric_takes_its_own_best_attacker_and_the_psnr_winner_is_named():
     assert best_record(odd)[1] == "ggl-l2" and best_record(odd)[0].metrics["psnr"] == 15.0
 
 
+def test_the_worst_case_leakage_is_the_largest_whatever_the_metrics_direction():
+    """Leakage is already signed so that higher = more leakage: for LPIPS (lower = closer) the worst case
+    keeps the largest leakage, not the smallest (it did, through the metric's own direction)."""
+    a, b = _rec("ggl-l2", "b0", 15.0, 0.30, 0.0, 1.0), _rec("ggl-eot", "b0", 14.0, 0.20, 0.0, 0.5)
+    a.leakage, b.leakage = {"psnr": 1.0, "lpips": 0.05}, {"psnr": 0.5, "lpips": 0.20}
+    assert best_record([a, b])[0].leakage == {"psnr": 1.0, "lpips": 0.20}
+
+
 def test_ties_go_to_the_first_attacker_and_points_pair_victims_by_capture():
     a = [_rec("ggl-l2", "b0", 20.0, 0.2, 1.0, 5.0), _rec("ggl-l2", "b1", 10.0, 0.5, 0.0, -1.0)]
     b = [_rec("ggl-l2-adaptive", "b0", 20.0, 0.2, 1.0, 5.0), _rec("ggl-l2-adaptive", "b1", 14.0, 0.4, 0.0, 2.0)]

@@ -152,17 +152,18 @@ def _order(p: Point, attackers: Sequence[str]) -> tuple:
 # the worst case: per victim, the best any attacker did
 
 
-def _better(metric: str, a: Optional[float], b: Optional[float]) -> bool:
-    """Is score ``a`` more leakage than ``b`` on ``metric`` (None and non-finite never are)?"""
+def _better(metric: Optional[str], a: Optional[float], b: Optional[float]) -> bool:
+    """Is score ``a`` more leakage than ``b`` on ``metric`` (None and non-finite never are)? ``metric``
+    None: a leakage value, which is higher-is-more-leakage for every metric already."""
     if a is None or not math.isfinite(a):
         return False
     if b is None or not math.isfinite(b):
         return True
-    sign = direction(metric) or 1
+    sign = (direction(metric) or 1) if metric is not None else 1
     return sign * a > sign * b
 
 
-def _best(metric: str, scores) -> Optional[float]:
+def _best(metric: Optional[str], scores) -> Optional[float]:
     best = None
     for v in scores:
         if _better(metric, v, best):
@@ -185,7 +186,7 @@ def best_record(records: Sequence[ImageRecord]) -> Tuple[ImageRecord, str]:
                if key.startswith("reid_gallery")  # gallery sizes: the same for every attacker
                else _best(key, (r.metrics.get(key) for r in records))
                for key in dict.fromkeys(k for r in records for k in r.metrics)}
-    leakage = {key: _best(key, (r.leakage.get(key) for r in records))
+    leakage = {key: _best(None, (r.leakage.get(key) for r in records))
                for key in dict.fromkeys(k for r in records for k in r.leakage)}
     rec = dataclasses.replace(winner, setting=f"{winner.defense}@{WORST_CASE}", attacker=WORST_CASE,
                               metrics=metrics, leakage=leakage)
