@@ -74,9 +74,9 @@ class ModelConfig:
     checkpoint: Optional[str] = None
 
     def check(self) -> None:
-        from ggl.models import available_models
+        from ggl.models import check_model_name
 
-        one_of(self.name, tuple(available_models()), "model.name")
+        check_model_name(self.name, "model.name")  # a builtin name, or your own model as pkg.module:Class
         one_of(self.init, ("default", "dlg"), "model.init")
 
 

@@ -104,13 +104,13 @@ def _run_name(cfg) -> str:
     return Path(source).stem if source else "attack"
 
 
-def _validate(captures: Captures, G) -> Dict[Path, Observation]:
+def _validate(captures: Captures, G, trusted=()) -> Dict[Path, Observation]:
     """Load every observation, check it against its architecture and the prior, before any search."""
     loaded = {}
     for pairs in captures.values():
         for obs_path, _ in pairs:
             obs = Observation.load(obs_path)
-            obs.build_model(source=f"observation '{obs_path}'")
+            obs.build_model(source=f"observation '{obs_path}'", trusted=trusted)
             check_prior_fits(G, obs, source=f"observation '{obs_path}'")
             loaded[obs_path] = obs
     return loaded
@@ -185,7 +185,9 @@ def run_attack_cli(cfg, prior=None) -> dict:
             captures = fresh_captures(cfg, defense_settings(cfg), run_dir / "captures")
         if a.max_observations:
             captures = {k: v[:a.max_observations] for k, v in captures.items()}
-        observations = _validate(captures, G)
+        # user models a capture may name: attack.trusted_models, and the config's own model.name
+        trusted = [*a.trusted_models, cfg.model.name]
+        observations = _validate(captures, G, trusted)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
@@ -220,7 +222,7 @@ def run_attack_cli(cfg, prior=None) -> dict:
                     bar.set_postfix_str(f"{setting} {obs.obs_id}", refresh=False)
                     given = evaluator.true_labels(truth_path) if a.true_labels else None  # ABLATION ONLY
                     seed = derived_seed(cfg.seed, 0x6617, k)
-                    model = obs.build_model()
+                    model = obs.build_model(trusted=trusted)
                     if attacker is None:
                         res = attack(obs, G, a, seed, labels=given, tick=bar.update, model=model,
                                      watch=live.watcher(k, obs.obs_id))
