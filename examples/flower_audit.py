@@ -21,8 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from ggl.errors import UserError
@@ -180,23 +182,22 @@ def run(args) -> Path:
     try:
         server_app, client_app, config, defense = build_apps(args, run_dir, history, errors)
     except BaseException:
-        import shutil
-
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    logging.getLogger("flwr").setLevel(logging.ERROR)  # Flower's deprecation notice of run_simulation, etc.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
     try:
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=args.clients,
                        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                        "init_args": {"num_cpus": args.cpus, "include_dashboard": False,
                                                      "log_to_driver": False}})
-    except UserError:
-        raise
     except Exception as exc:  # the ServerApp's exception comes back wrapped or as is
-        if errors:
-            raise UserError(errors[0]) from None
+        if errors or isinstance(exc, UserError):  # a failed run leaves no half-written run folder
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise UserError(errors[0] if errors else str(exc)) from None
         raise
     if errors:
+        shutil.rmtree(run_dir, ignore_errors=True)
         raise UserError(errors[0])
     if len(history) != args.rounds:
         raise RuntimeError(f"the simulation ended after {len(history)} of {args.rounds} rounds (see Flower's log)")
