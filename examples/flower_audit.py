@@ -28,6 +28,10 @@ import warnings
 from pathlib import Path
 
 from ggl.errors import UserError
+from ggl.fl.client import local_step_count, train_client
+from ggl.models import build_model
+from ggl.seeding import STREAM_LOCAL_DATA, generator
+from ggl.tracking import create_run_dir, point_latest, write_json
 
 EXIT_USER_ERROR = 2
 
@@ -60,17 +64,16 @@ def parse(argv=None):
 
 
 def build_apps(args, run_dir: Path, history: list, errors: list):
-    """The ServerApp and the ClientApp of the run (Flower imports stay here: the example's --help works without)."""
+    """The ServerApp and the ClientApp of the run (Flower and ggl.flower are imported here: without Flower, run()
+    says so in one line)."""
     import torch
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.serverapp import ServerApp
     from flwr.serverapp.strategy import FedAvg
 
-    from ggl.fl.client import train_client
     from ggl.flower import GGLPartition, capture_mod, client_id, defense_mod, raise_ggl_errors, server_round
-    from ggl.models import build_model
-    from ggl.seeding import STREAM_LOCAL_DATA, generator
+
 
     data_cfg = {"name": args.dataset, "num_clients": args.clients, "partition": args.partition, "limit": args.limit}
     part = GGLPartition(data_cfg, seed=args.seed)
@@ -155,16 +158,12 @@ def build_apps(args, run_dir: Path, history: list, errors: list):
 
 def _local_steps(part, args) -> int:
     """ggl.fl.client.local_step_count for the victim's shard (the protocol's public metadata)."""
-    from ggl.fl.client import local_step_count
-
     n = len(part.shard(args.victims[0]).labels) if args.victims else args.batch_size
     return local_step_count(n, args.batch_size, args.local_epochs, None)
 
 
 def run(args) -> Path:
     import logging
-
-    from ggl.tracking import create_run_dir, point_latest, write_json
 
     if args.clients < 2:
         raise UserError(f"--clients = {args.clients}: a federation needs >= 2 clients")
