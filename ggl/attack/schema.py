@@ -46,6 +46,7 @@ class AttackConfig:
     attackers: Optional[List[str]] = None  # the portfolio (ggl/attack/attackers); null = one GGL attacker (loss, adaptive)
     attacker_options: Dict[str, Any] = field(default_factory=dict)  # each attacker's own settings, by name
     trusted_generators: List[str] = field(default_factory=list)  # dotted generator classes a prior may name
+    trusted_models: List[str] = field(default_factory=list)  # user models (pkg.module:Class) a capture may name
     image_every: int = 20                 # W&B: the best reconstruction so far every N search steps; 0 = off
 
     def check(self) -> None:

@@ -97,13 +97,18 @@ def _run_name(cfg) -> str:
     return Path(source).stem if source else "attack"
 
 
-def _validate(captures: Captures, G) -> Dict[Path, Observation]:
+def _trusted(cfg) -> list:
+    """User models a capture may name: attack.trusted_models, and the config's own model.name."""
+    return [*cfg.attack.trusted_models, cfg.model.name]
+
+
+def _validate(captures: Captures, G, trusted=()) -> Dict[Path, Observation]:
     """Load every observation, check it against its architecture and the prior, before any search."""
     loaded = {}
     for pairs in captures.values():
         for obs_path, _ in pairs:
             obs = Observation.load(obs_path)
-            obs.build_model(source=f"observation '{obs_path}'")
+            obs.build_model(source=f"observation '{obs_path}'", trusted=trusted)
             check_prior_fits(G, obs, source=f"observation '{obs_path}'")
             loaded[obs_path] = obs
     return loaded
@@ -142,7 +147,7 @@ def _attack_one(cfg, attacker, obs, truth_path: Path, k: int, G, evaluator: Eval
     a = cfg.attack
     given = evaluator.true_labels(truth_path) if a.true_labels else None  # ABLATION ONLY
     seed = derived_seed(cfg.seed, 0x6617, k)
-    model = obs.build_model()
+    model = obs.build_model(trusted=_trusted(cfg))
     if attacker is None:
         return seed, model, attack(obs, G, a, seed, labels=given, tick=tick, model=model, watch=watch)
     return seed, model, attacker.run(obs, G, a, seed, labels=given, tick=tick, model=model)
@@ -202,7 +207,7 @@ def prepare(cfg, G, name: str) -> Tuple[Path, dict, Captures, Dict[Path, Observa
             captures = fresh_captures(cfg, defense_settings(cfg), run_dir / "captures")
         if a.max_observations:
             captures = {k: v[:a.max_observations] for k, v in captures.items()}
-        observations = _validate(captures, G)
+        observations = _validate(captures, G, _trusted(cfg))
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
