@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ggl.attack.schema import AttackConfig
 from ggl.audit.schema import AuditConfig
-from ggl.core.checks import INT_MAX, at_least, check_seed, one_of, short
+from ggl.core.checks import INT_MAX, at_least, check_seed, count, one_of, short
 from ggl.core.errors import ConfigError
 from ggl.core.plugins import load_plugins
 from ggl.data.schema import DataConfig
@@ -62,7 +62,7 @@ class Config:
         one_of(self.task, ("fedavg", "gan", "attack"), "task")
         check_seed(self.seed, "seed")
         check_trainer_args(self.trainer)
-        at_least(self.torch_threads, 1, "torch_threads", " (or null for torch's default)")
+        count(self.torch_threads, "torch_threads", hint=" (or null for torch's default)")
         at_least(self.checkpoint_every, 1, "checkpoint_every")
         for section in (self.data, self.model, self.fl, self.audit, self.gan, self.attack, self.logger):
             section.check()

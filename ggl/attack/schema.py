@@ -6,15 +6,13 @@ from typing import Any, Dict, List, Optional
 
 from ggl.attack.attackers import check_portfolio
 from ggl.attack.device import DEVICES, check_device
-from ggl.core.checks import one_of
+from ggl.core.checks import count, one_of
 from ggl.core.errors import ConfigError
 from ggl.defenses import parse_defense
 
 OPTIMIZERS = ("cmaes", "adam", "cmaes_adam")
 LOSSES = ("l2", "cosine")
 EVALUATIONS = ("batched", "loop")
-LIMITS = {"population": 100_000, "generations": 10_000_000, "restarts": 10_000, "adam_steps": 10_000_000,
-          "adam_restarts": 100_000}
 
 
 @dataclass
@@ -77,10 +75,9 @@ class AttackConfig:
                 raise ConfigError(f"config key 'attack.adam_restarts' = {self.adam_restarts} must be >= 1")
             if not self.adam_lr > 0:
                 raise ConfigError(f"config key 'attack.adam_lr' = {self.adam_lr} must be > 0")
-        for key, most in LIMITS.items():  # beyond these a typo, not a budget (memory or years of CPU)
-            if getattr(self, key) > most:
-                raise ConfigError(f"config key 'attack.{key}' = {getattr(self, key)} is absurdly large "
-                                  f"(at most {most}); did you mean a smaller number?")
+        for key in ("population", "generations", "restarts", "adam_steps", "adam_restarts", "max_observations",
+                    "patience", "torch_threads"):  # the upper ends (ggl.core.checks.LIMITS); the lower ones here
+            count(getattr(self, key), f"attack.{key}", lo=None)
         if self.image_every < 0:
             raise ConfigError(f"config key 'attack.image_every' = {self.image_every} must be >= 0 (0 = no images)")
         if self.patience is not None and self.patience < 1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from ggl.core.checks import at_least, in_range
+from ggl.core.checks import at_least, count, in_range
 
 
 @dataclass
@@ -24,14 +24,15 @@ class FLConfig:
     simulate_failures: List[int] = field(default_factory=list)
 
     def check(self) -> None:
-        at_least(self.rounds, 1, "fl.rounds")
+        count(self.rounds, "fl.rounds")
         in_range(self.client_fraction, 0.0, 1.0, "fl.client_fraction", lo_open=True)
-        at_least(self.clients_per_round, 1, "fl.clients_per_round")
+        count(self.clients_per_round, "fl.clients_per_round")
         if self.local_steps is None:
             in_range(self.local_epochs, 0.0, 1000.0, "fl.local_epochs", lo_open=True)
-        at_least(self.local_steps, 1, "fl.local_steps", " (or null to use fl.local_epochs)")
-        for key in ("batch_size", "eval_every", "eval_batch_size"):
-            at_least(getattr(self, key), 1, f"fl.{key}")
+        count(self.local_steps, "fl.local_steps", hint=" (or null to use fl.local_epochs)")
+        for key in ("batch_size", "eval_batch_size"):
+            count(getattr(self, key), f"fl.{key}")
+        at_least(self.eval_every, 1, "fl.eval_every")
         in_range(self.lr, 0.0, 100.0, "fl.lr", lo_open=True)
         in_range(self.momentum, 0.0, 0.999, "fl.momentum")
         in_range(self.weight_decay, 0.0, 1.0, "fl.weight_decay")

@@ -42,6 +42,7 @@ from ggl.attack import infer_labels, prior_probes, run_search
 from ggl.attack.attackers import register
 from ggl.attack.attackers.base import Attacker
 from ggl.attack.objective import GGLObjective, kl_latent, match_loss
+from ggl.core.checks import count
 from ggl.core.errors import ConfigError, UserError
 from ggl.core.seeding import derived_seed
 from ggl.defenses import defenses_label, parse_defense, resolve_noise
@@ -217,8 +218,7 @@ class EOTAttacker(Attacker):
         return "likelihood" if self.mode == "likelihood" else f"eot-{self.match}"
 
     def check(self, key: str) -> None:
-        if not isinstance(self.samples, int) or self.samples < 1:
-            raise ConfigError(f"config key '{key}.samples' = {self.samples!r} must be an integer >= 1")
+        count(self.samples, f"{key}.samples", "attacker_options.EOTAttacker.samples")
         if self.mode not in MODES:
             raise ConfigError(f"config key '{key}.mode' = {self.mode!r} is not one of {', '.join(MODES)}")
         if self.match not in MATCHES:
