@@ -17,7 +17,8 @@ against 19.5 dB with weight 0. Hence the default 0; use it only rescaled to the 
 A population of candidates ``z`` (P, B * latent_dim) is evaluated in one vectorised pass
 (``evaluation: batched``) or one candidate at a time (``evaluation: loop``, the reference). Batched,
 without a defence to replay, linear layers' trial gradients stay factored (``per_candidate.OuterSum``)
-and ``match_loss`` takes them from inner products; materialised updates go in cache-sized chunks on a CPU.
+and ``match_loss`` takes them from inner products; materialised updates go in cache-sized chunks on a CPU,
+and any evaluation without gradients in chunks that fit the free memory (``ggl.attack.memory``).
 
 Everything the search touches (the attacked model, the generator, the labels, the observed update and
 the defence model) lives on ``device``; the model and generator the caller passed stay where they
@@ -28,11 +29,13 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import copy
+import math
 
 import torch
 from torch import Tensor, nn
 
 from ggl.attack.fast_generator import for_batched_search
+from ggl.attack.memory import activation_numel, candidate_bytes, check_fits, fitting
 from ggl.attack.observation import Observation
 from ggl.attack.per_candidate import OuterSum
 from ggl.attack.trial import ClientSimulator, DefenseModel
@@ -145,6 +148,27 @@ class GGLObjective:
         # the loss's passes then find them in cache (the sweep CNN's 4-bit adaptive evaluation: 1.9x faster)
         update_bytes = sum(t.numel() for t in self.target) * self.target[0].element_size()
         self.chunk = max(1, CHUNK_BYTES // update_bytes) if self.device.type == "cpu" else 1 << 30
+        self._candidate: Dict[bool, int] = {}  # grad? -> estimated peak bytes of one candidate
+        self.memory_key = "audit.batch_size"  # what makes one candidate large (a subclass may name its own)
+        self.memory_value = self.batch
+
+    # ------------------------------------------------------------------ memory
+    def candidate_bytes(self, grad: bool) -> int:
+        """Estimated peak bytes one candidate adds to a batched evaluation (with or without a graph)."""
+        if grad not in self._candidate:
+            if "acts" not in self.__dict__:  # a meta copy: no compute, no batch-norm statistics touched
+                shape = (self.batch, *self.obs.input_shape)
+                self.acts = activation_numel(copy.deepcopy(self.model).to("meta"), shape, torch.device("meta"))
+            images = self.batch * math.prod(self.obs.input_shape)
+            self._candidate[grad] = candidate_bytes(sum(t.numel() for t in self.target), images, self.acts,
+                                                    self.target[0].element_size(), grad)
+        return self._candidate[grad]
+
+    def check_fits(self, rows: int, key: str, grad: bool = True) -> None:
+        """Refuse (one line naming ``key``) a search evaluating ``rows`` candidates at once (with gradients:
+        a graph through them) that would not fit the free memory of the device."""
+        value = getattr(self, "memory_value", None) if key == self.memory_key else None
+        check_fits(rows, self.candidate_bytes(grad), self.device, key, value)
 
     # ------------------------------------------------------------------ pieces
     def images(self, z: Tensor, generator: Optional[nn.Module] = None) -> Tensor:
@@ -171,9 +195,13 @@ class GGLObjective:
         z = z.to(self.device)
         self.evaluations += z.shape[0]
         if mode == "batched":
-            if self.factored_trial or z.shape[0] <= self.chunk:
+            chunk = self.chunk if not self.factored_trial else z.shape[0]
+            if not (z.requires_grad and torch.is_grad_enabled()) and z.shape[0] > 64:
+                # no graph: chunks give the same losses; a population larger than memory goes in parts
+                chunk = min(chunk, max(1, fitting(self.candidate_bytes(False), self.device)))
+            if z.shape[0] <= chunk:
                 return self._batched(z)
-            return torch.cat([self._batched(part) for part in z.split(self.chunk)])
+            return torch.cat([self._batched(part) for part in z.split(chunk)])
         return torch.cat([self._one(z[i:i + 1]) for i in range(z.shape[0])])
 
     def _batched(self, z: Tensor) -> Tensor:

@@ -41,6 +41,7 @@ from torch import Tensor
 from ggl.attack import infer_labels, prior_probes, run_search
 from ggl.attack.attackers import register
 from ggl.attack.attackers.base import Attacker
+from ggl.attack.memory import GRAPH_FACTOR
 from ggl.attack.objective import GGLObjective, kl_latent, match_loss
 from ggl.core.checks import count
 from ggl.core.errors import ConfigError, UserError
@@ -194,6 +195,11 @@ def _objective_class():
                              evaluation="batched", model=model)
             self.chain = chain
             self.factored_trial = False  # the chain transforms the flat updates themselves
+            self.memory_key, self.memory_value = "attack.attacker_options.ggl-eot.samples", chain.samples
+
+        def candidate_bytes(self, grad):  # + the chain's K transformed copies of each trial update
+            extra = 3 * self.chain.samples * len(self.chain.target) * 8
+            return super().candidate_bytes(grad) + extra * (GRAPH_FACTOR if grad else 1)
 
         def _total(self, trial, z):
             loss = self.chain.loss(torch.cat([t.flatten(1) for t in trial], 1))

@@ -95,6 +95,7 @@ class InvertingGradients(Attacker):
         pixels = PixelParametrisation(obs.channels, obs.image_size)
         objective = GGLObjective(obs, pixels, labels, loss="cosine", adaptive=self.adaptive, evaluation="batched",
                                  model=model)
+        objective.check_fits(self.restarts, f"attack.attacker_options.{self.name}.restarts")
         dtype = next(model.parameters()).dtype
         gen = torch.Generator().manual_seed(int(seed) % (2 ** 63))
         x = torch.rand(self.restarts, objective.dim, generator=gen, dtype=dtype)
