@@ -3,14 +3,15 @@
 One candidate of a batched evaluation holds its images, the model's activations for them (kept for the
 per-candidate backward) and its trial update (the model's parameters: the update, the defence's copy and
 the loss's temporary); a search that needs gradients (Adam, pixel-space attacks: double backprop) keeps
-the graph of all that too. ``free_bytes``: ``torch.cuda.mem_get_info`` on a GPU, ``psutil``'s available
-memory on a CPU; a search may use ``SHARE`` of it. Without gradients the objective evaluates a population
+the graph of all that too. ``free_bytes``: ``torch.cuda.mem_get_info`` on a GPU, MemAvailable of
+/proc/meminfo (else the free pages) on a CPU; a search may use ``SHARE`` of it. Without gradients the objective evaluates a population
 in chunks that fit; with them a search that would not fit is refused in one line naming the key and the
 largest value that fits (``check_fits``).
 """
 from __future__ import annotations
 
-import psutil
+import os
+
 import torch
 from torch import nn
 
@@ -24,7 +25,14 @@ UPDATE_COPIES = 3       # trial update, the defence's output, the loss's differe
 def free_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    return int(psutil.virtual_memory().available)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
 def activation_numel(model: nn.Module, shape: tuple, device: torch.device) -> int:

@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional
 
 from ggl.attack.attackers import check_portfolio
 from ggl.attack.device import DEVICES, check_device
-from ggl.core.checks import count, one_of
+from ggl.core.checks import changed, count, one_of, unused
 from ggl.core.errors import ConfigError
 from ggl.defenses import parse_defense
 
@@ -91,9 +91,22 @@ class AttackConfig:
             raise ConfigError(f"config key 'attack.max_observations' = {self.max_observations} must be >= 1")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ConfigError(f"config key 'attack.torch_threads' = {self.torch_threads} must be >= 1")
+        self._unused_keys(uses_cma, uses_adam)
         if self.defenses is not None:
             self.defenses = [self._parse_setting(s, f"attack.defenses[{i}]", parse_defense)
                              for i, s in enumerate(self.defenses)]
+
+    def _unused_keys(self, uses_cma: bool, uses_adam: bool) -> None:
+        """Keys of a search or an attacker this config does not run: a warning line each."""
+        for name in self.attacker_options:
+            if name not in (self.attackers or ()):
+                unused(f"attack.attacker_options.{name}", dict(self.attacker_options[name] or {}),
+                       f"'{name}' is not in attack.attackers ({', '.join(self.attackers or ['null: one GGL attacker'])})")
+        for keys, used, what in ((("population", "generations", "restarts", "sigma"), uses_cma, "CMA-ES"),
+                                 (("adam_steps", "adam_lr", "adam_restarts"), uses_adam, "Adam")):
+            for key in keys:
+                if not used and changed(self, key):
+                    unused(f"attack.{key}", getattr(self, key), f"attack.optimizer = {self.optimizer} runs no {what}")
 
     @staticmethod
     def _parse_setting(setting: Any, key: str, parse_defense) -> list:

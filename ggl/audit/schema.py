@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from ggl.core.checks import count
+from ggl.core.checks import count, unused
 from ggl.core.errors import ConfigError
 
 PROBES = ("fedsgd", "local_update")
@@ -39,6 +39,8 @@ class AuditConfig:
 
     def check(self) -> None:
         self.probe_steps()
+        if self.local_steps is not None and self.probe != "local_update":
+            unused("audit.local_steps", self.local_steps, f"audit.probe is {self.probe or 'null'}, not local_update")
         if any(r < 0 for r in self.rounds):
             raise ConfigError(f"config key 'audit.rounds' = {list(self.rounds)} must hold round numbers >= 0")
         count(self.num_images, "audit.num_images")

@@ -7,7 +7,8 @@ value is a typo, not a budget (days of CPU, or more memory than a machine has). 
 ``NOT_COUNTS`` (with why). A search's memory is estimated from its shapes separately (``ggl.attack.memory``)."""
 from __future__ import annotations
 
-from typing import Any, Optional
+import sys
+from typing import Any, Optional, Set
 
 from ggl.core.errors import ConfigError
 
@@ -86,3 +87,20 @@ def at_least(value: Any, lo: int, key: str, hint: str = "") -> None:
     """``value >= lo`` (None passes: optional keys check their null elsewhere), else one line naming the key."""
     if value is not None and value < lo:
         raise ConfigError(f"config key '{key}' = {value} must be >= {lo}{hint}")
+
+
+_warned: Set[str] = set()
+
+
+def unused(key: str, value: Any, why: str) -> None:
+    """A key set to a value that does nothing in the chosen mode: one warning line on stderr (once per
+    process: a sweep loads the same config many times)."""
+    line = f"warning: config key '{key}' = {short(value)} does nothing: {why}"
+    if line not in _warned:
+        _warned.add(line)
+        print(line, file=sys.stderr)
+
+
+def changed(obj: Any, name: str) -> bool:
+    """Whether dataclass field ``name`` of ``obj`` differs from its schema default."""
+    return getattr(obj, name) != type(obj).__dataclass_fields__[name].default

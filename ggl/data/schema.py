@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ggl.core.checks import check_seed, count, in_range, one_of
+from ggl.core.checks import changed, check_seed, count, in_range, one_of, unused
 from ggl.core.errors import ConfigError
 from ggl.data.sources import available_datasets
 
@@ -36,3 +36,7 @@ class DataConfig:
         count(self.num_clients, "data.num_clients")
         in_range(self.alpha, 0.0, 1e6, "data.alpha", lo_open=True)
         count(self.classes_per_client, "data.classes_per_client")
+        if self.partition != "dirichlet" and changed(self, "alpha"):
+            unused("data.alpha", self.alpha, f"data.partition is {self.partition}, not dirichlet")
+        if self.partition != "shards" and changed(self, "classes_per_client"):
+            unused("data.classes_per_client", self.classes_per_client, f"data.partition is {self.partition}, not shards")

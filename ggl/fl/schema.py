@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from ggl.core.checks import at_least, count, in_range
+from ggl.core.checks import at_least, changed, count, in_range, unused
 
 
 @dataclass
@@ -37,3 +37,7 @@ class FLConfig:
         in_range(self.momentum, 0.0, 0.999, "fl.momentum")
         in_range(self.weight_decay, 0.0, 1.0, "fl.weight_decay")
         in_range(self.server_lr, 0.0, 100.0, "fl.server_lr", lo_open=True)
+        if self.local_steps is not None and changed(self, "local_epochs"):
+            unused("fl.local_epochs", self.local_epochs, f"fl.local_steps = {self.local_steps} is set")
+        if self.clients_per_round is not None and changed(self, "client_fraction"):
+            unused("fl.client_fraction", self.client_fraction, f"fl.clients_per_round = {self.clients_per_round} is set")
