@@ -124,7 +124,8 @@ def test_a_missing_or_malformed_plugin_name_is_one_line(sandbox, make_cfg, value
 # ------------------------------------------------------------------------------------------ broken plugins
 BROKEN = {"syntax": ("x = 1\ndef f(:\n", "line 2", "SyntaxError"),
           "import": ("import os\nimport no_such_dependency_xyz\n", "line 2", "no module named 'no_such_dependency_xyz'"),
-          "raises": ("import os\n\nraise RuntimeError('boom')\n", "line 3", "RuntimeError: boom")}
+          "raises": ("import os\n\nraise RuntimeError('boom')\n", "line 3", "RuntimeError: boom"),
+          "exits": ("import sys\nsys.exit(0)\n", "line 2", "SystemExit: code 0")}
 
 
 @pytest.mark.parametrize("kind", sorted(BROKEN))

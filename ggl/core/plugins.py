@@ -56,8 +56,8 @@ def import_plugin(name: str, where: str) -> None:
                             f"PYTHONPATH, or install its package)") from None
         raise UserError(f"plugin '{name}' ({where}) failed to import at {_where(exc, origin)}: "
                         f"{type(exc).__name__}: {exc}") from None
-    except Exception as exc:  # SyntaxError, ImportError, anything its module code raises
-        msg = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+    except (Exception, SystemExit) as exc:  # SyntaxError, ImportError, sys.exit(), anything its code raises
+        msg = exc.msg if isinstance(exc, SyntaxError) else f"code {exc.code}" if isinstance(exc, SystemExit) else str(exc)
         raise UserError(f"plugin '{name}' ({where}) failed to import at {_where(exc, origin)}: "
                         f"{type(exc).__name__}: {msg.splitlines()[0] if msg else ''}") from None
     _loaded.add(name)
