@@ -7,19 +7,21 @@ N(0, 1) of each latent vector's entries, summed over the batch (default weight 0
 
 A population ``z`` (P, B * latent_dim) goes in one vectorised pass (``evaluation: batched``; without a
 defence to replay, linear layers' gradients stay factored, ``per_candidate.OuterSum``; materialised
-updates go in cache-sized chunks on a CPU) or one candidate at a time (``loop``, the reference). It all
-lives on ``device``; the caller's model and generator stay where they are (copies when that differs).
+updates go in cache-sized chunks on a CPU; gradient-free ones in chunks that fit the free memory) or one
+candidate at a time (``loop``, the reference), all on ``device`` (copies of the caller's model and generator).
 """
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import copy
+import math
 
 import torch
 from torch import Tensor, nn
 
 from ggl.attack.fast_generator import for_batched_search
+from ggl.attack.memory import activation_numel, candidate_bytes, check_fits, fitting
 from ggl.attack.observation import Observation
 from ggl.attack.per_candidate import OuterSum
 from ggl.attack.trial import ClientSimulator, DefenseModel
@@ -130,6 +132,27 @@ class GGLObjective:
         # the loss's passes then find them in cache (the gain: benchmarks/README.md)
         update_bytes = sum(t.numel() for t in self.target) * self.target[0].element_size()
         self.chunk = max(1, CHUNK_BYTES // update_bytes) if self.device.type == "cpu" else 1 << 30
+        self._candidate: Dict[bool, int] = {}  # grad? -> estimated peak bytes of one candidate
+        self.memory_key = "audit.batch_size"  # what makes one candidate large (a subclass may name its own)
+        self.memory_value = self.batch
+
+    # ------------------------------------------------------------------ memory
+    def candidate_bytes(self, grad: bool) -> int:
+        """Estimated peak bytes one candidate adds to a batched evaluation (with or without a graph)."""
+        if grad not in self._candidate:
+            if "acts" not in self.__dict__:  # a meta copy: no compute, no batch-norm statistics touched
+                shape = (self.batch, *self.obs.input_shape)
+                self.acts = activation_numel(copy.deepcopy(self.model).to("meta"), shape, torch.device("meta"))
+            images = self.batch * math.prod(self.obs.input_shape)
+            self._candidate[grad] = candidate_bytes(sum(t.numel() for t in self.target), images, self.acts,
+                                                    self.target[0].element_size(), grad)
+        return self._candidate[grad]
+
+    def check_fits(self, rows: int, key: str, grad: bool = True) -> None:
+        """Refuse (one line naming ``key``) a search evaluating ``rows`` candidates at once (with gradients:
+        a graph through them) that would not fit the free memory of the device."""
+        value = getattr(self, "memory_value", None) if key == self.memory_key else None
+        check_fits(rows, self.candidate_bytes(grad), self.device, key, value)
 
     # ------------------------------------------------------------------ pieces
     def images(self, z: Tensor, generator: Optional[nn.Module] = None) -> Tensor:
@@ -156,9 +179,13 @@ class GGLObjective:
         z = z.to(self.device)
         self.evaluations += z.shape[0]
         if mode == "batched":
-            if self.factored_trial or z.shape[0] <= self.chunk:
+            chunk = self.chunk if not self.factored_trial else z.shape[0]
+            if not (z.requires_grad and torch.is_grad_enabled()) and z.shape[0] > 64:
+                # no graph: chunks give the same losses; a population larger than memory goes in parts
+                chunk = min(chunk, max(1, fitting(self.candidate_bytes(False), self.device)))
+            if z.shape[0] <= chunk:
                 return self._batched(z)
-            return torch.cat([self._batched(part) for part in z.split(self.chunk)])
+            return torch.cat([self._batched(part) for part in z.split(chunk)])
         return torch.cat([self._one(z[i:i + 1]) for i in range(z.shape[0])])
 
     def _batched(self, z: Tensor) -> Tensor:

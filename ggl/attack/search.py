@@ -208,6 +208,9 @@ def run_search(objective: GGLObjective, cfg, seed: int, tick: Tick = None, watch
     progress = _Progress(objective, best, search_units(cfg), tick, watch)
     patience = getattr(cfg, "patience", None)
     gen = torch.Generator().manual_seed(derived_seed(seed, 0xADA))
+    objective.check_fits(1, objective.memory_key, grad=False)  # CMA-ES goes in chunks, of at least one
+    if cfg.optimizer in ("adam", "cmaes_adam"):  # Adam's restarts go through the graph at once
+        objective.check_fits(cfg.adam_restarts, "attack.adam_restarts")
     with threadpool_limits(limits=1, user_api="blas"):
         if cfg.optimizer in ("cmaes", "cmaes_adam"):
             keep = cfg.adam_restarts if cfg.optimizer == "cmaes_adam" else 1

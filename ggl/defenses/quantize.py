@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ggl.core.errors import ConfigError
+from ggl.core.checks import count
 from ggl.core.seeding import STREAM_DEFENSE
 from ggl.defenses.base import Defense, FLOAT_BITS, expectation, reapply, register
 
@@ -169,6 +170,7 @@ class Quantize(Defense):
     grid: str = "project"
 
     def check(self, key: str) -> None:
+        count(self.bits, f"{key}.bits", "defenses.quantize.bits", lo=None)
         if not (1 <= self.bits <= 16 or self.bits == 32):
             raise ConfigError(f"config key '{key}.bits' = {self.bits} must be in 1..16, or 32 for off")
         if self.rounding not in ("nearest", "stochastic"):

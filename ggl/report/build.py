@@ -14,6 +14,7 @@ from typing import List, Optional, Sequence
 
 from ggl.audit.records import ACCURACY_FILE, SchemaError, read_csv, write_accuracy_csv, write_csv
 from ggl.core.errors import UserError
+from ggl.core.plugins import load_plugins
 from ggl.report.collect import Collected, collect, is_json_object, results_files
 from ggl.report.figures import FIGURES, PLOT_METRICS, draw_figures
 from ggl.report.points import Point, build_points, measured_pairs
@@ -162,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> str:
+    load_plugins()  # installed entry points: a plugin defence's runs are labelled by its own class
     if args.from_csv is not None:
         if args.roots:
             raise UserError("give either run folders or --from-csv, not both")

@@ -6,15 +6,14 @@ GAN prior, if it uses one); it never sees private data. Each declares ``loss`` (
 ``uses_prior``. ``get_attacker(name, options)(obs, G, cfg.attack, seed)`` runs one (a ``SearchResult``);
 ``run_portfolio(build_portfolio(names, options), obs, G, cfg.attack, seed)`` runs several.
 
-Adding one = a file here with an ``Attacker`` subclass decorated ``@register("name")`` (every module of
-this package is imported below): README, "Add your own attacker", and ``examples/my_attacker.py``.
-``register(..., order=, compare_with=)`` also places it in the report's tables and comparisons.
+Adding one = a file with an ``Attacker`` subclass decorated ``@register("name")``, named as a
+plugin (the config's ``plugins:`` or an entry point ``ggl.attackers``; only ``SHIPPED`` loads from this
+folder): README, "Add your own attacker". ``register(..., order=, compare_with=)`` places it in the report.
 """
 from __future__ import annotations
 
 import difflib
 import importlib
-import pkgutil
 from dataclasses import fields
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -121,8 +120,10 @@ def build_portfolio(names: Sequence[str], options: Optional[Mapping[str, Any]] =
 
 from ggl.attack.attackers.base import Attacker  # noqa: E402  (the registry must exist first)
 from ggl.attack.attackers.portfolio import portfolio_units, run_portfolio  # noqa: E402
-for _module in pkgutil.iter_modules(__path__):  # each attacker file registers itself
-    importlib.import_module(f"{__name__}.{_module.name}")
+# the attackers this package ships, one module each (base, portfolio: the machinery); each registers itself
+SHIPPED = ("eot", "ggl_latent", "inverting_gradients", "grid_observed", "grid_cell", "grid_decoded")
+for _module in SHIPPED:
+    importlib.import_module(f"{__name__}.{_module}")
 
-__all__ = ["Attacker", "attacker_order", "available_attackers", "build_portfolio", "check_portfolio", "compare_with",
-           "get_attacker", "option_names", "portfolio_units", "register", "run_portfolio"]
+__all__ = ["Attacker", "SHIPPED", "attacker_order", "available_attackers", "build_portfolio", "check_portfolio",
+           "compare_with", "get_attacker", "option_names", "portfolio_units", "register", "run_portfolio"]

@@ -22,7 +22,9 @@ from torch import Tensor
 from ggl.attack import infer_labels, prior_samples, run_search
 from ggl.attack.attackers import register
 from ggl.attack.attackers.base import Attacker
+from ggl.attack.memory import GRAPH_FACTOR
 from ggl.attack.objective import GGLObjective, kl_latent, match_loss
+from ggl.core.checks import count
 from ggl.core.errors import ConfigError, UserError
 from ggl.core.seeding import derived_seed
 from ggl.defenses import defenses_label, parse_defense, resolve_noise
@@ -174,6 +176,11 @@ def _objective_class():
                              evaluation="batched", model=model)
             self.chain = chain
             self.factored_trial = False  # the chain transforms the flat updates themselves
+            self.memory_key, self.memory_value = "attack.attacker_options.ggl-eot.samples", chain.samples
+
+        def candidate_bytes(self, grad):  # + the chain's K transformed copies of each trial update
+            extra = 3 * self.chain.samples * len(self.chain.target) * 8
+            return super().candidate_bytes(grad) + extra * (GRAPH_FACTOR if grad else 1)
 
         def _total(self, trial, z):
             loss = self.chain.loss(torch.cat([t.flatten(1) for t in trial], 1))
@@ -198,8 +205,7 @@ class EOTAttacker(Attacker):
         return "likelihood" if self.mode == "likelihood" else f"eot-{self.match}"
 
     def check(self, key: str) -> None:
-        if not isinstance(self.samples, int) or self.samples < 1:
-            raise ConfigError(f"config key '{key}.samples' = {self.samples!r} must be an integer >= 1")
+        count(self.samples, f"{key}.samples", "attacker_options.EOTAttacker.samples")
         if self.mode not in MODES:
             raise ConfigError(f"config key '{key}.mode' = {self.mode!r} is not one of {', '.join(MODES)}")
         if self.match not in MATCHES:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ggl.attack import GGLObjective, SearchResult, infer_labels
 from ggl.attack.attackers import register
 from ggl.attack.attackers.base import Attacker
+from ggl.core.checks import count
 from ggl.core.errors import ConfigError
 
 
@@ -66,9 +67,7 @@ class InvertingGradients(Attacker):
 
     def check(self, key: str) -> None:
         for k in ("steps", "restarts"):
-            v = getattr(self, k)
-            if not isinstance(v, int) or v < 1:
-                raise ConfigError(f"config key '{key}.{k}' = {v!r} must be an integer >= 1")
+            count(getattr(self, k), f"{key}.{k}", f"attacker_options.InvertingGradients.{k}")
         if not self.lr > 0:
             raise ConfigError(f"config key '{key}.lr' = {self.lr} must be > 0")
         if not self.tv_weight >= 0:
@@ -85,6 +84,7 @@ class InvertingGradients(Attacker):
         pixels = PixelParametrisation(obs.channels, obs.image_size)
         objective = GGLObjective(obs, pixels, labels, loss="cosine", adaptive=self.adaptive, evaluation="batched",
                                  model=model)
+        objective.check_fits(self.restarts, f"attack.attacker_options.{self.name}.restarts")
         dtype = next(model.parameters()).dtype
         gen = torch.Generator().manual_seed(int(seed) % (2 ** 63))
         x = torch.rand(self.restarts, objective.dim, generator=gen, dtype=dtype)
