@@ -346,7 +346,7 @@ def read_csv(path: Path) -> List[Tuple[ImageRecord, Optional[FederationResult]]]
 def _dict_rows(path: Path) -> List[Dict[str, str]]:
     """The CSV's rows as dicts; an unreadable, binary or oversized file is a one-line ``SchemaError``."""
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a spreadsheet's byte-order mark
             return list(csv.DictReader(fh))
     except OSError as exc:
         raise SchemaError(f"{path}: cannot be read ({exc.strerror})") from None

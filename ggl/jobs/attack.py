@@ -90,6 +90,7 @@ def _run_name(cfg) -> str:
     if cfg.name:
         return cfg.name
     if cfg.attack.source:
+        check_latest_link(Path(cfg.attack.source))  # before resolving it: a loop or a link to elsewhere is refused
         src = Path(cfg.attack.source).expanduser().resolve()
         fed = src.parent.name if src.is_dir() and src.parent.name not in ("", "runs") else src.name
         return f"attack_{fed}"

@@ -118,6 +118,9 @@ def report_from_csv(csv_path: Path, out: Path, metric: str = "psnr") -> Report:
         pairs = read_csv(csv_path)
     except SchemaError as exc:
         raise UserError(str(exc)) from None
+    if not pairs:
+        raise UserError(f"'{csv_path}' holds no rows (empty, or a header alone); give a per-image CSV written by "
+                        f"the report (e.g. reports/{CSV_FILE})")
     points = build_points(pairs)
     feds = list({f.key: f for _, f in pairs if f is not None}.values())
     collected = Collected(pairs=pairs, feds=feds, n_files=1, n_attacks=len(points), n_feds=len(feds))

@@ -93,21 +93,32 @@ class RunLock:
     refused. The lock dies with its process (kill -9 included), so a stale one never blocks a resume.
     """
 
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / ".lock"
+    def __init__(self, run_dir: Path, name: str = ".lock"):
+        self.path = Path(run_dir) / name
         self.fd: Optional[int] = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self, wait: Optional[Callable[[], None]] = None) -> "RunLock":
+        """Held by another process: a ``UserError``, or with ``wait``, ``wait()`` (say so) and block until free."""
         import fcntl
 
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # O_NOFOLLOW: a .lock planted as a link elsewhere must not create or open the file it names
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as exc:
             raise UserError(f"cannot lock run folder '{self.path.parent}' ({exc.strerror or exc}); "
                             f"is it writable?") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            if wait is not None:
+                wait()
+                try:
+                    fcntl.flock(self.fd, fcntl.LOCK_EX)  # Ctrl-C interrupts the wait
+                    return self
+                except BaseException:
+                    self.release()
+                    raise
             os.close(self.fd)
             self.fd = None
             raise UserError(f"run folder '{self.path.parent}' is in use by another ggl process (a second "
@@ -127,7 +138,11 @@ def check_latest_link(path: Path) -> None:
     for link in [path] + list(path.parents):
         if link.name != "latest" or not link.is_symlink():
             continue
-        target = link.resolve()
+        try:
+            target = link.resolve()
+        except (RuntimeError, OSError):  # a loop (latest -> latest)
+            raise UserError(f"'{link}' is a symbolic link loop; remove it (ggl points it at the newest run "
+                            f"again) or give the run folder itself") from None
         if target.parent != link.parent.resolve():
             raise UserError(f"'{link}' points outside its folder (to '{target}'); ggl's latest link names a run "
                             f"folder beside it: give that run folder itself, or remove the link")
@@ -196,8 +211,9 @@ def resolve_resume(resume: str, example: str) -> Tuple[Path, Path, Dict[str, Any
             raise UserError(f"config key 'resume' = {resume!r}: no checkpoint at '{given}' (give a run folder "
                             f"such as {example}, or a .ckpt file)")
     if (given is not None and given.parent.name != "checkpoints") or not (run_dir / "config.yaml").is_file():
-        raise UserError(f"config key 'resume' = {resume!r}: '{given or run_dir}' is not in the checkpoints/ folder "
-                        f"of a ggl run folder (one with config.yaml); resume only runs ggl made, such as {example}")
+        where = f"'{given}' is not in the checkpoints/ folder of" if given else f"'{run_dir}' is not"
+        raise UserError(f"config key 'resume' = {resume!r}: {where} a ggl run folder (one with config.yaml); resume "
+                        f"only runs ggl made, such as {example}")
     check_no_symlinked_folders(run_dir)
     ckpt, checkpoint = newest_checkpoint(run_dir / "checkpoints", given)
     if ckpt is None:
