@@ -158,3 +158,27 @@ def test_a_cut_csv_is_one_line_naming_the_row(tmp_path, capsys):
     line = _one_error_line(capsys)
     assert "line 7 has" in line and "cut short" in line
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: f.write_text(""), "holds no rows"),
+    (lambda f: f.write_text(f.read_text().splitlines()[0] + "\n"), "holds no rows"),
+    (lambda f: f.write_bytes(f.read_bytes() + b"\xe9\xff\n"), "not UTF-8 text"),
+    (lambda f: f.write_text(f.read_text().replace("\n", "\n" + "x" * 200000, 1)), "not a readable CSV"),
+    (lambda f: f.write_text(f.read_text().splitlines()[0] + "\n" + f.read_text().splitlines()[1] + ",x,y\n"),
+     "line 2 has"),
+])
+def test_other_broken_csvs_are_one_line(tmp_path, capsys, damage, message):
+    src = _small_csv(tmp_path / "in")
+    damage(src)
+    assert main(["--from-csv", str(src), "--out", str(tmp_path / "out")]) == 2
+    assert message in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("column, value, message", [("round", "inf", "not a finite number"),
+                                                    ("round", "2.5", "not a whole number"),
+                                                    ("psnr", "nan", "not a finite number")])
+def test_non_finite_or_fractional_cells_are_one_line(tmp_path, capsys, column, value, message):
+    src = _small_csv(tmp_path / "in", edit=lambda line: line.update({column: value}))
+    assert main(["--from-csv", str(src), "--out", str(tmp_path / "out")]) == 2
+    assert f"line 2, column '{column}' = '{value}' is {message}" in _one_error_line(capsys)

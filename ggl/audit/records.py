@@ -328,9 +328,13 @@ def read_csv(path: Path) -> List[Tuple[ImageRecord, Optional[FederationResult]]]
         def f(key: str) -> Optional[float]:
             v = line.get(key, "")
             try:
-                return float(v) if v != "" else None
+                x = float(v) if v != "" else None
             except ValueError:
                 raise SchemaError(f"{path}: line {i + 2}, column {key!r} = {v!r} is not a number") from None
+            if x is not None and not math.isfinite(x):  # ggl writes no nan/inf (results are strict JSON)
+                raise SchemaError(f"{path}: line {i + 2}, column {key!r} = {v!r} is not a finite number (an empty "
+                                  f"cell is no score)")
+            return x
 
         def n(key: str) -> Optional[int]:
             v = f(key)

@@ -112,7 +112,8 @@ def report_from_csv(csv_path: Path, out: Path, metric: str = "psnr") -> Report:
     clock = time.perf_counter()
     csv_path = Path(csv_path)
     if not csv_path.is_file():
-        raise UserError(f"'{csv_path}' does not exist; give a per-image CSV written by the report "
+        what = "is a folder" if csv_path.is_dir() else "does not exist"
+        raise UserError(f"'{csv_path}' {what}; give a per-image CSV written by the report "
                         f"(e.g. reports/{CSV_FILE})")
     try:
         pairs = read_csv(csv_path)
