@@ -32,7 +32,7 @@ from ggl.core.stats import fmt
 from ggl.defenses import defenses_label
 from ggl.gan.prior import load_prior
 from ggl.jobs.live import LiveAttackRun
-from ggl.runs.folder import create_run_dir, point_latest
+from ggl.runs.folder import check_latest_link, create_run_dir, point_latest
 from ggl.runs.logger import Stopwatch, write_json
 
 Captures = Dict[str, List[Tuple[Path, Path]]]
@@ -67,6 +67,7 @@ def source_captures(source: str) -> Captures:
     """Captures under a federation run folder (``runs/<fed>/latest``), its ``audit/`` folder, a
     capture folder, or one observation file."""
     p = Path(source).expanduser()
+    check_latest_link(p)
     if not p.exists():
         raise UserError(f"attack source '{source}' does not exist; give a federation run folder such as "
                         f"runs/fed_q4/latest")
@@ -90,6 +91,7 @@ def _run_name(cfg) -> str:
     if cfg.name:
         return cfg.name
     if cfg.attack.source:
+        check_latest_link(Path(cfg.attack.source))  # before resolving it: a loop or a link to elsewhere is refused
         src = Path(cfg.attack.source).expanduser().resolve()
         fed = src.parent.name if src.is_dir() and src.parent.name not in ("", "runs") else src.name
         return f"attack_{fed}"
@@ -211,8 +213,15 @@ def prepare(cfg, G, name: str) -> Tuple[Path, dict, Captures, Dict[Path, Observa
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    point_latest(run_dir)
-    return run_dir, config, captures, observations
+    return run_dir, config, captures, observations  # `latest` moves once results.json exists (_write_results)
+
+
+def _write_results(run_dir: Path, results: dict) -> None:
+    """``results.json``, then ``latest`` -> this run: a run that fails before its first results never
+    becomes ``latest`` (``attack.source=.../latest`` or a report would meet a folder with nothing to read)."""
+    write_json(run_dir / "results.json", results)
+    if not (run_dir.parent / "latest").resolve() == run_dir.resolve():
+        point_latest(run_dir)
 
 
 def _bar(total: int, enabled: bool):
@@ -256,7 +265,7 @@ def run_attack(cfg, prior=None) -> dict:
                 results["settings"].append(setting)
                 results["records"] += [r.to_json() for r in records]
                 results["summary"][setting] = summary
-                write_json(run_dir / "results.json", results)
+                _write_results(run_dir, results)
             except BaseException:
                 live.abort()
                 raise
@@ -269,7 +278,7 @@ def run_attack(cfg, prior=None) -> dict:
         image_rows_png(run_dir / "grid.png", [("original", first[0]["originals"])] + grid_rows + [
             (f"prior only\n{fmt(first[1]['baseline_psnr_mean'], '.1f')} dB", first[0]["prior_only"])])
     results["wall_seconds"] = clock.seconds
-    write_json(run_dir / "results.json", results)
+    _write_results(run_dir, results)
     _print_summary(results, evaluator, clock, run_dir)
     results["run_dir"] = str(run_dir)
     return results

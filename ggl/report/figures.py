@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ggl.audit.records import FederationResult
 from ggl.audit.reid import HEADLINE
-from ggl.core.plots import _pyplot, image_rows_png
+from ggl.core.plots import _pyplot, image_rows_png, save_figure
 from ggl.core.safe_load import safe_load
 from ggl.core.stats import MeanCI, fmt
 from ggl.defenses import defense_family
@@ -129,9 +129,10 @@ def privacy_utility(points: List[Point], feds: Sequence[FederationResult], path:
                  f"{', '.join(map(str, seeds)) or '–'} seed(s) per point): higher = more leakage, right = better "
                  f"model", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1 - 2.6 / fig.get_figwidth(), 0.95))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        save_figure(fig, path)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -214,9 +215,10 @@ def leakage_vs_round(points: List[Point], feds: Sequence[FederationResult], path
     axes[0].legend(fontsize=7)
     fig.suptitle("Leakage (best attacker per victim) and utility over the federation's rounds", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        save_figure(fig, path)
+    finally:
+        plt.close(fig)
     return path
 
 
