@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ggl.core.errors import ConfigError, UserError
+from ggl.core.shipped import command
 from ggl.audit.reid import HEADLINE
 from ggl.report.collect import collect
 from ggl.report.points import build_points, chance_level
@@ -76,7 +77,7 @@ def finish_line(summary: dict, points: List[GridPoint]) -> str:
     if root is None:
         return line
     found = results_of(points)
-    return f"{line} -> {root} ({len(found)} points){most_leakage(found)}; next: python -m ggl.report {root}"
+    return f"{line} -> {root} ({len(found)} points){most_leakage(found)}; next: {command('report')} {root}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,8 +110,8 @@ def _print_list(points: List[GridPoint]) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ggl.sweep", description=DESCRIPTION,
-                                 epilog="e.g. python -m ggl.sweep configs/sweep_defenses.yaml fed.fl.rounds=5")
+    ap = argparse.ArgumentParser(prog=command("sweep"), description=DESCRIPTION,
+                                 epilog=f"e.g. {command('sweep')} sweep_defenses.yaml fed.fl.rounds=5")
     ap.add_argument("sweep", help="a W&B grid sweep file, e.g. configs/sweep_defenses.yaml")
     ap.add_argument("overrides", nargs="*", help="parameter=value; a grid parameter given one value runs only it")
     ap.add_argument("--one", action="store_true", help="run one grid point (what `wandb agent` calls): every "
