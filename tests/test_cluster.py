@@ -105,3 +105,13 @@ def test_worker_init_sets_its_gpu(monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert seen == ["4", "6", "4"] and counter.value == 3
+
+
+def test_ggl_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as e:
+        ggl_main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and all(f"    {c} " in out for c in ("train", "attack", "sweep", "report"))
+    with pytest.raises(SystemExit) as e:
+        ggl_main(["nope"])
+    assert e.value.code == 2

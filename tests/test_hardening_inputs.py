@@ -320,7 +320,7 @@ def test_installed_wheel_finds_its_configs_anywhere(tmp_path):
 
     source = tmp_path / "source"  # a copy: building in the checkout would leave build/ there
     source.mkdir()
-    for part in ("pyproject.toml", "README.md", "ggl", "configs"):
+    for part in ("pyproject.toml", "README.md", "ggl", "configs", "checkpoints"):
         copy = shutil.copytree if (REPO / part).is_dir() else shutil.copy
         copy(REPO / part, source / part, **({"ignore": shutil.ignore_patterns("__pycache__")}
                                             if (REPO / part).is_dir() else {}))
