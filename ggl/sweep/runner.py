@@ -39,7 +39,7 @@ def run_fed(job: Job) -> Path:
     return Path(cfg.output_dir) / job.name / Path(res["run_dir"]).name
 
 
-def run_attack(job: Job, source: Path) -> Path:
+def run_attack_job(job: Job, source: Path) -> Path:  # not run_attack: that is ggl.jobs.attack's, called here
     threads = torch.get_num_threads()
     cfg = load_config(job.config_file, job.overrides + [f"attack.source={source}"])
     try:  # the attack sets torch's thread count for the process; the next federation gets it back
@@ -156,7 +156,7 @@ def _run_point(p: GridPoint, write, start=None, done=None) -> List[Tuple[Job, st
                     job.done_dir = run_fed(job)
                 else:
                     write(f"[sweep] attack {job.name} on {p.fed.done_dir}")
-                    job.done_dir = run_attack(job, p.fed.done_dir)
+                    job.done_dir = run_attack_job(job, p.fed.done_dir)
         except UserError as exc:
             write(f"[sweep] {job.kind} {job.name} failed: {exc}")
             emit(job, "failed")
