@@ -115,3 +115,10 @@ def test_ggl_help_lists_the_commands(capsys):
     with pytest.raises(SystemExit) as e:
         ggl_main(["nope"])
     assert e.value.code == 2
+
+
+def test_sweep_point_runs_that_point_only(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert ggl_main(["sweep", "sweep_tiny.yaml", f"output_dir={out}", "--point", "0", "--no-progress"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["attack-fp32", "fed-fp32"]  # q4 (point 1) untouched
+    assert "next: ggl report" in capsys.readouterr().out
