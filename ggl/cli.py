@@ -60,7 +60,8 @@ def _parse(argv: Optional[List[str]], prog: str, default_config: Optional[str], 
     # the config list is only built for --help (it reads every config file)
     wants_help = any(a in ("-h", "--help") for a in (sys.argv[1:] if argv is None else argv))
     usage = ATTACK_OVERRIDES if "attack" in tasks else TRAIN_OVERRIDES
-    epilog = f"{usage}\n\n{_examples('attack' if 'attack' in tasks else 'train', examples)}" + (f"\n\n{_configs_epilog(tasks)}" if wants_help else "")
+    job = "attack" if "attack" in tasks else "train"
+    epilog = f"{usage}\n\n{_examples(job, examples)}" + (f"\n\n{_configs_epilog(tasks)}" if wants_help else "")
     prog = command(prog) if shipped.PROG else f"{prog}.py"
     parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

