@@ -22,12 +22,13 @@ from ggl.audit.evaluate import Evaluator, summarize
 from ggl.audit.records import RECORDS_FORMAT, FederationRef, ImageRecord
 from ggl.audit.truth import IMAGES_FILE, OBS_DIR, TRUTH_DIR, find_captures
 from ggl.audit.victim import fresh_captures, probe_kind
-from ggl.config import REPO_ROOT, to_container, to_yaml
+from ggl.config import to_container, to_yaml
 from ggl.core.allocator import retain_freed_memory
 from ggl.core.atomic import atomic_write_text
 from ggl.core.errors import UserError
 from ggl.core.plots import image_rows_png
 from ggl.core.seeding import derived_seed
+from ggl.core.shipped import shipped
 from ggl.core.stats import fmt
 from ggl.defenses import defenses_label
 from ggl.gan.prior import load_prior
@@ -44,11 +45,12 @@ Captures = Dict[str, List[Tuple[Path, Path]]]
 
 def load_attack_prior(path: str, trusted_generators=()):
     """The GAN prior of ``attack.prior`` (``ggl.gan.prior.load_prior``); relative paths are tried
-    from the working directory, then from the repository root. Its generator class must be ggl's own
-    or one of ``attack.trusted_generators`` (checked before anything is imported)."""
+    from the working directory, then from the checkout, then from the installed package (the shipped
+    ``checkpoints/``, ``ggl.core.shipped``). Its generator class must be ggl's own or one of
+    ``attack.trusted_generators`` (checked before anything is imported)."""
     p = Path(path).expanduser()
-    if not p.is_absolute() and not p.exists() and (REPO_ROOT / p).exists():
-        p = REPO_ROOT / p
+    if not p.is_absolute() and not p.exists():
+        p = shipped(p) or p
     return load_prior(str(p), trusted_generators=tuple(trusted_generators or ()))
 
 
