@@ -3,7 +3,7 @@
 ``run_attack(cfg)`` writes ``runs/<name>/<timestamp>/``: ``results.json`` (``ggl.records/2``: ``config``,
 ``federation``, ``settings``, ``records``, ``summary``, ``refused``), ``grid.png``, per setting
 ``<setting>/grid.png`` and ``<setting>/images.pt``, ``captures/`` (fresh mode), and one W&B run per
-setting (``ggl.jobs.live``). The files: README, section "Attack", **Outputs**.
+setting (``ggl.jobs.live``). The files: docs/reference.md, section "Attack", **Outputs**.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The report job: runs (or a per-image CSV) -> points -> ``per_image.csv``, ``accuracy.csv``,
 ``privacy_utility.md`` and the figures of ``ggl.report.figures``; the finish line; ``main``
-(``python -m ggl.report``). What each file holds: README, "The privacy-utility report".
+(``python -m ggl.report``). What each file holds: docs/findings.md, "The privacy-utility report".
 """
 from __future__ import annotations
 
