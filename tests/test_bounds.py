@@ -44,8 +44,9 @@ def attacker_keys():
     for name, (cls, _) in ATTACKERS.items():
         hints = typing.get_type_hints(cls)
         for option in option_names(name):
-            if _is_int(hints[option]):
-                yield name, option, f"attacker_options.{cls.__name__}.{option}"
+            if _is_int(hints[option]):  # bounded where it is declared: a subclass inherits its base's bounds
+                owner = next(k for k in cls.__mro__ if option in vars(k).get("__annotations__", {}))
+                yield name, option, f"attacker_options.{owner.__name__}.{option}"
 
 
 ALL_KEYS = list(section_keys()) + [k for *_, k in defence_keys()] + [k for *_, k in attacker_keys()]

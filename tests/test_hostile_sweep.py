@@ -35,7 +35,7 @@ def _fake_jobs(monkeypatch, calls, pause=0.3):
         return finished(load_config(job.config_file, job.overrides + [f"attack.source={source}"]), job.name,
                         {"wall_seconds": 1.0})
     monkeypatch.setattr(runner, "run_fed", run_fed)
-    monkeypatch.setattr(runner, "run_attack", run_attack)
+    monkeypatch.setattr(runner, "run_attack_job", run_attack)
 
 
 def _grid(out: Path) -> dict:
