@@ -1,0 +1,100 @@
+"""The adaptive attacker's quantizer and matching loss on factored linear-layer gradients (``OuterSum``).
+
+A candidate's gradient of a linear layer seen on one row (batch 1) is the outer product ``delta x^T``:
+its global min/max are among the four products of the factors' extremes, the rows where ``delta`` is 0
+hold exact zeros (one value on the grid: their loss comes from the target's row statistics), and the
+other rows are quantized and matched row block by row block, never the whole (P, out, in) gradient.
+The same values as ``quantize_candidates`` then ``match_loss`` (tests/test_attack_kernels.py).
+"""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from ggl.attack.per_candidate import OuterSum
+from ggl.defenses.quantize import _Grid, grid_intervals
+
+
+def one_row(t) -> bool:
+    """Whether ``t`` is an ``OuterSum`` of one row per candidate (a batch of one image): one outer product."""
+    return isinstance(t, OuterSum) and t.delta.shape[1] == 1
+
+
+def extremes(t: Tensor | OuterSum) -> Tuple[Tensor, Tensor]:
+    """(P,) minimum and maximum of each candidate's tensor; of a one-row ``OuterSum`` from its factors:
+    min/max over i, j of fl(d_i a_j) = fl(min/max of the exact products), rounding being monotone."""
+    if not one_row(t):
+        r = t.dense() if isinstance(t, OuterSum) else t
+        r = r.unsqueeze(1) if r.dim() == 1 else r
+        dims = tuple(range(1, r.dim()))
+        return r.amin(dims), r.amax(dims)
+    d, a = t.delta[:, 0], t.inputs[:, 0]
+    corners = torch.stack([d.amin(1), d.amax(1)], 1).unsqueeze(2) * torch.stack([a.amin(1), a.amax(1)], 1).unsqueeze(1)
+    return corners.flatten(1).amin(1), corners.flatten(1).amax(1)
+
+
+def candidate_grid(trial: Sequence, bits: int, range_mode: str = "global", grid: str = "project") -> List[_Grid]:
+    """``quantize_candidates``' grids (one per tensor), from the extremes alone."""
+    ranges = [extremes(t) for t in trial]
+    intervals = grid_intervals(bits, grid)
+    if range_mode == "global":
+        lo = torch.stack([r[0] for r in ranges]).amin(0)
+        hi = torch.stack([r[1] for r in ranges]).amax(0)
+        return [_Grid(lo, hi, intervals, real=True)] * len(trial)
+    return [_Grid(lo, hi, intervals, real=True) for lo, hi in ranges]
+
+
+class TargetRows:
+    """Row statistics of one target layer (out, in), float64: row sums, row means and the squared deviation
+    from the row mean (what the loss of a row of one repeated value needs, without cancellation)."""
+
+    def __init__(self, target: Tensor):
+        t64 = target.to(torch.float64)
+        self.target = target
+        self.n_in = target.shape[1]
+        self.sums = t64.sum(1)
+        self.means = self.sums / self.n_in
+        self.centered = (t64 - self.means[:, None]).pow(2).sum(1)
+        self.sq_norm = t64.pow(2).sum()
+
+
+def _quantize_(block: Tensor, lo: Tensor, step: Tensor, safe_step: Tensor, intervals: int, clamp: bool) -> Tensor:
+    """``_Grid.apply``'s in-place nearest rounding on one candidate's block (its scalars lo, step)."""
+    block.sub_(lo).div_(safe_step).round_()
+    if clamp:
+        block.clamp_(0, intervals)
+    return block.mul_(step).add_(lo)
+
+
+def outer_quantized_match(t: OuterSum, rows: TargetRows, grid: _Grid, kind: str = "l2") -> Tensor:
+    """(P,) float64 matching loss (``kind``: l2 sum of squares, or cosine) of the quantized one-row
+    ``OuterSum`` t against the target, one candidate at a time: its rows where delta is nonzero quantized
+    as a block, the others (all one value, q(0)) from the target's row statistics."""
+    p = t.delta.shape[0]
+    clamp = grid.overshoots
+    zero = torch.zeros(p, dtype=t.dtype, device=t.delta.device)
+    q0 = _quantize_(zero, grid.lo, grid.step, grid.safe_step, grid.intervals, clamp).to(torch.float64)
+    delta = t.delta[:, 0]
+    idle = (delta == 0).to(torch.float64)  # (P, out): rows of exact zeros, each all q(0)
+    target, n_in = rows.target, rows.n_in
+    if kind == "l2":  # an idle row's sum of (c - t_j)^2 = its squared deviation + n_in (mean - c)^2
+        loss = idle @ rows.centered + n_in * (idle * (rows.means - q0[:, None]).pow(2)).sum(1)
+    else:
+        dot, sq = q0 * (idle @ rows.sums), q0 * q0 * n_in * idle.sum(1)
+    for i, (d, a) in enumerate(zip(delta, t.inputs[:, 0])):
+        idx = d.nonzero().squeeze(1)
+        block = d.index_select(0, idx).unsqueeze(1) * a  # fl(d_i a_j), as the dense product
+        _quantize_(block, grid.lo[i], grid.step[i], grid.safe_step[i], grid.intervals, clamp)
+        tb = target.index_select(0, idx).view(-1)
+        flat = block.view(-1)
+        # float32 sums as match_loss's (cascaded: closer than a BLAS dot's running sums)
+        if kind == "l2":
+            loss[i] += flat.sub_(tb).pow_(2).sum()
+        else:
+            dot[i] += (flat * tb).sum()
+            sq[i] += flat.pow_(2).sum()
+    if kind == "l2":
+        return loss
+    return 1.0 - dot / (sq.sqrt() * rows.sq_norm.sqrt()).clamp_min(1e-12)
