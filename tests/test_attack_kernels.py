@@ -34,6 +34,8 @@ def test_per_candidate_gradients_equal_vmap_and_carry_the_image_gradient(arch, b
     x = torch.rand(4, batch, 1, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     y = torch.tensor([3, 7, 1][:batch])
     fast = PerCandidateGradients(model, names)
+    if arch == "cnn":  # its copy pools before each ReLU (relu and max commute, and so do their gradients)
+        assert [type(m) for m in fast.model.features][1:3] == [nn.MaxPool2d, nn.ReLU]
     with torch.no_grad():
         got, want = fast(x, y), _vmap_grads(model, names, x, y)
     for name, a, b in zip(names, got, want):
