@@ -141,7 +141,7 @@ class GGLObjective:
         # linear layers' weight gradients may stay factored (per_candidate.OuterSum); a subclass whose
         # loss reads the updates themselves sets this False
         # a quantizer alone as the defence: factored too, quantized and matched by ggl/attack/factored.py
-        self.factored_trial = self.defense is None or self.defense.quantizer is not None
+        self.factored_trial = self.defense is None or self.defense.quantizer is not None  # (a DefenseModel here)
         self._target64: Dict[int, Tuple[Tensor, Tensor]] = {}  # match_loss's float64 copy of factored layers
         self._target_rows: Dict[int, TargetRows] = {}  # the factored quantized loss's target row statistics
         # a CPU evaluation of materialised updates goes in chunks of ~CHUNK_BYTES of them: the defence's and
@@ -161,7 +161,7 @@ class GGLObjective:
     def _total(self, trial: Tuple[Tensor, ...], z: Tensor) -> Tensor:
         loss = None
         if self.defense is not None:
-            if self.defense.quantizer is not None and not torch.is_grad_enabled():
+            if getattr(self.defense, "quantizer", None) is not None and not torch.is_grad_enabled():
                 loss = self._quantized_loss(trial)
             if loss is None:
                 trial = self.defense.batched(tuple(t.dense() if isinstance(t, OuterSum) else t for t in trial))
