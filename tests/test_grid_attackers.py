@@ -272,3 +272,43 @@ def test_the_portfolio_records_refusals_and_runs_the_grid_attackers(trained):
     obs.defenses = []
     refused = run_portfolio(attackers, obs, G, cfg, seed=1)
     assert all(isinstance(v, str) and "float32" in v for v in refused.values())
+
+
+@pytest.mark.parametrize("decoded", [True, False])
+@pytest.mark.parametrize("name", ["ggl-l2-observed-grid", "ggl-cosine-observed-grid"])
+@pytest.mark.parametrize("setting", ["q4", "q4-per-tensor", "q3-seedgrid"])
+def test_the_observed_grid_loss_of_factored_linear_gradients_equals_the_reference_loop(trained, setting, name,
+                                                                                     decoded, monkeypatch):
+    """The observed-grid search quantizes and matches its linear layers' gradients as outer products on the
+    payload's grid (``ggl.attack.factored.FixedGrid``, decoded or not): the reference loop's losses, float64."""
+    import copy
+    import dataclasses
+
+    import ggl.attack.objective as objective_module
+
+    G, model = trained
+    model = copy.deepcopy(model).double()
+    spec = QUANTIZERS[setting]
+    y = torch.tensor([3])
+    z = torch.randn(4, 8, generator=torch.Generator().manual_seed(11))
+    x = G(z, y.repeat(4)).double().unsqueeze(1)  # (P, 1, 1, 32, 32); candidate 0 is the victim
+    obs = Observation(arch="cnn", channels=1, num_classes=10, state=model.state_dict(),
+                      names=[n for n, _ in model.named_parameters()],
+                      update=_send(client_gradient(model, x[0], y), spec, 0), kind="gradient", batch_size=1,
+                      local_steps=1, lr=0.1, local_batch_size=1, defenses=[dict(spec)], obs_id="f64")
+    attacker = dataclasses.replace(get_attacker(name), decoded=decoded)
+    objective = attacker.objective(obs, G, CFG, y, model)
+    assert objective.factored_trial and objective.defense.decoded == (decoded and objective.defense.grid.decodes)
+    calls = []
+    real = objective_module.outer_quantized_match
+    monkeypatch.setattr(objective_module, "outer_quantized_match", lambda *a, **k: calls.append(1) or real(*a, **k))
+    zz = torch.zeros(4, objective.dim, dtype=torch.float64)
+    with torch.no_grad():
+        got = objective.image_losses(x, zz)
+        want = torch.cat([objective.image_loss_reference(x[i], zz[i:i + 1]) for i in range(4)])
+        objective.factored_trial = False
+        dense = objective.image_losses(x, zz)
+    assert len(calls) == 2  # both linear layers took the factored path
+    assert (want[1:] > want[0]).all()  # the victim's image scores best
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10 * float(want.abs().max()))
+    torch.testing.assert_close(dense, want, rtol=1e-9, atol=1e-10 * float(want.abs().max()))

@@ -8,7 +8,7 @@ The same values as ``quantize_candidates`` then ``match_loss`` (tests/test_attac
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -35,15 +35,15 @@ def extremes(t: Tensor | OuterSum) -> Tuple[Tensor, Tensor]:
     return corners.flatten(1).amin(1), corners.flatten(1).amax(1)
 
 
-def candidate_grid(trial: Sequence, bits: int, range_mode: str = "global", grid: str = "project") -> List[_Grid]:
+def candidate_grid(trial: Sequence, bits: int, range_mode: str = "global", grid: str = "project") -> List[RangeGrid]:
     """``quantize_candidates``' grids (one per tensor), from the extremes alone."""
     ranges = [extremes(t) for t in trial]
     intervals = grid_intervals(bits, grid)
     if range_mode == "global":
         lo = torch.stack([r[0] for r in ranges]).amin(0)
         hi = torch.stack([r[1] for r in ranges]).amax(0)
-        return [_Grid(lo, hi, intervals, real=True)] * len(trial)
-    return [_Grid(lo, hi, intervals, real=True) for lo, hi in ranges]
+        return [RangeGrid(_Grid(lo, hi, intervals, real=True))] * len(trial)
+    return [RangeGrid(_Grid(lo, hi, intervals, real=True)) for lo, hi in ranges]
 
 
 class TargetRows:
@@ -60,22 +60,56 @@ class TargetRows:
         self.sq_norm = t64.pow(2).sum()
 
 
-def _quantize_(block: Tensor, lo: Tensor, step: Tensor, safe_step: Tensor, intervals: int, clamp: bool) -> Tensor:
-    """``_Grid.apply``'s in-place nearest rounding on one candidate's block (its scalars lo, step)."""
-    block.sub_(lo).div_(safe_step).round_()
-    if clamp:
-        block.clamp_(0, intervals)
-    return block.mul_(step).add_(lo)
+class RangeGrid:
+    """Each candidate's own min/max grid (``quantize_candidates``'), for blocks of one candidate at a time."""
+
+    def __init__(self, grid: _Grid):
+        self.grid, self.clamp = grid, grid.overshoots
+
+    def block_(self, block: Tensor, i: int) -> Tensor:
+        """Candidate i's block on its grid, in place: ``_Grid.apply``'s nearest rounding, op for op."""
+        g = self.grid
+        block.sub_(g.lo[i]).div_(g.safe_step[i]).round_()
+        if self.clamp:
+            block.clamp_(0, g.intervals)
+        return block.mul_(g.step[i]).add_(g.lo[i])
+
+    def zero(self, p: int, like: Tensor) -> Tensor:
+        """(P,) float64: the value 0 takes on each candidate's grid (the same ops, all candidates at once)."""
+        g = self.grid
+        z = like.new_zeros(p).sub_(g.lo).div_(g.safe_step).round_()
+        if self.clamp:
+            z.clamp_(0, g.intervals)
+        return z.mul_(g.step).add_(g.lo).to(torch.float64)
+
+    def dense(self, t: Tensor) -> Tensor:
+        return self.grid.apply(t.unsqueeze(1) if t.dim() == 1 else t).view_as(t)
 
 
-def outer_quantized_match(t: OuterSum, rows: TargetRows, grid: _Grid, kind: str = "l2") -> Tensor:
+class FixedGrid:
+    """One given grid (lo, step > 0) for every candidate, the observed payload's: ``quantize_on_grid``'s ops,
+    then, with ``zero_level`` (the level of the cell that holds 0), that level read as 0 (decoded)."""
+
+    def __init__(self, lo: Tensor, step: Tensor, intervals: int, zero_level: Optional[Tensor] = None):
+        self.lo, self.step, self.intervals, self.zero_level = lo, step, intervals, zero_level
+
+    def block_(self, block: Tensor, i: int = 0) -> Tensor:
+        block.sub_(self.lo).div_(self.step).round_().clamp_(0, self.intervals).mul_(self.step).add_(self.lo)
+        return block if self.zero_level is None else block.masked_fill_(block == self.zero_level, 0)
+
+    def zero(self, p: int, like: Tensor) -> Tensor:
+        return self.block_(like.new_zeros(1)).to(torch.float64).expand(p)
+
+    def dense(self, t: Tensor) -> Tensor:
+        return self.block_(t.clone())
+
+
+def outer_quantized_match(t: OuterSum, rows: TargetRows, grid: RangeGrid | FixedGrid, kind: str = "l2") -> Tensor:
     """(P,) float64 matching loss (``kind``: l2 sum of squares, or cosine) of the quantized one-row
     ``OuterSum`` t against the target, one candidate at a time: its rows where delta is nonzero quantized
     as a block, the others (all one value, q(0)) from the target's row statistics."""
     p = t.delta.shape[0]
-    clamp = grid.overshoots
-    zero = torch.zeros(p, dtype=t.dtype, device=t.delta.device)
-    q0 = _quantize_(zero, grid.lo, grid.step, grid.safe_step, grid.intervals, clamp).to(torch.float64)
+    q0 = grid.zero(p, t.delta)
     delta = t.delta[:, 0]
     idle = (delta == 0).to(torch.float64)  # (P, out): rows of exact zeros, each all q(0)
     target, n_in = rows.target, rows.n_in
@@ -86,7 +120,7 @@ def outer_quantized_match(t: OuterSum, rows: TargetRows, grid: _Grid, kind: str 
     for i, (d, a) in enumerate(zip(delta, t.inputs[:, 0])):
         idx = d.nonzero().squeeze(1)
         block = d.index_select(0, idx).unsqueeze(1) * a  # fl(d_i a_j), as the dense product
-        _quantize_(block, grid.lo[i], grid.step[i], grid.safe_step[i], grid.intervals, clamp)
+        grid.block_(block, i)
         tb = target.index_select(0, idx).view(-1)
         flat = block.view(-1)
         # float32 sums as match_loss's (cascaded: closer than a BLAS dot's running sums)

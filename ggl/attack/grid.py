@@ -36,6 +36,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ggl.attack.factored import FixedGrid
 from ggl.attack.trial import DefenseModel
 from ggl.core.errors import UserError
 from ggl.defenses import MASK, NONE, parse_defense
@@ -329,6 +330,27 @@ class ObservedGridModel:
     def __init__(self, grid: Grid, decoded: bool = False):
         self.grid, self.decoded = grid, decoded
         self.active = True
+        self._blocks: Optional[List[FixedGrid]] = None
+
+    def block_grids(self) -> Optional[List[FixedGrid]]:
+        """The payload's grid of each tensor as ``factored.FixedGrid`` (the search then quantizes factored
+        linear gradients blockwise), or None: not a min/max grid, a step of the chain before the quantizer,
+        or a range sent unchanged (step 0)."""
+        grid = self.grid
+        if not isinstance(grid, MinMaxGrid) or grid._prefix_model is not None:
+            return None
+        if self._blocks is None:
+            blocks = []
+            for i, t in enumerate(grid.observed):
+                lo, step = (_bcast(v, t) for v in grid.ranges[i])
+                if not step > 0:
+                    return None
+                k0 = grid._zero_code(i) if self.decoded else None
+                # decode_values' c0, with the quantizer's own ops
+                c0 = None if k0 is None else torch.full((), float(k0), dtype=t.dtype, device=t.device) * step + lo
+                blocks.append(FixedGrid(lo, step, grid.intervals, c0))
+            self._blocks = blocks
+        return self._blocks
 
     def batched(self, tensors):
         return self.grid.transmitted(tensors, self.decoded)

@@ -161,7 +161,7 @@ class GGLObjective:
     def _total(self, trial: Tuple[Tensor, ...], z: Tensor) -> Tensor:
         loss = None
         if self.defense is not None:
-            if getattr(self.defense, "quantizer", None) is not None and not torch.is_grad_enabled():
+            if self.factored_trial and not torch.is_grad_enabled():
                 loss = self._quantized_loss(trial)
             if loss is None:
                 trial = self.defense.batched(tuple(t.dense() if isinstance(t, OuterSum) else t for t in trial))
@@ -175,10 +175,15 @@ class GGLObjective:
     def _quantized_loss(self, trial: Tuple) -> Optional[Tensor]:
         """(P,) losses of the trial updates through the defence's quantizer, one-row factored layers quantized
         and matched blockwise (``factored.outer_quantized_match``); None when a candidate's range is degenerate."""
-        q = self.defense.quantizer
-        grids = candidate_grid(trial, q.bits, q.range, q.grid)
-        if not all(g.all_ok for g in grids):
-            return None  # a range of one value or with a NaN: the dense path leaves it as it is
+        q = getattr(self.defense, "quantizer", None)
+        if q is not None:
+            grids = candidate_grid(trial, q.bits, q.range, q.grid)
+            if not all(g.grid.all_ok for g in grids):
+                return None  # a range of one value or with a NaN: the dense path leaves it as it is
+        else:  # the observed-grid model: the payload's grid, when it has one per tensor to give
+            grids = self.defense.block_grids()
+            if grids is None:
+                return None
         per_layer = []
         for i, (t, g) in enumerate(zip(trial, grids)):
             if one_row(t):
@@ -186,8 +191,7 @@ class GGLObjective:
                     self._target_rows[i] = TargetRows(self.target[i].reshape(t.delta.shape[2], -1))
                 per_layer.append(outer_quantized_match(t, self._target_rows[i], g, self.loss_kind).to(t.dtype))
                 continue
-            dense = t.dense() if isinstance(t, OuterSum) else t
-            quantized = g.apply(dense.unsqueeze(1) if dense.dim() == 1 else dense).view_as(dense)
+            quantized = g.dense(t.dense() if isinstance(t, OuterSum) else t)
             per_layer.append(match_loss([quantized], [self.target[i]], self.loss_kind, consume=True))
         return torch.stack(per_layer).mean(0)
 
