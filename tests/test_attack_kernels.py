@@ -274,3 +274,22 @@ def test_the_quantized_loss_of_factored_linear_gradients_equals_the_reference_lo
     # atol: 1 - cos at the observed image cancels to ~1e-13 either way
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10 * float(want.abs().max()))
     torch.testing.assert_close(dense, want, rtol=1e-9, atol=1e-10 * float(want.abs().max()))
+
+
+def test_the_cell_distance_of_an_outer_product_equals_the_dense_cells():
+    """``outer_cell_distance`` = ``MinMaxGrid.cell_distance``'s formula on the dense gradient (float64), with
+    zero rows, coordinates below lo in code 0's cell and above the top code."""
+    from ggl.attack.factored import CellRows, outer_cell_distance
+    from ggl.attack.per_candidate import OuterSum
+
+    gen = torch.Generator().manual_seed(8)
+    d = torch.randn(5, 1, 12, generator=gen, dtype=torch.float64)
+    d[:, :, 3:6] = 0.0
+    t = OuterSum(d, torch.randn(5, 1, 30, generator=gen, dtype=torch.float64))
+    codes = torch.randint(0, 16, (12, 30), generator=gen).double()
+    codes[:, :10] = 0.0
+    lo, step = torch.tensor(-0.5, dtype=torch.float64), torch.tensor(0.07, dtype=torch.float64)
+    pos, k = (t.dense() - lo) / step, codes
+    assert (pos[:, codes == 0] < -0.5).any() and (pos > 15.5).any()
+    want = (torch.relu((k - 0.5).clamp_min(0.0) - pos) + torch.relu(pos - (k + 0.5))).pow(2).sum((1, 2))
+    torch.testing.assert_close(outer_cell_distance(t, CellRows(codes, lo, step)), want, rtol=1e-12, atol=0)

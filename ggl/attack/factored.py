@@ -132,3 +132,37 @@ def outer_quantized_match(t: OuterSum, rows: TargetRows, grid: RangeGrid | Fixed
     if kind == "l2":
         return loss
     return 1.0 - dot / (sq.sqrt() * rows.sq_norm.sqrt()).clamp_min(1e-12)
+
+
+def _cell_d2(pos: Tensor, k: Tensor) -> Tensor:
+    """``MinMaxGrid.cell_distance``'s squared distance (grid units, float64) of pos outside the cell of code k."""
+    lower = (k - 0.5).clamp_min(0.0)
+    return (torch.relu(lower - pos) + torch.relu(pos - (k + 0.5))).pow(2)
+
+
+class CellRows:
+    """One layer's observed codes (out, in) on its fixed grid (lo, step, 0-dim, the trial's dtype), and each
+    row's cell distance where a trial's row is all 0."""
+
+    def __init__(self, codes: Tensor, lo: Tensor, step: Tensor):
+        self.codes, self.lo, self.step = codes.to(torch.float64), lo, step
+        self.codes32 = codes.to(lo.dtype)
+        pos0 = (torch.zeros_like(lo) - lo) / step
+        self.idle = _cell_d2(pos0.to(torch.float64), self.codes).sum(1)
+
+
+def outer_cell_distance(t: OuterSum, rows: CellRows) -> Tensor:
+    """(P,) float64 cell distance of a one-row ``OuterSum`` (``MinMaxGrid.cell_distance`` of its dense form):
+    rows where delta is nonzero as a block, positions in the client's arithmetic and distances in the trial's
+    dtype (float64's to its rounding; exactly 0 inside a cell: a difference's sign is exact), summed in
+    float64; the other rows from ``rows.idle``. At most one of the two one-sided distances is nonzero."""
+    delta = t.delta[:, 0]
+    out = (delta == 0).to(torch.float64) @ rows.idle
+    for i, (d, a) in enumerate(zip(delta, t.inputs[:, 0])):
+        idx = d.nonzero().squeeze(1)
+        block = d.index_select(0, idx).unsqueeze(1) * a  # fl(d_i a_j), as the dense product
+        pos = block.sub_(rows.lo).div_(rows.step)
+        k = rows.codes32.index_select(0, idx)
+        lower = (k - 0.5).clamp_min_(0.0).sub_(pos).relu_()
+        out[i] += lower.pow_(2).sum(dtype=torch.float64) + pos.sub_(k.add_(0.5)).relu_().pow_(2).sum(dtype=torch.float64)
+    return out
