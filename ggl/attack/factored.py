@@ -1,10 +1,13 @@
-"""The adaptive attacker's quantizer and matching loss on factored linear-layer gradients (``OuterSum``).
+"""Quantized matching losses and cell distances of factored linear-layer gradients (``OuterSum``).
 
 A candidate's gradient of a linear layer seen on one row (batch 1) is the outer product ``delta x^T``:
-its global min/max are among the four products of the factors' extremes, the rows where ``delta`` is 0
-hold exact zeros (one value on the grid: their loss comes from the target's row statistics), and the
-other rows are quantized and matched row block by row block, never the whole (P, out, in) gradient.
-The same values as ``quantize_candidates`` then ``match_loss`` (tests/test_attack_kernels.py).
+its min/max are among the four products of the factors' extremes (the adaptive quantizer's own range),
+the rows where ``delta`` is 0 hold exact zeros (one value on any grid: their loss comes from per-row
+constants of the target), and the other rows are quantized and matched as one block per candidate,
+never the whole (P, out, in) gradient. Grids: each candidate's own min/max (``RangeGrid``, the adaptive
+attacker's) or the payload's (``FixedGrid``, the observed-grid attackers', decoded or not); and the cell
+distance of ggl-cell (``outer_cell_distance``). The same values as the dense paths, in float64
+(tests/test_attack_kernels.py, tests/test_grid_attackers.py).
 """
 from __future__ import annotations
 
@@ -163,6 +166,7 @@ def outer_cell_distance(t: OuterSum, rows: CellRows) -> Tensor:
         block = d.index_select(0, idx).unsqueeze(1) * a  # fl(d_i a_j), as the dense product
         pos = block.sub_(rows.lo).div_(rows.step)
         k = rows.codes32.index_select(0, idx)
-        lower = (k - 0.5).clamp_min_(0.0).sub_(pos).relu_()
-        out[i] += lower.pow_(2).sum(dtype=torch.float64) + pos.sub_(k.add_(0.5)).relu_().pow_(2).sum(dtype=torch.float64)
+        below = (k - 0.5).clamp_min_(0.0).sub_(pos).relu_()  # lower - pos, nothing below lo
+        above = pos.sub_(k.add_(0.5)).relu_()                  # pos - upper
+        out[i] += below.pow_(2).sum(dtype=torch.float64) + above.pow_(2).sum(dtype=torch.float64)
     return out

@@ -140,8 +140,9 @@ class GGLObjective:
         # with no defence to replay, the loss needs only inner products and norms of the trial updates:
         # linear layers' weight gradients may stay factored (per_candidate.OuterSum); a subclass whose
         # loss reads the updates themselves sets this False
-        # a quantizer alone as the defence: factored too, quantized and matched by ggl/attack/factored.py
-        self.factored_trial = self.defense is None or self.defense.quantizer is not None  # (a DefenseModel here)
+        # a quantizer alone as the defence, on a CPU: factored too, quantized and matched by ggl/attack/factored.py
+        # (one candidate at a time, a small kernel each: a GPU keeps the dense updates)
+        self.factored_trial = self.defense is None or (self.defense.quantizer is not None and self.device.type == "cpu")
         self._target64: Dict[int, Tuple[Tensor, Tensor]] = {}  # match_loss's float64 copy of factored layers
         self._target_rows: Dict[int, TargetRows] = {}  # the factored quantized loss's target row statistics
         # a CPU evaluation of materialised updates goes in chunks of ~CHUNK_BYTES of them: the defence's and

@@ -181,6 +181,6 @@ def _conv_grads(conv: nn.Conv2d, inp: Tensor, delta: Tensor, p: int, b: int) -> 
         patches = padded.as_strided((n, c_in, kh, kw, ho, wo), (s_n, s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw))
         patches = patches.reshape(p, b, c_in * kh * kw, ho * wo).transpose(1, 2).reshape(p, c_in * kh * kw, -1)
         # patches @ d^T, then transposed: d comes channels-last from a CPU model (channels contiguous), so
-        # both operands are read row-major (the CNN's first layer, 9 taps: 5.5 -> 0.9 ms for 50 candidates)
+        # both operands are read row-major (MKL's batched product is far faster so on the CNN's first layer)
         grad_w = torch.bmm(patches, d.transpose(1, 2)).transpose(1, 2).view(p, *conv.weight.shape)
     return grad_w, d.sum(2)

@@ -42,7 +42,7 @@ def _objective_class():
             self.grid = observed_grid(obs, self.target)
             # the payload's min/max cells take factored linear gradients blockwise (ggl/attack/factored.py);
             # other grids read the cells coordinate by coordinate
-            self.factored_trial = bool(getattr(self.grid, "blockwise", False))
+            self.factored_trial = self.device.type == "cpu" and bool(getattr(self.grid, "blockwise", False))
 
         def _kl(self, z):
             return self.kl_weight * kl_latent(z.reshape(z.shape[0], self.batch, self.latent_dim))

@@ -64,7 +64,7 @@ class ObservedGridAttacker(Attacker):
             objective.target = grid.decode()
         # the payload's min/max grid quantizes factored linear gradients blockwise (ggl/attack/factored.py);
         # another grid reads the trial updates themselves
-        objective.factored_trial = objective.defense.block_grids() is not None
+        objective.factored_trial = objective.device.type == "cpu" and objective.defense.block_grids() is not None
         return objective
 
     def run(self, obs, G, cfg, seed, labels=None, tick=None, model=None):
