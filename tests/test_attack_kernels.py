@@ -248,6 +248,7 @@ def test_the_quantized_loss_of_factored_linear_gradients_equals_the_reference_lo
     """The adaptive CNN search quantizes and matches its linear layers' gradients as outer products (never
     materialised): the same losses as the reference loop (dense gradient, the client's quantizer, match_loss)
     and as the batched dense path, in float64."""
+    import ggl.attack.factored as factored
     import ggl.attack.objective as objective
     from _attack_fixtures import TinyPrior
     from ggl.defenses.quantize import quantize_update
@@ -263,6 +264,7 @@ def test_the_quantized_loss_of_factored_linear_gradients_equals_the_reference_lo
     calls = []
     real = objective.outer_quantized_match
     monkeypatch.setattr(objective, "outer_quantized_match", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(factored, "BLOCKWISE_MIN", 0)  # the small layer too (by default materialised)
     x, z = x.double(), torch.zeros(5, obj.dim, dtype=torch.float64)
     with torch.no_grad():
         got = obj.image_losses(x, z)

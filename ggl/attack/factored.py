@@ -20,9 +20,19 @@ from ggl.attack.per_candidate import OuterSum
 from ggl.defenses.quantize import _Grid, grid_intervals
 
 
+# the smallest linear layer (weights) worth a block per candidate; a smaller one is cheaper materialised (a
+# handful of kernel calls per candidate against one pass over the population's gradients)
+BLOCKWISE_MIN = 1 << 16
+
+
 def one_row(t) -> bool:
     """Whether ``t`` is an ``OuterSum`` of one row per candidate (a batch of one image): one outer product."""
     return isinstance(t, OuterSum) and t.delta.shape[1] == 1
+
+
+def blockwise(t) -> bool:
+    """Whether ``t`` goes through this module's kernels: a one-row ``OuterSum`` of >= BLOCKWISE_MIN weights."""
+    return one_row(t) and t.delta.shape[2] * t.inputs.shape[2] >= BLOCKWISE_MIN
 
 
 def extremes(t: Tensor | OuterSum) -> Tuple[Tensor, Tensor]:

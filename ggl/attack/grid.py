@@ -36,7 +36,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ggl.attack.factored import CellRows, FixedGrid, one_row, outer_cell_distance
+from ggl.attack.factored import CellRows, FixedGrid, blockwise, outer_cell_distance
 from ggl.attack.per_candidate import OuterSum
 from ggl.attack.trial import DefenseModel
 from ggl.core.errors import UserError
@@ -180,7 +180,7 @@ class MinMaxGrid(Grid):
         total = 0
         for i, (t, (lo, step), codes) in enumerate(zip(trial, self.ranges, self.codes)):
             if isinstance(t, OuterSum):
-                if one_row(t) and not torch.is_grad_enabled() and codes is not None:
+                if blockwise(t) and not torch.is_grad_enabled() and codes is not None:
                     if i not in self._cell_rows:
                         self._cell_rows[i] = CellRows(codes.reshape(t.delta.shape[2], -1), _bcast(lo, t.delta),
                                                       _bcast(step, t.delta))

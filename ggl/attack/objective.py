@@ -32,7 +32,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from ggl.attack.factored import TargetRows, candidate_grid, one_row, outer_quantized_match
+from ggl.attack.factored import TargetRows, blockwise, candidate_grid, outer_quantized_match
 from ggl.attack.fast_generator import for_batched_search
 from ggl.attack.observation import Observation
 from ggl.attack.per_candidate import OuterSum
@@ -187,7 +187,7 @@ class GGLObjective:
                 return None
         per_layer = []
         for i, (t, g) in enumerate(zip(trial, grids)):
-            if one_row(t):
+            if blockwise(t):
                 if i not in self._target_rows:
                     self._target_rows[i] = TargetRows(self.target[i].reshape(t.delta.shape[2], -1))
                 per_layer.append(outer_quantized_match(t, self._target_rows[i], g, self.loss_kind).to(t.dtype))
