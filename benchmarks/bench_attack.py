@@ -16,7 +16,8 @@ interleaved rounds and the medians printed (a shared VM's speed drifts within se
 The attacked update is a real private MNIST digit's. Also printed: the trial update (+ the quantizer when
 adaptive) + loss alone (images given) and the generator alone, the two halves of a batched evaluation.
 Both modes (non-adaptive, adaptive: the trial update passes the 4-bit quantizer) run by default, each
-printing ``speedup[<mode>]: <batched / one-at-a-time evaluations per second>``.
+printing ``speedup[<mode>]: <batched / one-at-a-time evaluations per second>`` (the median of the
+interleaved rounds' ratios, with their minimum).
 
 Victims batched: ``--victims`` victims' populations (victims x population candidates, each victim's
 own label) through one ``vmap`` against one victim's population per pass, per candidate; then the
@@ -65,6 +66,8 @@ def measure(args, G, adaptive: bool) -> float:
     labels = obj.labels  # on the search's device
     z = torch.randn(args.population, obj.dim, generator=torch.Generator().manual_seed(0)).to(args.device)
     mode_name = "adaptive (4-bit quantizer)" if adaptive else "non-adaptive"
+    if args.device != "cpu":
+        torch.cuda.reset_peak_memory_stats()
     with torch.no_grad(), threadpool_limits(limits=1, user_api="blas"):
         a, b = obj(z, "batched"), obj(z, "loop")
         rel = float(((a - b).abs() / b.abs()).max())
@@ -104,7 +107,11 @@ def measure(args, G, adaptive: bool) -> float:
             err = float((Gb(zb, yb).float() - obj.images(z).flatten(0, 1)).abs().max())
         print(f"[{mode_name}] generator in bf16: {bf16:.0f} /s vs float32 {rates['generator']:.0f} /s "
               f"({bf16 / rates['generator']:.2f}x), max pixel error {err:.3f}")
-    print(f"speedup[{'adaptive' if adaptive else 'non-adaptive'}]: {ratio:.2f}")
+    if args.device != "cpu":
+        print(f"[{mode_name}] peak GPU memory (torch.cuda.max_memory_allocated) over this mode: "
+              f"{torch.cuda.max_memory_allocated() / 2 ** 30:.2f} GB")
+    print(f"speedup[{'adaptive' if adaptive else 'non-adaptive'}]: {ratio:.2f} (median of {ROUNDS} rounds; "
+          f"per-round minimum {min(ratios):.2f})")
     return ratio
 
 

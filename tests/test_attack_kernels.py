@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from _attack_fixtures import one_torch_thread  # noqa: F401
+from _attack_fixtures import make_observation, one_torch_thread  # noqa: F401
 from ggl.attack.fast_generator import _ChannelsLast, _FoldConvTranspose2d, _FoldedConditionalNorm, for_batched_search
 from ggl.attack.per_candidate import PerCandidateGradients, supports
 from ggl.models import build_model
@@ -34,6 +34,8 @@ def test_per_candidate_gradients_equal_vmap_and_carry_the_image_gradient(arch, b
     x = torch.rand(4, batch, 1, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     y = torch.tensor([3, 7, 1][:batch])
     fast = PerCandidateGradients(model, names)
+    if arch == "cnn":  # its copy pools before each ReLU (relu and max commute, and so do their gradients)
+        assert [type(m) for m in fast.model.features][1:3] == [nn.MaxPool2d, nn.ReLU]
     with torch.no_grad():
         got, want = fast(x, y), _vmap_grads(model, names, x, y)
     for name, a, b in zip(names, got, want):
@@ -222,3 +224,74 @@ def test_a_layer_applied_twice_falls_back_to_vmap_with_the_right_gradients():
         got = sim.batched(x, y)
     for a, b in zip(got, _vmap_grads(model, names, x, y)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
+
+
+def test_the_extremes_of_an_outer_product_come_from_its_factors_bit_for_bit():
+    from ggl.attack.factored import extremes
+    from ggl.attack.per_candidate import OuterSum
+
+    gen = torch.Generator().manual_seed(5)
+    for signs in ((1, 1), (1, -1), (-1, 1), (0, 1)):  # mixed signs; all positive, all negative factors
+        d = torch.randn(6, 1, 40, generator=gen)
+        a = torch.randn(6, 1, 70, generator=gen)
+        if signs[0]:
+            d, a = d.abs() * signs[0], a.abs() * signs[1]
+        t = OuterSum(d, a)
+        lo, hi = extremes(t)
+        dense = t.dense()
+        assert torch.equal(lo, dense.amin((1, 2))) and torch.equal(hi, dense.amax((1, 2)))
+
+
+@pytest.mark.parametrize("kind", ["l2", "cosine"])
+@pytest.mark.parametrize("range_mode", ["global", "per_tensor"])
+def test_the_quantized_loss_of_factored_linear_gradients_equals_the_reference_loop(kind, range_mode, monkeypatch):
+    """The adaptive CNN search quantizes and matches its linear layers' gradients as outer products (never
+    materialised): the same losses as the reference loop (dense gradient, the client's quantizer, match_loss)
+    and as the batched dense path, in float64."""
+    import ggl.attack.factored as factored
+    import ggl.attack.objective as objective
+    from _attack_fixtures import TinyPrior
+    from ggl.defenses.quantize import quantize_update
+
+    gen = torch.Generator().manual_seed(6)
+    x = torch.rand(5, 1, 1, 32, 32, generator=gen)
+    y = torch.tensor([3])
+    obs = make_observation(x[0], y, arch="cnn", init="default",
+                           defenses=[{"name": "quantize", "bits": 4, "range": range_mode}],
+                           transform=lambda g: quantize_update(g, 4, range_mode=range_mode)[0])
+    obj = objective.GGLObjective(obs, TinyPrior(), y, loss=kind, adaptive=True, model=obs.build_model().double())
+    assert obj.factored_trial
+    calls = []
+    real = objective.outer_quantized_match
+    monkeypatch.setattr(objective, "outer_quantized_match", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(factored, "BLOCKWISE_MIN", 0)  # the small layer too (by default materialised)
+    x, z = x.double(), torch.zeros(5, obj.dim, dtype=torch.float64)
+    with torch.no_grad():
+        got = obj.image_losses(x, z)
+        want = torch.cat([obj.image_loss_reference(x[i], z[i:i + 1]) for i in range(5)])
+        obj.factored_trial = False
+        dense = obj.image_losses(x, z)
+    assert len(calls) == 2  # both linear layers took the factored path
+    assert (want[1:] > 100 * want[0].abs()).all()  # candidate 0 is the observed image: (nearly) its payload
+    # atol: 1 - cos at the observed image cancels to ~1e-13 either way
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10 * float(want.abs().max()))
+    torch.testing.assert_close(dense, want, rtol=1e-9, atol=1e-10 * float(want.abs().max()))
+
+
+def test_the_cell_distance_of_an_outer_product_equals_the_dense_cells():
+    """``outer_cell_distance`` = ``MinMaxGrid.cell_distance``'s formula on the dense gradient (float64), with
+    zero rows, coordinates below lo in code 0's cell and above the top code."""
+    from ggl.attack.factored import CellRows, outer_cell_distance
+    from ggl.attack.per_candidate import OuterSum
+
+    gen = torch.Generator().manual_seed(8)
+    d = torch.randn(5, 1, 12, generator=gen, dtype=torch.float64)
+    d[:, :, 3:6] = 0.0
+    t = OuterSum(d, torch.randn(5, 1, 30, generator=gen, dtype=torch.float64))
+    codes = torch.randint(0, 16, (12, 30), generator=gen).double()
+    codes[:, :10] = 0.0
+    lo, step = torch.tensor(-0.5, dtype=torch.float64), torch.tensor(0.07, dtype=torch.float64)
+    pos, k = (t.dense() - lo) / step, codes
+    assert (pos[:, codes == 0] < -0.5).any() and (pos > 15.5).any()
+    want = (torch.relu((k - 0.5).clamp_min(0.0) - pos) + torch.relu(pos - (k + 0.5))).pow(2).sum((1, 2))
+    torch.testing.assert_close(outer_cell_distance(t, CellRows(codes, lo, step)), want, rtol=1e-12, atol=0)

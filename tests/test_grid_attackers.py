@@ -272,3 +272,68 @@ def test_the_portfolio_records_refusals_and_runs_the_grid_attackers(trained):
     obs.defenses = []
     refused = run_portfolio(attackers, obs, G, cfg, seed=1)
     assert all(isinstance(v, str) and "float32" in v for v in refused.values())
+
+
+def _factored_against_the_loop(trained, setting, attacker, monkeypatch, kernel):
+    """float64 losses of 4 candidates (0: the victim) by the factored batched path, the reference loop and the
+    dense batched path, after checking that both linear layers went through ``kernel`` (a factored one)."""
+    import copy
+
+    import ggl.attack.factored as factored_module
+    import ggl.attack.grid as grid_module
+    import ggl.attack.objective as objective_module
+
+    G, model = trained
+    model = copy.deepcopy(model).double()
+    spec = QUANTIZERS[setting]
+    y = torch.tensor([3])
+    z = torch.randn(4, 8, generator=torch.Generator().manual_seed(11))
+    x = G(z, y.repeat(4)).double().unsqueeze(1)  # (P, 1, 1, 32, 32); candidate 0 is the victim
+    # candidate 3: noise, whose larger gradient leaves the payload's range (codes 0 and top clamp)
+    x[3] = torch.rand(x[3].shape, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    obs = Observation(arch="cnn", channels=1, num_classes=10, state=model.state_dict(),
+                      names=[n for n, _ in model.named_parameters()],
+                      update=_send(client_gradient(model, x[0], y), spec, 0), kind="gradient", batch_size=1,
+                      local_steps=1, lr=0.1, local_batch_size=1, defenses=[dict(spec)], obs_id="f64")
+    objective = attacker.objective(obs, G, CFG, y, model)
+    assert objective.factored_trial
+    calls = []
+    real = getattr(factored_module, kernel)
+    monkeypatch.setattr(factored_module, "BLOCKWISE_MIN", 0)  # the small layer too (by default materialised)
+    for module in (objective_module, grid_module):
+        if hasattr(module, kernel):
+            monkeypatch.setattr(module, kernel, lambda *a, **k: calls.append(1) or real(*a, **k))
+    zz = torch.zeros(4, objective.dim, dtype=torch.float64)
+    with torch.no_grad():
+        got = objective.image_losses(x, zz)
+        want = torch.cat([objective.image_loss_reference(x[i], zz[i:i + 1]) for i in range(4)])
+        objective.factored_trial = False
+        dense = objective.image_losses(x, zz)
+    assert len(calls) == 2  # both linear layers took the factored path
+    assert (want[1:] > want[0]).all()  # the victim's image scores best
+    return got, want, dense
+
+
+@pytest.mark.parametrize("decoded", [True, False])
+@pytest.mark.parametrize("name", ["ggl-l2-observed-grid", "ggl-cosine-observed-grid"])
+@pytest.mark.parametrize("setting", ["q4", "q4-per-tensor", "q3-seedgrid"])
+def test_the_observed_grid_loss_of_factored_linear_gradients_equals_the_reference_loop(trained, setting, name,
+                                                                                     decoded, monkeypatch):
+    """The observed-grid search quantizes and matches its linear layers' gradients as outer products on the
+    payload's grid (``ggl.attack.factored.FixedGrid``, decoded or not): the reference loop's losses, float64."""
+    import dataclasses
+
+    attacker = dataclasses.replace(get_attacker(name), decoded=decoded)
+    got, want, dense = _factored_against_the_loop(trained, setting, attacker, monkeypatch, "outer_quantized_match")
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10 * float(want.abs().max()))
+    torch.testing.assert_close(dense, want, rtol=1e-9, atol=1e-10 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("setting", ["q4", "q4-per-tensor", "q3-seedgrid"])
+def test_the_cell_loss_of_factored_linear_gradients_equals_the_reference_loop(trained, setting, monkeypatch):
+    """ggl-cell reads its linear layers' cells blockwise from the outer products' factors
+    (``factored.outer_cell_distance``): the reference loop's losses, float64."""
+    got, want, dense = _factored_against_the_loop(trained, setting, get_attacker("ggl-cell"), monkeypatch,
+                                                  "outer_cell_distance")
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12 * float(want.abs().max()))
+    torch.testing.assert_close(dense, want, rtol=1e-9, atol=1e-12 * float(want.abs().max()))

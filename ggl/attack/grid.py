@@ -17,6 +17,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ggl.attack.factored import CellRows, FixedGrid, blockwise, outer_cell_distance
+from ggl.attack.per_candidate import OuterSum
 from ggl.attack.trial import DefenseModel
 from ggl.core.errors import UserError
 from ggl.defenses import MASK, NONE, parse_defense
@@ -128,6 +130,7 @@ class MinMaxGrid(Grid):
         for t, (lo, step) in zip(self.observed, self.ranges):
             self.codes.append(torch.round((t - lo) / step) if step > 0 else None)
         self.decodes = any(self._zero_code(i) is not None for i in range(len(self.observed)))
+        self._cell_rows: dict = {}  # factored.CellRows per linear layer, made on first use
 
     def _zero_code(self, i: int) -> Optional[int]:
         """The code of the cell that holds 0 in tensor i's range, if 0 is in its range and sent off 0."""
@@ -148,9 +151,23 @@ class MinMaxGrid(Grid):
             out.append(quantize_on_grid(t, _bcast(lo, t), _bcast(step, t), self.intervals))
         return out
 
+    @property
+    def blockwise(self) -> bool:
+        """Whether ``cell_distance`` takes factored linear gradients (``OuterSum``): no step before the
+        quantizer, no range sent unchanged."""
+        return self._prefix_model is None and all(c is not None for c in self.codes)
+
     def cell_distance(self, trial):
         total = 0
-        for t, (lo, step), codes in zip(trial, self.ranges, self.codes):
+        for i, (t, (lo, step), codes) in enumerate(zip(trial, self.ranges, self.codes)):
+            if isinstance(t, OuterSum):
+                if blockwise(t) and not torch.is_grad_enabled() and codes is not None:
+                    if i not in self._cell_rows:
+                        self._cell_rows[i] = CellRows(codes.reshape(t.delta.shape[2], -1), _bcast(lo, t.delta),
+                                                      _bcast(step, t.delta))
+                    total = total + outer_cell_distance(t, self._cell_rows[i])
+                    continue
+                t = t.dense()
             if codes is None:  # a range of one value, sent as it is: every coordinate is lo
                 total = total + (t - _bcast(lo, t)).to(torch.float64).pow(2).reshape(t.shape[0], -1).sum(1)
                 continue
@@ -310,6 +327,27 @@ class ObservedGridModel:
     def __init__(self, grid: Grid, decoded: bool = False):
         self.grid, self.decoded = grid, decoded
         self.active = True
+        self._blocks: Optional[List[FixedGrid]] = None
+
+    def block_grids(self) -> Optional[List[FixedGrid]]:
+        """The payload's grid of each tensor as ``factored.FixedGrid`` (the search then quantizes factored
+        linear gradients blockwise), or None: not a min/max grid, a step of the chain before the quantizer,
+        or a range sent unchanged (step 0)."""
+        grid = self.grid
+        if not isinstance(grid, MinMaxGrid) or grid._prefix_model is not None:
+            return None
+        if self._blocks is None:
+            blocks = []
+            for i, t in enumerate(grid.observed):
+                lo, step = (_bcast(v, t) for v in grid.ranges[i])
+                if not step > 0:
+                    return None
+                k0 = grid._zero_code(i) if self.decoded else None
+                # decode_values' c0, with the quantizer's own ops
+                c0 = None if k0 is None else torch.full((), float(k0), dtype=t.dtype, device=t.device) * step + lo
+                blocks.append(FixedGrid(lo, step, grid.intervals, c0))
+            self._blocks = blocks
+        return self._blocks
 
     def batched(self, tensors):
         return self.grid.transmitted(tensors, self.decoded)

@@ -20,6 +20,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ggl.attack.factored import TargetRows, blockwise, candidate_grid, outer_quantized_match
 from ggl.attack.fast_generator import for_batched_search
 from ggl.attack.memory import activation_numel, candidate_bytes, check_fits, fitting
 from ggl.attack.observation import Observation
@@ -126,8 +127,11 @@ class GGLObjective:
         # with no defence to replay, the loss needs only inner products and norms of the trial updates:
         # linear layers' weight gradients may stay factored (per_candidate.OuterSum); a subclass whose
         # loss reads the updates themselves sets this False
-        self.factored_trial = self.defense is None
+        # a quantizer alone as the defence, on a CPU: factored too, quantized and matched by ggl/attack/factored.py
+        # (one candidate at a time, a small kernel each: a GPU keeps the dense updates)
+        self.factored_trial = self.defense is None or (self.defense.quantizer is not None and self.device.type == "cpu")
         self._target64: Dict[int, Tuple[Tensor, Tensor]] = {}  # match_loss's float64 copy of factored layers
+        self._target_rows: Dict[int, TargetRows] = {}  # the factored quantized loss's target row statistics
         # a CPU evaluation of materialised updates goes in chunks of ~CHUNK_BYTES of them: the defence's and
         # the loss's passes then find them in cache (the gain: benchmarks/README.md)
         update_bytes = sum(t.numel() for t in self.target) * self.target[0].element_size()
@@ -164,13 +168,41 @@ class GGLObjective:
         return x.view(p, self.batch, *x.shape[1:])
 
     def _total(self, trial: Tuple[Tensor, ...], z: Tensor) -> Tensor:
+        loss = None
         if self.defense is not None:
-            trial = self.defense.batched(trial)
-        # the trial updates are this evaluation's own: the loss may overwrite them
-        loss = match_loss(trial, self.target, self.loss_kind, self._target64, consume=True)
+            if self.factored_trial and not torch.is_grad_enabled():
+                loss = self._quantized_loss(trial)
+            if loss is None:
+                trial = self.defense.batched(tuple(t.dense() if isinstance(t, OuterSum) else t for t in trial))
+        if loss is None:
+            # the trial updates are this evaluation's own: the loss may overwrite them
+            loss = match_loss(trial, self.target, self.loss_kind, self._target64, consume=True)
         if self.kl_weight:
             loss = loss + self.kl_weight * kl_latent(z.reshape(z.shape[0], self.batch, self.latent_dim))
         return loss
+
+    def _quantized_loss(self, trial: Tuple) -> Optional[Tensor]:
+        """(P,) losses of the trial updates through the defence's quantizer, one-row factored layers quantized
+        and matched blockwise (``factored.outer_quantized_match``); None when a candidate's range is degenerate."""
+        q = getattr(self.defense, "quantizer", None)
+        if q is not None:
+            grids = candidate_grid(trial, q.bits, q.range, q.grid)
+            if not all(g.grid.all_ok for g in grids):
+                return None  # a range of one value or with a NaN: the dense path leaves it as it is
+        else:  # the observed-grid model: the payload's grid, when it has one per tensor to give
+            grids = self.defense.block_grids()
+            if grids is None:
+                return None
+        per_layer = []
+        for i, (t, g) in enumerate(zip(trial, grids)):
+            if blockwise(t):
+                if i not in self._target_rows:
+                    self._target_rows[i] = TargetRows(self.target[i].reshape(t.delta.shape[2], -1))
+                per_layer.append(outer_quantized_match(t, self._target_rows[i], g, self.loss_kind).to(t.dtype))
+                continue
+            quantized = g.dense(t.dense() if isinstance(t, OuterSum) else t)
+            per_layer.append(match_loss([quantized], [self.target[i]], self.loss_kind, consume=True))
+        return torch.stack(per_layer).mean(0)
 
     # ------------------------------------------------------------------ evaluation
     def __call__(self, z: Tensor, evaluation: Optional[str] = None) -> Tensor:
@@ -179,7 +211,9 @@ class GGLObjective:
         z = z.to(self.device)
         self.evaluations += z.shape[0]
         if mode == "batched":
-            chunk = self.chunk if not self.factored_trial else z.shape[0]
+            # a factored evaluation needs no chunks, unless its quantizer materialises them (with a gradient)
+            factored = self.factored_trial and (self.defense is None or not torch.is_grad_enabled())
+            chunk = z.shape[0] if factored else self.chunk
             if not (z.requires_grad and torch.is_grad_enabled()) and z.shape[0] > 64:
                 # no graph: chunks give the same losses; a population larger than memory goes in parts
                 chunk = min(chunk, max(1, fitting(self.candidate_bytes(False), self.device)))

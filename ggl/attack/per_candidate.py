@@ -49,6 +49,7 @@ class PerCandidateGradients:
             # convolutions and poolings, and the patches below come out of it without a layout copy
             # (the gain: benchmarks/README.md)
             model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+            _pool_before_relu(model)
         self.model = model
         self.layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
         by_id = {id(p): n for n, p in model.named_parameters()}
@@ -91,6 +92,18 @@ class PerCandidateGradients:
             if b_name is not None:
                 grads[b_name] = bias
         return tuple(grads[n] for n in self.names)
+
+
+def _pool_before_relu(model: nn.Module) -> None:
+    """Swaps each ReLU followed by a max pool in a Sequential (a copy's): ``relu(maxpool(c)) = maxpool(relu(c))``
+    and their gradients agree (the window's first maximum of c is relu(c)'s where it is positive; both are 0
+    elsewhere), while the ReLU and its backward then run on the pooled, smaller tensor."""
+    for seq in model.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        for i in range(len(seq) - 1):
+            if isinstance(seq[i], nn.ReLU) and isinstance(seq[i + 1], nn.MaxPool2d) and not seq[i + 1].return_indices:
+                seq[i], seq[i + 1] = seq[i + 1], seq[i]
 
 
 class OuterSum:
@@ -156,5 +169,7 @@ def _conv_grads(conv: nn.Conv2d, inp: Tensor, delta: Tensor, p: int, b: int) -> 
     else:  # patches[n, c, i, j, u, v], the same entries
         patches = padded.as_strided((n, c_in, kh, kw, ho, wo), (s_n, s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw))
         patches = patches.reshape(p, b, c_in * kh * kw, ho * wo).transpose(1, 2).reshape(p, c_in * kh * kw, -1)
-        grad_w = torch.bmm(d, patches.transpose(1, 2)).view(p, *conv.weight.shape)
+        # patches @ d^T, then transposed: d comes channels-last from a CPU model (channels contiguous), so
+        # both operands are read row-major (MKL's batched product is far faster so on the CNN's first layer)
+        grad_w = torch.bmm(patches, d.transpose(1, 2)).transpose(1, 2).view(p, *conv.weight.shape)
     return grad_w, d.sum(2)

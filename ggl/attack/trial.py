@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,7 @@ from ggl.attack.observation import Observation
 from ggl.attack.per_candidate import PerCandidateGradients, supports as supports_per_candidate
 from ggl.core.errors import UserError
 from ggl.defenses import MASK, NONE, parse_defense
+from ggl.defenses.quantize import Quantize
 
 
 class ClientSimulator:
@@ -123,6 +124,9 @@ class DefenseModel:
 
     def __init__(self, specs: Sequence, observed: Sequence[Tensor] = ()):
         self.steps: List[Callable[[Sequence[Tensor]], List[Tensor]]] = []
+        # the chain's one step when it is a nearest-rounding quantizer: the search may then quantize and match
+        # factored linear gradients without materialising them (ggl/attack/factored.py)
+        self.quantizer: Optional[Quantize] = None
         # the same steps on P trial updates at once, where every defence gives a batched form
         batched_steps: List[Optional[Callable[[Sequence[Tensor]], List[Tensor]]]] = []
         for i, raw in enumerate(specs):
@@ -139,9 +143,13 @@ class DefenseModel:
                 batched_steps.append(self.steps[-1])  # the masks broadcast over the candidates
             elif model.fn is not None:
                 self.steps.append(_as_step(model.fn, model.straight_through))
+                if isinstance(defense, Quantize) and model.batched_fn is not None:
+                    self.quantizer = defense
                 batched_steps.append(None if model.batched_fn is None
                                      else _as_step(model.batched_fn, model.straight_through))
         self.batched_steps = batched_steps if all(f is not None for f in batched_steps) else None
+        if len(self.steps) != 1:
+            self.quantizer = None
 
     @property
     def active(self) -> bool:

@@ -31,7 +31,9 @@ def _objective_class():
             super().__init__(obs, generator, labels, loss="l2", kl_weight=kl_weight, adaptive=False,
                              evaluation=evaluation, model=model, device=device)
             self.grid = observed_grid(obs, self.target)
-            self.factored_trial = False  # the cells are read coordinate by coordinate
+            # the payload's min/max cells take factored linear gradients blockwise (ggl/attack/factored.py);
+            # other grids read the cells coordinate by coordinate
+            self.factored_trial = self.device.type == "cpu" and bool(getattr(self.grid, "blockwise", False))
 
         def _kl(self, z):
             return self.kl_weight * kl_latent(z.reshape(z.shape[0], self.batch, self.latent_dim))

@@ -53,7 +53,9 @@ class ObservedGridAttacker(Attacker):
         objective.defense = ObservedGridModel(grid, decoded)
         if decoded:
             objective.target = grid.decode()
-        objective.factored_trial = False  # the quantizer reads the trial updates themselves
+        # the payload's min/max grid quantizes factored linear gradients blockwise (ggl/attack/factored.py);
+        # another grid reads the trial updates themselves
+        objective.factored_trial = objective.device.type == "cpu" and objective.defense.block_grids() is not None
         return objective
 
     def run(self, obs, G, cfg, seed, labels=None, tick=None, model=None):
