@@ -60,7 +60,7 @@ def test_a_metric_is_one_table_entry_scored_compared_with_the_baselines_and_writ
     from _attack_fixtures import TinyPrior
     from ggl.audit.baselines import BASELINES
     from ggl.audit.evaluate import summarize
-    from ggl.audit.records import csv_columns, read_csv, write_csv
+    from ggl.audit.tidy import csv_columns, read_csv, write_csv
     from ggl.audit.truth import GroundTruth
 
     def l1(x, y, inputs):

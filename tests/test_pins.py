@@ -71,7 +71,7 @@ def test_shipped_csvs_round_trip_byte_for_byte(tmp_path):
     """write_csv(read_csv(reports/per_image.csv)) and write_accuracy_csv of what it read are the shipped
     files, byte for byte (no golden: the shipped files are the reference). Read from a copy beside which
     the rewrite goes, so the relative ``images`` paths resolve the same."""
-    from ggl.audit.records import read_csv, write_accuracy_csv, write_csv
+    from ggl.audit.tidy import read_csv, write_accuracy_csv, write_csv
 
     for f in ("per_image.csv", "accuracy.csv"):
         shutil.copy(REPORTS / f, tmp_path / f)
@@ -94,7 +94,7 @@ def _recon_data(rows) -> dict:
 def _figures_data(csv_path: Path) -> dict:
     from ggl.report.figures import leakage_vs_round_data, privacy_utility_data
     from ggl.report.points import build_points
-    from ggl.audit.records import read_csv
+    from ggl.audit.tidy import read_csv
 
     pairs = read_csv(csv_path)
     rows = build_points(pairs)
@@ -164,7 +164,7 @@ def test_tiny_sweep_results_json_keys_and_reconstructions(tiny_sweep):
     ``records_format`` and this golden on purpose.
     Regenerate: GGL_REGEN_GOLDEN=1 pytest tests/test_pins.py -k tiny_sweep."""
     from ggl.report.points import build_points
-    from ggl.audit.records import read_csv
+    from ggl.audit.tidy import read_csv
 
     keys = {}
     for name in ("attack-fp32", "attack-q4", "attack-q4-adaptive"):

@@ -10,7 +10,8 @@ import pytest
 from _attack_fixtures import TinyPrior, one_torch_thread  # noqa: F401
 from ggl.cli import attack_main
 from ggl.audit.legacy import read_attack_records
-from ggl.audit.records import RECORDS_FORMAT, ImageRecord, SchemaError, read_csv, write_csv
+from ggl.audit.records import RECORDS_FORMAT, ImageRecord, SchemaError
+from ggl.audit.tidy import read_csv, write_csv
 from ggl.report.collect import collect
 from ggl.report.points import build_points, measured_pairs
 

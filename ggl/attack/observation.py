@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -144,65 +144,12 @@ class Observation:
         ``local_steps`` SGD steps with ``lr``, ``momentum``, ``weight_decay``, mini-batches of
         ``local_batch_size``). Arrays may be numpy arrays. Every problem is a ``UserError`` naming the field.
         """
-        import numpy as np
-
-
         where = "Observation.from_update"
         if probe not in ("fedsgd", "local_update"):
             raise UserError(f"{where}: probe={probe!r} is not one of fedsgd, local_update")
-        if isinstance(model, str):
-            if channels is None or num_classes is None:
-                raise UserError(f"{where}: a model given by name ('{model}') needs channels= and num_classes=")
-            arch = arch or model
-            model = build_model(model, int(channels), int(num_classes), where=where)
-        elif not isinstance(model, nn.Module):
-            raise UserError(f"{where}: model must be an nn.Module or a model name, not {type(model).__name__}")
-        arch = arch or model_name_of(model)
-        if channels is None:
-            conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-            channels = conv.in_channels if conv is not None else None
-        if num_classes is None:
-            linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
-            num_classes = linear[-1].out_features if linear else None
-        if channels is None or num_classes is None:
-            raise UserError(f"{where}: cannot tell the model's input channels and classes; pass channels= and "
-                            f"num_classes=")
-
-        def as_tensor(v, name: str) -> Tensor:
-            try:
-                return torch.as_tensor(np.asarray(v) if not isinstance(v, Tensor) else v).detach().cpu().clone()
-            except (TypeError, ValueError, RuntimeError) as exc:
-                raise UserError(f"{where}: '{name}' is not an array ({exc})") from None
-
-        expected = {k: v for k, v in model.state_dict().items()}
-        state = {str(k): as_tensor(v, f"global_state[{k}]") for k, v in dict(global_state).items()}
-        missing, unknown = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        if missing or unknown:
-            what = f"lacks '{missing[0]}'" if missing else f"has '{unknown[0]}', which the model does not"
-            raise UserError(f"{where}: global_state {what} (it must be the model's full state dict)")
-        for k, v in state.items():
-            if tuple(v.shape) != tuple(expected[k].shape):
-                raise UserError(f"{where}: global_state['{k}'] has shape {tuple(v.shape)}, the model's "
-                                f"{tuple(expected[k].shape)}")
-        names = [n for n, _ in model.named_parameters()]
-        if isinstance(sent_tensors, Mapping):
-            absent = [n for n in names if n not in sent_tensors]
-            if absent or len(sent_tensors) != len(names):
-                extra = sorted(set(map(str, sent_tensors)) - set(names))
-                raise UserError(f"{where}: sent_tensors " + (f"lacks parameter '{absent[0]}'" if absent else
-                                f"has '{extra[0]}', which is not a parameter") + " (one tensor per parameter)")
-            update = [as_tensor(sent_tensors[n], f"sent_tensors[{n}]") for n in names]
-        else:
-            update = [as_tensor(t, f"sent_tensors[{i}]") for i, t in enumerate(sent_tensors)]
-            if len(update) != len(names):
-                raise UserError(f"{where}: {len(update)} sent tensors for the model's {len(names)} parameters")
-        shapes = dict(model.named_parameters())
-        for n, t in zip(names, update):
-            if tuple(t.shape) != tuple(shapes[n].shape):
-                raise UserError(f"{where}: sent tensor '{n}' has shape {tuple(t.shape)}, the parameter's "
-                                f"{tuple(shapes[n].shape)}")
-            if not t.is_floating_point():
-                raise UserError(f"{where}: sent tensor '{n}' is {t.dtype}; an update is floating point")
+        model, arch, channels, num_classes = _model_of(model, arch, channels, num_classes, where)
+        state = _checked_state(model, global_state, where)
+        names, update = _checked_update(model, sent_tensors, where)
         if probe == "fedsgd":
             kind, steps = "gradient", 1
         else:
@@ -226,3 +173,73 @@ class Observation:
     @property
     def input_shape(self) -> tuple:
         return (self.channels, self.image_size, self.image_size)
+
+
+def _as_tensor(v, name: str, where: str) -> Tensor:
+    import numpy as np  # only for arrays from other frameworks
+
+    try:
+        return torch.as_tensor(np.asarray(v) if not isinstance(v, Tensor) else v).detach().cpu().clone()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise UserError(f"{where}: '{name}' is not an array ({exc})") from None
+
+
+def _model_of(model, arch, channels, num_classes, where: str):
+    """(model, arch, channels, num_classes) of ``from_update``'s ``model`` argument, checked."""
+    if isinstance(model, str):
+        if channels is None or num_classes is None:
+            raise UserError(f"{where}: a model given by name ('{model}') needs channels= and num_classes=")
+        arch = arch or model
+        model = build_model(model, int(channels), int(num_classes), where=where)
+    elif not isinstance(model, nn.Module):
+        raise UserError(f"{where}: model must be an nn.Module or a model name, not {type(model).__name__}")
+    arch = arch or model_name_of(model)
+    if channels is None:
+        conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        channels = conv.in_channels if conv is not None else None
+    if num_classes is None:
+        linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        num_classes = linear[-1].out_features if linear else None
+    if channels is None or num_classes is None:
+        raise UserError(f"{where}: cannot tell the model's input channels and classes; pass channels= and "
+                        f"num_classes=")
+    return model, arch, channels, num_classes
+
+
+def _checked_state(model: nn.Module, global_state: Mapping, where: str) -> Dict[str, Tensor]:
+    """The global model's full state dict, with the model's keys and shapes."""
+    expected = dict(model.state_dict())
+    state = {str(k): _as_tensor(v, f"global_state[{k}]", where) for k, v in dict(global_state).items()}
+    missing, unknown = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unknown:
+        what = f"lacks '{missing[0]}'" if missing else f"has '{unknown[0]}', which the model does not"
+        raise UserError(f"{where}: global_state {what} (it must be the model's full state dict)")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise UserError(f"{where}: global_state['{k}'] has shape {tuple(v.shape)}, the model's "
+                            f"{tuple(expected[k].shape)}")
+    return state
+
+
+def _checked_update(model: nn.Module, sent_tensors, where: str) -> Tuple[List[str], List[Tensor]]:
+    """(parameter names, one floating-point tensor per parameter with its shape) of what was sent."""
+    names = [n for n, _ in model.named_parameters()]
+    if isinstance(sent_tensors, Mapping):
+        absent = [n for n in names if n not in sent_tensors]
+        if absent or len(sent_tensors) != len(names):
+            extra = sorted(set(map(str, sent_tensors)) - set(names))
+            raise UserError(f"{where}: sent_tensors " + (f"lacks parameter '{absent[0]}'" if absent else
+                            f"has '{extra[0]}', which is not a parameter") + " (one tensor per parameter)")
+        update = [_as_tensor(sent_tensors[n], f"sent_tensors[{n}]", where) for n in names]
+    else:
+        update = [_as_tensor(t, f"sent_tensors[{i}]", where) for i, t in enumerate(sent_tensors)]
+        if len(update) != len(names):
+            raise UserError(f"{where}: {len(update)} sent tensors for the model's {len(names)} parameters")
+    shapes = dict(model.named_parameters())
+    for n, t in zip(names, update):
+        if tuple(t.shape) != tuple(shapes[n].shape):
+            raise UserError(f"{where}: sent tensor '{n}' has shape {tuple(t.shape)}, the parameter's "
+                            f"{tuple(shapes[n].shape)}")
+        if not t.is_floating_point():
+            raise UserError(f"{where}: sent tensor '{n}' is {t.dtype}; an update is floating point")
+    return names, update

@@ -12,8 +12,8 @@ from typing import Dict, List, Optional
 
 from ggl.audit.baselines import BASELINES, leakage
 from ggl.audit.metrics import METRICS
-from ggl.audit.records import (GALLERY_KEYS, RECORDS_FORMAT, FederationRef, ImageRecord,
-                               SchemaError, integer, num, parse_records)
+from ggl.audit.records import (GALLERY_KEYS, RECORDS_FORMAT, FederationRef, ImageRecord, SchemaError, integer, num,
+                               parse_records)
 
 # ggl.records/1 field -> its ggl.records/2 name
 RENAMED_1 = {"probe": "capture_id", "victim_id": "victim_index", "probe_kind": "probe"}

@@ -1,21 +1,12 @@
 """Flower client mods: ggl's defences on what a Flower client sends, and audit captures of it.
 
-``defense_mod(chain)`` applies a ggl defence chain to the update a client sends in a train message, with
-the very objects the federation and the adaptive attacker use (``ggl.defenses``): the update is what ggl's
-FedAvg defends, the weight delta ``local weights - global weights`` of the parameters, and the client sends
-``global + defended delta``, so Flower's stock ``FedAvg`` (a weighted mean of the weights) applies the
-weighted mean of the defended deltas, as ggl's own FedAvg does with ``server_lr: 1``.
-
-``capture_mod(out_dir, ...)`` writes, for chosen clients at chosen rounds, what the server sees as ggl
-observations (``ggl.observation/1``) and, separately, the ground truth the client can give (dataset indices of
-its images), in the layout ``python attack.py attack.source=<folder>`` reads:
-``<out_dir>/observations/<defence label>/<stem>.pt`` and ``<out_dir>/ground_truth/<stem>.pt``.
-
-Rounds are ggl's numbering: round r is the global model after r completed rounds, i.e. Flower's
-``server-round`` r + 1. The client id is the node's ``partition-id`` (simulation, or ``--node-config`` of a
-deployed SuperNode), else its node id. A bad input (no parameters in the message, a tensor type a defence
-cannot take, ...) is an error reply whose reason is one line starting with ``ggl:``; ``raise_ggl_errors`` turns
-such replies into a ``UserError`` on the server (a CLI prints it and exits 2).
+``defense_mod(chain)`` defends what ggl's FedAvg defends, the parameters' weight delta, with the very
+``ggl.defenses`` objects the audit attacks, and sends ``global + defended delta`` (Flower's ``FedAvg``
+then averages the defended deltas, as ggl does with ``server_lr: 1``). ``capture_mod(out_dir, ...)`` writes
+what chosen clients send at chosen rounds as ggl observations, and their ground truth apart, in the layout
+``attack.source=<folder>`` reads. Rounds are ggl's (round r = Flower's ``server-round`` r + 1); the client id
+is the node's ``partition-id``. A bad input is an error reply starting ``ggl:``; ``raise_ggl_errors`` turns
+it into a ``UserError`` on the server. The details: docs/flower.md.
 """
 from __future__ import annotations
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from ggl.audit.records import ACCURACY_FILE, SchemaError, read_csv, write_accuracy_csv, write_csv
+from ggl.audit.records import SchemaError
+
+from ggl.audit.tidy import ACCURACY_FILE, read_csv, write_accuracy_csv, write_csv
 from ggl.core.atomic import atomic_write_text, fsync_dir
 from ggl.core.errors import UserError, WriteError
 from ggl.core.plugins import load_plugins

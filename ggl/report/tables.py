@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import List, Optional, Sequence
 
 from ggl.audit.baselines import BASELINES
-from ggl.audit.records import spreadsheet_safe
+from ggl.audit.tidy import spreadsheet_safe
 from ggl.audit.reid import HEADLINE
 from ggl.audit.truth import IMAGES_FILE
 from ggl.core.stats import MeanCI, fmt
