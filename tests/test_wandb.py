@@ -143,3 +143,16 @@ def test_a_study_shares_one_group_and_artifacts_carry_the_lineage(clean_env, mak
 def test_prior_artifact_names_match_between_the_gan_run_and_the_attack():
     assert prior_artifact_name(Path("runs/gan_mnist/20260101-000000/prior.pt")) == "prior-gan_mnist-20260101-000000"
     assert prior_artifact_name(Path("/x/checkpoints/gan_mnist5k.pt")) == "prior-gan_mnist5k"
+
+
+def test_a_resumed_run_leaves_time_ordered_pieces_of_one_wandb_run(clean_env, make_cfg):
+    """What the README's `wandb sync <run>/wandb` relies on: one id, folder names in start-time order."""
+    from ggl.jobs.federation import run_federation
+
+    first = run_federation(make_cfg("fl.rounds=1", "logger.mode=offline"))
+    run_federation(make_cfg("fl.rounds=2", "logger.mode=offline", f"resume={first['run_dir']}"))
+    pieces = offline_runs(Path(first["run_dir"]) / "wandb")
+    assert len(pieces) == 2
+    runs = [run_record(p) for p in pieces]
+    assert runs[0].run_id == runs[1].run_id == (Path(first["run_dir"]) / "wandb_id.txt").read_text().strip()
+    assert runs[0].start_time.ToMicroseconds() < runs[1].start_time.ToMicroseconds()

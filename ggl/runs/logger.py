@@ -99,13 +99,23 @@ def _env_mode() -> Optional[str]:
     return mode
 
 
+def _has_api_key() -> bool:
+    """A W&B API key is configured (env, .netrc, settings): looked up locally, never prompted for."""
+    import inspect
+
+    import wandb
+
+    if "prompt" in inspect.signature(wandb.login).parameters:
+        return bool(wandb.login(prompt=False, verify=False))
+    return getattr(wandb.api, "api_key", None) is not None  # older wandb: no prompt= on login
+
+
 def online_blocker(timeout: float = 3.0) -> Optional[str]:
     """Why an online W&B run cannot start here (no API key, server unreachable), or None. No request is sent:
     the key is looked up locally and the server's port is only connected to."""
-    import wandb
     from urllib.parse import urlparse
 
-    if not wandb.login(prompt=False, verify=False):
+    if not _has_api_key():
         return "no W&B API key (run `wandb login` or set WANDB_API_KEY)"
     url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
     host, port = url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
@@ -200,11 +210,13 @@ def make_logger(tracking: Tracking, run_dir: Path, name: str, group: str, tags: 
     if is_rank_zero():
         (Path(run_dir) / GROUP_FILE).write_text(group + "\n")
     kw = tracking.init_kwargs()
-    return WandbLogger(
+    logger = WandbLogger(  # mode= rather than offline=True, which would set WANDB_MODE for the whole process
         name=name, project=kw["project"], entity=kw["entity"], group=group, mode=kw["mode"],
-        tags=sorted(set(tags) | set(tracking.tags)), save_dir=str(run_dir),  # mode= (not offline=, which sets WANDB_MODE for the whole process)
+        tags=sorted(set(tags) | set(tracking.tags)), save_dir=str(run_dir),
         id=run_id, resume="allow", config=config, job_type=job_type, settings=kw["settings"],
     )
+    getattr(logger, "_wandb_init", {}).pop("anonymous", None)  # Lightning passes None; wandb>=0.2x warns on it
+    return logger
 
 
 
