@@ -105,6 +105,8 @@ def _has_api_key() -> bool:
 
     import wandb
 
+    if os.environ.get("WANDB_API_KEY", "").strip():  # wandb's own settings may predate the variable
+        return True
     if "prompt" in inspect.signature(wandb.login).parameters:
         return bool(wandb.login(prompt=False, verify=False))
     return getattr(wandb.api, "api_key", None) is not None  # older wandb: no prompt= on login
