@@ -156,3 +156,18 @@ def test_a_resumed_run_leaves_time_ordered_pieces_of_one_wandb_run(clean_env, ma
     runs = [run_record(p) for p in pieces]
     assert runs[0].run_id == runs[1].run_id == (Path(first["run_dir"]) / "wandb_id.txt").read_text().strip()
     assert runs[0].start_time.ToMicroseconds() < runs[1].start_time.ToMicroseconds()
+
+
+def test_the_gan_run_logs_its_prior_as_a_model_artifact(clean_env, tmp_path):
+    from ggl.config import load_config
+    from ggl.jobs.gan import run_gan
+
+    res = run_gan(load_config("gan_mnist.yaml", [
+        f"output_dir={tmp_path}", "data.name=digits", "gan.g_width=16", "gan.d_width=16", "gan.classifier_epochs=1",
+        "gan.quality_every=0", "gan.eval_samples=200", "gan.bn_recalibration=2", "gan.sample_every=1",
+        "logger.mode=offline", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "gan.max_steps=4"]))
+    run_dir = Path(res["run_dir"])
+    (run,) = offline_runs(run_dir)
+    assert run_record(run).run_group == "gan"
+    (model,) = [a for a in artifacts(run) if a[0] == "model"]
+    assert model[1] == prior_artifact_name(run_dir / "prior.pt") and model[2] is False
