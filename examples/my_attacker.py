@@ -1,8 +1,10 @@
 """Add your own attacker: one class in one file (the README's "Add your own attacker" example).
 
-Drop a file like this into ``ggl/attack/attackers/`` (every module there is loaded) or import it before
-loading a config; then ``attack.attackers: [ggl-l2, prior-best-of-n]`` runs it beside the others, in
-``python attack.py`` and in a sweep's ``attackers:``, and the report takes it into the worst case per victim.
+Name it as a plugin (a file in ``ggl/attack/attackers/`` is not loaded): ``plugins: [my_attacker]`` in the
+config with this folder on PYTHONPATH, or an entry point ``ggl.attackers`` of an installed package, e.g.
+``PYTHONPATH=examples python attack.py plugins=[my_attacker] "attack.attackers=[ggl-l2, prior-best-of-n]"``;
+then it runs beside the others, in ``python attack.py`` and in a sweep's ``attackers:``, and the report
+takes it into the worst case per victim.
 
 This one is the cheapest attack with a prior: draw ``samples`` latents of the inferred label, keep the
 one whose trial update matches the observed update best (no search at all). It sees only what the

@@ -1,7 +1,9 @@
 """Add your own defense: one class in one file (the README's "Add your own defense" example).
 
-Drop a file like this into ``ggl/defenses/`` (every module there is loaded) or import it before loading
-a config; then ``defenses: [{name: threshold, tau: 0.1}]`` works in any fed_*.yaml, sweep or attack.
+Name it as a plugin (a file in ``ggl/defenses/`` is not loaded): ``plugins: [my_defense]`` in the config
+with this folder on PYTHONPATH, or an entry point ``ggl.defenses`` of an installed package, e.g.
+``PYTHONPATH=examples python train.py --config fed_q4.yaml plugins=[my_defense] "defenses=[{name: threshold}]"``;
+then ``defenses: [{name: threshold, tau: 0.1}]`` works in any fed_*.yaml, sweep or attack.
 """
 import torch
 

@@ -20,8 +20,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ggl.attack.schema import AttackConfig
 from ggl.audit.schema import AuditConfig
-from ggl.core.checks import INT_MAX, at_least, check_seed, one_of, short
+from ggl.core.checks import INT_MAX, at_least, check_seed, count, one_of, short
 from ggl.core.errors import ConfigError
+from ggl.core.plugins import load_plugins
 from ggl.data.schema import DataConfig
 from ggl.defenses import check_chain, parse_defense, to_dicts
 from ggl.fl.schema import FLConfig
@@ -46,6 +47,7 @@ class Config:
     resume: Optional[str] = None
     checkpoint_every: int = 1
     torch_threads: Optional[int] = None
+    plugins: List[str] = field(default_factory=list)  # modules to import: user defences / attackers
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     fl: FLConfig = field(default_factory=FLConfig)
@@ -60,7 +62,7 @@ class Config:
         one_of(self.task, ("fedavg", "gan", "attack"), "task")
         check_seed(self.seed, "seed")
         check_trainer_args(self.trainer)
-        at_least(self.torch_threads, 1, "torch_threads", " (or null for torch's default)")
+        count(self.torch_threads, "torch_threads", hint=" (or null for torch's default)")
         at_least(self.checkpoint_every, 1, "checkpoint_every")
         for section in (self.data, self.model, self.fl, self.audit, self.gan, self.attack, self.logger):
             section.check()
@@ -264,6 +266,7 @@ def load_config(path: str | Path | None = None, overrides: List[str] | None = No
         raise ConfigError(f"config key '{key}': {msg}") from None
     if tasks:
         _check_task(cfg.task, tasks, source)
+    load_plugins(cfg.plugins)  # before any name is looked up: a plugin registers defences / attackers
     cfg.defenses = [parse_defense(d, f"defenses[{i}]") for i, d in enumerate(cfg.defenses)]
     check_chain(cfg.defenses)
     cfg.check()

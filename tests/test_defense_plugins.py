@@ -41,7 +41,7 @@ def test_an_unknown_defense_lists_the_known_ones():
 
 def test_a_defense_without_an_attacker_model_refuses_an_adaptive_attack_in_one_line(registered):
     from ggl.attack.trial import DefenseModel
-    from ggl.sweep import make_point
+    from ggl.sweep.plan import make_point
 
     @register
     class Opaque(Defense):
@@ -145,3 +145,31 @@ def test_readme_shows_the_example_file_verbatim():
     readme = (EXAMPLE.parent.parent / "README.md").read_text()
     code = EXAMPLE.read_text()
     assert code[code.index("import torch"):] in readme  # the README cannot drift from the tested file
+
+
+def test_the_report_family_of_a_label_is_the_defence_class_that_claims_it(registered):
+    """``defense_family`` reads each part of a chain label through the registry: a new defence's labels join
+    its declared ``family`` (else its name) with no edit in ggl/report; a part no defence claims keeps
+    the old fallback (its letters)."""
+    from ggl.defenses import defense_family, label_owner
+
+    assert [defense_family(label) for label in ("fp32", "q4-stochastic-global", "clip0.25+nm0.1", "std0.01+q2",
+                                                "top0.01-ef", "sign", "prune10", "soteria10-fc", "qsgd4-b512")] == [
+        "fp32", "quantize", "clip+noise", "noise+quantize", "top-k", "sign", "prune", "soteria", "qsgd"]
+    assert REGISTRY["topk"].family == "top-k" and REGISTRY["clip"].family == "clip"
+    assert defense_family("shuffle3+q4") == "shuffle+quantize"  # nobody claims 'shuffle3' yet
+
+    @register
+    class Shuffle(Defense):
+        name: str = "shuffle"
+        family = "permutation"
+        label_pattern = r"shuf|shuffle"
+
+    assert label_owner("shuffle3") is Shuffle and label_owner("shuf2") is Shuffle
+    assert defense_family("shuffle3+q4") == "permutation+quantize" and defense_family("shuf2") == "permutation"
+
+    @register
+    class Sparse(Defense):   # no family, no pattern: its name is both
+        name: str = "sparse"
+
+    assert Sparse.family == "sparse" and defense_family("clip1+sparse0.2") == "clip+sparse"

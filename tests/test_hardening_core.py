@@ -349,7 +349,7 @@ def _report_input(root: Path) -> Path:
 
 
 def test_report_never_replaces_a_report_without_overwrite(tmp_path, capsys):
-    from ggl.report import main
+    from ggl.report.build import main
 
     runs = _report_input(tmp_path / "runs")
     assert main([str(runs)]) == 0  # default: beside the runs
@@ -366,7 +366,7 @@ def test_report_never_replaces_a_report_without_overwrite(tmp_path, capsys):
 
 
 def test_report_empty_input_and_file_out_are_one_line_errors(tmp_path, capsys):
-    from ggl.report import main
+    from ggl.report.build import main
 
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 2
@@ -384,7 +384,7 @@ def test_report_empty_input_and_file_out_are_one_line_errors(tmp_path, capsys):
 
 def test_done_check_ignores_keys_outside_the_experiment():
     from ggl.config import load_config, to_container
-    from ggl.sweep import comparable
+    from ggl.sweep.plan import comparable
 
     base = to_container(load_config("fed_q4.yaml", []))
     more = to_container(load_config("fed_q4.yaml", ["gan.epochs=7", "attack.generations=3"]))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from ggl.audit import metrics
@@ -49,3 +50,45 @@ def test_lpips_is_null_with_a_reason_when_the_backbone_is_not_on_disk(tmp_path, 
     x, y = _pair()
     assert scorer(x, y) is None
     assert not (tmp_path / "empty_torch_home").exists()  # nothing was downloaded or created
+
+
+def test_a_metric_is_one_table_entry_scored_compared_with_the_baselines_and_written(tmp_path, monkeypatch):
+    """Register a throwaway metric in ``metrics.METRICS`` only: the evaluator scores it (attack and every
+    baseline), leakage follows its direction, the summary averages it, the CSV has its columns and reads
+    it back; gone again once the entry is removed."""
+    from test_leakage import DATA_CFG, TAGS, _evaluator, _synthetic_data
+    from _attack_fixtures import TinyPrior
+    from ggl.audit.baselines import BASELINES
+    from ggl.audit.evaluate import summarize
+    from ggl.audit.records import csv_columns, read_csv, write_csv
+    from ggl.audit.truth import GroundTruth
+
+    def l1(x, y, inputs):
+        return (x.float() - y.float()).abs().flatten(1).mean(1)
+
+    columns = ["l1_gap", *(f"baseline_{b}_l1_gap" for b in BASELINES), "leakage_l1_gap"]
+    with monkeypatch.context() as m:
+        m.setitem(metrics.METRICS, "l1_gap", metrics.Metric(l1, metrics.LOWER))
+        data, split = _synthetic_data()
+        victims = torch.tensor([31, 44])
+        truth_path = GroundTruth("obs", DATA_CFG, victims, data.labels[victims]).save(tmp_path / "gt.pt")
+        recon = (data.images[victims] + 0.01).clamp(0, 1)
+        recs, truth, *_ = _evaluator(data, split, tmp_path).evaluate(
+            truth_path, "obs", recon, data.labels[victims], TinyPrior(num_classes=3), None, seed=0, tags=TAGS)
+        for i, r in enumerate(recs):
+            assert r.metrics["l1_gap"] == float(l1(recon[i:i + 1], truth[i:i + 1], None))
+            best = min(r.baselines[b]["l1_gap"] for b in BASELINES)  # lower is closer
+            assert r.leakage["l1_gap"] == -(r.metrics["l1_gap"] - best) > 0
+        assert summarize(recs, 1.0, None)["l1_gap_mean"] is not None
+        assert set(columns) <= set(csv_columns())
+        back = read_csv(write_csv(tmp_path / "per_image.csv", [(r, None) for r in recs]))
+        assert [r.metrics["l1_gap"] for r, _ in back] == [r.metrics["l1_gap"] for r in recs]
+    assert not set(columns) & set(csv_columns()) and "l1_gap" not in metrics.METRICS
+
+
+def test_metric_directions_come_from_the_table():
+    from ggl.audit.baselines import leakage
+
+    assert [metrics.direction(k) for k in ("psnr", "ssim", "lpips", "mse", "feature_mse")] == [1, 1, -1, -1, -1]
+    assert metrics.direction("reid_top1_feature_class") == 1 and metrics.direction("unknown") == 0
+    assert leakage("lpips", 0.2, {"prior_mean": 0.3, "public_mean": 0.5}) == pytest.approx(0.1)

@@ -180,7 +180,7 @@ def test_adaptive_loss_is_zero_at_the_true_latent(chain):
 
 def test_qsgd_is_modelled_by_its_expectation_so_the_adaptive_search_is_the_plain_one():
     from ggl.attack.trial import DefenseModel
-    from ggl.sweep import adaptive_differs
+    from ggl.sweep.plan import adaptive_differs
 
     chain = [{"name": "qsgd", "levels": 4}]
     assert not DefenseModel(chain).active and not adaptive_differs(chain)
@@ -189,7 +189,8 @@ def test_qsgd_is_modelled_by_its_expectation_so_the_adaptive_search_is_the_plain
 
 def test_second_sweep_holds_the_new_settings_and_their_attackers():
     from ggl.config import CONFIG_DIR
-    from ggl.sweep import ATTACKERS, load_sweep, plan
+    from ggl.sweep.grid import load_sweep
+    from ggl.sweep.plan import ATTACKERS, plan
 
     _, grid = load_sweep(CONFIG_DIR / "sweep_more_defenses.yaml")
     points = plan(grid)

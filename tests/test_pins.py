@@ -134,7 +134,7 @@ def tiny_sweep(tmp_path_factory):
     """configs/sweep_tiny.yaml (TinyPrior for the GAN, one torch thread, LPIPS off everywhere: TORCH_HOME
     points at an empty folder, so a machine with the AlexNet weights writes the same files) and its report."""
     from ggl.report.build import main as report_main
-    from ggl.sweep import main
+    from ggl.sweep.main import main
 
     root = tmp_path_factory.mktemp("tiny_sweep")
     before = torch.get_num_threads()
@@ -240,7 +240,7 @@ def test_capture_parity(make_cfg, tmp_path):
 def _config_snapshot() -> dict:
     from ggl.config import CONFIG_DIR, load_config, to_container
     from ggl.core.errors import ConfigError
-    from ggl.sweep import load_sweep
+    from ggl.sweep.grid import load_sweep
 
     out = {}
     for path in sorted(CONFIG_DIR.glob("*.yaml")):

@@ -14,7 +14,8 @@ from ggl.audit.legacy import record_from_row
 from ggl.audit.records import RECORDS_FORMAT, FederationRef
 from ggl.report.build import main, write_report
 from ggl.report.collect import collect
-from ggl.report.figures import defense_family, dodge, reconstruction_rows
+from ggl.defenses import defense_family
+from ggl.report.figures import dodge, reconstruction_rows
 from ggl.report.points import build_points
 from ggl.core.stats import mean_ci
 
@@ -323,7 +324,8 @@ def test_defense_families_and_dodge():
 
 
 def test_sweep_finish_line_names_the_folder_the_key_numbers_and_the_next_command(runs):
-    from ggl.sweep import Job, Point, finish_line
+    from ggl.sweep.main import finish_line
+    from ggl.sweep.plan import GridPoint as Point, Job
 
     def point(setting, fed, attacks):
         p = Point(params={}, setting=setting, fed=Job("fed", setting, f"fed-{setting}", "x", [], done_dir=fed))
@@ -357,7 +359,8 @@ def test_wandb_agent_run_gets_each_attackers_numbers_without_overwriting(runs, m
     """Under `wandb agent`, the sweep's own run gets one summary key per attacker (and worst case)."""
     import wandb
 
-    from ggl.sweep import Job, Point, _log_agent_run
+    from ggl.sweep.main import _log_agent_run
+    from ggl.sweep.plan import GridPoint as Point, Job
 
     class FakeRun:
         def __init__(self):

@@ -15,8 +15,8 @@ TINY = Path(__file__).resolve().parent.parent / "configs" / "sweep_tiny.yaml"
 def _per_image(out: Path) -> dict:
     rows = {}
     for res in sorted(out.glob("attack-*/latest/results.json")):
-        for r in json.loads(res.read_text())["per_image"]:
-            rows[(res.parent.parent.name, r["observation"], r["image"])] = (r["psnr"], r["loss"])
+        for r in json.loads(res.read_text())["records"]:
+            rows[(res.parent.parent.name, r["capture_id"], r["image"])] = (r["metrics"]["psnr"], r["search"]["loss"])
     return rows
 
 

@@ -2,9 +2,14 @@
 each metric (lower is better for LPIPS), with the PSNR winner named; missing scores never win."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import pytest
+
 from ggl.audit.legacy import record_from_row
 from ggl.audit.records import ImageRecord
-from ggl.report.points import WORST_CASE, FedSummary, Point, PointKey, best_record, worst_case_points
+from ggl.report.points import (WORST_CASE, FedSummary, Point, PointKey, best_record, build_points, comparisons,
+                               worst_case_points)
 
 
 def _rec(name: str, probe: str, psnr, lpips, reid, leak):
@@ -26,6 +31,14 @@ def test_each_metric_takes_its_own_best_attacker_and_the_psnr_winner_is_named():
     odd = [_rec("ggl-eot", "b0", float("inf"), None, None, None), _rec("ggl-l2", "b0", 15.0, None, None, None),
            _rec("inverting-gradients", "b0", float("nan"), None, None, None)]
     assert best_record(odd)[1] == "ggl-l2" and best_record(odd)[0].metrics["psnr"] == 15.0
+
+
+def test_the_worst_case_leakage_is_the_largest_whatever_the_metrics_direction():
+    """Leakage is already signed so that higher = more leakage: for LPIPS (lower = closer) the worst case
+    keeps the largest leakage, not the smallest (it did, through the metric's own direction)."""
+    a, b = _rec("ggl-l2", "b0", 15.0, 0.30, 0.0, 1.0), _rec("ggl-eot", "b0", 14.0, 0.20, 0.0, 0.5)
+    a.leakage, b.leakage = {"psnr": 1.0, "lpips": 0.05}, {"psnr": 0.5, "lpips": 0.20}
+    assert best_record([a, b])[0].leakage == {"psnr": 1.0, "lpips": 0.20}
 
 
 def test_ties_go_to_the_first_attacker_and_points_pair_victims_by_capture():
@@ -55,10 +68,46 @@ def test_a_portfolio_row_names_its_defence_and_attacker():
 
 def test_adaptive_inverting_gradients_runs_only_where_it_models_something():
     from ggl.attack.attackers import get_attacker
-    from ggl.sweep import portfolio_for
+    from ggl.sweep.plan import portfolio_for
 
     names = ["inverting-gradients", "inverting-gradients-adaptive"]
     assert get_attacker(names[1]).models == "adaptive" and get_attacker(names[0]).models == "none"
     q4 = [{"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}]
     assert portfolio_for(names, q4, "q4") == names
     assert portfolio_for(names, [], "fp32") == names[:1]  # no defence: it would repeat its twin
+
+
+@pytest.fixture
+def throwaway_attackers():
+    """Three attackers registered as a plug-in author would (undone afterwards): two without ``order`` (in
+    registration order, zz- first), one with ``order`` and ``compare_with``."""
+    import ggl.attack.attackers as attackers
+
+    before, reporting = attackers._REGISTRY.snapshot(), dict(attackers._REPORTING)
+
+    @attackers.register("mid", order=15, compare_with=("ggl-l2",), kind="c")
+    @attackers.register("aa-second", kind="b")
+    @attackers.register("zz-first", kind="a")
+    @dataclass
+    class Throwaway(attackers.Attacker):
+        kind: str = ""
+
+    yield
+    attackers._REGISTRY.restore(before)
+    attackers._REPORTING.clear()
+    attackers._REPORTING.update(reporting)
+
+
+def test_table_order_and_comparisons_come_from_the_attackers_registrations(throwaway_attackers):
+    from ggl.attack.attackers import attacker_order, compare_with
+
+    shipped = ["ggl-l2", "ggl-l2-adaptive", "ggl-cosine", "ggl-cosine-adaptive", "ggl-eot", "inverting-gradients",
+               "inverting-gradients-adaptive"]
+    order = attacker_order()  # other undeclared attackers (the grid ones) sit between the shipped and ours
+    assert order[:8] == [shipped[0], "mid", *shipped[1:]] and order[-2:] == ["zz-first", "aa-second"]
+    assert compare_with("ggl-eot") == ("ggl-l2-adaptive", "ggl-l2") and compare_with("zz-first") == ()
+    names = ["gone-attacker", "aa-second", "zz-first", "mid", "ggl-l2"]  # gone-attacker: an older run's, unregistered
+    recs = [_rec(name, f"b{v}", 10.0 + i + v, None, 0.5, 1.0) for i, name in enumerate(names) for v in (1, 2)]
+    points = build_points([(r, None) for r in recs])
+    assert [p.key.attacker for p in points] == [WORST_CASE, "ggl-l2", "mid", "zz-first", "aa-second", "gone-attacker"]
+    assert [name for name, *_ in comparisons(points) if "−" in name and ":" in name] == ["q4: mid − ggl-l2"] * 2

@@ -1,14 +1,10 @@
 """The batched search's copy of the generator: the same function with cheaper CPU kernels.
 
-The search spends about half of a batched candidate evaluation in the generator (LeNet victim,
-population 50, one thread). Three swaps, each the same arithmetic in another order, cut that part
-(``benchmarks/bench_attack.py`` prints the generator's rate):
+Three swaps, each the same arithmetic in another order (the gains: ``benchmarks/README.md``):
 
-* a transposed convolution to few channels (the image layer: 32 -> 1) as one matmul and a ``fold``
-  (col2im): PyTorch's CPU kernel for it runs at ~1 GFLOP/s, the matmul ~5x faster;
+* a transposed convolution to few channels (the image layer: 32 -> 1) as one matmul and a ``fold``;
 * the other transposed convolutions on channels-last inputs (oneDNN's faster layout for them);
-* an eval-mode (conditional) batch norm folded into one per-class scale and shift (one ``addcmul``
-  instead of normalise, gain and bias passes).
+* an eval-mode (conditional) batch norm folded into one per-class scale and shift (one ``addcmul``).
 
 Only CPU copies change; on a GPU the generator is used as it is. The one-at-a-time reference loop
 (``evaluation: loop``) keeps the original generator, so the batched-vs-loop test checks these kernels
@@ -24,7 +20,7 @@ from torch import Tensor, nn
 
 from ggl.models.gan import ConditionalBatchNorm2d
 
-# out_channels up to which the matmul + fold form is faster (measured: 1 channel 5x; 32 channels 0.6x)
+# out_channels up to which the matmul + fold form beats PyTorch's kernel (measured: benchmarks/README.md)
 FOLD_MAX_OUT_CHANNELS = 4
 
 

@@ -1,33 +1,14 @@
 """The public grid of a quantized payload, as the server that receives it knows it.
 
-A deterministic quantizer's payload carries, besides its integer codes, the public numbers that turn
-them back into values (each counted in the payload's bits):
-
-* ``quantize`` (nearest rounding): each range's minimum ``lo`` and ``step`` (float32);
-  code ``k`` means "the coordinate lies in the rounding cell ``[lo + (k - 1/2) step, lo + (k + 1/2) step]``";
-* ``sign``: each tensor's scale ``mean(|x|)``; ``+scale`` means ``x >= 0``, ``-scale`` means ``x < 0``;
-* ``qsgd``: each bucket's norm ``||v||``; level ``l`` with sign ``s`` means ``v`` lies within one
-  unit ``||v|| / levels`` of ``s * l`` units (stochastic rounding goes to a neighbouring level).
-
-An ``Observation`` stores the dequantized values, not the codes; the grid is read off them exactly
-(``ggl.defenses.quantize.payload_grid``, ``sign.payload_scales``, ``qsgd.payload_norms``): ``lo`` is
-the smallest value, ``step`` the float that reproduces every value bit for bit. That is what a server
-holding the payload knows; no private number enters.
-
-Three uses, one per attacker family (``ggl/attack/attackers/grid_*.py``):
-
-* ``quantize``: the observed-grid adaptive model, a trial update quantized on the *payload's* grid
-  (not on the trial's own min/max, as ``Quantize.attack_model`` does): at a trained model the victim's
-  range and a trial's differ, and so do their grids;
-* ``cell_loss``: the set-membership likelihood, the mean squared distance (in grid units) of each trial
-  coordinate to the cell its code names; 0 at the truth, no straight-through gradient needed;
-* ``decode``: the observation with the cell that holds 0 decoded as exactly 0 instead of as its level
-  ``c0 = lo + k0 step`` (``|c0|`` up to half a step): a dead ReLU's exact-zero gradient then matches
-  exactly, and any attacker runs unchanged on it.
-
-The quantizer must be the chain's last step; clip (or any other re-applied, deterministic step, or
-unbiased randomness by its expectation) may come before it and is modelled as ``ggl.attack.trial.
-DefenseModel`` models it. ``grid_refusal`` says, in one line, why an observation has no grid to use.
+A deterministic quantizer's payload carries, besides its codes, the public numbers that decode them:
+``quantize`` (nearest) each range's ``lo`` and ``step`` (code ``k``: the cell ``lo + (k +- 1/2) step``),
+``sign`` each tensor's scale ``mean(|x|)``, ``qsgd`` each bucket's norm. An ``Observation`` stores the
+dequantized values; the grid is read off them exactly (``quantize.payload_grid``, ``sign.payload_scales``,
+``qsgd.payload_norms``), so no private number enters. Three uses (``attackers/grid_*.py``): ``quantize``
+(a trial quantized on the payload's grid, not on its own min/max), ``cell_loss`` (each trial coordinate's
+squared distance, in grid units, to its code's cell) and ``decode`` (the cell that holds 0 decoded as
+exactly 0, not as its level ``c0 = lo + k0 step``). The quantizer must end the chain (steps before it are
+modelled as ``DefenseModel`` does); ``grid_refusal`` says in one line why an observation has no grid.
 """
 from __future__ import annotations
 

@@ -1,18 +1,14 @@
 """Label inference from the last layer's update (the attacker's first step).
 
-For a cross-entropy classifier whose last layer is ``logits = W h + b``, the gradient of one image is
-``dW_i = (p_i - [i == y]) h`` and ``db_i = p_i - [i == y]``. With non-negative features ``h`` (sigmoid,
-ReLU) only the true label's row is negative:
+For ``logits = W h + b`` under cross-entropy, ``db_i = p_i - [i == y]`` and ``dW_i = (p_i - [i == y]) h``:
+with non-negative features ``h`` (sigmoid, ReLU) only the true label's row is negative.
 
-* batch 1 — iDLG (Zhao et al., 2020): the label is the row whose sum is the most negative;
-* batch > 1 — count-based (in the spirit of LLG, Wainakh et al., 2022): the bias gradient averages
-  ``p_i - n_i / B`` over the batch, so ``n_i ~= B (mean p_i - db_i)``. The mean softmax ``p`` is
-  estimated by running the observed model on probe images drawn from the prior (or, without probes,
-  taken as uniform); counts are rounded so that they sum to ``B``, every class with a negative signal
-  keeping at least one image. Without a bias the weight-row sums are used with the mean feature sum.
-
-A weight delta (several local steps) points the other way (``delta ~ -lr * steps * gradient``); it is
-rescaled by that factor first. Quantized updates keep the sign structure well enough at 2-4 bits.
+* batch 1 — iDLG (Zhao et al., 2020): the row whose sum is the most negative;
+* batch > 1 — count-based (after LLG, Wainakh et al., 2022): ``n_i ~= B (mean p_i - db_i)``, the mean
+  softmax ``p`` from the observed model on probe images drawn from the prior (uniform without probes);
+  counts rounded to sum to ``B``, each class with a negative signal keeping one image; without a bias,
+  the weight-row sums with the mean feature sum. A weight delta (``~ -lr * steps * gradient``) is
+  rescaled by that factor first. Quantized updates keep the sign structure well enough at 2-4 bits.
 """
 from __future__ import annotations
 

@@ -1,46 +1,33 @@
 """The GGL objective: how well the update of ``G(z, y)`` matches the observed update.
 
-``loss(z) = match(T(update(G(z, y))), observed) + kl_weight * KL(z)``, with
+``loss(z) = match(T(update(G(z, y))), observed) + kl_weight * KL(z)``: ``match`` = squared L2 (``l2``)
+or one minus the cosine similarity (``cosine``) per layer, averaged over layers; ``T`` = the identity,
+or an adaptive attacker's model of the client's defence (``DefenseModel``); ``KL(z)`` = GGL's KL from
+N(0, 1) of each latent vector's entries, summed over the batch (default weight 0: README, "KL weight").
 
-* ``match`` = GGL's squared L2 distance per layer, averaged over layers (``loss: l2``), or one minus
-  the cosine similarity per layer, averaged over layers (``loss: cosine``, scale-free);
-* ``T`` = the identity, or for an adaptive attacker the client's own defence (``DefenseModel``);
-* ``KL(z)`` = GGL's regulariser: the KL divergence from N(0, 1) of a Gaussian with the mean and
-  variance of each latent vector's entries, summed over the batch.
-
-Caveat on ``kl_weight``: the KL term is O(1) whatever the model, while the matching term scales with
-the model's gradients. At PyTorch's default init (small gradients: L2 losses ~1e-6) weight 0.1
-swamps the matching loss and the search only pulls z towards N(0, 1): measured here on 3 images
-(CMA-ES, 150 generations), 10.8 dB PSNR with weight 0.1, the prior-only baseline's level (10.7 dB),
-against 19.5 dB with weight 0. Hence the default 0; use it only rescaled to the loss at hand.
-
-A population of candidates ``z`` (P, B * latent_dim) is evaluated in one vectorised pass
-(``evaluation: batched``) or one candidate at a time (``evaluation: loop``, the reference). Batched,
-without a defence to replay, linear layers' trial gradients stay factored (``per_candidate.OuterSum``)
-and ``match_loss`` takes them from inner products; materialised updates go in cache-sized chunks on a CPU.
-
-Everything the search touches (the attacked model, the generator, the labels, the observed update and
-the defence model) lives on ``device``; the model and generator the caller passed stay where they
-are (the evaluator scores on the CPU), the objective works on copies when the device differs.
+A population ``z`` (P, B * latent_dim) goes in one vectorised pass (``evaluation: batched``; without a
+defence to replay, linear layers' gradients stay factored, ``per_candidate.OuterSum``; materialised
+updates go in cache-sized chunks on a CPU; gradient-free ones in chunks that fit the free memory) or one
+candidate at a time (``loop``, the reference), all on ``device`` (copies of the caller's model and generator).
 """
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import copy
+import math
 
 import torch
 from torch import Tensor, nn
 
 from ggl.attack.fast_generator import for_batched_search
+from ggl.attack.memory import activation_numel, candidate_bytes, check_fits, fitting
 from ggl.attack.observation import Observation
 from ggl.attack.per_candidate import OuterSum
 from ggl.attack.trial import ClientSimulator, DefenseModel
 
 # materialised trial updates per chunk of a CPU evaluation (GGLObjective.chunk): a few MB stay in cache
-# between the defence's and the loss's passes. Measured on the CNN's 4-bit adaptive population of 50 (2.2 MB
-# per candidate), with the quantizer working per tensor: chunks of 5-12 candidates 127-139 ms, 3 141-151 ms,
-# 2 164-168 ms, 1 218-224 ms, the whole population 142-150 ms; 16 MB = 7 candidates there
+# between the defence's and the loss's passes (the chunk sizes measured: benchmarks/README.md)
 CHUNK_BYTES = 16 << 20
 
 
@@ -71,8 +58,8 @@ def match_loss(trial: Sequence[Tensor], target: Sequence[Tensor], kind: str = "l
         dims = tuple(range(1, t.dim()))
         if kind == "l2":
             d = t.sub_(g) if consume and not t.requires_grad and _writable(t) else t - g
-            # squared in place when no gradient is needed: one ~P x 2 MB temporary less on the CNN
-            # (0.95 -> 0.74 ms per candidate there), the same numbers bit for bit
+            # squared in place when no gradient is needed: one ~P x 2 MB temporary less on the CNN,
+            # the same numbers bit for bit
             per_layer.append((d.pow(2) if d.requires_grad else d.pow_(2)).sum(dims))
         else:
             cos = (t * g).sum(dims) / (torch.linalg.vector_norm(t, dim=dims) * g.norm()).clamp_min(1e-12)
@@ -142,9 +129,30 @@ class GGLObjective:
         self.factored_trial = self.defense is None
         self._target64: Dict[int, Tuple[Tensor, Tensor]] = {}  # match_loss's float64 copy of factored layers
         # a CPU evaluation of materialised updates goes in chunks of ~CHUNK_BYTES of them: the defence's and
-        # the loss's passes then find them in cache (the sweep CNN's 4-bit adaptive evaluation: 1.9x faster)
+        # the loss's passes then find them in cache (the gain: benchmarks/README.md)
         update_bytes = sum(t.numel() for t in self.target) * self.target[0].element_size()
         self.chunk = max(1, CHUNK_BYTES // update_bytes) if self.device.type == "cpu" else 1 << 30
+        self._candidate: Dict[bool, int] = {}  # grad? -> estimated peak bytes of one candidate
+        self.memory_key = "audit.batch_size"  # what makes one candidate large (a subclass may name its own)
+        self.memory_value = self.batch
+
+    # ------------------------------------------------------------------ memory
+    def candidate_bytes(self, grad: bool) -> int:
+        """Estimated peak bytes one candidate adds to a batched evaluation (with or without a graph)."""
+        if grad not in self._candidate:
+            if "acts" not in self.__dict__:  # a meta copy: no compute, no batch-norm statistics touched
+                shape = (self.batch, *self.obs.input_shape)
+                self.acts = activation_numel(copy.deepcopy(self.model).to("meta"), shape, torch.device("meta"))
+            images = self.batch * math.prod(self.obs.input_shape)
+            self._candidate[grad] = candidate_bytes(sum(t.numel() for t in self.target), images, self.acts,
+                                                    self.target[0].element_size(), grad)
+        return self._candidate[grad]
+
+    def check_fits(self, rows: int, key: str, grad: bool = True) -> None:
+        """Refuse (one line naming ``key``) a search evaluating ``rows`` candidates at once (with gradients:
+        a graph through them) that would not fit the free memory of the device."""
+        value = getattr(self, "memory_value", None) if key == self.memory_key else None
+        check_fits(rows, self.candidate_bytes(grad), self.device, key, value)
 
     # ------------------------------------------------------------------ pieces
     def images(self, z: Tensor, generator: Optional[nn.Module] = None) -> Tensor:
@@ -171,9 +179,13 @@ class GGLObjective:
         z = z.to(self.device)
         self.evaluations += z.shape[0]
         if mode == "batched":
-            if self.factored_trial or z.shape[0] <= self.chunk:
+            chunk = self.chunk if not self.factored_trial else z.shape[0]
+            if not (z.requires_grad and torch.is_grad_enabled()) and z.shape[0] > 64:
+                # no graph: chunks give the same losses; a population larger than memory goes in parts
+                chunk = min(chunk, max(1, fitting(self.candidate_bytes(False), self.device)))
+            if z.shape[0] <= chunk:
                 return self._batched(z)
-            return torch.cat([self._batched(part) for part in z.split(self.chunk)])
+            return torch.cat([self._batched(part) for part in z.split(chunk)])
         return torch.cat([self._one(z[i:i + 1]) for i in range(z.shape[0])])
 
     def _batched(self, z: Tensor) -> Tensor:

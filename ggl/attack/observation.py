@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from ggl.core.atomic import atomic_write_with
 from ggl.core.errors import UserError
 from ggl.core.safe_load import safe_load
-from ggl.models import available_models, build_model
+from ggl.defenses import check_chain, parse_defense
+from ggl.models import available_models, build_model, check_trusted_model, is_dotted, model_name_of
 
 FORMAT = "ggl.observation/1"
 
@@ -94,16 +95,19 @@ class Observation:
         return obs
 
     # ------------------------------------------------------------------ the attacked model
-    def build_model(self, source: str = "observation") -> nn.Module:
+    def build_model(self, source: str = "observation", trusted: Sequence[str] = ()) -> nn.Module:
         """The observed global model, rebuilt from its architecture name and state dict.
 
-        A state dict that does not fit the named architecture (an observation from another model) is
+        ``arch`` is a ggl model name or a user model ``pkg.module:Class``; the latter is imported only when
+        it is ggl's or listed in ``trusted`` (``attack.trusted_models``), else a ``ConfigError`` before any
+        import. A state dict that does not fit the named architecture (an observation from another model) is
         a ``UserError`` naming both.
         """
-        if self.arch not in available_models():
+        if not is_dotted(self.arch) and self.arch not in available_models():
             raise UserError(f"{source}: architecture '{self.arch}' is unknown (known: "
-                            f"{', '.join(available_models())})")
-        model = build_model(self.arch, self.channels, self.num_classes)
+                            f"{', '.join(available_models())}, or a user model pkg.module:Class)")
+        check_trusted_model(self.arch, trusted, source)
+        model = build_model(self.arch, self.channels, self.num_classes, where=source)
         try:
             model.load_state_dict(self.state, strict=True)
         except RuntimeError as exc:
@@ -120,6 +124,104 @@ class Observation:
         for p in model.parameters():
             p.requires_grad_(False)
         return model
+
+    @classmethod
+    def from_update(cls, model: Union[nn.Module, str], global_state: Mapping, sent_tensors,
+                    defense_spec=(), probe: str = "fedsgd", *, batch_size: int, lr: float,
+                    local_steps: Optional[int] = None, momentum: float = 0.0, weight_decay: float = 0.0,
+                    local_batch_size: int = 0, round: int = 0, client_id: int = 0, bits: int = 0,
+                    arch: Optional[str] = None, channels: Optional[int] = None, num_classes: Optional[int] = None,
+                    image_size: int = 32, obs_id: str = "") -> "Observation":
+        """The server's view of one update that any FL framework sent (docs/flower.md, "capture format").
+
+        ``model``: the architecture (an ``nn.Module``, or a ggl model name / ``pkg.module:Class`` with
+        ``channels`` and ``num_classes``); its own weights are not used. ``global_state``: the global model the
+        client started from (its full state dict: parameters and buffers). ``sent_tensors``: the update as
+        transmitted, after the client's defences: a mapping parameter name -> tensor, or a sequence in
+        ``model.named_parameters()`` order, one per parameter. ``defense_spec``: the chain the client applied
+        (ggl defence specs: dicts or ``ggl.defenses`` objects; [] for none). ``probe``: ``fedsgd`` (the
+        gradient of one step on ``batch_size`` images) or ``local_update`` (the weight delta after
+        ``local_steps`` SGD steps with ``lr``, ``momentum``, ``weight_decay``, mini-batches of
+        ``local_batch_size``). Arrays may be numpy arrays. Every problem is a ``UserError`` naming the field.
+        """
+        import numpy as np
+
+
+        where = "Observation.from_update"
+        if probe not in ("fedsgd", "local_update"):
+            raise UserError(f"{where}: probe={probe!r} is not one of fedsgd, local_update")
+        if isinstance(model, str):
+            if channels is None or num_classes is None:
+                raise UserError(f"{where}: a model given by name ('{model}') needs channels= and num_classes=")
+            arch = arch or model
+            model = build_model(model, int(channels), int(num_classes), where=where)
+        elif not isinstance(model, nn.Module):
+            raise UserError(f"{where}: model must be an nn.Module or a model name, not {type(model).__name__}")
+        arch = arch or model_name_of(model)
+        if channels is None:
+            conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+            channels = conv.in_channels if conv is not None else None
+        if num_classes is None:
+            linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+            num_classes = linear[-1].out_features if linear else None
+        if channels is None or num_classes is None:
+            raise UserError(f"{where}: cannot tell the model's input channels and classes; pass channels= and "
+                            f"num_classes=")
+
+        def as_tensor(v, name: str) -> Tensor:
+            try:
+                return torch.as_tensor(np.asarray(v) if not isinstance(v, Tensor) else v).detach().cpu().clone()
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise UserError(f"{where}: '{name}' is not an array ({exc})") from None
+
+        expected = {k: v for k, v in model.state_dict().items()}
+        state = {str(k): as_tensor(v, f"global_state[{k}]") for k, v in dict(global_state).items()}
+        missing, unknown = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        if missing or unknown:
+            what = f"lacks '{missing[0]}'" if missing else f"has '{unknown[0]}', which the model does not"
+            raise UserError(f"{where}: global_state {what} (it must be the model's full state dict)")
+        for k, v in state.items():
+            if tuple(v.shape) != tuple(expected[k].shape):
+                raise UserError(f"{where}: global_state['{k}'] has shape {tuple(v.shape)}, the model's "
+                                f"{tuple(expected[k].shape)}")
+        names = [n for n, _ in model.named_parameters()]
+        if isinstance(sent_tensors, Mapping):
+            absent = [n for n in names if n not in sent_tensors]
+            if absent or len(sent_tensors) != len(names):
+                extra = sorted(set(map(str, sent_tensors)) - set(names))
+                raise UserError(f"{where}: sent_tensors " + (f"lacks parameter '{absent[0]}'" if absent else
+                                f"has '{extra[0]}', which is not a parameter") + " (one tensor per parameter)")
+            update = [as_tensor(sent_tensors[n], f"sent_tensors[{n}]") for n in names]
+        else:
+            update = [as_tensor(t, f"sent_tensors[{i}]") for i, t in enumerate(sent_tensors)]
+            if len(update) != len(names):
+                raise UserError(f"{where}: {len(update)} sent tensors for the model's {len(names)} parameters")
+        shapes = dict(model.named_parameters())
+        for n, t in zip(names, update):
+            if tuple(t.shape) != tuple(shapes[n].shape):
+                raise UserError(f"{where}: sent tensor '{n}' has shape {tuple(t.shape)}, the parameter's "
+                                f"{tuple(shapes[n].shape)}")
+            if not t.is_floating_point():
+                raise UserError(f"{where}: sent tensor '{n}' is {t.dtype}; an update is floating point")
+        if probe == "fedsgd":
+            kind, steps = "gradient", 1
+        else:
+            if local_steps is None or int(local_steps) < 1:
+                raise UserError(f"{where}: probe='local_update' needs local_steps >= 1 (the client's SGD steps)")
+            kind, steps = "delta", int(local_steps)
+        if isinstance(defense_spec, Mapping) or hasattr(defense_spec, "label"):
+            defense_spec = [defense_spec]
+
+        specs = [parse_defense(dict(d) if isinstance(d, Mapping) else d, f"defense_spec[{i}]")
+                 for i, d in enumerate(defense_spec)]
+        check_chain(specs, "defense_spec")
+        obs = cls(arch=str(arch), channels=int(channels), num_classes=int(num_classes), state=state, names=names,
+                  update=update, kind=kind, batch_size=int(batch_size), local_steps=steps, lr=float(lr),
+                  momentum=float(momentum), weight_decay=float(weight_decay), local_batch_size=int(local_batch_size),
+                  round=int(round), client_id=int(client_id), bits=int(bits), image_size=int(image_size),
+                  defenses=[asdict(s) for s in specs], obs_id=str(obs_id))
+        _check_finite(obs, where)
+        return obs
 
     @property
     def input_shape(self) -> tuple:

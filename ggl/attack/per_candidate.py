@@ -1,25 +1,14 @@
 """Per-candidate FedSGD gradients in one ordinary backward pass (no ``vmap``), for plain conv nets.
 
-``vmap(grad(loss))`` computes each candidate's weight gradient of a convolution as one grouped
-convolution with a group per candidate, a slow CPU kernel for the small layers of the attacked nets
-(~12 GFLOP/s on LeNet). Candidates do not interact in a net without batch statistics, so their
-gradients follow from one batched forward and backward:
-
-* the backward of the summed loss gives, at each layer's output, every candidate's own signal
-  ``delta`` (the sum's gradient at candidate p's activations is candidate p's loss gradient);
-* a layer's weight gradient of candidate p is its input patches times ``delta``: one batched matmul
-  per layer (``bmm``), the patches gathered with a strided view (``im2col`` is a slow CPU loop).
-
-The same numbers as ``vmap`` in another summation order; ``evaluation: batched`` uses this path where
-``supports(model)`` holds (LeNet, the CNN: convolutions, linear layers, activations, pooling), and
-``vmap`` elsewhere (GroupNorm's ResNet, local-update probes). Differentiable in the images, so the
-Adam phase uses it too.
-
-``factored=True`` leaves each linear layer's weight gradient as its factors (``OuterSum``: a candidate's
-gradient is ``delta^T @ inputs``, a sum of B outer products), for a loss that needs only inner products
-with the target and norms (the matching losses without a defence to replay). On the sweep's CNN the
-first linear layer holds 95% of the weights: materialised, its gradients are 2 MB per candidate, written
-and read back by the loss, more work than the rest of the evaluation.
+``vmap(grad(loss))`` computes a convolution's per-candidate weight gradient as a grouped convolution, a
+slow CPU kernel for the attacked nets' small layers. Without batch statistics candidates do not
+interact, so one batched forward and backward of the summed loss gives each candidate's own ``delta``
+at every layer's output, and candidate p's weight gradient is its input patches (a strided view) times
+``delta``: one ``bmm`` per layer. The same numbers in another summation order; ``evaluation: batched``
+uses it where ``supports(model)`` holds (LeNet, the CNN), ``vmap`` elsewhere (ResNet's GroupNorm,
+local-update probes); differentiable in the images, so the Adam phase uses it too. ``factored=True``
+leaves linear layers' weight gradients as factors (``OuterSum``: ``delta^T @ inputs``) for a loss that
+needs only inner products and norms (the matching losses without a defence to replay).
 """
 from __future__ import annotations
 
@@ -57,8 +46,8 @@ class PerCandidateGradients:
     def __init__(self, model: nn.Module, names: Sequence[str]):
         if next(model.parameters()).device.type == "cpu":
             # a channels-last copy (the model is fixed for an observation): oneDNN's faster layout for these
-            # convolutions and poolings, and the patches below come out of it without a layout copy (a
-            # population of 50, one thread: the CNN's 46 -> 34 ms, LeNet's 13.6 -> 12.6 ms)
+            # convolutions and poolings, and the patches below come out of it without a layout copy
+            # (the gain: benchmarks/README.md)
             model = copy.deepcopy(model).to(memory_format=torch.channels_last)
         self.model = model
         self.layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]

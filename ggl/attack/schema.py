@@ -6,15 +6,13 @@ from typing import Any, Dict, List, Optional
 
 from ggl.attack.attackers import check_portfolio
 from ggl.attack.device import DEVICES, check_device
-from ggl.core.checks import one_of
+from ggl.core.checks import changed, count, one_of, unused
 from ggl.core.errors import ConfigError
 from ggl.defenses import parse_defense
 
 OPTIMIZERS = ("cmaes", "adam", "cmaes_adam")
 LOSSES = ("l2", "cosine")
 EVALUATIONS = ("batched", "loop")
-LIMITS = {"population": 100_000, "generations": 10_000_000, "restarts": 10_000, "adam_steps": 10_000_000,
-          "adam_restarts": 100_000}
 
 
 @dataclass
@@ -46,6 +44,7 @@ class AttackConfig:
     attackers: Optional[List[str]] = None  # the portfolio (ggl/attack/attackers); null = one GGL attacker (loss, adaptive)
     attacker_options: Dict[str, Any] = field(default_factory=dict)  # each attacker's own settings, by name
     trusted_generators: List[str] = field(default_factory=list)  # dotted generator classes a prior may name
+    trusted_models: List[str] = field(default_factory=list)  # user models (pkg.module:Class) a capture may name
     image_every: int = 20                 # W&B: the best reconstruction so far every N search steps; 0 = off
 
     def check(self) -> None:
@@ -77,10 +76,9 @@ class AttackConfig:
                 raise ConfigError(f"config key 'attack.adam_restarts' = {self.adam_restarts} must be >= 1")
             if not self.adam_lr > 0:
                 raise ConfigError(f"config key 'attack.adam_lr' = {self.adam_lr} must be > 0")
-        for key, most in LIMITS.items():  # beyond these a typo, not a budget (memory or years of CPU)
-            if getattr(self, key) > most:
-                raise ConfigError(f"config key 'attack.{key}' = {getattr(self, key)} is absurdly large "
-                                  f"(at most {most}); did you mean a smaller number?")
+        for key in ("population", "generations", "restarts", "adam_steps", "adam_restarts", "max_observations",
+                    "patience", "torch_threads"):  # the upper ends (ggl.core.checks.LIMITS); the lower ones here
+            count(getattr(self, key), f"attack.{key}", lo=None)
         if self.image_every < 0:
             raise ConfigError(f"config key 'attack.image_every' = {self.image_every} must be >= 0 (0 = no images)")
         if self.patience is not None and self.patience < 1:
@@ -94,9 +92,22 @@ class AttackConfig:
             raise ConfigError(f"config key 'attack.max_observations' = {self.max_observations} must be >= 1")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ConfigError(f"config key 'attack.torch_threads' = {self.torch_threads} must be >= 1")
+        self._unused_keys(uses_cma, uses_adam)
         if self.defenses is not None:
             self.defenses = [self._parse_setting(s, f"attack.defenses[{i}]", parse_defense)
                              for i, s in enumerate(self.defenses)]
+
+    def _unused_keys(self, uses_cma: bool, uses_adam: bool) -> None:
+        """Keys of a search or an attacker this config does not run: a warning line each."""
+        for name in self.attacker_options:
+            if name not in (self.attackers or ()):
+                unused(f"attack.attacker_options.{name}", dict(self.attacker_options[name] or {}),
+                       f"'{name}' is not in attack.attackers ({', '.join(self.attackers or ['null: one GGL attacker'])})")
+        for keys, used, what in ((("population", "generations", "restarts", "sigma"), uses_cma, "CMA-ES"),
+                                 (("adam_steps", "adam_lr", "adam_restarts"), uses_adam, "Adam")):
+            for key in keys:
+                if not used and changed(self, key):
+                    unused(f"attack.{key}", getattr(self, key), f"attack.optimizer = {self.optimizer} runs no {what}")
 
     @staticmethod
     def _parse_setting(setting: Any, key: str, parse_defense) -> list:

@@ -1,17 +1,14 @@
 """Latent search: CMA-ES (``cmaes``), Adam through the generator, or CMA-ES then Adam.
 
-The reconstruction is the best candidate by loss over the whole search. numpy's BLAS threads (used
-inside ``cmaes``) are pinned to 1 for the search: on 2 cores an unpinned OpenBLAS fighting torch's
-threads made each generation ~4x slower.
+The reconstruction is the best candidate by loss over the whole search. numpy's BLAS threads (inside
+``cmaes``) are pinned to 1: an unpinned OpenBLAS fights torch's threads (``benchmarks/README.md``).
+Candidates live on ``attack.device``; only the losses CMA-ES is told come back to the CPU. ``watch``
+gets a ``SearchStep`` after every generation / Adam step (the best loss so far, the best reconstruction
+on demand): the attack's W&B run streams from it and ``benchmarks/bench_budget.py`` draws its curve.
 
-Candidates live on the objective's device (``attack.device``); only the losses CMA-ES is told come
-back to the CPU. ``watch`` is called after every generation / Adam step with a ``SearchStep`` (the
-best loss so far and the best reconstruction on demand): the attack's W&B run streams from it and
-``benchmarks/bench_budget.py`` reads its leakage-vs-CPU-seconds curve from it.
-
-Early stopping (``attack.patience``): a phase (one CMA-ES restart, the Adam fine-tuning) ends once
-its best loss has not improved by more than ``REL_IMPROVEMENT`` (relative) for ``patience``
-generations / steps; with early stopping on, CMA-ES also ends where ``cmaes`` itself says the run has converged.
+Early stopping (``attack.patience``): a phase (one CMA-ES restart, the Adam fine-tuning) ends once its
+best loss has not improved by more than ``REL_IMPROVEMENT`` (relative) for ``patience`` generations /
+steps; with it on, CMA-ES also ends where ``cmaes`` itself says the run has converged.
 """
 from __future__ import annotations
 
@@ -211,6 +208,9 @@ def run_search(objective: GGLObjective, cfg, seed: int, tick: Tick = None, watch
     progress = _Progress(objective, best, search_units(cfg), tick, watch)
     patience = getattr(cfg, "patience", None)
     gen = torch.Generator().manual_seed(derived_seed(seed, 0xADA))
+    objective.check_fits(1, objective.memory_key, grad=False)  # CMA-ES goes in chunks, of at least one
+    if cfg.optimizer in ("adam", "cmaes_adam"):  # Adam's restarts go through the graph at once
+        objective.check_fits(cfg.adam_restarts, "attack.adam_restarts")
     with threadpool_limits(limits=1, user_api="blas"):
         if cfg.optimizer in ("cmaes", "cmaes_adam"):
             keep = cfg.adam_restarts if cfg.optimizer == "cmaes_adam" else 1

@@ -1,17 +1,14 @@
 """Trial updates: the attacker replays the client's computation on candidate images.
 
 ``ClientSimulator.update(x, y)`` is a pure function (``torch.func``) of one candidate batch ``x``
-(B, C, H, W): the gradient of the client's first step (FedSGD) or the weight delta after
-``local_steps`` SGD steps with the observed lr, momentum and weight decay (FedAvg), exactly as
-``ggl.fl.client.train_client`` computes it. ``batched`` vectorises it over a whole population with
-``torch.func.vmap`` (``evaluation: batched``). ``reference`` computes the same update with plain
-autograd, one candidate at a time, as the reference implementation's loop does (``evaluation:
-loop``); the tests check that both give the same losses.
+(B, C, H, W): the first step's gradient (FedSGD) or the weight delta after ``local_steps`` SGD steps
+with the observed lr, momentum and weight decay (FedAvg), as ``ggl.fl.client.train_client`` computes
+it. ``batched`` vmaps it over a population (``evaluation: batched``); ``reference`` is plain autograd,
+one candidate at a time (``evaluation: loop``); the tests check that both give the same losses.
 
-``DefenseModel`` is what an *adaptive* attacker knows of the defence chain: each defense's own
-model for the attacker (``ggl.defenses``), applied to every trial update in chain order. Re-applied
-transforms use the very functions the client used; where those are not differentiable (rounding,
-sign) the gradient is the straight-through estimator (identity), so gradient-based search passes them.
+``DefenseModel`` is what an *adaptive* attacker knows of the defence chain: each defence's own model,
+applied to every trial update in chain order with the very functions the client used (straight-through
+gradients where those are not differentiable: rounding, sign).
 """
 from __future__ import annotations
 

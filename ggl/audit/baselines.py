@@ -1,11 +1,10 @@
 """Label-only baselines: what an attacker who learned only the label (nothing else from the update) can
 show. A reconstruction leaks only what it adds on top of the strongest of them.
 
-Strongest first (measured on the shipped report's victims, PSNR): the class mean of the prior
-(``prior_mean``: the mean of G(z, y) over ``PRIOR_MEAN_SAMPLES`` seeded z), the class mean of the
-public split (``public_mean``), and one random prior sample of the label (``prior_sample``, the
-baseline before these). Each is built only from the prior or from public images; the functions take
-nothing else (``tests/test_leakage.py`` changes the private images and checks nothing moves).
+Strongest first (on the shipped report's victims, PSNR): the prior's class mean (``prior_mean``: G(z, y)
+averaged over ``PRIOR_MEAN_SAMPLES`` seeded z), the public split's class mean (``public_mean``) and one
+random prior sample of the label (``prior_sample``). Each is built only from the prior or public images
+(``tests/test_leakage.py`` changes the private images and checks nothing moves).
 
 Leakage of an image, per metric, is the reconstruction's score minus the best baseline's score *on
 that image* (sign-flipped for lower-is-better metrics, so positive = the attack beat every label-only
@@ -18,19 +17,11 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor, nn
 
+from ggl.audit.metrics import direction
 from ggl.core.seeding import derived_seed
 
 BASELINES = ("prior_mean", "public_mean", "prior_sample")
 PRIOR_MEAN_SAMPLES = 500
-# metric -> +1 when higher = closer to the victim, -1 when lower is
-DIRECTION = {"psnr": 1, "ssim": 1, "lpips": -1, "mse": -1, "feature_mse": -1}
-
-
-def direction(metric: str) -> int:
-    if metric.startswith("reid_"):
-        return 1
-    return DIRECTION.get(metric, 0)
-
 
 @torch.no_grad()
 def prior_class_means(G: nn.Module, num_classes: int, samples: int = PRIOR_MEAN_SAMPLES, seed: int = 0,

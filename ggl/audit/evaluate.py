@@ -21,15 +21,13 @@ from torch import Tensor, nn
 from ggl.audit import metrics
 from ggl.audit import baselines as label_only
 from ggl.audit.records import ImageRecord
-from ggl.audit.reid import Gallery, chance, load_feature_classifier, reid_keys
+from ggl.audit.reid import Gallery, chance, load_feature_classifier
 from ggl.audit.truth import GroundTruth
 from ggl.core.errors import UserError
 from ggl.data.datamodule import load_split
 from ggl.data.schema import DataConfig
 from ggl.data.splits import indices_hash
 from ggl.gan.prior import DEFAULT_PRIOR
-
-METRICS = ("psnr", "ssim", "lpips", "mse", "feature_mse")
 
 
 def _match(recon: Tensor, truth: Tensor) -> np.ndarray:
@@ -127,11 +125,7 @@ class Evaluator:
     def scores(self, recon: Tensor, truth: Tensor, model: Optional[nn.Module] = None) -> List[dict]:
         """Per-image scores of ``recon`` against ``truth`` (same order)."""
         recon, truth = recon.float().clamp(0, 1), truth.float()
-        out = {"psnr": metrics.psnr(recon, truth), "ssim": metrics.ssim(recon, truth),
-               "mse": metrics.mse(recon, truth)}
-        lp = self.lpips(recon, truth)
-        out["lpips"] = lp
-        out["feature_mse"] = metrics.feature_mse(model, recon, truth) if model is not None else None
+        out = metrics.score_images(recon, truth, metrics.Inputs(model=model, lpips=self.lpips))
         rows = []
         for i in range(len(truth)):
             rows.append({k: (None if v is None else float(v[i])) for k, v in out.items()})
@@ -202,7 +196,7 @@ def summarize(records: List[ImageRecord], wall_seconds: float, lpips_reason: Opt
         "n_images": len(records), "wall_seconds": float(wall_seconds),
         "lpips_note": lpips_reason, "reid_feature_note": reid_note,
     }
-    for key in METRICS + tuple(reid_keys()):
+    for key in metrics.METRICS:
         out.setdefault(f"{key}_mean", mean(key))
         out[f"best_baseline_{key}_mean"] = mean(f"best_baseline_{key}")
         out[f"leakage_{key}_mean"] = mean(f"leakage_{key}")

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ggl.audit.baselines import BASELINES, leakage
-from ggl.audit.records import (GALLERY_KEYS, METRICS, RECORDS_FORMAT, FederationRef, ImageRecord,
+from ggl.audit.metrics import METRICS
+from ggl.audit.records import (GALLERY_KEYS, RECORDS_FORMAT, FederationRef, ImageRecord,
                                SchemaError, integer, num, parse_records)
 
 # ggl.records/1 field -> its ggl.records/2 name
@@ -109,7 +110,7 @@ def record_from_row(row: dict, config: dict, federation: Optional[FederationRef]
     if name is not None and not isinstance(name, str):
         raise SchemaError(f"{what}.attacker_name = {name!r} is not a string")
     setting = row.get("setting") or config.get("setting") or "?"
-    metrics = {k: num(row.get(k), f"{what}.{k}") for k in METRICS + GALLERY_KEYS if k in row}
+    metrics = {k: num(row.get(k), f"{what}.{k}") for k in (*METRICS, *GALLERY_KEYS) if k in row}
     if "psnr" not in metrics:
         raise SchemaError(f"{what} has no 'psnr'")
     base = _baselines(row, what)

@@ -1,21 +1,27 @@
-"""Reconstruction scores (evaluator side): PSNR, SSIM, LPIPS, MSE, feature MSE in the attacked model.
+"""Reconstruction scores (evaluator side). ``METRICS`` is the one table of them: adding a metric is one
+entry ``name: Metric(fn, direction)``; the evaluator, the baselines' leakage, the records, the CSV
+columns and the summary all derive from it. Functions take image batches (N, C, H, W) in [0, 1] and
+return one value per image.
 
-All functions take image batches (N, C, H, W) in [0, 1] and return one value per image.
-
-* PSNR and SSIM come from torchmetrics (``data_range=1``).
-* LPIPS comes from the ``lpips`` package, whose backbone (AlexNet by default) loads torchvision's
-  ImageNet weights. Nothing may download at run time, so ``LPIPSScorer`` looks for the weights file in
-  torch hub's cache first; when it is absent the score is ``None`` and ``reason`` says why.
-* Feature MSE: the mean squared difference of the attacked model's penultimate features (the input
-  of its last linear layer) for the original and the reconstruction.
+* PSNR and SSIM come from torchmetrics (``data_range=1``); feature MSE compares the attacked model's
+  penultimate features (the input of its last linear layer).
+* LPIPS comes from the ``lpips`` package, whose backbone loads torchvision's ImageNet weights. Nothing
+  downloads at run time: without the weights file in torch hub's cache the score is ``None``
+  (``LPIPSScorer.reason`` says why).
+* Re-identification (``reid_*``) is scored against a gallery by ``ggl.audit.reid`` (``fn=None``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import Tensor, nn
+
+from ggl.audit.reid import reid_keys
+
+HIGHER, LOWER = 1, -1   # Metric.direction: a higher (lower) score = closer to the victim = more leakage
 
 # the torchvision checkpoint each lpips backbone loads (torchvision.models.*_Weights.IMAGENET1K_V1)
 LPIPS_BACKBONE_FILES = {
@@ -95,3 +101,48 @@ class LPIPSScorer:
         if x.shape[1] == 1:  # the backbone takes RGB
             x, y = x.repeat(1, 3, 1, 1), y.repeat(1, 3, 1, 1)
         return self.model(x, y, normalize=True).flatten()
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a metric may use besides the two batches: the attacked model and the LPIPS scorer."""
+    model: Optional[nn.Module] = None
+    lpips: Optional[LPIPSScorer] = None
+
+
+@dataclass(frozen=True)
+class Metric:
+    # (reconstructions, originals, Inputs) -> one score per image (None: not available);
+    # None: scored elsewhere (re-identification, by the gallery)
+    fn: Optional[Callable[[Tensor, Tensor, Inputs], Optional[Tensor]]]
+    direction: int                      # HIGHER or LOWER: which way is more leakage
+
+
+def _lpips(x: Tensor, y: Tensor, inputs: Inputs) -> Optional[Tensor]:
+    return inputs.lpips(x, y) if inputs.lpips is not None else None
+
+
+def _feature_mse(x: Tensor, y: Tensor, inputs: Inputs) -> Optional[Tensor]:
+    return feature_mse(inputs.model, x, y) if inputs.model is not None else None
+
+
+# name -> Metric, in CSV column order
+METRICS: Dict[str, Metric] = {
+    "psnr": Metric(lambda x, y, _: psnr(x, y), HIGHER),
+    "ssim": Metric(lambda x, y, _: ssim(x, y), HIGHER),
+    "lpips": Metric(_lpips, LOWER),
+    "mse": Metric(lambda x, y, _: mse(x, y), LOWER),
+    "feature_mse": Metric(_feature_mse, LOWER),
+    **{key: Metric(None, HIGHER) for key in reid_keys()},
+}
+
+
+def direction(metric: str) -> int:
+    """+1 when a higher ``metric`` is more leakage, -1 when a lower one is, 0 for an unknown name."""
+    entry = METRICS.get(metric)
+    return entry.direction if entry is not None else 0
+
+
+def score_images(recon: Tensor, truth: Tensor, inputs: Inputs) -> Dict[str, Optional[Tensor]]:
+    """{metric: per-image scores or None} of every ``METRICS`` entry with a function."""
+    return {name: m.fn(recon, truth, inputs) for name, m in METRICS.items() if m.fn is not None}

@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ggl.audit.baselines import BASELINES, best_baseline
-from ggl.audit.reid import reid_keys
+from ggl.audit.metrics import METRICS
 from ggl.core.atomic import atomic_write_text
 from ggl.defenses import defenses_label, parse_defense
 
 RECORDS_FORMAT = "ggl.records/2"
-METRICS: Tuple[str, ...] = ("psnr", "ssim", "lpips", "mse", "feature_mse", *reid_keys())
 GALLERY_KEYS = ("reid_gallery_all", "reid_gallery_class")
 ATTACKER_KINDS = ("non-adaptive", "adaptive")  # the CSV's ``attacker`` column: does the attacker model the defence
 
@@ -103,6 +102,7 @@ class ImageRecord:
     federation: Optional[FederationRef] = None
     images: Optional[str] = None      # the attack's images.pt of this setting (for the figure)
     probe: Optional[str] = None       # what the victim sent: fedsgd | local_update | fl
+    search: Dict[str, Any] = field(default_factory=dict)  # the search behind it: seed, loss, evaluations, seconds
 
     def to_json(self) -> dict:
         blob = asdict(self)
@@ -122,6 +122,8 @@ class ImageRecord:
             raise SchemaError(f"{what}: {exc}") from None
         for k, v in rec.metrics.items():
             num(v, f"{what}.metrics.{k}")
+        for k, v in rec.search.items():
+            num(v, f"{what}.search.{k}")
         for b, scores in rec.baselines.items():
             for k, v in scores.items():
                 num(v, f"{what}.baselines.{b}.{k}")
@@ -153,7 +155,7 @@ class ImageRecord:
                                "images": os.path.relpath(Path(self.images).resolve(), folder.resolve())
                                if self.images else None}
         row.update({k: getattr(fed, k) if fed is not None else None for k in FED_COLUMNS})
-        row.update({k: self.metrics.get(k) for k in METRICS + GALLERY_KEYS})
+        row.update({k: self.metrics.get(k) for k in (*METRICS, *GALLERY_KEYS)})
         row.update({f"baseline_{b}_{m}": self.baselines.get(b, {}).get(m) for b in BASELINES for m in METRICS})
         row.update({f"leakage_{m}": self.leakage.get(m) for m in METRICS})
         return row
@@ -168,7 +170,7 @@ class ImageRecord:
             adaptive=line.get("adaptive") == "true", seed=n("seed"), round=n("round"),
             capture_id=line.get("probe") or None, victim_index=n("victim_id"), image=n("image") or 0,
             label=n("label"), label_pred=n("label_pred"), batch_label_acc=f("batch_label_acc"),
-            metrics={k: f(k) for k in METRICS + GALLERY_KEYS},  # an empty cell is a null score
+            metrics={k: f(k) for k in (*METRICS, *GALLERY_KEYS)},  # an empty cell is a null score
             baselines={b: {m: f(f"baseline_{b}_{m}") for m in METRICS}
                        for b in BASELINES if any(line.get(f"baseline_{b}_{m}", "") != "" for m in METRICS)},
             leakage={m: f(f"leakage_{m}") for m in METRICS},
@@ -266,10 +268,19 @@ ID_COLUMNS = ("setting", "defense", "attacker", "attacker_name", "adaptive", "se
 
 def csv_columns() -> List[str]:
     cols = list(dict.fromkeys(ID_COLUMNS + FED_COLUMNS))
-    cols += list(METRICS) + list(GALLERY_KEYS)
+    cols += [*METRICS, *GALLERY_KEYS]  # METRICS: ggl.audit.metrics' table, read at call time
     cols += [f"baseline_{b}_{m}" for b in BASELINES for m in METRICS]
     cols += [f"leakage_{m}" for m in METRICS]
     return cols
+
+
+FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as the start of a formula
+
+
+def spreadsheet_safe(text: str) -> str:
+    """Text a spreadsheet shows as text: one leading single quote before a formula-leading cell (=, +, -, @,
+    tab, CR), as spreadsheet-safe CSV writers do. Numbers are not text and never pass through here."""
+    return "'" + text if text.startswith(FORMULA_LEADS) else text
 
 
 def _cell(v: Any) -> str:
@@ -279,18 +290,22 @@ def _cell(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, float):
         return repr(v)
-    return str(v)
+    if isinstance(v, int):
+        return str(v)
+    return spreadsheet_safe(str(v))
 
 
-def write_csv(path: Path, rows: Iterable[Tuple[ImageRecord, Optional[FederationResult]]]) -> Path:
-    """One line per (record, its federation) under the ``csv_columns()`` header; written atomically."""
+def write_csv(path: Path, rows: Iterable[Tuple[ImageRecord, Optional[FederationResult]]],
+              relative_to: Optional[Path] = None) -> Path:
+    """One line per (record, its federation) under the ``csv_columns()`` header; written atomically. ``images``
+    paths are relative to ``relative_to`` (the folder the CSV ends up in; default: ``path``'s folder)."""
     path = Path(path)
     columns = csv_columns()
     with io.StringIO(newline="") as fh:
         w = csv.writer(fh)
         w.writerow(columns)
         for rec, fed in rows:
-            flat = rec.to_row(fed, path.parent)
+            flat = rec.to_row(fed, Path(relative_to) if relative_to is not None else path.parent)
             w.writerow([_cell(flat.get(c)) for c in columns])
         return atomic_write_text(path, fh.getvalue())
 
@@ -298,11 +313,7 @@ def write_csv(path: Path, rows: Iterable[Tuple[ImageRecord, Optional[FederationR
 def read_csv(path: Path) -> List[Tuple[ImageRecord, Optional[FederationResult]]]:
     """The (record, federation numbers or None) pairs of a tidy CSV written by ``write_csv``."""
     path = Path(path)
-    try:
-        with path.open(newline="") as fh:
-            lines = list(csv.DictReader(fh))
-    except OSError as exc:
-        raise SchemaError(f"{path}: cannot be read ({exc.strerror})") from None
+    lines = _dict_rows(path)
     need = {"setting", "attacker", "psnr", "test_acc"}
     curves = read_accuracy_csv(path.parent / ACCURACY_FILE)
     out = []
@@ -310,21 +321,46 @@ def read_csv(path: Path) -> List[Tuple[ImageRecord, Optional[FederationResult]]]
         missing = need - set(line)
         if missing:
             raise SchemaError(f"{path}: not a ggl per-image CSV (no column {sorted(missing)[0]!r})")
+        if None in line or None in line.values():  # DictReader's marks of a row longer / shorter than the header
+            header = [k for k in line if k is not None]
+            cells = sum(line[k] is not None for k in header) + len(line.get(None) or [])
+            raise SchemaError(f"{path}: line {i + 2} has {cells} cells, the header {len(header)}: the file is cut "
+                              f"short or edited; fix or drop that line")
 
         def f(key: str) -> Optional[float]:
             v = line.get(key, "")
             try:
-                return float(v) if v != "" else None
+                x = float(v) if v != "" else None
             except ValueError:
                 raise SchemaError(f"{path}: line {i + 2}, column {key!r} = {v!r} is not a number") from None
+            if x is not None and not math.isfinite(x):  # ggl writes no nan/inf (results are strict JSON)
+                raise SchemaError(f"{path}: line {i + 2}, column {key!r} = {v!r} is not a finite number (an empty "
+                                  f"cell is no score)")
+            return x
 
         def n(key: str) -> Optional[int]:
             v = f(key)
+            if v is not None and not (math.isfinite(v) and v == int(v)):
+                raise SchemaError(f"{path}: line {i + 2}, column {key!r} = {line.get(key)!r} is not a whole number")
             return None if v is None else int(v)
 
         rec = ImageRecord.from_row(line, path.parent, f, n)
         out.append((rec, _fed_of_row(line, rec, curves, f, n)))
     return out
+
+
+def _dict_rows(path: Path) -> List[Dict[str, str]]:
+    """The CSV's rows as dicts; an unreadable, binary or oversized file is a one-line ``SchemaError``."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a spreadsheet's byte-order mark
+            return list(csv.DictReader(fh))
+    except OSError as exc:
+        raise SchemaError(f"{path}: cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise SchemaError(f"{path}: not UTF-8 text (byte {exc.start}); give the per-image CSV the report "
+                          f"wrote") from None
+    except csv.Error as exc:
+        raise SchemaError(f"{path}: not a readable CSV ({str(exc).splitlines()[0][:120]})") from None
 
 
 def _fed_of_row(line: Dict[str, str], rec: ImageRecord, curves: dict, f, n) -> Optional[FederationResult]:

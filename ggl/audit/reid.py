@@ -1,19 +1,14 @@
 """Identity leakage (evaluator side: uses the private split): does a reconstruction single out its victim?
 
-Each reconstruction is compared with every image of a gallery of private images; the victim's rank is
-1 + the number of gallery images closer to the reconstruction than the victim (ties count half, the
-expected rank under random tie-breaking). Breaching's "image identifiability precision" is the idea.
+The victim's rank in a gallery of private images is 1 + the number closer to the reconstruction than
+the victim (ties count half: the expected rank under random tie-breaking), after Breaching's "image
+identifiability precision". Galleries: ``all`` (the private split) and ``class`` (the victim's true
+label's images: identity beyond the label). Spaces: ``pixel`` (Euclidean) and ``feature`` (cosine
+distance of the penultimate features of the public-split domain classifier shipped beside the prior,
+``<prior stem>_classifier.pt``), which sees the stroke style that PSNR misses.
 
-Two galleries: ``all`` (the whole private split) and ``class`` (the private images of the victim's true
-label: identity beyond the label, which a label-only guess cannot give). Two spaces: ``pixel``
-(Euclidean distance of the raw images) and ``feature`` (cosine distance of the penultimate features of
-the domain classifier trained on the *public* split that ships beside the GAN prior,
-``<prior stem>_classifier.pt``). PSNR misses a reconstruction with the victim's stroke style but
-another position or thickness; the feature space does not.
-
-Per image: ``reid_top1_<space>_<gallery>`` (the probability the victim ranks first: 1/(1+ties) when
-nothing is closer), ``reid_rr_<space>_<gallery>`` (1 / rank) and the gallery sizes. Chance: a random
-image ranks the victim uniformly in 1..M, so top-1 = 1/M and MRR = H_M / M (``chance``).
+Per image: ``reid_top1_<space>_<gallery>`` (1/(1+ties) when nothing is closer), ``reid_rr_<space>_<gallery>``
+(1 / rank) and the gallery sizes. Chance (``chance``): top-1 = 1/M, MRR = H_M / M.
 """
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from ggl.core.checks import count, unused
 from ggl.core.errors import ConfigError
 
 PROBES = ("fedsgd", "local_update")
@@ -33,14 +34,17 @@ class AuditConfig:
         if not isinstance(steps, int) or steps < 2:
             raise ConfigError(f"config key 'audit.local_steps' = {steps!r}: a local update takes >= 2 steps "
                               f"(one step is the fedsgd probe: set audit.probe=fedsgd)")
+        count(steps, "audit.local_steps", lo=2)
         return steps
 
     def check(self) -> None:
         self.probe_steps()
+        if self.local_steps is not None and self.probe != "local_update":
+            unused("audit.local_steps", self.local_steps, f"audit.probe is {self.probe or 'null'}, not local_update")
         if any(r < 0 for r in self.rounds):
             raise ConfigError(f"config key 'audit.rounds' = {list(self.rounds)} must hold round numbers >= 0")
-        if self.num_images < 1 or self.batch_size < 1:
-            raise ConfigError("config keys 'audit.num_images' and 'audit.batch_size' must be >= 1")
+        count(self.num_images, "audit.num_images")
+        count(self.batch_size, "audit.batch_size")
         if self.num_images % self.batch_size:
             raise ConfigError(f"config key 'audit.num_images' = {self.num_images} must be a multiple of "
                               f"'audit.batch_size' = {self.batch_size}")

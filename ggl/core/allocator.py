@@ -3,9 +3,9 @@
 A batched attack step materialises every candidate's trial update at once. On the federation's CNN
 (544,522 parameters) a population of 50 makes 109 MB per update tuple, plus the adaptive attacker's
 copies, allocated and freed again every generation. glibc's malloc serves blocks that large with a
-fresh ``mmap`` and unmaps them on ``free``, so each generation pays the kernel for zeroing new pages:
-measured, two thirds of an attack's wall time was system time. Raising malloc's mmap and trim
-thresholds makes it reuse the freed heap instead; ``benchmarks/bench_allocator.py`` measures the gain.
+fresh ``mmap`` and unmaps them on ``free``, so each generation pays the kernel for zeroing new pages.
+Raising malloc's mmap and trim thresholds makes it reuse the freed heap instead;
+``benchmarks/bench_allocator.py`` measures the gain (numbers: ``benchmarks/README.md``).
 
 The cost is that the process keeps its peak heap until it exits, which an attack process reaches
 anyway within its first generation. On other C libraries (macOS, Windows, musl) this is a no-op.

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-from ggl.core.errors import UserError
+from ggl.core.errors import WriteError
 
 
 @contextlib.contextmanager
@@ -32,8 +32,8 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
         if isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and "unexpected pos" in str(exc)):
             # a full disk or a read-only folder (torch reports a short write as "unexpected pos")
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:120]
-            raise UserError(f"cannot write '{path}' ({detail}); free some space or make the folder writable "
-                            f"(the previous version of the file, if any, is intact)") from None
+            raise WriteError(f"cannot write '{path}' ({detail}); free some space or make the folder writable "
+                             f"(the previous version of the file, if any, is intact)", detail) from None
         raise
     fsync_dir(path.parent)
 

@@ -17,6 +17,14 @@ class ConfigError(UserError):
     """A bad config file, key or value."""
 
 
+class WriteError(UserError):
+    """A file could not be written (full disk, read-only folder); ``reason`` is the short why."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
+
+
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 

@@ -1,9 +1,12 @@
 """Figures written next to results (matplotlib, headless)."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
+
+from ggl.core.atomic import atomic_write_bytes
 
 
 def _pyplot():
@@ -13,6 +16,13 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: Path, **kwargs) -> Path:
+    """``fig`` as a PNG at ``path`` through the one atomic writer: a full disk leaves no truncated image."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **kwargs)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def label_histogram_png(hist: np.ndarray, path: Path, title: str) -> Path:
@@ -32,8 +42,10 @@ def label_histogram_png(hist: np.ndarray, path: Path, title: str) -> Path:
                     color="white" if v < hist.max() / 2 else "black")
     fig.colorbar(im, ax=ax, label="samples")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        save_figure(fig, path)
+    finally:
+        plt.close(fig)
     return Path(path)
 
 
@@ -73,7 +85,8 @@ def image_rows_png(path: Path, rows, title: str = "", bold=("original", "prior o
     if title:
         ax.set_title(title, fontsize=9, pad=28 if columns else 6)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")  # the labels are wider than a fixed layout would reserve
-    plt.close(fig)
+    try:  # the labels are wider than a fixed layout would reserve
+        save_figure(fig, path, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ggl.core.checks import at_least, check_seed, in_range, one_of
+from ggl.core.checks import changed, check_seed, count, in_range, one_of, unused
 from ggl.core.errors import ConfigError
 from ggl.data.sources import available_datasets
 
@@ -31,8 +31,12 @@ class DataConfig:
         if self.public_fraction + self.test_fraction >= 0.95:
             raise ConfigError("config keys 'data.public_fraction' + 'data.test_fraction' must leave "
                               "at least 5% of the data for the clients' private split")
-        at_least(self.limit, 20, "data.limit", " (or null for all)")
+        count(self.limit, "data.limit", lo=20, hint=" (or null for all)")
         one_of(self.partition, ("iid", "dirichlet", "shards"), "data.partition")
-        at_least(self.num_clients, 1, "data.num_clients")
+        count(self.num_clients, "data.num_clients")
         in_range(self.alpha, 0.0, 1e6, "data.alpha", lo_open=True)
-        at_least(self.classes_per_client, 1, "data.classes_per_client")
+        count(self.classes_per_client, "data.classes_per_client")
+        if self.partition != "dirichlet" and changed(self, "alpha"):
+            unused("data.alpha", self.alpha, f"data.partition is {self.partition}, not dirichlet")
+        if self.partition != "shards" and changed(self, "classes_per_client"):
+            unused("data.classes_per_client", self.classes_per_client, f"data.partition is {self.partition}, not shards")

@@ -1,34 +1,22 @@
 """The defense plugin contract: one defense = one dataclass in one file under ``ggl/defenses/``.
 
-A defense is a dataclass whose fields are its config keys (``name`` first, with the config name as
-its default), registered with ``@register``. Everything about it lives on that one object:
-
-* ``check(key)``: range checks of its own keys (a ``ConfigError`` naming ``key.<field>``);
-* ``label``: a short name for run names and W&B groups (``q4``, ``clip0.25``);
-* ``transform(tensors, update) -> (tensors, bits)``: the pure transform of one client update
-  (``bits=None``: the payload size does not change). ``update`` (a ``ggl.fl.update.ClientUpdate``)
-  gives the seeded randomness (``update.rng``) and, for defenses that need it, the client's data
-  (``update.private``);
-* ``norm_preserving``: never increases an update's L2 norm (so a clip before it still bounds it);
-* ``keeps_client_state`` + ``apply(tensors, update, state)``: per-client state (error feedback), a
-  flat tensor of the update's size per client that the generic callback stores, checkpoints and
-  shares across processes;
-* ``attack_model()``: what the adaptive attacker applies to its trial updates (``reapply`` with or
-  without a straight-through gradient, ``expectation``, ``observed_mask``, or ``no_model(reason)``);
-  ``reapply(fn, batched_fn=...)`` may add the same transform on a whole population's updates at once
-  (optional: without it the search runs ``fn`` under ``vmap``; ``quantize.py`` has one).
-
-Optional hooks for the federation (defaults do nothing): ``bind`` (settings that depend on the chain,
-e.g. noise relative to the clip before it), ``setup`` (checks against the model), ``round_stats``
-(numbers averaged over a round's updates and logged), ``round_metrics`` / ``summary`` (per-run
-numbers such as a DP epsilon). The generic callback ``ggl.fl.callbacks.DefenseCallback`` calls them.
+Its fields are its config keys (``name`` first, defaulting to the config name); ``@register`` adds it.
+It defines ``check(key)`` (range checks: a ``ConfigError`` naming ``key.<field>``), ``label`` (``q4``),
+``transform(tensors, update) -> (tensors, bits)`` (pure; ``bits=None``: size unchanged; ``update.rng``
+gives seeded randomness, ``update.private`` the client's data), ``norm_preserving``, optionally
+``keeps_client_state`` + ``apply(tensors, update, state)`` (per-client state such as error feedback),
+and ``attack_model()`` for the adaptive attacker (``reapply``, ``expectation``, ``observed_mask`` or
+``no_model(reason)``). Optional federation hooks, called by ``ggl.fl.callbacks.DefenseCallback``:
+``bind``, ``setup``, ``round_stats``, ``round_metrics``, ``summary``. The whole contract: README, "Add
+your own defense"; a complete defence: ``examples/my_defense.py``.
 """
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from fractions import Fraction
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
 from torch import Tensor
 
@@ -92,6 +80,10 @@ class Defense:
 
     norm_preserving = False       # class default; a property where it depends on the settings
     round_stat_keys: Tuple[str, ...] = ()
+    # the report's grouping of labels (its figure panels); ``register`` sets it to the name unless declared
+    family: ClassVar[str] = ""
+    # a regex matching the start of this defence's ``label`` (one part of a chain label); "" = its name
+    label_pattern: ClassVar[str] = ""
 
     def check(self, key: str) -> None:
         pass
@@ -152,6 +144,8 @@ def register(cls):
         raise TypeError(f"defense {cls.__qualname__} needs a first field `name: str = '<config name>'`")
     if not issubclass(cls, Defense):
         raise TypeError(f"defense {cls.__qualname__} must subclass ggl.defenses.Defense")
+    if "family" not in vars(cls):
+        cls.family = names["name"].default
     return REGISTRY.add(names["name"].default, cls, same=_same_class)
 
 
@@ -203,6 +197,28 @@ def defenses_label(specs: Sequence[Defense]) -> str:
     """A short name for a defence chain, used for run names and W&B groups ('fp32' when empty)."""
     labels = [s.label for s in specs if s.label not in ("fp32", "identity")]
     return "+".join(labels) if labels else "fp32"
+
+
+def label_owner(part: str) -> Optional[Type[Defense]]:
+    """The registered defence whose labels ``part`` (one entry of a chain label) has: the longest match
+    of a ``label_pattern`` (its name by default) at the start, the first registered on a tie."""
+    best, length = None, -1
+    for name, cls in REGISTRY.items():
+        m = re.match(cls.label_pattern or re.escape(name), part)
+        if m and len(m.group(0)) > length:
+            best, length = cls, len(m.group(0))
+    return best
+
+
+def defense_family(label: str) -> str:
+    """The families of a chain label, each part's through the registry (``Defense.family``):
+    'q4-stochastic-global' -> 'quantize', 'clip0.25+nm0.1' -> 'clip+noise', 'top0.01-ef' -> 'top-k'; 'fp32'
+    (no defence) is its own; a part no defence claims (an older run's) loses its numbers and suffix."""
+    def family(part: str) -> str:
+        owner = None if part == "fp32" else label_owner(part)
+        return owner.family if owner else "fp32" if part == "fp32" else re.sub(r"[\d.]+.*$", "", part) or part
+
+    return "+".join(dict.fromkeys(family(part) for part in label.split("+")))
 
 
 def to_dicts(specs: Sequence[Any]) -> List[dict]:

@@ -68,6 +68,7 @@ class Noise(Defense):
     ``privacy/epsilon`` is logged after every round and returned by ``summary``. The adaptive attacker
     applies its expectation (nothing: the noise is zero-mean and its draws unknown)."""
     name: str = "noise"
+    label_pattern = r"(nm|std)[\d.]"   # nm0.1 (relative to the clip), std0.01 (absolute)
     std: Optional[float] = None
     noise_multiplier: Optional[float] = None
     delta: float = 1e-5

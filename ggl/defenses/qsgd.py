@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ggl.core.errors import ConfigError
+from ggl.core.checks import count
 from ggl.core.seeding import STREAM_DEFENSE, generator
 from ggl.defenses.base import Defense, FLOAT_BITS, expectation, flat_cat, register, split_like
 
@@ -57,10 +57,8 @@ class QSGD(Defense):
     bucket_size: int = 512
 
     def check(self, key: str) -> None:
-        if self.levels < 1:
-            raise ConfigError(f"config key '{key}.levels' = {self.levels} must be >= 1")
-        if self.bucket_size < 1:
-            raise ConfigError(f"config key '{key}.bucket_size' = {self.bucket_size} must be >= 1")
+        count(self.levels, f"{key}.levels", "defenses.qsgd.levels")
+        count(self.bucket_size, f"{key}.bucket_size", "defenses.qsgd.bucket_size")
 
     @property
     def label(self) -> str:

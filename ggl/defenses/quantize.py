@@ -3,16 +3,12 @@
 ``quantize_update`` is a pure function, shared by the federation (``Quantize.transform``) and by the
 adaptive attacker (``Quantize.attack_model``), so both apply the very same transform.
 
-Two grids:
-
-* ``grid: project`` (default): step ``(max - min) / (2**bits - 1)``, exactly ``2**bits`` levels
-  (codes ``0..2**bits-1``), both ends of the range representable: ``bits`` bits per coordinate.
-* ``grid: seed``: the originally proposed step ``(max - min) / 2**bits``, which yields ``2**bits + 1``
-  levels (codes ``0..2**bits``): one more than ``bits`` bits can carry, so it costs
-  ``ceil(log2(2**bits + 1)) = bits + 1`` bits per coordinate. For reproducing that scheme.
-
-``rounding: stochastic`` is stochastic rounding on that min/max grid (round up with probability equal
-to the fractional position: unbiased). It is *not* QSGD (norm-scaled levels; see ``qsgd.py``).
+* ``grid: project`` (default): step ``(max - min) / (2**bits - 1)``, exactly ``2**bits`` levels, both
+  ends of the range representable: ``bits`` bits per coordinate.
+* ``grid: seed``: the originally proposed step ``(max - min) / 2**bits``, ``2**bits + 1`` levels: one
+  more than ``bits`` bits can carry, so counted as ``bits + 1`` bits per coordinate.
+* ``rounding: stochastic``: stochastic rounding on that grid (round up with probability equal to the
+  fractional position: unbiased). It is *not* QSGD (norm-scaled levels; see ``qsgd.py``).
 """
 from __future__ import annotations
 
@@ -24,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ggl.core.errors import ConfigError
+from ggl.core.checks import count
 from ggl.core.seeding import STREAM_DEFENSE
 from ggl.defenses.base import Defense, FLOAT_BITS, expectation, reapply, register
 
@@ -53,7 +50,7 @@ def quantize_rows(x: Tensor, intervals: int, noise: Optional[Tensor] = None, may
     ``floor(scaled + noise)`` with ``noise`` ~ U[0, 1) broadcastable to ``x`` (stochastic rounding). A row
     of one value (step 0), or with a NaN, comes back as it is. ``may_be_vmapped=False`` (the caller
     holds real tensors) allows an in-place clamp and a data-dependent shortcut; the values are the same."""
-    lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)  # not aminmax(dim=): 13x slower; not min(): indices
+    lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)  # not aminmax(dim=): slower (benchmarks/README.md); not min(): indices
     return _Grid(lo, hi, intervals, real=not may_be_vmapped).apply(x, noise)
 
 
@@ -166,12 +163,14 @@ def quantize_candidates(tensors: Sequence[Tensor], bits: int, range_mode: str = 
 class Quantize(Defense):
     """``{name: quantize, bits: 4, rounding: nearest, range: global, grid: project}``."""
     name: str = "quantize"
+    label_pattern = r"q\d"      # q4, q2-stochastic-global (bits=32 is "fp32": no defence)
     bits: int = 4
     rounding: str = "nearest"
     range: str = "global"
     grid: str = "project"
 
     def check(self, key: str) -> None:
+        count(self.bits, f"{key}.bits", "defenses.quantize.bits", lo=None)
         if not (1 <= self.bits <= 16 or self.bits == 32):
             raise ConfigError(f"config key '{key}.bits' = {self.bits} must be in 1..16, or 32 for off")
         if self.rounding not in ("nearest", "stochastic"):

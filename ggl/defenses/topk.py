@@ -52,6 +52,8 @@ class TopK(Defense):
     k indices. ``error_feedback``: each client adds what it has not sent so far to its next update. The
     adaptive attacker uses the observed mask (the coordinates the client sent)."""
     name: str = "topk"
+    family = "top-k"
+    label_pattern = "top"      # top0.01, top0.1-ef
     fraction: float = 0.1
     error_feedback: bool = False
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from ggl.core.checks import at_least, in_range
+from ggl.core.checks import at_least, changed, count, in_range, unused
 
 
 @dataclass
@@ -24,15 +24,20 @@ class FLConfig:
     simulate_failures: List[int] = field(default_factory=list)
 
     def check(self) -> None:
-        at_least(self.rounds, 1, "fl.rounds")
+        count(self.rounds, "fl.rounds")
         in_range(self.client_fraction, 0.0, 1.0, "fl.client_fraction", lo_open=True)
-        at_least(self.clients_per_round, 1, "fl.clients_per_round")
+        count(self.clients_per_round, "fl.clients_per_round")
         if self.local_steps is None:
             in_range(self.local_epochs, 0.0, 1000.0, "fl.local_epochs", lo_open=True)
-        at_least(self.local_steps, 1, "fl.local_steps", " (or null to use fl.local_epochs)")
-        for key in ("batch_size", "eval_every", "eval_batch_size"):
-            at_least(getattr(self, key), 1, f"fl.{key}")
+        count(self.local_steps, "fl.local_steps", hint=" (or null to use fl.local_epochs)")
+        for key in ("batch_size", "eval_batch_size"):
+            count(getattr(self, key), f"fl.{key}")
+        at_least(self.eval_every, 1, "fl.eval_every")
         in_range(self.lr, 0.0, 100.0, "fl.lr", lo_open=True)
         in_range(self.momentum, 0.0, 0.999, "fl.momentum")
         in_range(self.weight_decay, 0.0, 1.0, "fl.weight_decay")
         in_range(self.server_lr, 0.0, 100.0, "fl.server_lr", lo_open=True)
+        if self.local_steps is not None and changed(self, "local_epochs"):
+            unused("fl.local_epochs", self.local_epochs, f"fl.local_steps = {self.local_steps} is set")
+        if self.clients_per_round is not None and changed(self, "client_fraction"):
+            unused("fl.client_fraction", self.client_fraction, f"fl.clients_per_round = {self.clients_per_round} is set")

@@ -1,17 +1,14 @@
 """GANModule: the attacker's GAN prior as a LightningModule with manual optimisation.
 
-One training step = one discriminator update on a batch of public images (and as many fakes), and,
-every ``n_critic``-th step, one generator update on the same fakes. Losses: non-saturating, hinge or
+One step = one discriminator update on a batch of public images (and as many fakes) and, every
+``n_critic``-th step, one generator update on the same fakes. Losses: non-saturating, hinge or
 WGAN-GP. Optional EMA of the generator's weights (the exported prior is the EMA generator).
 
-Randomness depends only on ``(seed, step)`` and ``(seed, epoch)``: the latents of step ``t`` and
-the batch order of epoch ``e`` are drawn from their own seeded streams, so a run resumed from a
-checkpoint continues exactly as an uninterrupted one and the fixed-seed sample grid is the same
-for every run with the same seed.
-
-Batch norm in the generator: in training mode it normalises with batch statistics; the exported
-prior is recalibrated ("standing statistics": the average batch statistics of the final weights over
-``bn_recalibration`` seeded batches) and used in eval mode, so it is a per-sample function of (z, y).
+Randomness depends only on ``(seed, step)`` and ``(seed, epoch)`` (each step's latents and each epoch's
+batch order from their own seeded streams), so a resumed run continues exactly as an uninterrupted one
+and the sample grid is the same for every run with the same seed. The exported prior's batch norm is
+recalibrated ("standing statistics": the final weights' average batch statistics over
+``bn_recalibration`` seeded batches) and used in eval mode: a per-sample function of (z, y).
 """
 from __future__ import annotations
 

@@ -7,10 +7,8 @@ A prior file is a plain dict of tensors and strings/ints, loadable with ``torch.
      "generator": {"class": "ggl.models.gan.Generator", "kwargs": {... e.g. "width": 32}},
      "state_dict": {...}, "meta": {...}}
 
-``load_prior`` rebuilds ``class(latent_dim=, channels=, image_size=, num_classes=, **kwargs)`` (an
-``nn.Module`` subclass, nothing else is ever called), loads the weights and returns it wrapped in a
-``PriorGenerator``: eval mode, frozen, ``G(z, y) -> (N, C, S, S)`` images in [0, 1] with the
-attributes ``latent_dim``, ``num_classes``, ``conditional``, ``channels``, ``image_size``.
+``load_prior`` builds ``class(latent_dim=, channels=, image_size=, num_classes=, **kwargs)`` (an
+``nn.Module`` subclass; nothing else is called), loads the weights, returns a frozen ``PriorGenerator``.
 """
 from __future__ import annotations
 

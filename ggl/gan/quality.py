@@ -1,16 +1,13 @@
 """Quality of a GAN prior, measured offline: a domain classifier trained on the public split.
 
 Inception weights cannot be downloaded here, so both metrics use a small CNN trained on the same
-public images the GAN saw:
+public images the GAN saw (its held-out accuracy is reported beside them):
 
-- **FID** (torchmetrics ``FrechetInceptionDistance`` with the classifier's penultimate features as a
-  custom feature extractor), real = the public split. Lower is better; the reference is the FID of
-  real held-out images (the test split, never used for training) against the same public features,
-  with the same number of images and the same class mix, so "gen" and "real" numbers compare.
+- **FID** (torchmetrics' ``FrechetInceptionDistance`` on the classifier's penultimate features), real =
+  the public split; the reference scores real held-out (test) images, as many and with the same class
+  mix, against the same public features, so "gen" and "real" numbers compare. Lower is better.
 - **class agreement** (conditional priors): the share of samples ``G(z, y)`` the classifier assigns
-  to ``y``. Its reference is the classifier's accuracy on the real held-out images.
-
-Both numbers are only as good as the classifier; its held-out accuracy is reported beside them.
+  to ``y``; the reference is the classifier's accuracy on the real held-out images.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from ggl.core.checks import one_of
+from ggl.core.checks import count, one_of
 from ggl.core.errors import ConfigError
 
 LOSSES = ("nonsat", "hinge", "wgan-gp")
@@ -55,9 +55,13 @@ class GANConfig:
 
     def check(self) -> None:
         for key in ("latent_dim", "g_width", "d_width", "n_critic", "batch_size", "epochs",
-                    "grid_per_class", "grid_size", "sample_every", "eval_samples", "classifier_epochs"):
-            if getattr(self, key) < 1:
-                raise _err(key, getattr(self, key), "must be >= 1")
+                    "grid_per_class", "grid_size", "eval_samples", "classifier_epochs"):
+            count(getattr(self, key), f"gan.{key}")
+        if self.sample_every < 1:
+            raise _err("sample_every", self.sample_every, "must be >= 1")
+        count(self.max_steps, "gan.max_steps", lo=None)
+        count(self.bn_recalibration, "gan.bn_recalibration", lo=None)
+        count(self.num_threads, "gan.num_threads", lo=None)
         for key, allowed in (("loss", LOSSES), ("augment", AUGMENTS), ("lr_decay", LR_DECAYS)):
             one_of(getattr(self, key), allowed, f"gan.{key}")
         if not 0.0 <= self.ac_weight <= 100.0:

@@ -32,7 +32,7 @@ from ggl.core.stats import fmt
 from ggl.defenses import defenses_label
 from ggl.gan.prior import load_prior
 from ggl.jobs.live import LiveAttackRun
-from ggl.runs.folder import create_run_dir, point_latest
+from ggl.runs.folder import check_latest_link, create_run_dir, point_latest
 from ggl.runs.artifacts import (CAPTURES, MODEL, captures_artifact_name, draft, federation_dir,
                                  prior_artifact_name, study_group)
 from ggl.runs.logger import Stopwatch, resolve_logger, tag, write_json
@@ -73,6 +73,7 @@ def source_captures(source: str) -> Captures:
     """Captures under a federation run folder (``runs/<fed>/latest``), its ``audit/`` folder, a
     capture folder, or one observation file."""
     p = Path(source).expanduser()
+    check_latest_link(p)
     if not p.exists():
         raise UserError(f"attack source '{source}' does not exist; give a federation run folder such as "
                         f"runs/fed_q4/latest")
@@ -96,6 +97,7 @@ def _run_name(cfg) -> str:
     if cfg.name:
         return cfg.name
     if cfg.attack.source:
+        check_latest_link(Path(cfg.attack.source))  # before resolving it: a loop or a link to elsewhere is refused
         src = Path(cfg.attack.source).expanduser().resolve()
         fed = src.parent.name if src.is_dir() and src.parent.name not in ("", "runs") else src.name
         return f"attack_{fed}"
@@ -103,13 +105,18 @@ def _run_name(cfg) -> str:
     return Path(source).stem if source else "attack"
 
 
-def _validate(captures: Captures, G) -> Dict[Path, Observation]:
+def _trusted(cfg) -> list:
+    """User models a capture may name: attack.trusted_models, and the config's own model.name."""
+    return [*cfg.attack.trusted_models, cfg.model.name]
+
+
+def _validate(captures: Captures, G, trusted=()) -> Dict[Path, Observation]:
     """Load every observation, check it against its architecture and the prior, before any search."""
     loaded = {}
     for pairs in captures.values():
         for obs_path, _ in pairs:
             obs = Observation.load(obs_path)
-            obs.build_model(source=f"observation '{obs_path}'")
+            obs.build_model(source=f"observation '{obs_path}'", trusted=trusted)
             check_prior_fits(G, obs, source=f"observation '{obs_path}'")
             loaded[obs_path] = obs
     return loaded
@@ -168,7 +175,7 @@ def _attack_one(cfg, attacker, obs, truth_path: Path, k: int, G, evaluator: Eval
     a = cfg.attack
     given = evaluator.true_labels(truth_path) if a.true_labels else None  # ABLATION ONLY
     seed = derived_seed(cfg.seed, 0x6617, k)
-    model = obs.build_model()
+    model = obs.build_model(trusted=_trusted(cfg))
     if attacker is None:
         return seed, model, attack(obs, G, a, seed, labels=given, tick=tick, model=model, watch=watch)
     return seed, model, attacker.run(obs, G, a, seed, labels=given, tick=tick, model=model)
@@ -184,8 +191,10 @@ def attack_setting(cfg, label: str, setting: str, attacker, pairs, observations,
         bar.set_postfix_str(f"{setting} {obs.obs_id}", refresh=False)
         seed, model, res = _attack_one(cfg, attacker, obs, truth_path, k, G, evaluator, bar.update,
                                        live.watcher(k, obs.obs_id))
+        search = {"seed": seed, "loss": res.loss, "evaluations": res.evaluations, "seconds": res.seconds}
         recs, truth, recon, base = evaluator.evaluate(truth_path, obs.obs_id, res.images, res.labels, G, model,
-                                                      seed, _tags(cfg, label, setting, attacker, obs))
+                                                      seed, {**_tags(cfg, label, setting, attacker, obs),
+                                                             "search": search})
         records += recs
         for key, x in zip(images, (truth, recon, base)):
             images[key].append(x)
@@ -226,12 +235,19 @@ def prepare(cfg, G, name: str) -> Tuple[Path, dict, Captures, Dict[Path, Observa
             captures = fresh_captures(cfg, defense_settings(cfg), run_dir / "captures")
         if a.max_observations:
             captures = {k: v[:a.max_observations] for k, v in captures.items()}
-        observations = _validate(captures, G)
+        observations = _validate(captures, G, _trusted(cfg))
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    point_latest(run_dir)
-    return run_dir, config, captures, observations
+    return run_dir, config, captures, observations  # `latest` moves once results.json exists (_write_results)
+
+
+def _write_results(run_dir: Path, results: dict) -> None:
+    """``results.json``, then ``latest`` -> this run: a run that fails before its first results never
+    becomes ``latest`` (``attack.source=.../latest`` or a report would meet a folder with nothing to read)."""
+    write_json(run_dir / "results.json", results)
+    if not (run_dir.parent / "latest").resolve() == run_dir.resolve():
+        point_latest(run_dir)
 
 
 def _bar(total: int, enabled: bool):
@@ -278,7 +294,7 @@ def run_attack(cfg, prior=None) -> dict:
                 results["settings"].append(setting)
                 results["records"] += [r.to_json() for r in records]
                 results["summary"][setting] = summary
-                write_json(run_dir / "results.json", results)
+                _write_results(run_dir, results)
             except BaseException:
                 live.abort()
                 raise
@@ -291,7 +307,7 @@ def run_attack(cfg, prior=None) -> dict:
         image_rows_png(run_dir / "grid.png", [("original", first[0]["originals"])] + grid_rows + [
             (f"prior only\n{fmt(first[1]['baseline_psnr_mean'], '.1f')} dB", first[0]["prior_only"])])
     results["wall_seconds"] = clock.seconds
-    write_json(run_dir / "results.json", results)
+    _write_results(run_dir, results)
     _print_summary(results, evaluator, clock, run_dir)
     results["run_dir"] = str(run_dir)
     return results

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from ggl.audit.capture import AuditCapture
@@ -23,6 +23,7 @@ from ggl.fl.module import FedAvgModule
 from ggl.fl.progress import RoundProgressBar
 from ggl.models import build_model
 from ggl.models.checkpoint import check_fits, read_state
+from ggl.runs.checkpointing import AtomicCheckpointIO, run_checkpoints
 from ggl.runs.folder import RunFolder, open_run
 from ggl.runs.artifacts import CAPTURES, captures_artifact_name, draft, log_output
 from ggl.runs.logger import Stopwatch, is_rank_zero, make_logger, resolve_logger, tag, write_json
@@ -196,6 +197,7 @@ def run_federation(cfg: Config, extra_callbacks=()) -> dict:
         raise RunInterrupted(run.path) from None
     finally:
         run.release()
+    run.publish()  # finished (even with no checkpoint yet, e.g. checkpoint_every > fl.rounds): results.json is whole
     _finish_wandb(trainer, run.path)
     results = writer.results(trainer, module)
     results["run_dir"] = str(run.path)
@@ -225,10 +227,7 @@ def _set_up(cfg: Config, dm: FederatedDataModule, run: RunFolder, name: str, lab
     show_bar = cfg.trainer.get("enable_progress_bar", True)
     callbacks = [ShareRunDir(run, writer)] + build_defense_callbacks(cfg.defenses) + list(extra_callbacks) + [
         RoundProgressBar()] * bool(show_bar) + [
-        writer,
-        # Lightning 2.6 refreshes last.ckpt only when a top-k file is saved, so keep one (the newest)
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="round{round:04.0f}", save_last=True,
-                        save_top_k=1, every_n_epochs=cfg.checkpoint_every, auto_insert_metric_name=False),
+        writer, run_checkpoints(run_dir, "round{round:04.0f}", cfg.checkpoint_every),
     ]
     if cfg.audit.rounds:  # victim updates for attack.py source=<this run> (ggl/audit/capture.py)
         callbacks.append(AuditCapture(run_dir, cfg.audit, config["data"], cfg.model.name, cfg.defenses, cfg.seed))
@@ -243,5 +242,6 @@ def _set_up(cfg: Config, dm: FederatedDataModule, run: RunFolder, name: str, lab
     trainer = build_trainer(cfg.trainer, {
         "max_epochs": cfg.fl.rounds, "check_val_every_n_epoch": 1, "default_root_dir": str(run_dir),
         "logger": logger if logger is not None else False, "callbacks": callbacks,
+        "plugins": [AtomicCheckpointIO(saved=run.publish)],  # `latest` moves once the first checkpoint is whole
     })
     return trainer, module, writer

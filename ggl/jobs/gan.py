@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
 from ggl.config import Config, experiment, to_container, to_yaml
@@ -29,6 +29,7 @@ from ggl.gan.quality import (QualityReference, build_reference, classifier_state
                              seeded_subset, train_classifier)
 from ggl.models.gan import count_params
 from ggl.core.atomic import atomic_write_text
+from ggl.runs.checkpointing import AtomicCheckpointIO, run_checkpoints
 from ggl.runs.folder import open_run
 from ggl.runs.artifacts import MODEL, draft, log_output, prior_artifact_name
 from ggl.runs.logger import Stopwatch, make_logger, resolve_logger, write_json
@@ -219,6 +220,7 @@ def _train_in(run, cfg: Config, clock, data, split, public, heldout, x_pub, y_pu
     grid = sample_grid(G, cfg.seed, cfg.gan.grid_per_class, cfg.gan.grid_size)
     if trainer.is_global_zero:
         _write(run.path, cfg, results, state, classifier, grid, logger, trainer.global_step)
+        run.publish()  # results.json is whole (also when no checkpoint was due)
     metrics = results["metrics"]
     agree = metrics["class_agreement"]
     print(f"done: fid={metrics['fid']:.2f} (real-vs-real {metrics['fid_real_vs_real']:.2f})"
@@ -247,11 +249,9 @@ def _build(run, cfg: Config, data, public, heldout, x_pub, y_pub, name, config, 
     ref = build_reference(classifier, x_pub, data.images[heldout], data.labels[heldout])
     callbacks = [SampleGrid(run_dir, cfg.seed, g.sample_every, g.grid_per_class, g.grid_size),
                  QualityMonitor(ref, cfg.seed, g.quality_every),
-                 # save_top_k=1 without a monitor keeps the newest epoch file; Lightning (2.6) writes last.ckpt
-                 # only when some checkpoint was saved in that epoch, so save_top_k=0 would leave nothing until the end
-                 ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:04d}", save_last=True,
-                                 save_top_k=1, every_n_epochs=cfg.checkpoint_every, auto_insert_metric_name=False)]
-    trainer = build_trainer(cfg.trainer, {**trainer_defaults, "callbacks": callbacks})
+                 run_checkpoints(run_dir, "epoch{epoch:04d}", cfg.checkpoint_every)]
+    trainer = build_trainer(cfg.trainer, {**trainer_defaults, "callbacks": callbacks,
+                                          "plugins": [AtomicCheckpointIO(saved=run.publish)]})
     return trainer, module, logger, classifier, ref
 
 

@@ -1,21 +1,14 @@
 """The GAN nets of the attacker's prior: a DCGAN-style generator and a spectral-norm discriminator.
 
-Both work on square images of ``image_size`` (a power of two >= 8; 32 everywhere in this project)
-with 1 or 3 channels, and are optionally class-conditional:
+Square images of ``image_size`` (a power of two >= 8; 32 here), 1 or 3 channels, optionally conditional:
 
-- ``Generator(z, y)`` -> images in [0, 1] (the data's range). When class-conditional, the class
-  enters twice: a learned 4x4 class map added to the projected latent, and conditional batch norm (a
-  per-class gain and bias after each normalisation), as in SNGAN/BigGAN. In eval mode the
-  normalisation uses fixed statistics, so G is a pure, per-sample function of (z, y): the same latent
-  gives the same image whatever else is in the batch, and ``torch.func`` transforms apply.
-- ``Discriminator(x, y)`` -> one logit per image; spectral norm on every layer (optional, off for
-  WGAN-GP if wanted) and a projection term ``<embed(y), features>`` when conditional
-  (Miyato & Koyama, 2018); optionally an auxiliary class head (AC-GAN, Odena et al., 2017).
+- ``Generator(z, y)`` -> images in [0, 1]; a class enters as a learned 4x4 class map added to the projected
+  latent and as conditional batch norm (SNGAN/BigGAN); in eval mode a pure per-sample function of (z, y).
+- ``Discriminator(x, y)`` -> one logit per image; spectral norm (optional, e.g. off for WGAN-GP), a
+  projection term ``<embed(y), features>`` when conditional (Miyato & Koyama, 2018), an optional AC-GAN head.
 
-``GeneratorSpec`` is the generator's record of its constructor arguments, checked on construction and
-behind its ``latent_dim``/``num_classes``/... attributes. A prior file does not store it: it stores the
-generator's class path, kwargs (``width``) and the prior contract's spec, and ``ggl.gan.prior``
-rebuilds the net from those.
+``GeneratorSpec`` records and checks the generator's constructor arguments; a prior file stores the
+generator's class path, kwargs and the prior spec instead, from which ``ggl.gan.prior`` rebuilds it.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ggl.core.checks import one_of
-from ggl.models import available_models
+from ggl.models import check_model_name
 
 
 @dataclass
@@ -15,5 +15,5 @@ class ModelConfig:
     checkpoint: Optional[str] = None
 
     def check(self) -> None:
-        one_of(self.name, tuple(available_models()), "model.name")
+        check_model_name(self.name, "model.name")  # a builtin name, or your own model as pkg.module:Class
         one_of(self.init, ("default", "dlg"), "model.init")

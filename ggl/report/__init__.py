@@ -6,4 +6,3 @@
 ``collect`` (read and pair) -> ``points`` (statistics, worst case) -> ``tables`` and ``figures``;
 ``build`` writes them. The files and their columns: README, "The privacy-utility report".
 """
-from ggl.report.build import main, report_from_csv, write_report  # noqa: E402,F401  (the job's face)

@@ -5,6 +5,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -12,7 +15,9 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from ggl.audit.records import ACCURACY_FILE, SchemaError, read_csv, write_accuracy_csv, write_csv
-from ggl.core.errors import UserError
+from ggl.core.atomic import atomic_write_text, fsync_dir
+from ggl.core.errors import UserError, WriteError
+from ggl.core.plugins import load_plugins
 from ggl.report.collect import Collected, collect, is_json_object, results_files
 from ggl.report.figures import FIGURES, PLOT_METRICS, draw_figures
 from ggl.report.points import Point, build_points, measured_pairs
@@ -33,12 +38,56 @@ class Report:
 
 
 def _write_outputs(report: Report, out: Path, command: str, clock: float, metric: str, csv: bool = True) -> None:
+    """All of the report lands in ``out``, or none of it: every file is written (atomically) into a temp folder
+    beside ``out``, then moved into place; a full disk or a read-only folder is one line naming the folder."""
+    stage = _stage(out)
+    try:
+        if csv:  # in table order: the CSV follows the table; image paths relative to where the CSV will be
+            write_csv(stage / CSV_FILE, measured_pairs(report.points), relative_to=out)
+            write_accuracy_csv(stage / ACCURACY_FILE, report.collected.feds)
+        draw_figures(report.points, report.collected.feds, stage, metric)
+        atomic_write_text(stage / MARKDOWN_FILE,
+                          markdown(report.collected, report.points, command, time.perf_counter() - clock))
+        _move_into(stage, out, FILES if csv else tuple(f for f in FILES if f not in (CSV_FILE, ACCURACY_FILE)))
+    except (OSError, WriteError) as exc:
+        raise UserError(f"cannot write the report into '{out}' ({_reason(exc)}); nothing of it was written: free "
+                        f"some space or give a writable --out") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return getattr(exc, "reason", None) or str(exc)
+
+
+def _stage(out: Path) -> Path:
+    """A fresh temp folder beside ``out`` (same file system: the moves are renames), ``out`` checked writable."""
+    real = out.resolve()
+    try:
+        real.parent.mkdir(parents=True, exist_ok=True)
+        if real.exists() and not os.access(real, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "read-only folder")
+        stage = real.parent / f".{real.name}.report-tmp-{os.getpid()}"
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir()
+    except OSError as exc:
+        raise UserError(f"cannot write the report into '{out}' ({exc.strerror or exc}); nothing of it was "
+                        f"written: give a writable --out") from None
+    return stage
+
+
+def _move_into(stage: Path, out: Path, files: Sequence[str]) -> None:
+    """The staged files into ``out`` (renames; a report file the new report lacks, e.g. a figure with nothing to
+    draw, is removed so no file of an older report stays behind)."""
     out.mkdir(parents=True, exist_ok=True)
-    if csv:
-        write_csv(out / CSV_FILE, measured_pairs(report.points))  # in table order: the CSV follows the table
-        write_accuracy_csv(out / ACCURACY_FILE, report.collected.feds)
-    draw_figures(report.points, report.collected.feds, out, metric)
-    (out / MARKDOWN_FILE).write_text(markdown(report.collected, report.points, command, time.perf_counter() - clock))
+    for name in files:
+        if (stage / name).exists():
+            os.replace(stage / name, out / name)
+        elif (out / name).exists():
+            (out / name).unlink()
+    fsync_dir(out)
 
 
 def write_report(roots: Sequence[Path], out: Path, wandb_mode: str = "disabled", project: Optional[str] = None,
@@ -65,12 +114,16 @@ def report_from_csv(csv_path: Path, out: Path, metric: str = "psnr") -> Report:
     clock = time.perf_counter()
     csv_path = Path(csv_path)
     if not csv_path.is_file():
-        raise UserError(f"'{csv_path}' does not exist; give a per-image CSV written by the report "
+        what = "is a folder" if csv_path.is_dir() else "does not exist"
+        raise UserError(f"'{csv_path}' {what}; give a per-image CSV written by the report "
                         f"(e.g. reports/{CSV_FILE})")
     try:
         pairs = read_csv(csv_path)
     except SchemaError as exc:
         raise UserError(str(exc)) from None
+    if not pairs:
+        raise UserError(f"'{csv_path}' holds no rows (empty, or a header alone); give a per-image CSV written by "
+                        f"the report (e.g. reports/{CSV_FILE})")
     points = build_points(pairs)
     feds = list({f.key: f for _, f in pairs if f is not None}.values())
     collected = Collected(pairs=pairs, feds=feds, n_files=1, n_attacks=len(points), n_feds=len(feds))
@@ -152,6 +205,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> str:
+    load_plugins()  # installed entry points: a plugin defence's runs are labelled by its own class
     if args.from_csv is not None:
         if args.roots:
             raise UserError("give either run folders or --from-csv, not both")

@@ -5,7 +5,6 @@ Adding a plot = one function + one ``FIGURES`` entry.
 """
 from __future__ import annotations
 
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,28 +12,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ggl.audit.records import FederationResult
 from ggl.audit.reid import HEADLINE
-from ggl.core.plots import _pyplot, image_rows_png
+from ggl.core.plots import _pyplot, image_rows_png, save_figure
 from ggl.core.safe_load import safe_load
 from ggl.core.stats import MeanCI, fmt
+from ggl.defenses import defense_family
 from ggl.report.points import Point, ci, chance_level, contrast, mean, measured_pairs, victim_key, worst_cases
 
 # --metric -> (per-image key, axis label, number format)
 PLOT_METRICS = {"psnr": ("psnr", "attack PSNR (dB)", ".2f"), "ssim": ("ssim", "attack SSIM", ".3f"),
                 "reid": (HEADLINE, "re-identification top-1 (feature space, same-class private images)", ".2f")}
-
-
-def defense_family(label: str) -> str:
-    """'q4-stochastic-global' -> 'quantize', 'clip0.25+nm0.1' -> 'clip+noise', 'top0.01-ef' -> 'top-k'."""
-    names = []
-    for part in label.split("+"):
-        for pattern, name in ((r"q\d", "quantize"), (r"clip", "clip"), (r"(nm|std)[\d.]", "noise"),
-                              (r"top", "top-k"), (r"sign", "sign"), (r"fp32", "fp32")):
-            if re.match(pattern, part):
-                names.append(name)
-                break
-        else:
-            names.append(re.sub(r"[\d.]+.*$", "", part) or part)
-    return "+".join(dict.fromkeys(names))
 
 
 def dodge(xs: Sequence[float], width: float) -> List[float]:
@@ -143,9 +129,10 @@ def privacy_utility(points: List[Point], feds: Sequence[FederationResult], path:
                  f"{', '.join(map(str, seeds)) or '–'} seed(s) per point): higher = more leakage, right = better "
                  f"model", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1 - 2.6 / fig.get_figwidth(), 0.95))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        save_figure(fig, path)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -228,9 +215,10 @@ def leakage_vs_round(points: List[Point], feds: Sequence[FederationResult], path
     axes[0].legend(fontsize=7)
     fig.suptitle("Leakage (best attacker per victim) and utility over the federation's rounds", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        save_figure(fig, path)
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ggl.audit.baselines import BASELINES, direction
+from ggl.attack.attackers import attacker_order, compare_with
+from ggl.audit.baselines import BASELINES
+from ggl.audit.metrics import direction
 from ggl.audit.records import ATTACKER_KINDS, FederationResult, ImageRecord
 from ggl.audit.reid import HEADLINE, chance
 from ggl.core.stats import MeanCI, mean_ci, paired
@@ -20,12 +22,6 @@ Pair = Tuple[ImageRecord, Optional[FederationResult]]
 BOOTSTRAP_SEED = 0
 WORST_CASE = "best per victim"   # the attacker of a worst-case point
 WIN_METRIC = "psnr"              # which attacker "won" a victim (whose reconstruction is shown)
-# table order of the attackers: the worst case first, then the portfolio's own order
-ATTACKER_ORDER = (WORST_CASE, "ggl-l2", "ggl-l2-adaptive", "ggl-cosine", "ggl-cosine-adaptive", "ggl-eot",
-                  "inverting-gradients", "inverting-gradients-adaptive")
-# attacker -> the attacker it is compared with on the same victims (the first one that ran): what
-# modelling the defence adds (the expectation attacker of a randomised defence is ggl-l2: E[q(u)] = u)
-MODELLING_PAIRS = {"ggl-l2-adaptive": ("ggl-l2",), "ggl-eot": ("ggl-l2-adaptive", "ggl-l2")}
 COMPARE_METRICS = (("psnr", "PSNR (dB)"), (HEADLINE, "re-id top-1"))
 
 
@@ -129,7 +125,8 @@ def build_points(pairs: Sequence[Pair]) -> List[Point]:
                        fed.model if fed else None)
         groups.setdefault(key, []).append((rec, fed))
     points = [_point(key, group) for key, group in groups.items()]
-    return sorted(points + worst_case_points(points), key=_order)
+    attackers = attacker_order()
+    return sorted(points + worst_case_points(points), key=lambda p: _order(p, attackers))
 
 
 def measured_pairs(points: Sequence[Point]) -> List[Pair]:
@@ -137,31 +134,36 @@ def measured_pairs(points: Sequence[Point]) -> List[Pair]:
     return [p for point in points if point.worst_case is None for p in point.pairs]
 
 
-def _attacker_rank(name: str) -> tuple:
-    return (ATTACKER_ORDER.index(name), "") if name in ATTACKER_ORDER else (len(ATTACKER_ORDER), name)
+def _attacker_rank(name: str, order: Sequence[str]) -> tuple:
+    """Table order: the worst case, the attackers in the registry's order (``register(order=...)``), then
+    names no attacker is registered as (an older run's), alphabetically."""
+    if name == WORST_CASE:
+        return -1, ""
+    return (order.index(name), "") if name in order else (len(order), name)
 
 
-def _order(p: Point) -> tuple:
+def _order(p: Point, attackers: Sequence[str]) -> tuple:
     acc = p.fed.test_acc
     return (p.key.dataset or "", -(acc if acc is not None else -1.0), p.key.defense, p.key.probe or "",
-            p.key.round if p.key.round is not None else -1, _attacker_rank(p.key.attacker))
+            p.key.round if p.key.round is not None else -1, _attacker_rank(p.key.attacker, attackers))
 
 
 # ---------------------------------------------------------------------------------------------
 # the worst case: per victim, the best any attacker did
 
 
-def _better(metric: str, a: Optional[float], b: Optional[float]) -> bool:
-    """Is score ``a`` more leakage than ``b`` on ``metric`` (None and non-finite never are)?"""
+def _better(metric: Optional[str], a: Optional[float], b: Optional[float]) -> bool:
+    """Is score ``a`` more leakage than ``b`` on ``metric`` (None and non-finite never are)? ``metric``
+    None: a leakage value, which is higher-is-more-leakage for every metric already."""
     if a is None or not math.isfinite(a):
         return False
     if b is None or not math.isfinite(b):
         return True
-    sign = direction(metric) or 1
+    sign = (direction(metric) or 1) if metric is not None else 1
     return sign * a > sign * b
 
 
-def _best(metric: str, scores) -> Optional[float]:
+def _best(metric: Optional[str], scores) -> Optional[float]:
     best = None
     for v in scores:
         if _better(metric, v, best):
@@ -184,7 +186,7 @@ def best_record(records: Sequence[ImageRecord]) -> Tuple[ImageRecord, str]:
                if key.startswith("reid_gallery")  # gallery sizes: the same for every attacker
                else _best(key, (r.metrics.get(key) for r in records))
                for key in dict.fromkeys(k for r in records for k in r.metrics)}
-    leakage = {key: _best(key, (r.leakage.get(key) for r in records))
+    leakage = {key: _best(None, (r.leakage.get(key) for r in records))
                for key in dict.fromkeys(k for r in records for k in r.leakage)}
     rec = dataclasses.replace(winner, setting=f"{winner.defense}@{WORST_CASE}", attacker=WORST_CASE,
                               metrics=metrics, leakage=leakage)
@@ -288,7 +290,8 @@ def comparisons(points: List[Point]) -> list:
     """(comparison, metric label, ggl.core.stats.Paired) on the same victims: each setting's worst case (or
     its one attacker) against the best label-only baseline (does it leak?); each defence's worst case
     against no defence's at the same round (does the defence reduce leakage?); each attacker that models
-    the defence against the one it adds to (``MODELLING_PAIRS``)."""
+    the defence against the first that ran of those it adds to (``register(compare_with=...)`` in
+    ``ggl.attack.attackers``; the expectation attacker of a randomised defence is ggl-l2: E[q(u)] = u)."""
     out = []
     heads = worst_cases(points)
     for p in heads:
@@ -303,9 +306,9 @@ def comparisons(points: List[Point]) -> list:
               if p.worst_case is None}
     several_rounds = len({p.key.round for p in points}) > 1
     for p in points:
-        if p.worst_case is not None or p.key.attacker not in MODELLING_PAIRS:
+        if p.worst_case is not None or not compare_with(p.key.attacker):
             continue
-        for base in MODELLING_PAIRS[p.key.attacker]:
+        for base in compare_with(p.key.attacker):
             other = by_key.get((p.key.defense, base, p.key.round, p.key.probe, p.key.dataset))
             if other is not None:
                 break

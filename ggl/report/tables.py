@@ -2,10 +2,12 @@
 ``privacy_utility.md`` and the finish line's key number."""
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import List, Optional, Sequence
 
 from ggl.audit.baselines import BASELINES
+from ggl.audit.records import spreadsheet_safe
 from ggl.audit.reid import HEADLINE
 from ggl.audit.truth import IMAGES_FILE
 from ggl.core.stats import MeanCI, fmt
@@ -24,6 +26,22 @@ HEADLINE_COLUMNS = ["setting", "round", "probe", "test acc", "acc at round", "wo
 COMPARE_COLUMNS = ["comparison", "metric", "n pairs", "mean difference [95% CI]", "Wilcoxon p", "Cohen's d_z",
                    "rank-biserial"]
 MRR_KEY = "reid_rr_feature_class"
+
+
+# bidirectional-text controls (LRE..RLO, LRI..PDI, LRM/RLM): they make a label read other than it is
+_BIDI = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f]")
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
+def plain(text: str) -> str:
+    """Text for a markdown line: bidi controls dropped, control characters (newline, tab, CR) as spaces."""
+    return _CONTROL.sub(" ", _BIDI.sub("", str(text)))
+
+
+def label(text: Optional[str]) -> str:
+    """A label read from runs or a CSV (setting, attacker, probe, dataset), as a table cell: plain and
+    spreadsheet-safe (a formula-leading label gets a leading single quote)."""
+    return "–" if text is None else spreadsheet_safe(plain(text).strip())
 
 
 def fmt_ci(c: Optional[MeanCI], spec: str = ".2f") -> str:
@@ -63,14 +81,14 @@ def table_rows(points: List[Point]) -> List[List[str]]:
     for p in points:
         mrr, eps = p.ci(MRR_KEY), p.fed.epsilon
         out.append([
-            p.key.defense, _round(p), p.key.probe or "–", p.key.attacker, fmt(p.fed.test_acc, ".3f"),
+            label(p.key.defense), _round(p), label(p.key.probe), label(p.key.attacker), fmt(p.fed.test_acc, ".3f"),
             fmt(p.fed.round_test_acc, ".3f"), fmt_ci(p.ci("psnr")), fmt_ci(p.ci("ssim"), ".3f"),
             _top1(p.pairs), "–" if mrr is None else f"{mrr.fmt()} ({fmt(chance_level(p.pairs, 'rr'), '.3f')})",
             fmt_ci(p.ci("lpips"), ".3f"), fmt(mean(rec.batch_label_acc for rec, _ in p.pairs), ".0%"),
             _best_baseline(p.pairs), fmt_ci(p.ci("leakage_psnr")), fmt_ci(p.ci(f"leakage_{HEADLINE}")),
             str(p.n_images), str(len(p.seeds)) if p.seeds else "–", _bits(p.fed.bits_per_round), _compression(p),
             f"{eps[0]:.3g} ({eps[1]:g})" if eps else "–",
-            str(p.fed.rounds) if p.fed.rounds is not None else "–", p.key.dataset or "–"])
+            str(p.fed.rounds) if p.fed.rounds is not None else "–", label(p.key.dataset)])
     return out
 
 
@@ -80,22 +98,24 @@ def headline_rows(points: List[Point]) -> List[List[str]]:
     for p in worst_cases(points):
         other = contrast(points, p)
         out.append([
-            p.key.defense, _round(p), p.key.probe or "–", fmt(p.fed.test_acc, ".3f"), fmt(p.fed.round_test_acc, ".3f"),
+            label(p.key.defense), _round(p), label(p.key.probe), fmt(p.fed.test_acc, ".3f"),
+            fmt(p.fed.round_test_acc, ".3f"),
             fmt_ci(p.ci("psnr")), fmt_ci(p.ci("ssim"), ".3f"), _top1(p.pairs), _best_baseline(p.pairs),
             fmt_ci(p.ci("leakage_psnr")), fmt_ci(p.ci(f"leakage_{HEADLINE}")),
-            wins_text(p) if p.worst_case else p.key.attacker,
+            label(wins_text(p) if p.worst_case else p.key.attacker),
             fmt_ci(other.ci("psnr")) if other else "–", str(p.n_images), _compression(p)])
     return out
 
 
 def comparison_rows(points: List[Point]) -> List[List[str]]:
-    return [[name, label, str(res.n), res.ci.fmt(".2f"), f"{res.p_value:.2g}", fmt(res.cohens_dz, ".2f"),
-             f"{res.rank_biserial:.2f}"] for name, label, res in comparisons(points)]
+    return [[label(name), label(what), str(res.n), res.ci.fmt(".2f"), f"{res.p_value:.2g}", fmt(res.cohens_dz, ".2f"),
+             f"{res.rank_biserial:.2f}"] for name, what, res in comparisons(points)]
 
 
 def md_table(columns: List[str], cells: List[List[str]]) -> List[str]:
-    return (["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-            + ["| " + " | ".join(c) + " |" for c in cells])
+    def row(c: List[str]) -> str:  # a "|" inside a cell would split it
+        return "| " + " | ".join(plain(x).replace("|", "\\|") for x in c) + " |"
+    return [row(columns), "|" + "---|" * len(columns)] + [row(c) for c in cells]
 
 
 INTRO = ("Utility: the federation's final test accuracy on its full test split. Privacy: how well GGL "
@@ -130,7 +150,8 @@ def markdown(collected: Collected, points: List[Point], command: str, seconds: f
         lines += ["", "Paired comparisons on the same victims (difference of means, Wilcoxon signed-rank "
                       "two-sided, effect sizes):", ""]
         lines += md_table(COMPARE_COLUMNS, cmp_rows)
-    return "\n".join(lines + _notes(c, points) + ["", "![reconstructions](reconstructions.png)", ""])
+    lines += _notes(c, points) + ["", "![reconstructions](reconstructions.png)", ""]
+    return "\n".join(_BIDI.sub("", x) for x in lines)  # no label read from a run or CSV reorders the text
 
 
 def _notes(c: Collected, points: List[Point]) -> List[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -92,21 +93,32 @@ class RunLock:
     refused. The lock dies with its process (kill -9 included), so a stale one never blocks a resume.
     """
 
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / ".lock"
+    def __init__(self, run_dir: Path, name: str = ".lock"):
+        self.path = Path(run_dir) / name
         self.fd: Optional[int] = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self, wait: Optional[Callable[[], None]] = None) -> "RunLock":
+        """Held by another process: a ``UserError``, or with ``wait``, ``wait()`` (say so) and block until free."""
         import fcntl
 
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # O_NOFOLLOW: a .lock planted as a link elsewhere must not create or open the file it names
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as exc:
             raise UserError(f"cannot lock run folder '{self.path.parent}' ({exc.strerror or exc}); "
                             f"is it writable?") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            if wait is not None:
+                wait()
+                try:
+                    fcntl.flock(self.fd, fcntl.LOCK_EX)  # Ctrl-C interrupts the wait
+                    return self
+                except BaseException:
+                    self.release()
+                    raise
             os.close(self.fd)
             self.fd = None
             raise UserError(f"run folder '{self.path.parent}' is in use by another ggl process (a second "
@@ -119,25 +131,102 @@ class RunLock:
             self.fd = None
 
 
-def resolve_resume(resume: str, example: str) -> Tuple[Path, Path]:
-    """``resume`` = a run folder (its checkpoints/last.ckpt) or a checkpoint in one -> (run_dir, ckpt).
+def check_latest_link(path: Path) -> None:
+    """Every ``latest`` link on ``path`` names a run folder beside it (ggl writes ``latest -> <timestamp>``):
+    a hand-made or copied link to elsewhere would resume, or attack, someone else's folder without a word."""
+    path = Path(path).expanduser()
+    for link in [path] + list(path.parents):
+        if link.name != "latest" or not link.is_symlink():
+            continue
+        try:
+            target = link.resolve()
+        except (RuntimeError, OSError):  # a loop (latest -> latest)
+            raise UserError(f"'{link}' is a symbolic link loop; remove it (ggl points it at the newest run "
+                            f"again) or give the run folder itself") from None
+        if target.parent != link.parent.resolve():
+            raise UserError(f"'{link}' points outside its folder (to '{target}'); ggl's latest link names a run "
+                            f"folder beside it: give that run folder itself, or remove the link")
+
+
+def check_no_symlinked_folders(run_dir: Path) -> None:
+    """A resumed run writes into its folder's subfolders (checkpoints/, samples/, audit/, wandb/): one that is
+    a symbolic link would be written through, into a folder outside the run."""
+    for entry in sorted(Path(run_dir).iterdir()):
+        if entry.is_symlink() and entry.is_dir():
+            raise UserError(f"run folder '{run_dir}': '{entry.name}/' is a symbolic link (to '{entry.resolve()}'); "
+                            f"ggl writes only inside the run folder: replace the link with a real copy of its "
+                            f"folder (e.g. cp -rL) and resume again")
+
+
+def _progress(blob: Dict[str, Any]) -> Tuple[int, int]:
+    """How far a checkpoint got: (rounds or epochs done, optimiser steps)."""
+    done = blob.get("ggl_rounds_completed", int(blob["epoch"]) + 1)
+    return int(done), int(blob.get("global_step") or 0)
+
+
+def newest_checkpoint(ckpt_dir: Path, given: Optional[Path] = None) -> Tuple[Optional[Path], Dict[str, Any]]:
+    """The checkpoint of ``ckpt_dir`` that got furthest, whatever the files are called (``last.ckpt``, Lightning's
+    ``last-v1.ckpt`` of a moved folder, a round file): (path, checkpoint), or (None, {}) when there is none.
+    ``given`` (a file the user named) must load; other unreadable files are skipped with a line."""
+    best: Tuple[Optional[Path], Dict[str, Any]] = (None, {})
+    if given is not None:
+        best = (given, read_checkpoint(given))
+    files = sorted((p for p in ckpt_dir.glob("*.ckpt") if p.is_file() and p != given),
+                   key=lambda p: (p.name != "last.ckpt", p.name))  # on a tie: last.ckpt, then by name
+    for path in files:
+        try:
+            blob = read_checkpoint(path)
+        except UserError as exc:
+            print(f"resume: skipped {exc}", file=sys.stderr)
+            continue
+        if best[0] is None or _progress(blob) > _progress(best[1]):
+            best = (path, blob)
+    return best
+
+
+def recorded_run_dir(checkpoint: Dict[str, Any]) -> Optional[Path]:
+    """The run folder a checkpoint was written in (its ModelCheckpoint's ``dirpath`` is ``<run>/checkpoints``)."""
+    for state in (checkpoint.get("callbacks") or {}).values():
+        if isinstance(state, dict) and isinstance(state.get("dirpath"), str):
+            return Path(state["dirpath"]).parent
+    return None
+
+
+def resolve_resume(resume: str, example: str) -> Tuple[Path, Path, Dict[str, Any]]:
+    """``resume`` = a run folder or a checkpoint in one -> (run_dir, ckpt, checkpoint), the checkpoint being the
+    folder's newest: a resume continues from the furthest round whatever the files are called, never forks.
 
     A checkpoint must sit in ``<run>/checkpoints/`` of a ggl run folder (one with ``config.yaml``):
     otherwise the folder two levels up is someone else's, and resuming would write into it.
     """
-    path = Path(resume)
+    path = Path(resume).expanduser()
+    check_latest_link(path)
+    given = None
     if path.is_dir():
-        run_dir, ckpt = path.resolve(), path.resolve() / "checkpoints" / "last.ckpt"
+        run_dir = path.resolve()
     else:
-        ckpt = path.resolve()
-        run_dir = ckpt.parent.parent
-    if not ckpt.is_file():
-        raise UserError(f"config key 'resume' = {resume!r}: no checkpoint at '{ckpt}' (give a run folder "
-                        f"such as {example}, or a .ckpt file)")
-    if ckpt.parent.name != "checkpoints" or not (run_dir / "config.yaml").is_file():
-        raise UserError(f"config key 'resume' = {resume!r}: '{ckpt}' is not in the checkpoints/ folder of a "
-                        f"ggl run folder (one with config.yaml); resume only runs ggl made, such as {example}")
-    return run_dir, ckpt
+        given = path.resolve()
+        run_dir = given.parent.parent
+        if not given.is_file():
+            raise UserError(f"config key 'resume' = {resume!r}: no checkpoint at '{given}' (give a run folder "
+                            f"such as {example}, or a .ckpt file)")
+    if (given is not None and given.parent.name != "checkpoints") or not (run_dir / "config.yaml").is_file():
+        where = f"'{given}' is not in the checkpoints/ folder of" if given else f"'{run_dir}' is not"
+        raise UserError(f"config key 'resume' = {resume!r}: {where} a ggl run folder (one with config.yaml); resume "
+                        f"only runs ggl made, such as {example}")
+    check_no_symlinked_folders(run_dir)
+    ckpt, checkpoint = newest_checkpoint(run_dir / "checkpoints", given)
+    if ckpt is None:
+        raise UserError(f"config key 'resume' = {resume!r}: no checkpoint in '{run_dir / 'checkpoints'}' (the run "
+                        f"stopped before its first one; start it again)")
+    if given is not None and ckpt != given:
+        print(f"resume: '{ckpt.name}' got further than '{given.name}'; continuing from it (a resume never forks a "
+              f"run's history; start a new run to branch from an earlier round)", file=sys.stderr)
+    recorded = recorded_run_dir(checkpoint)
+    if recorded is not None and recorded != run_dir:
+        print(f"resume: the run folder moved (written in '{recorded}', now '{run_dir}'); continuing from "
+              f"'{ckpt.name}' here", file=sys.stderr)
+    return run_dir, ckpt, checkpoint
 
 
 def check_same_experiment(run_dir: Path, config: dict, section: str, resumable: Iterable[str],
@@ -180,12 +269,18 @@ class RunFolder:
     checkpoint: Dict[str, Any] = field(default_factory=dict)  # the resume checkpoint, safely loaded
     lock: Optional[RunLock] = None
     committed: bool = False
+    published: bool = False
 
     def commit(self) -> None:
-        """Set-up succeeded: a fresh folder becomes ``latest``."""
-        if self.fresh and self.rank_zero:
-            point_latest(self.path)
+        """Set-up succeeded: a failure from now on keeps the folder (``latest`` moves at ``publish``)."""
         self.committed = True
+
+    def publish(self) -> None:
+        """The run holds something to resume or read (its first checkpoint, or results): a fresh folder
+        becomes ``latest``. A run that fails before this never becomes ``latest``."""
+        if self.fresh and self.rank_zero and not self.published:
+            point_latest(self.path)
+        self.published = True
 
     def abandon(self) -> None:
         """Set-up failed: remove a fresh folder (``latest`` was never moved) and unlock."""
@@ -209,9 +304,9 @@ def open_run(resume: Optional[str], output_dir: str, name: str, config: dict, se
             return RunFolder(Path(output_dir) / name / "rank0-folder-pending", rank_zero=False)
         run = RunFolder(create_run_dir(output_dir, name), fresh=True)
     else:
-        run_dir, ckpt = resolve_resume(resume, example)
+        run_dir, ckpt, checkpoint = resolve_resume(resume, example)
         check_same_experiment(run_dir, config, section, resumable, experiment)
-        run = RunFolder(run_dir, ckpt, rank_zero=rank_zero, checkpoint=read_checkpoint(ckpt))
+        run = RunFolder(run_dir, ckpt, rank_zero=rank_zero, checkpoint=checkpoint)
         if rank_zero:
             check_writable(run_dir)
     if rank_zero:

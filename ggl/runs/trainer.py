@@ -75,7 +75,8 @@ def _quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     for pattern in (".*does not have many workers.*", ".*`training_step` returned `None`.*",
                     ".*GPU available but not used.*", ".*LeafSpec.*", ".*Checkpoint directory.*exists.*",
-                    ".*The number of training batches.*", ".*isinstance.*LeafSpec.*"):
+                    ".*The number of training batches.*", ".*isinstance.*LeafSpec.*",
+                    ".*The dirpath has changed from.*"):  # a moved run folder: ggl's resume says so in one line
         warnings.filterwarnings("ignore", pattern)
 
 

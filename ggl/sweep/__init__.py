@@ -6,10 +6,3 @@ Runs go to ``<output_dir>/fed-<setting>/`` and ``<output_dir>/attack-<setting>[-
 what is done and resumes a stopped federation. grid.py: the file; plan.py: points, jobs, done detection;
 runner.py: running them; main.py: the command line.
 """
-# the names other modules' tests import from here
-from ggl.sweep.main import _log_agent_run, finish_line, main
-from ggl.sweep.grid import load_sweep
-from ggl.sweep.plan import GridPoint as Point, Job, comparable, make_point, portfolio_for
-
-__all__ = ["Job", "Point", "_log_agent_run", "comparable", "finish_line", "load_sweep", "main", "make_point",
-           "portfolio_for"]

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from ggl.config import _parse_overrides
 from ggl.core.errors import ConfigError, UserError
 
-SHARED_KEYS = ("seed", "output_dir")           # parameters given to both jobs as they are
+SHARED_KEYS = ("seed", "output_dir", "plugins")  # parameters given to both jobs as they are
 SHARED_PREFIXES = ("logger.",)
 SWEEP_KEYS = ("defenses", "fed_config", "attack_config", "attackers", "torch_threads", "workers")
 W_AND_B_TOP_KEYS = {"apiVersion", "kind", "controller", "description", "program", "job", "image_uri", "entity",

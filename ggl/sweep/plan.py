@@ -214,6 +214,15 @@ def find_attack(job: Job, source: Path) -> Optional[Path]:
     return None
 
 
+def job_folder(job: Job) -> Path:
+    """``<output_dir>/<name>/``: where the job's runs go (and its sweep lock, ``JOB_LOCK``)."""
+    cfg = load_config(job.config_file, job.overrides)
+    return Path(cfg.output_dir) / job.name
+
+
+JOB_LOCK = ".sweep.lock"  # held while a sweep runs the job: a second sweep on the same folder waits for it
+
+
 def mark_done(points: List[GridPoint]) -> None:
     """Fill ``done_dir``/``resume_dir`` of every job from what is on disk."""
     for p in points:

@@ -15,9 +15,9 @@ import torch
 from ggl.config import load_config
 from ggl.core.environ import without_env
 from ggl.core.errors import UserError
-from ggl.jobs.attack import run_attack
-from ggl.jobs.federation import run_federation
-from ggl.sweep.plan import GridPoint, Job, find_attack, mark_done
+from ggl.jobs import attack as attack_job, federation as federation_job
+from ggl.runs.folder import RunLock
+from ggl.sweep.plan import JOB_LOCK, GridPoint, Job, find_attack, find_fed, job_folder, mark_done
 
 # environment the W&B agent sets for its one run; the jobs' own W&B runs must not inherit it
 AGENT_ENV = ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH")
@@ -31,17 +31,17 @@ def _job_env():
 def run_fed(job: Job) -> Path:
     over = list(job.overrides) + ([f"resume={job.resume_dir}"] if job.resume_dir else [])
     cfg = load_config(job.config_file, over)
-    res = run_federation(cfg)
+    res = federation_job.run_federation(cfg)
     # the folder as find_fed names it (a resumed run reports it resolved), so the attacks' configs
     # (attack.source) are the same whether the federation ran now or in an earlier, stopped sweep
     return Path(cfg.output_dir) / job.name / Path(res["run_dir"]).name
 
 
-def run_attack(job: Job, source: Path) -> Path:
+def run_attack_job(job: Job, source: Path) -> Path:
     threads = torch.get_num_threads()
     cfg = load_config(job.config_file, job.overrides + [f"attack.source={source}"])
     try:  # the attack sets torch's thread count for the process; the next federation gets it back
-        res = run_attack(cfg)
+        res = attack_job.run_attack(cfg)
     finally:
         torch.set_num_threads(threads)
     return Path(cfg.output_dir) / job.name / Path(res["run_dir"]).name
@@ -122,9 +122,9 @@ def _hms(seconds: float) -> str:
 
 def _run_point(p: GridPoint, write, start=None, done=None) -> List[Tuple[Job, str, float]]:
     """Run the jobs of one grid point not done yet, in order: [(job, status, seconds)], status "ran",
-    "failed", "skipped" (done before the sweep) or "found" (found done once its federation resumed),
-    each also handed to ``done`` as it is known. A failing job is reported with ``write`` and its
-    setting's later jobs fail."""
+    "failed", "skipped" (done before the sweep) or "found" (found done once its federation resumed, or once
+    another sweep on the same folder ran it), each also handed to ``done`` as it is known. A failing job is
+    reported with ``write`` and its setting's later jobs fail."""
     out: List[Tuple[Job, str, float]] = []
 
     def emit(job: Job, status: str, seconds: float = 0.0) -> None:
@@ -143,28 +143,52 @@ def _run_point(p: GridPoint, write, start=None, done=None) -> List[Tuple[Job, st
         if job.kind == "attack" and p.fed.done_dir is None:  # its federation failed
             emit(job, "failed")
             continue
+        status, seconds = _locked_job(p, job, write, start)
+        emit(job, status, seconds)
+    return out
+
+
+def _locked_job(p: GridPoint, job: Job, write, start) -> Tuple[str, float]:
+    """The job under its sweep lock (``<output_dir>/<name>/.sweep.lock``): a second sweep on the same folder
+    waits while the first runs it, then finds it done instead of running it again."""
+    try:
+        lock = RunLock(job_folder(job), JOB_LOCK).acquire(
+            wait=lambda: write(f"[sweep] {job.kind} {job.name}: another sweep is running it; waiting"))
+    except UserError as exc:
+        write(f"[sweep] {job.kind} {job.name} failed: {exc}")
+        return "failed", 0.0
+    try:
+        if job.kind == "fed":  # what is on disk now, not when the sweep was planned
+            job.done_dir, job.resume_dir = find_fed(job)
+        else:
+            job.done_dir = find_attack(job, p.fed.done_dir)
+        if job.done_dir is not None:
+            return "found", 0.0
         if start:
             start(job)
-        t0 = time.perf_counter()
-        try:
-            with _job_env():
-                if job.kind == "fed":
-                    what = f"resuming {job.resume_dir}" if job.resume_dir else "starting"
-                    write(f"[sweep] federation {job.name}: {what}")
-                    job.done_dir = run_fed(job)
-                else:
-                    write(f"[sweep] attack {job.name} on {p.fed.done_dir}")
-                    job.done_dir = run_attack(job, p.fed.done_dir)
-        except UserError as exc:
-            write(f"[sweep] {job.kind} {job.name} failed: {exc}")
-            emit(job, "failed")
-            continue
-        except Exception as exc:  # one broken setting must not lose the others
-            write(f"[sweep] {job.kind} {job.name} failed: {type(exc).__name__}: {exc}")
-            emit(job, "failed")
-            continue
-        emit(job, "ran", time.perf_counter() - t0)
-    return out
+        return _run_job(p, job, write)
+    finally:
+        lock.release()
+
+
+def _run_job(p: GridPoint, job: Job, write) -> Tuple[str, float]:
+    t0 = time.perf_counter()
+    try:
+        with _job_env():
+            if job.kind == "fed":
+                what = f"resuming {job.resume_dir}" if job.resume_dir else "starting"
+                write(f"[sweep] federation {job.name}: {what}")
+                job.done_dir = run_fed(job)
+            else:
+                write(f"[sweep] attack {job.name} on {p.fed.done_dir}")
+                job.done_dir = run_attack_job(job, p.fed.done_dir)
+    except UserError as exc:
+        write(f"[sweep] {job.kind} {job.name} failed: {exc}")
+        return "failed", 0.0
+    except Exception as exc:  # one broken setting must not lose the others
+        write(f"[sweep] {job.kind} {job.name} failed: {type(exc).__name__}: {exc}")
+        return "failed", 0.0
+    return "ran", time.perf_counter() - t0
 
 
 def _worker_init(threads: int) -> None:

@@ -1,32 +1,19 @@
 """The attacker portfolio: one attacker, one file, one registry (this module).
 
-An attacker reconstructs the images behind one ``Observation`` from what the server sees (and the
-public GAN prior, if it uses one); it never sees private data. Each registered attacker declares
+An attacker reconstructs the images behind one ``Observation`` from what the server sees (and the public
+GAN prior, if it uses one); it never sees private data. Each declares ``loss`` (what it matches),
+``search`` (how it searches), ``models`` (what of the defence it models: none | adaptive | eot) and
+``uses_prior``. ``get_attacker(name, options)(obs, G, cfg.attack, seed)`` runs one (a ``SearchResult``);
+``run_portfolio(build_portfolio(names, options), obs, G, cfg.attack, seed)`` runs several.
 
-* ``loss``   - what it matches: ``l2``, ``cosine``, ``likelihood`` (exact log-likelihood of the
-  transmitted update), ``cosine+tv`` ...;
-* ``search`` - how it searches: ``cmaes``, ``adam``, ``cmaes_adam`` (``ggl.attack.search.run_search``
-  with the ``attack:`` budget) or its own (``adam-pixels``);
-* ``models`` - what of the defence it models: ``none``, ``adaptive`` (re-applies the known
-  deterministic defence) or ``eot`` (samples / the exact likelihood of a randomised defence);
-* ``uses_prior`` - whether it searches the GAN prior's latent space.
-
-    from ggl.attack.attackers import get_attacker, available_attackers
-    result = get_attacker("ggl-eot", {"samples": 8})(obs, G, cfg.attack, seed)   # a SearchResult
-    attackers = build_portfolio(cfg.attack.attackers, cfg.attack.attacker_options)
-    results = run_portfolio(attackers, obs, G, cfg.attack, seed)  # {name: SearchResult | refusal reason}
-
-The leakage of a setting, per victim the best any attacker did, is the report's (``ggl.report.points``).
-
-Adding an attacker = one file here with a class derived from ``Attacker`` and decorated with
-``@register("name")``: every module of this package is imported below (``examples/my_attacker.py``;
-a file imported before the config is loaded works too).
+Adding one = a file with an ``Attacker`` subclass decorated ``@register("name")``, named as a
+plugin (the config's ``plugins:`` or an entry point ``ggl.attackers``; only ``SHIPPED`` loads from this
+folder): README, "Add your own attacker". ``register(..., order=, compare_with=)`` places it in the report.
 """
 from __future__ import annotations
 
 import difflib
 import importlib
-import pkgutil
 from dataclasses import fields
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -37,13 +24,34 @@ from ggl.core.registry import Registry
 _REGISTRY: Registry[Tuple[type, Dict[str, Any]]] = Registry("attacker", owner=lambda entry: entry[0])
 
 
-def register(name: str, **fixed: Any) -> Callable[[type], type]:
+# name -> (its place in the report's tables or None, the attackers it adds to); see ``register``
+_REPORTING: Dict[str, Tuple[Optional[float], Tuple[str, ...]]] = {}
+
+
+def register(name: str, order: Optional[float] = None, compare_with: Sequence[str] = (),
+             **fixed: Any) -> Callable[[type], type]:
     """Class decorator: register ``cls`` under ``name``; ``fixed`` are constructor arguments that the
-    name stands for (e.g. ``loss='cosine', adaptive=True``), not settable as options."""
+    name stands for (e.g. ``loss='cosine', adaptive=True``), not settable as options. For the report:
+    ``order`` sorts the attackers in its tables (undeclared: after the declared ones, in registration
+    order); ``compare_with`` names the attackers this one adds to (it is compared with the first of them
+    that ran on the same victims: what modelling the defence adds)."""
     def deco(cls: type) -> type:
         _REGISTRY.add(name, (cls, dict(fixed)), same=_same_entry)
+        _REPORTING[name] = (order, tuple(compare_with))
         return cls
     return deco
+
+
+def attacker_order() -> List[str]:
+    """The registered attackers in the report's table order (declared ``order`` first, then registration order)."""
+    names = _REGISTRY.names()
+    declared = sorted((n for n in names if _REPORTING[n][0] is not None), key=lambda n: _REPORTING[n][0])
+    return declared + [n for n in names if _REPORTING[n][0] is None]
+
+
+def compare_with(name: str) -> Tuple[str, ...]:
+    """The attackers ``name`` is compared with on the same victims (its ``register(compare_with=...)``)."""
+    return _REPORTING.get(name, (None, ()))[1]
 
 
 def _same_entry(a: tuple, b: tuple) -> bool:
@@ -112,8 +120,10 @@ def build_portfolio(names: Sequence[str], options: Optional[Mapping[str, Any]] =
 
 from ggl.attack.attackers.base import Attacker  # noqa: E402  (the registry must exist first)
 from ggl.attack.attackers.portfolio import portfolio_units, run_portfolio  # noqa: E402
-for _module in pkgutil.iter_modules(__path__):  # each attacker file registers itself
-    importlib.import_module(f"{__name__}.{_module.name}")
+# the attackers this package ships, one module each (base, portfolio: the machinery); each registers itself
+SHIPPED = ("eot", "ggl_latent", "inverting_gradients", "grid_observed", "grid_cell", "grid_decoded")
+for _module in SHIPPED:
+    importlib.import_module(f"{__name__}.{_module}")
 
-__all__ = ["Attacker", "available_attackers", "build_portfolio", "check_portfolio",
-           "get_attacker", "option_names", "portfolio_units", "register", "run_portfolio"]
+__all__ = ["Attacker", "SHIPPED", "attacker_order", "available_attackers", "build_portfolio", "check_portfolio",
+           "compare_with", "get_attacker", "option_names", "portfolio_units", "register", "run_portfolio"]

@@ -1,33 +1,14 @@
 """``ggl-eot``: GGL against a *randomised* defence, modelling its randomness instead of its mean.
 
-The adaptive attacker replaces stochastic rounding and Gaussian noise by their expectation (the
-update itself). This one scores a candidate ``z`` by how likely the transmitted update ``q`` is given
-the candidate's trial update ``u = update(G(z, y))`` and the public defence spec:
-
-* ``mode: likelihood`` (default), exact where the chain *ends* in the randomised step:
-
-  - stochastic rounding on the min/max grid: the grid is public (``lo = min q``, ``hi = max q``: the
-    client's own extremes land exactly on the end levels; ``step = (hi - lo) / (2**bits - 1)``) and
-    each coordinate's code ``c`` is drawn independently with ``P(c | u) = max(0, 1 - |s - c|)``,
-    ``s = (u - lo) / step`` (a tent: round up with probability equal to the fractional part). The
-    loss is the mean negative log-likelihood per coordinate. ``P = 0`` (``|s - c| >= 1``) is
-    continued linearly below probability ``TAIL`` so the search still sees a slope there;
-  - Gaussian noise of known std: ``||q - u||^2 / (2 std^2)`` per coordinate (equal, up to scale, to
-    GGL's L2 loss: for noise alone the likelihood attacker *is* the L2 attacker).
-
-  Randomised steps before the last one (e.g. noise, then stochastic rounding) are sampled
-  ``samples`` times and the likelihoods averaged (``-log mean_k exp(-NLL_k)``).
-* ``mode: sample`` (or a chain that ends in a deterministic step): Expectation over Transformation,
-  as inversefed's EOT used by the official GGL CelebA script: the mean over ``samples`` draws of the
-  chain of the matching loss ``match`` (l2 | cosine) between the transformed trial update and ``q``.
-
-Deterministic steps of the chain (clip, nearest rounding, sign, the observed top-k mask) are
-replayed with the very formulas of ``ggl.defenses`` (rounding and sign with straight-through
-gradients). The draws are fixed per attack (seeded; common to every candidate), so candidates are
-compared on the same randomness and the search is deterministic given ``seed``.
-
-On a chain with nothing random (no defence, nearest rounding, clip, sign, top-k) the attacker
-refuses with a one-line reason: there is no expectation to take; use ``ggl-l2-adaptive``.
+A candidate ``z`` scores by how likely the transmitted update ``q`` is given its trial update
+``u = update(G(z, y))`` and the public defence spec. ``mode: likelihood`` (default) is exact where the
+chain ends in the randomised step: stochastic rounding on the public min/max grid (``P(c | u)`` a tent,
+``max(0, 1 - |s - c|)``, continued linearly below ``TAIL``) or Gaussian noise of known std (there it is
+the L2 attacker); earlier randomised steps are sampled ``samples`` times and averaged. ``mode: sample``
+(or a chain ending in a deterministic step) is EOT, as in the official GGL CelebA script: the mean of
+``match`` (l2 | cosine) over ``samples`` draws. Deterministic steps replay ``ggl.defenses``
+(straight-through); the draws are seeded and shared by all candidates. A chain with nothing random is
+refused with a one-line reason (use ``ggl-l2-adaptive``).
 """
 from __future__ import annotations
 
@@ -41,7 +22,9 @@ from torch import Tensor
 from ggl.attack import infer_labels, prior_samples, run_search
 from ggl.attack.attackers import register
 from ggl.attack.attackers.base import Attacker
+from ggl.attack.memory import GRAPH_FACTOR
 from ggl.attack.objective import GGLObjective, kl_latent, match_loss
+from ggl.core.checks import count
 from ggl.core.errors import ConfigError, UserError
 from ggl.core.seeding import derived_seed
 from ggl.defenses import defenses_label, parse_defense, resolve_noise
@@ -193,6 +176,11 @@ def _objective_class():
                              evaluation="batched", model=model)
             self.chain = chain
             self.factored_trial = False  # the chain transforms the flat updates themselves
+            self.memory_key, self.memory_value = "attack.attacker_options.ggl-eot.samples", chain.samples
+
+        def candidate_bytes(self, grad):  # + the chain's K transformed copies of each trial update
+            extra = 3 * self.chain.samples * len(self.chain.target) * 8
+            return super().candidate_bytes(grad) + extra * (GRAPH_FACTOR if grad else 1)
 
         def _total(self, trial, z):
             loss = self.chain.loss(torch.cat([t.flatten(1) for t in trial], 1))
@@ -203,7 +191,7 @@ def _objective_class():
     return EOTObjective
 
 
-@register("ggl-eot")
+@register("ggl-eot", order=50, compare_with=("ggl-l2-adaptive", "ggl-l2"))
 @dataclass
 class EOTAttacker(Attacker):
     samples: int = 8            # draws of each sampled randomised step (K)
@@ -217,8 +205,7 @@ class EOTAttacker(Attacker):
         return "likelihood" if self.mode == "likelihood" else f"eot-{self.match}"
 
     def check(self, key: str) -> None:
-        if not isinstance(self.samples, int) or self.samples < 1:
-            raise ConfigError(f"config key '{key}.samples' = {self.samples!r} must be an integer >= 1")
+        count(self.samples, f"{key}.samples", "attacker_options.EOTAttacker.samples")
         if self.mode not in MODES:
             raise ConfigError(f"config key '{key}.mode' = {self.mode!r} is not one of {', '.join(MODES)}")
         if self.match not in MATCHES:

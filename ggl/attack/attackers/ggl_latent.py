@@ -17,10 +17,10 @@ from ggl.attack.attackers import register
 from ggl.attack.attackers.base import Attacker, with_keys
 
 
-@register("ggl-l2", loss_kind="l2", adaptive=False)
-@register("ggl-l2-adaptive", loss_kind="l2", adaptive=True)
-@register("ggl-cosine", loss_kind="cosine", adaptive=False)
-@register("ggl-cosine-adaptive", loss_kind="cosine", adaptive=True)
+@register("ggl-l2", order=10, loss_kind="l2", adaptive=False)
+@register("ggl-l2-adaptive", order=20, compare_with=("ggl-l2",), loss_kind="l2", adaptive=True)
+@register("ggl-cosine", order=30, loss_kind="cosine", adaptive=False)
+@register("ggl-cosine-adaptive", order=40, loss_kind="cosine", adaptive=True)
 @dataclass
 class GGLAttacker(Attacker):
     loss_kind: str = "l2"

@@ -1,23 +1,14 @@
 """``ggl-cell``: GGL scored by the set-membership likelihood of a quantized payload.
 
-Each code of a deterministic quantizer says where the client's coordinate lies: in its rounding cell
-``[c - step/2, c + step/2]`` on the payload's public min/max grid (``lo`` and ``step``, read off the
-payload: ``ggl.attack.grid``). The likelihood of the payload given a trial update ``u`` is 1 when every
-coordinate of ``u`` lies in its cell, 0 otherwise; this attacker's loss is its smooth continuation, the
-mean over coordinates of the squared distance (in steps) of ``u`` outside its cell. It is 0 at the
-truth, needs no straight-through gradient (the distance is differentiable in ``u``), and is blind to
-the zero cell's offset ``c0 = lo + k0 step`` that a matching loss on the dequantized update sees.
-The nearest-rounding twin of ``ggl-eot``'s tent likelihood (stochastic rounding: cells one step wide
-on each side, each point weighted by its probability).
-
-* ``sign``: +scale says ``u >= 0``, -scale ``u < 0`` (distance in units of the tensor's scale), and the
-  transmitted scale ``mean |u|`` itself, as one squared relative error weighted as the tensor's coordinates;
-* ``qsgd``: level ``l`` with sign ``s`` says ``u`` lies within one unit ``||v|| / levels`` of ``s l``
-  units (stochastic rounding: the support of its likelihood), and the transmitted bucket norm itself,
-  as one squared relative error weighted as the bucket's coordinates.
-
-Refuses (one line) an observation without a grid: float32, stochastic min/max rounding (``ggl-eot``
-has its exact likelihood), a chain that does not end in a quantizer.
+Each code of a deterministic quantizer says in which rounding cell ``[c - step/2, c + step/2]`` of the
+payload's public grid (``ggl.attack.grid``) the client's coordinate lies. The loss is that likelihood's
+smooth continuation: the mean squared distance (in steps) of a trial update ``u`` outside its cells; 0 at
+the truth, differentiable (no straight-through), blind to the zero cell's offset ``c0``. The
+nearest-rounding twin of ``ggl-eot``'s tent likelihood. ``sign``: +scale says ``u >= 0``, -scale ``u < 0``,
+plus the scale ``mean |u|`` as one squared relative error; ``qsgd``: level ``l`` with sign ``s`` says ``u``
+lies within one unit ``||v|| / levels`` of ``s l`` units, plus the bucket norm as one squared relative
+error. Refuses (one line) an observation without a grid: float32, stochastic min/max rounding
+(``ggl-eot`` has its exact likelihood), a chain that does not end in a quantizer.
 """
 from __future__ import annotations
 

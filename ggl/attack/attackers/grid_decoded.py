@@ -1,19 +1,13 @@
 """``ggl-l2-decoded`` / ``ggl-cosine-decoded`` / ``inverting-gradients-decoded``: the attacker of the
 same name without ``-decoded``, run unchanged on the *decoded* observation.
 
-A min/max grid with nearest rounding has no level at 0 in general: the cell that holds 0 is sent as
-its level ``c0 = lo + k0 step`` (``k0 = round(-lo / step)``, ``|c0|`` up to half a step). At a trained
-model most coordinates of a one-image gradient are exactly 0 (dead ReLUs), so every one of them is sent
-as ``c0``: an offset common to most of the update, which dominates L2 and cosine matching. The server
-knows ``lo`` and ``step`` (the payload carries them; ``ggl.attack.grid``), so it can decode that cell as
-0: every exactly-zero coordinate of the client's update is then exactly 0 in the decoded one (and every
-other coordinate of that cell is within half a step of 0, as it was of ``c0``). Other cells keep their
-levels. The decoded update replaces the observed one; everything else (labels, search, loss) is the
-base attacker's, with its options.
-
+A min/max grid with nearest rounding sends the cell that holds 0 as its level ``c0 = lo + k0 step``
+(``k0 = round(-lo / step)``, ``|c0|`` up to half a step); at a trained model most of a one-image gradient
+is exactly 0 (dead ReLUs), so ``c0`` is an offset common to most of the update that dominates L2 and
+cosine matching. The server knows ``lo`` and ``step`` (``ggl.attack.grid``) and decodes that cell as 0;
+other cells keep their levels. Everything else (labels, search, loss, options) is the base attacker's.
 Refuses (one line) an observation with nothing to decode: float32, sign and QSGD payloads (no cell sent
-off 0: QSGD's level 0 is 0 already), stochastic rounding (unbiased: decoding its zero cell as 0 would
-bias it), a grid whose zero cell is already at 0.
+off 0), stochastic rounding (decoding its zero cell as 0 would bias it), a zero cell already at 0.
 """
 from __future__ import annotations
 

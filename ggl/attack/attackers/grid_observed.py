@@ -1,23 +1,14 @@
 """``ggl-l2-observed-grid`` / ``ggl-cosine-observed-grid``: the adaptive GGL attacker, with each trial
 update quantized on the *payload's* public grid instead of on the trial's own.
 
-The adaptive attacker (``ggl-l2-adaptive``) re-applies the client's quantizer to each trial update, and
-that quantizer takes its range from its input: a trial is quantized on the trial's own min/max, the
-victim was quantized on the victim's. The two grids coincide only where both ranges do (a fresh model,
-whose gradient extremes are set by the architecture); at a trained model they do not. The victim's
-grid is public: the payload carries each range's ``lo`` and ``step`` (``ggl.attack.grid``). These
-attackers quantize every trial on it (nearest rounding, codes clamped to the payload's, with the very
-operations of the client's quantizer: on the true image's update it reproduces the payload bit for
-bit), with a straight-through gradient for Adam, as the adaptive attacker does. By default
-(``decoded: true``) both the observed update and each quantized trial are read with the cell that
-holds 0 decoded as 0 (``ggl-l2-decoded``): on one grid that changes only what mismatched codes cost
-for L2, but it takes the common offset ``c0`` (most coordinates, at a trained model) out of the cosine. ``sign`` is replayed
-with the payload's scales. Steps of the chain before the quantizer (clip) are replayed as the adaptive
-attacker does.
-
-Refuses (one line) an observation without a deterministic grid: float32, stochastic rounding (use
-``ggl-eot``), QSGD (unbiased: its expectation is the update; use ``ggl-cell``), a chain that does not
-end in the quantizer.
+``ggl-l2-adaptive`` quantizes a trial on the trial's own min/max, the victim was quantized on the victim's:
+the grids agree at a fresh model, not at a trained one. These quantize every trial on the payload's ``lo``
+and ``step`` (``ggl.attack.grid``) with the client's very operations (bit for bit on the true image's
+update), straight-through for Adam; ``decoded: true`` (default) reads observed and trial updates with the
+zero cell decoded as 0, taking the common offset ``c0`` out of the cosine. ``sign`` uses the payload's
+scales; steps before the quantizer (clip) are replayed as the adaptive attacker does. Refuses (one line)
+an observation without a deterministic grid: float32, stochastic rounding (``ggl-eot``), QSGD
+(``ggl-cell``), a chain that does not end in the quantizer.
 """
 from __future__ import annotations
 

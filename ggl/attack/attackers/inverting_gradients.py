@@ -1,24 +1,13 @@
 """``inverting-gradients``: the pixel-space attack of Geiping et al. (NeurIPS 2020), with no prior.
 
-Adam on the pixels themselves, kept in [0, 1] (boxed), minimising
-
-    loss(x) = (1 - cos(update(x), observed)) + tv_weight * TV(x)
-
-with the project's cosine loss (1 - cosine similarity per layer, averaged over layers; the paper
-takes one cosine over all layers together) and the anisotropic total variation ``TV(x)`` = mean
-|horizontal difference| + mean |vertical difference| per image. As in the paper: signed gradients
-(Adam is fed ``sign(grad)``), the learning rate divided by 10 at 3/8, 5/8 and 7/8 of the steps, and
-``restarts`` independent random starts (uniform in [0, 1], run together in one batch) of which the
-one with the lowest final loss wins. Labels come from ``ggl.attack.labels.infer_labels`` without
-prior probes (no prior at all: for batch > 1 the mean softmax is taken as uniform).
-
-Its trial updates are GGL's (``ggl.attack.objective.GGLObjective``) with the identity in place of the
-generator, so it replays the client's computation exactly as the latent attackers do.
-``inverting-gradients`` models no defence (a user comparing priors compares it with ``ggl-cosine``);
-``inverting-gradients-adaptive`` re-applies the observed defence to its trial updates as
-``ggl-cosine-adaptive`` does (``ggl.attack.trial.DefenseModel``, straight-through where the defence
-is not differentiable), so that a defence is not credited with what a pixel-space attacker which
-ignores it cannot see.
+Adam on the pixels, boxed in [0, 1], minimising ``(1 - cos(update(x), observed)) + tv_weight * TV(x)``
+(the project's cosine per layer, averaged over layers, where the paper takes one over all layers;
+``TV`` = mean |horizontal| + mean |vertical difference|). As in the paper: signed gradients, the
+learning rate divided by 10 at 3/8, 5/8 and 7/8 of the steps, ``restarts`` random starts in one batch
+(the lowest final loss wins). Labels from ``infer_labels`` without prior probes. Trial updates are
+GGL's (``GGLObjective``) with the identity as the generator. ``inverting-gradients-adaptive``
+re-applies the observed defence (``DefenseModel``, straight-through) as ``ggl-cosine-adaptive`` does,
+so a defence is not credited with what an attacker that ignores it cannot see.
 """
 from __future__ import annotations
 
@@ -32,6 +21,7 @@ from torch import Tensor, nn
 from ggl.attack import GGLObjective, SearchResult, infer_labels
 from ggl.attack.attackers import register
 from ggl.attack.attackers.base import Attacker
+from ggl.core.checks import count
 from ggl.core.errors import ConfigError
 
 
@@ -56,8 +46,8 @@ def total_variation(x: Tensor) -> Tensor:
     return dx + dy
 
 
-@register("inverting-gradients", adaptive=False)
-@register("inverting-gradients-adaptive", adaptive=True)
+@register("inverting-gradients", order=60, adaptive=False)
+@register("inverting-gradients-adaptive", order=70, adaptive=True)
 @dataclass
 class InvertingGradients(Attacker):
     adaptive: bool = False      # fixed by the name: re-apply the observed defence to the trial updates
@@ -77,9 +67,7 @@ class InvertingGradients(Attacker):
 
     def check(self, key: str) -> None:
         for k in ("steps", "restarts"):
-            v = getattr(self, k)
-            if not isinstance(v, int) or v < 1:
-                raise ConfigError(f"config key '{key}.{k}' = {v!r} must be an integer >= 1")
+            count(getattr(self, k), f"{key}.{k}", f"attacker_options.InvertingGradients.{k}")
         if not self.lr > 0:
             raise ConfigError(f"config key '{key}.lr' = {self.lr} must be > 0")
         if not self.tv_weight >= 0:
@@ -96,6 +84,7 @@ class InvertingGradients(Attacker):
         pixels = PixelParametrisation(obs.channels, obs.image_size)
         objective = GGLObjective(obs, pixels, labels, loss="cosine", adaptive=self.adaptive, evaluation="batched",
                                  model=model)
+        objective.check_fits(self.restarts, f"attack.attacker_options.{self.name}.restarts")
         dtype = next(model.parameters()).dtype
         gen = torch.Generator().manual_seed(int(seed) % (2 ** 63))
         x = torch.rand(self.restarts, objective.dim, generator=gen, dtype=dtype)
