@@ -1,7 +1,7 @@
 """Leakage vs CPU-seconds for each search (the budget curve), on fixed victims.
 
     python benchmarks/bench_budget.py [--victims 8] [--threads 1] [--arms today,new,...]
-                                      [--trained-round 2] [--out reports/budget] [--today-at COMMIT]
+                                      [--trained-round 2] [--out DIR [--overwrite]] [--today-at COMMIT]
 
 Victims: ``--victims`` private MNIST digits (one update each) captured by two short federations of
 the sweep's protocol (CNN, mnist5k, 1 local epoch, momentum 0.9): no defence and the 4-bit global
@@ -64,6 +64,7 @@ CODE = Path(sys.argv[sys.argv.index("--code") + 1]) if "--code" in sys.argv[:-1]
 sys.path.insert(0, str(CODE))
 
 from _attack_setup import DEFAULT_PRIOR, prior  # noqa: E402
+from _output import output_folder  # noqa: E402
 
 from ggl.audit.reid import HEADLINE  # noqa: E402
 from ggl.core.stats import paired  # noqa: E402
@@ -169,6 +170,9 @@ def ci95(values: np.ndarray, seed: int = 0) -> tuple:
     return float(values.mean()), float(r.confidence_interval.low), float(r.confidence_interval.high)
 
 
+OUT_FILES = ("budget.json", "budget.png", "curves.json")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--victims", type=int, default=8)
@@ -178,7 +182,9 @@ def main(argv=None) -> int:
     ap.add_argument("--settings", default="fp32,q4")
     ap.add_argument("--rounds", default="0,trained", help="0, trained or both")
     ap.add_argument("--prior", default=str(DEFAULT_PRIOR))
-    ap.add_argument("--out", default=str(REPO / "reports" / "budget"))
+    ap.add_argument("--out", default=None, help="output folder (default: runs/benchmarks/bench_budget/; "
+                    "reports/budget only with --overwrite)")
+    ap.add_argument("--overwrite", action="store_true", help="replace the files already in --out")
     ap.add_argument("--code", default=str(REPO), help="import ggl from this checkout (default: this one)")
     ap.add_argument("--today-at", default="", metavar="COMMIT",
                     help="also run the today arm on the code of COMMIT (a temporary git worktree; a child process "
@@ -188,6 +194,7 @@ def main(argv=None) -> int:
     ap.add_argument("--curves", default="", help="comma-separated curves.json files of earlier runs (e.g. one "
                     "per setting, run side by side): make the table, plot and ratio from them, search nothing")
     args = ap.parse_args(argv)
+    args.out = str(output_folder("bench_budget", args.out, args.overwrite, OUT_FILES))
     torch.set_num_threads(args.threads)
 
     from ggl.core.allocator import retain_freed_memory

@@ -1,4 +1,4 @@
-"""Add your own attacker: one class in one file (the README's "Add your own attacker" example).
+"""Add your own attacker: one class in one file (docs/extending.md, "Add your own attacker").
 
 Name it as a plugin (a file in ``ggl/attack/attackers/`` is not loaded): ``plugins: [my_attacker]`` in the
 config with this folder on PYTHONPATH, or an entry point ``ggl.attackers`` of an installed package, e.g.

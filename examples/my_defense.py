@@ -1,4 +1,4 @@
-"""Add your own defense: one class in one file (the README's "Add your own defense" example).
+"""Add your own defense: one class in one file (docs/extending.md, "Add your own defense").
 
 Name it as a plugin (a file in ``ggl/defenses/`` is not loaded): ``plugins: [my_defense]`` in the config
 with this folder on PYTHONPATH, or an entry point ``ggl.defenses`` of an installed package, e.g.

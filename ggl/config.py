@@ -23,6 +23,7 @@ from ggl.audit.schema import AuditConfig
 from ggl.core.checks import INT_MAX, at_least, check_seed, count, one_of, short
 from ggl.core.errors import ConfigError
 from ggl.core.plugins import load_plugins
+from ggl.core.shipped import command
 from ggl.data.schema import DataConfig
 from ggl.defenses import check_chain, parse_defense, to_dicts
 from ggl.fl.schema import FLConfig
@@ -233,10 +234,10 @@ def _check_task(task: str, tasks: tuple, source: Path | None) -> None:
         raise ConfigError(f"config key 'task' = {task!r}: {script} runs {' or '.join(tasks)}; "
                           f"{TASK_SCRIPTS[task]} runs {task}")
     own = ", ".join(n for n in available_configs() if config_task(resolve_config_path(n)) in tasks)
-    hint = (f"; to attack a federation's audit captures: python attack.py source=runs/{source.stem if source else '<name>'}/latest"
-            if script == "attack.py" and task == "fedavg" else "")
+    hint = (f"; to attack a federation's audit captures: {command('attack')} source=runs/"
+            f"{source.stem if source else '<name>'}/latest" if script == "attack.py" and task == "fedavg" else "")
     raise ConfigError(f"config '{name}' has task: {task}, a job for {TASK_SCRIPTS[task]}, not {script}; run "
-                      f"python {TASK_SCRIPTS[task]} --config {name}, or give {script} one of: {own}{hint}")
+                      f"{command(TASK_SCRIPTS[task][:-3])} --config {name}, or give {script} one of: {own}{hint}")
 
 
 def load_config(path: str | Path | None = None, overrides: List[str] | None = None,

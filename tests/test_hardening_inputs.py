@@ -322,7 +322,7 @@ def test_installed_wheel_finds_its_configs_anywhere(tmp_path):
 
     source = tmp_path / "source"  # a copy: building in the checkout would leave build/ there
     source.mkdir()
-    for part in ("pyproject.toml", "README.md", "ggl", "configs"):
+    for part in ("pyproject.toml", "README.md", "ggl", "configs", "checkpoints"):
         copy = shutil.copytree if (REPO / part).is_dir() else shutil.copy
         copy(REPO / part, source / part, **({"ignore": shutil.ignore_patterns("__pycache__")}
                                             if (REPO / part).is_dir() else {}))
@@ -378,7 +378,7 @@ def test_wheel_package_list_is_every_ggl_package():
     tomllib = pytest.importorskip("tomllib")
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "ggl").rglob("__init__.py")}
-    assert listed - {"ggl.configs"} == found
+    assert listed - {"ggl.configs", "ggl.checkpoints"} == found
 
 
 # ------------------------------------------------------------------------------- 7. one round numbering

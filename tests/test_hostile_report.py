@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import ggl.core.atomic as atomic
-from ggl.report import main
+from ggl.report.build import main
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 

@@ -90,7 +90,7 @@ def test_time_left_is_work_left_times_the_measured_rate_of_each_kind():
 @pytest.mark.parametrize("extra, message", [
     (["fed.fl.rouns=2"], "unknown config key 'fl.rouns'"),
     (["atack.generations=2"], "unknown sweep parameter 'atack.generations'"),
-    (["attackers=[sneaky]"], "'sneaky' is not a known attacker; known: ggl-cosine"),
+    (["attackers=[sneaky]"], "'sneaky' is not a known attacker; known: ggl-cell, ggl-cosine"),
 ])
 def test_bad_parameters_are_one_line_exit_2(tmp_path, capsys, extra, message):
     assert main([str(TINY), f"output_dir={tmp_path}", "--list"] + extra) == 2

@@ -3,7 +3,7 @@
 ``loss(z) = match(T(update(G(z, y))), observed) + kl_weight * KL(z)``: ``match`` = squared L2 (``l2``)
 or one minus the cosine similarity (``cosine``) per layer, averaged over layers; ``T`` = the identity,
 or an adaptive attacker's model of the client's defence (``DefenseModel``); ``KL(z)`` = GGL's KL from
-N(0, 1) of each latent vector's entries, summed over the batch (default weight 0: README, "KL weight").
+N(0, 1) of each latent vector's entries, summed over the batch (default weight 0: docs/findings.md, "KL weight").
 
 A population ``z`` (P, B * latent_dim) goes in one vectorised pass (``evaluation: batched``; without a
 defence to replay, linear layers' gradients stay factored, ``per_candidate.OuterSum``; materialised

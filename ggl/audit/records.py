@@ -4,7 +4,7 @@
 run a capture came from), ``FederationResult`` (what the report needs of a federation's results.json),
 the tidy per-image CSV (``ImageRecord.to_row`` / ``from_row``; floats as ``repr``, so a read gives back
 the exact values) and ``accuracy.csv``. Files of format ``RECORDS_FORMAT`` are read here; older formats
-only in ``ggl.audit.legacy``. See the README's "Outputs" for the columns. A file that fits none of
+only in ``ggl.audit.legacy``. See docs/reference.md, "Outputs", for the columns. A file that fits none of
 this fails with ``SchemaError``, one line naming what is wrong.
 """
 from __future__ import annotations

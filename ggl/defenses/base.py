@@ -7,7 +7,7 @@ gives seeded randomness, ``update.private`` the client's data), ``norm_preservin
 ``keeps_client_state`` + ``apply(tensors, update, state)`` (per-client state such as error feedback),
 and ``attack_model()`` for the adaptive attacker (``reapply``, ``expectation``, ``observed_mask`` or
 ``no_model(reason)``). Optional federation hooks, called by ``ggl.fl.callbacks.DefenseCallback``:
-``bind``, ``setup``, ``round_stats``, ``round_metrics``, ``summary``. The whole contract: README, "Add
+``bind``, ``setup``, ``round_stats``, ``round_metrics``, ``summary``. The whole contract: docs/extending.md, "Add
 your own defense"; a complete defence: ``examples/my_defense.py``.
 """
 from __future__ import annotations

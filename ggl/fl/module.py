@@ -211,7 +211,7 @@ class FedAvgModule(L.LightningModule):
             "aggregates_rejected_total": float(self.aggregates_rejected_total),
         }
         self.log_dict(round_metrics, on_step=True, on_epoch=False, prog_bar=False, logger=False)
-        for lg in self.loggers:  # W&B step = rounds completed, the one round numbering (README)
+        for lg in self.loggers:  # W&B step = rounds completed, the one round numbering (docs/reference.md, "Results of a run")
             lg.log_metrics(round_metrics, step=rnd + 1)
         self.rounds_completed = rnd + 1
         self._last_round_stats = {"uplink_bits": uplink_bits,

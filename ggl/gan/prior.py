@@ -23,10 +23,13 @@ from ggl.core.atomic import atomic_write_with
 from ggl.core.errors import UserError
 from ggl.gan.schema import BUILTIN_GENERATOR
 from ggl.core.safe_load import safe_load
+from ggl.core.shipped import REPO_ROOT, command, shipped, shipped_candidates
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_PRIOR = REPO_ROOT / "checkpoints" / "gan_mnist5k.pt"
-DEFAULT_PRIOR_COMMAND = "python train.py --config gan_mnist.yaml gan.export=checkpoints/gan_mnist5k.pt"
+# the shipped prior: the checkout's checkpoints/ first, then the installed package's copy (ggl.checkpoints)
+DEFAULT_PRIOR_NAME = "checkpoints/gan_mnist5k.pt"
+DEFAULT_PRIOR = shipped(DEFAULT_PRIOR_NAME) or REPO_ROOT / DEFAULT_PRIOR_NAME
+DEFAULT_PRIOR_ARGS = "--config gan_mnist.yaml gan.export=checkpoints/gan_mnist5k.pt"
+DEFAULT_PRIOR_COMMAND = f"python train.py {DEFAULT_PRIOR_ARGS}"
 FORMAT = "ggl-gan-prior"
 VERSION = 1
 SPEC_KEYS = ("latent_dim", "channels", "image_size", "num_classes")
@@ -142,13 +145,16 @@ def save_prior(path: str | Path, state: Dict[str, Any]) -> Path:
 def _read(path: Path, default: bool) -> Dict[str, Any]:
     if not path.is_file():
         if default:
-            raise UserError(f"GAN prior '{path}' not found; create it with: {DEFAULT_PRIOR_COMMAND}")
-        raise UserError(f"GAN prior '{path}' not found; train one with: python train.py --config "
+            where = ", ".join(str(p) for p in shipped_candidates(DEFAULT_PRIOR_NAME))
+            raise UserError(f"GAN prior '{path}' not found (the shipped {DEFAULT_PRIOR_NAME}; looked in {where}): "
+                            f"reinstall ggl from a wheel or checkout that has it, or create it with: "
+                            f"{command('train')} {DEFAULT_PRIOR_ARGS}")
+        raise UserError(f"GAN prior '{path}' not found; train one with: {command('train')} --config "
                         f"gan_mnist.yaml gan.export={path}")
     blob = safe_load(path, "GAN prior")
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise UserError(f"GAN prior '{path}' is not a ggl GAN prior (no 'format: {FORMAT}' entry); "
-                        f"priors are written by python train.py --config gan_mnist.yaml")
+                        f"priors are written by {command('train')} --config gan_mnist.yaml")
     if blob.get("version") != VERSION:
         raise UserError(f"GAN prior '{path}' has format version {blob.get('version')!r}; this ggl reads "
                         f"version {VERSION}")
@@ -167,7 +173,8 @@ def load_prior(path: str | Path = DEFAULT_PRIOR, channels: Optional[int] = None,
     it), truncated or not a torch file, pickled objects (refused), not a prior, spec mismatch.
     """
     path = Path(path)
-    default = path.resolve() == DEFAULT_PRIOR.resolve()
+    shipped_copies = {c.resolve() for c in shipped_candidates(DEFAULT_PRIOR_NAME)}
+    default = path.resolve() in shipped_copies | {DEFAULT_PRIOR.resolve()}
     blob = _read(path, default)
     where = f"GAN prior '{path}'"
     try:

@@ -3,7 +3,7 @@
 ``run_attack(cfg)`` writes ``runs/<name>/<timestamp>/``: ``results.json`` (``ggl.records/2``: ``config``,
 ``federation``, ``settings``, ``records``, ``summary``, ``refused``), ``grid.png``, per setting
 ``<setting>/grid.png`` and ``<setting>/images.pt``, ``captures/`` (fresh mode), and one W&B run per
-setting (``ggl.jobs.live``). The files: README, section "Attack", **Outputs**.
+setting (``ggl.jobs.live``). The files: docs/reference.md, section "Attack", **Outputs**.
 """
 from __future__ import annotations
 
@@ -22,12 +22,13 @@ from ggl.audit.evaluate import Evaluator, summarize
 from ggl.audit.records import RECORDS_FORMAT, FederationRef, ImageRecord
 from ggl.audit.truth import IMAGES_FILE, OBS_DIR, TRUTH_DIR, find_captures
 from ggl.audit.victim import fresh_captures, probe_kind
-from ggl.config import REPO_ROOT, to_container, to_yaml
+from ggl.config import to_container, to_yaml
 from ggl.core.allocator import retain_freed_memory
 from ggl.core.atomic import atomic_write_text
 from ggl.core.errors import UserError
 from ggl.core.plots import image_rows_png
 from ggl.core.seeding import derived_seed
+from ggl.core.shipped import shipped
 from ggl.core.stats import fmt
 from ggl.defenses import defenses_label
 from ggl.gan.prior import load_prior
@@ -45,10 +46,11 @@ Captures = Dict[str, List[Tuple[Path, Path]]]
 
 
 def prior_path(path: str) -> Path:
-    """``attack.prior`` as a path: relative paths are tried from the working directory, then the repository root."""
+    """``attack.prior`` as a path: relative paths are tried from the working directory, then from the
+    checkout, then from the installed package (the shipped ``checkpoints/``, ``ggl.core.shipped``)."""
     p = Path(path).expanduser()
-    if not p.is_absolute() and not p.exists() and (REPO_ROOT / p).exists():
-        p = REPO_ROOT / p
+    if not p.is_absolute() and not p.exists():
+        p = shipped(p) or p
     return p
 
 

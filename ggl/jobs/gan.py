@@ -29,6 +29,8 @@ from ggl.gan.quality import (QualityReference, build_reference, classifier_state
                              seeded_subset, train_classifier)
 from ggl.models.gan import count_params
 from ggl.core.atomic import atomic_write_text
+from ggl.core import shipped
+from ggl.core.shipped import command
 from ggl.runs.checkpointing import AtomicCheckpointIO, run_checkpoints
 from ggl.runs.folder import open_run
 from ggl.runs.artifacts import MODEL, draft, log_output, prior_artifact_name
@@ -96,6 +98,8 @@ _RESUMABLE_GAN_KEYS = ("epochs", "max_steps", "sample_every", "quality_every", "
 
 def _command(cfg: Config) -> str:
     argv0 = Path(sys.argv[0]).name if sys.argv else ""
+    if shipped.PROG and argv0 == shipped.PROG and sys.argv[1:2] == ["train"]:  # the ggl command
+        return command("train") + " " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     if argv0 in ("train.py", "ggl-train"):
         return "python train.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     source = getattr(cfg, "_source", None)

@@ -4,5 +4,5 @@
     python -m ggl.report --from-csv reports/per_image.csv [--out DIR [--overwrite]] [--metric ...]
 
 ``collect`` (read and pair) -> ``points`` (statistics, worst case) -> ``tables`` and ``figures``;
-``build`` writes them. The files and their columns: README, "The privacy-utility report".
+``build`` writes them. The files and their columns: docs/findings.md, "The privacy-utility report".
 """

@@ -1,6 +1,6 @@
 """The report job: runs (or a per-image CSV) -> points -> ``per_image.csv``, ``accuracy.csv``,
 ``privacy_utility.md`` and the figures of ``ggl.report.figures``; the finish line; ``main``
-(``python -m ggl.report``). What each file holds: README, "The privacy-utility report".
+(``python -m ggl.report``). What each file holds: docs/findings.md, "The privacy-utility report".
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ggl.audit.records import ACCURACY_FILE, SchemaError, read_csv, write_accura
 from ggl.core.atomic import atomic_write_text, fsync_dir
 from ggl.core.errors import UserError, WriteError
 from ggl.core.plugins import load_plugins
+from ggl.core.shipped import command
 from ggl.report.collect import Collected, collect, is_json_object, results_files
 from ggl.report.figures import FIGURES, PLOT_METRICS, draw_figures
 from ggl.report.points import Point, build_points, measured_pairs
@@ -102,7 +103,7 @@ def write_report(roots: Sequence[Path], out: Path, wandb_mode: str = "disabled",
         print(f"skipped {p}: {why}", file=sys.stderr)
     report = Report(collected, build_points(collected.pairs))
     out = Path(out)
-    _write_outputs(report, out, f"python -m ggl.report {' '.join(str(r) for r in roots)}", clock, metric)
+    _write_outputs(report, out, f"{command('report')} {' '.join(str(r) for r in roots)}", clock, metric)
     if wandb_mode != "disabled":
         log_wandb(report.points, out, wandb_mode, project)
     return report
@@ -130,7 +131,7 @@ def report_from_csv(csv_path: Path, out: Path, metric: str = "psnr") -> Report:
     report = Report(collected, points)
     out = Path(out)
     same = out.resolve() == csv_path.parent.resolve() and (out / CSV_FILE).resolve() == csv_path.resolve()
-    _write_outputs(report, out, f"python -m ggl.report --from-csv {csv_path}", clock, metric, csv=not same)
+    _write_outputs(report, out, f"{command('report')} --from-csv {csv_path}", clock, metric, csv=not same)
     return report
 
 
@@ -146,7 +147,7 @@ def finish_line(report: Report, out: Path, metric: str) -> str:
     other = "reid" if metric != "reid" else "psnr"
     return (f"report: {len(points)} points (n = {', '.join(map(str, n)) or '–'} images each, "
             f"{len(report.collected.skipped)} files skipped) -> {out}/{{{','.join(FILES)}}}{most_leakage(points)}; "
-            f"next: python -m ggl.report --from-csv {out / CSV_FILE} --metric {other}")
+            f"next: {command('report')} --from-csv {out / CSV_FILE} --metric {other}")
 
 
 def _check_inputs(roots: Sequence[str]) -> None:
@@ -188,7 +189,7 @@ def output_folder(roots: Sequence[str], from_csv: Optional[str], out: Optional[s
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m ggl.report", description=DESCRIPTION)
+    ap = argparse.ArgumentParser(prog=command("report"), description=DESCRIPTION)
     ap.add_argument("roots", nargs="*", help="folders of runs (searched recursively) or results.json files")
     ap.add_argument("--from-csv", default=None, metavar="CSV",
                     help=f"rebuild the table and figures from a per-image CSV ({CSV_FILE}) instead of runs")

@@ -232,6 +232,16 @@ def resolve_resume(resume: str, example: str) -> Tuple[Path, Path, Dict[str, Any
 def check_same_experiment(run_dir: Path, config: dict, section: str, resumable: Iterable[str],
                           experiment: Experiment) -> None:
     """Only ``section.<resumable>`` keys (how far to go) and keys outside the experiment may differ."""
+    diffs = experiment_diffs(run_dir, config, section, resumable, experiment)
+    if diffs:
+        allowed = ", ".join(f"{section}.{k}" for k in sorted(resumable))
+        raise UserError(f"resume: {', '.join(diffs)} differ from the run's {run_dir / 'config.yaml'}; a resumed "
+                        f"run may only change {allowed}, devices and logging (start a new run instead)")
+
+
+def experiment_diffs(run_dir: Path, config: dict, section: str, resumable: Iterable[str],
+                     experiment: Experiment) -> list:
+    """The experiment keys in which ``config`` differs from the run's saved config.yaml (unreadable: error)."""
     saved_file = run_dir / "config.yaml"
     try:
         saved = OmegaConf.to_container(OmegaConf.load(saved_file))
@@ -245,10 +255,30 @@ def check_same_experiment(run_dir: Path, config: dict, section: str, resumable: 
     mine_s, theirs_s = mine.get(section) or {}, theirs.get(section) or {}
     diffs += [f"{section}.{k}" for k in sorted(set(mine_s) | set(theirs_s)) if k not in resumable
               and theirs_s.get(k) != mine_s.get(k)]
+    return diffs
+
+
+AUTO = "auto"  # resume=auto: continue <output_dir>/<name>/latest when it is this experiment, else start fresh
+
+
+def auto_resume(output_dir: str, name: str, config: dict, section: str, resumable: Iterable[str],
+                experiment: Experiment, say: Callable[[str], None]) -> Optional[str]:
+    """``resume=auto`` (what a requeued cluster job needs): the ``latest`` run folder when it holds a
+    checkpoint of the same experiment, else None (start fresh); either way ``say`` one line why."""
+    latest = Path(output_dir) / name / "latest"
+    if not (latest / "checkpoints" / "last.ckpt").is_file():
+        say(f"resume=auto: no run to continue at {latest} (no checkpoints/last.ckpt); starting fresh")
+        return None
+    run_dir = latest.resolve()
+    try:
+        diffs = experiment_diffs(run_dir, config, section, resumable, experiment)
+    except UserError as exc:
+        diffs = [str(exc)]
     if diffs:
-        allowed = ", ".join(f"{section}.{k}" for k in sorted(resumable))
-        raise UserError(f"resume: {', '.join(diffs)} differ from the run's {saved_file}; a resumed run may "
-                        f"only change {allowed}, devices and logging (start a new run instead)")
+        say(f"resume=auto: {latest} is a different experiment ({', '.join(diffs)[:200]} differ); starting fresh")
+        return None
+    say(f"resume=auto: continuing {run_dir}")
+    return str(run_dir)
 
 
 def read_checkpoint(ckpt: Path) -> Dict[str, Any]:
@@ -299,6 +329,9 @@ def open_run(resume: Optional[str], output_dir: str, name: str, config: dict, se
     """The job's run folder; on ranks other than 0 its path is rank 0's only once shared (see ShareRunDir).
     ``experiment`` maps a config (this one, or the resumed run's saved one) to the keys that define its results."""
     check_run_name(name)
+    if resume == AUTO:
+        say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if rank_zero else (lambda msg: None)
+        resume = auto_resume(output_dir, name, config, section, resumable, experiment, say)
     if not resume:
         if not rank_zero:  # the real folder arrives by broadcast from rank 0 when the Trainer starts
             return RunFolder(Path(output_dir) / name / "rank0-folder-pending", rank_zero=False)

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 from omegaconf import OmegaConf
 
-from ggl.config import _parse_overrides
+from ggl.config import _parse_overrides, config_dirs
 from ggl.core.errors import ConfigError, UserError
 
 SHARED_KEYS = ("seed", "output_dir", "plugins")  # parameters given to both jobs as they are
@@ -61,13 +61,26 @@ def check_parameter_name(key: str, where: str) -> None:
     raise ConfigError(f"{where}: unknown sweep parameter '{key}'; {hint}")
 
 
+def resolve_sweep_path(path: str | Path) -> Path:
+    """A path as given, else a bare name (``sweep_tiny.yaml``, ``.yaml`` may be left off) looked up like a
+    config: the checkout's configs/, then the installed package's copy (``ggl.config.config_dirs``)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    if not p.is_absolute() and len(p.parts) == 1:
+        names = [p.name] + ([] if p.suffix in (".yaml", ".yml") else [p.name + ".yaml"])
+        for found in (d / n for d in config_dirs() for n in names):
+            if found.is_file():
+                return found
+    where = ", ".join(str(d) for d in config_dirs())
+    raise UserError(f"sweep file '{path}' not found (looked in . and {where}; e.g. sweep_defenses.yaml)")
+
+
 def load_sweep(path: str | Path) -> Tuple[dict, Dict[str, List[Any]]]:
     """(the file as read, {parameter: [values]}) after checking it is a W&B grid sweep we can run."""
     import yaml
 
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"sweep file '{path}' not found (e.g. configs/sweep_defenses.yaml)")
+    p = resolve_sweep_path(path)
     try:
         doc = yaml.safe_load(p.read_text())  # the parser `wandb sweep` uses
     except yaml.YAMLError as exc:

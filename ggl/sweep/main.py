@@ -1,17 +1,21 @@
-"""``python -m ggl.sweep``: the command line (argparse), the finish line, and the W&B agent's own run.
+"""``ggl sweep`` / ``python -m ggl.sweep``: the command line (argparse), the finish line, the W&B agent's run.
 
-    python -m ggl.sweep configs/sweep_defenses.yaml [key=value ...] [--list]     # the grid, locally
-    python -m ggl.sweep configs/sweep_defenses.yaml --one key=value ...           # one grid point (wandb agent)
+    ggl sweep sweep_defenses.yaml [key=value ...] [--list]     # the grid, locally
+    ggl sweep sweep_defenses.yaml --one key=value ...           # one grid point (wandb agent)
+    ggl sweep sweep_defenses.yaml --point I                     # grid point I of --list (SLURM array task)
+    ggl sweep sweep_defenses.yaml --commands                    # one --point command per point (any scheduler)
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ggl.core.errors import ConfigError, UserError
+from ggl.core.shipped import command
 from ggl.audit.reid import HEADLINE
 from ggl.report.collect import collect
 from ggl.report.points import build_points, chance_level
@@ -78,7 +82,7 @@ def finish_line(summary: dict, points: List[GridPoint]) -> str:
     if root is None:
         return line
     found = results_of(points)
-    return f"{line} -> {root} ({len(found)} points){most_leakage(found)}; next: python -m ggl.report {root}"
+    return f"{line} -> {root} ({len(found)} points){most_leakage(found)}; next: {command('report')} {root}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,14 +114,33 @@ def _print_list(points: List[GridPoint]) -> None:
         print(f"{p.setting}: {state}")
 
 
+def _print_commands(args: argparse.Namespace, n: int) -> None:
+    """One command per grid point, each running only that point (``--point I``)."""
+    base = command("sweep").split() + [args.sweep] + list(args.overrides)
+    for i in range(n):
+        print(shlex.join(base + ["--point", str(i), "--no-progress"]))
+
+
+def pick_point(points: List[GridPoint], index: int) -> List[GridPoint]:
+    """``--point I``: the I-th grid point (0-based, the order of --list and --commands)."""
+    if not 0 <= index < len(points):
+        raise UserError(f"--point {index} is out of range: the sweep has {len(points)} grid points "
+                        f"(0..{len(points) - 1}; --list shows them)")
+    return [points[index]]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ggl.sweep", description=DESCRIPTION,
-                                 epilog="e.g. python -m ggl.sweep configs/sweep_defenses.yaml fed.fl.rounds=5")
+    ap = argparse.ArgumentParser(prog=command("sweep"), description=DESCRIPTION,
+                                 epilog=f"e.g. {command('sweep')} sweep_defenses.yaml fed.fl.rounds=5")
     ap.add_argument("sweep", help="a W&B grid sweep file, e.g. configs/sweep_defenses.yaml")
     ap.add_argument("overrides", nargs="*", help="parameter=value; a grid parameter given one value runs only it")
     ap.add_argument("--one", action="store_true", help="run one grid point (what `wandb agent` calls): every "
                     "grid parameter must be given one value")
     ap.add_argument("--list", action="store_true", help="list the settings and what is done; run nothing")
+    ap.add_argument("--point", type=int, default=None, metavar="I",
+                    help="run grid point I only (0-based, the order of --list), e.g. --point $SLURM_ARRAY_TASK_ID")
+    ap.add_argument("--commands", action="store_true",
+                    help="print one command per grid point (each with --point I), for any scheduler; run nothing")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_intermixed_args(argv)  # the agent puts --one between the file and the key=values
     try:
@@ -126,6 +149,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not isinstance(workers, int) or workers < 1:
             raise ConfigError(f"sweep parameter 'workers' = {workers} must be >= 1")
         points = plan(grid, seeds_vary)
+        if args.commands:
+            _print_commands(args, len(points))
+            return 0
+        if args.point is not None:
+            points = pick_point(points, args.point)
         if args.list:
             _print_list(points)
             return 0

@@ -1,14 +1,16 @@
 """Running the grid points' jobs: in this process one after the other, or (``workers`` > 1) a point per worker
 process at a time; a point's own jobs run in order (its attacks need its federation). One progress bar
-over all jobs, with the time left measured from the jobs run so far."""
+over all jobs, with the time left measured from the jobs run so far. With several GPUs visible, worker
+processes take them round-robin (``CUDA_VISIBLE_DEVICES`` set per worker, ``gpu_for_worker``)."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -37,7 +39,7 @@ def run_fed(job: Job) -> Path:
     return Path(cfg.output_dir) / job.name / Path(res["run_dir"]).name
 
 
-def run_attack_job(job: Job, source: Path) -> Path:
+def run_attack_job(job: Job, source: Path) -> Path:  # not run_attack: that is ggl.jobs.attack's, called here
     threads = torch.get_num_threads()
     cfg = load_config(job.config_file, job.overrides + [f"attack.source={source}"])
     try:  # the attack sets torch's thread count for the process; the next federation gets it back
@@ -191,8 +193,32 @@ def _run_job(p: GridPoint, job: Job, write) -> Tuple[str, float]:
     return "ran", time.perf_counter() - t0
 
 
-def _worker_init(threads: int) -> None:
+def visible_gpus() -> List[str]:
+    """The GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` as set (ids or UUIDs), else all torch counts."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        ids = [d.strip() for d in env.split(",") if d.strip()]
+        return ids[:next((i for i, d in enumerate(ids) if d.startswith("-")), len(ids))]  # CUDA stops at -1
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def gpu_for_worker(index: int, gpus: Sequence[str]) -> Optional[str]:
+    """The GPU of worker ``index`` (0, 1, ...): round-robin over ``gpus``; None (leave the environment as
+    it is) when fewer than two are visible."""
+    if len(gpus) < 2:
+        return None
+    return gpus[index % len(gpus)]
+
+
+def _worker_init(threads: int, counter=None, gpus: Sequence[str] = ()) -> None:
     torch.set_num_threads(threads)
+    if counter is not None:
+        with counter.get_lock():  # the workers' start order numbers them
+            index = counter.value
+            counter.value += 1
+        gpu = gpu_for_worker(index, gpus)
+        if gpu is not None:  # before this process touches CUDA
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
 
 def _worker_point(p: GridPoint) -> Tuple[GridPoint, List[Tuple[str, str, float]]]:
@@ -208,8 +234,11 @@ def _run_pool(points: List[GridPoint], workers: int, threads: int, record: Recor
     """The points in ``workers`` spawned processes of ``threads`` threads each; each job's status is
     ``record``ed as its point comes back (a worker that died fails its point's jobs not done yet)."""
     ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools
+    gpus = visible_gpus()
+    if len(gpus) > 1:
+        write(f"[sweep] {workers} workers share {len(gpus)} GPUs round-robin (CUDA_VISIBLE_DEVICES per worker)")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
-                             initargs=(threads,)) as pool:
+                             initargs=(threads, ctx.Value("i", 0), gpus)) as pool:
         futures = {pool.submit(_worker_point, p): p for p in points}
         for fut in as_completed(futures):
             p = futures[fut]

@@ -8,7 +8,7 @@ GAN prior, if it uses one); it never sees private data. Each declares ``loss`` (
 
 Adding one = a file with an ``Attacker`` subclass decorated ``@register("name")``, named as a
 plugin (the config's ``plugins:`` or an entry point ``ggl.attackers``; only ``SHIPPED`` loads from this
-folder): README, "Add your own attacker". ``register(..., order=, compare_with=)`` places it in the report.
+folder): docs/extending.md, "Add your own attacker". ``register(..., order=, compare_with=)`` places it in the report.
 """
 from __future__ import annotations
 
