@@ -23,6 +23,15 @@ class FakeRun:
     def finish(self, exit_code=0):
         self.events.append(("finish", self.config["setting"]))
 
+    def log_artifact(self, art):
+        self.events.append(("artifact", art.type))
+
+    def _log_artifact(self, art, **kw):  # what ggl.runs.artifacts.use_input calls for an offline run
+        self.events.append(("use", art.type))
+
+    class settings:
+        _offline = True
+
 
 def test_the_run_opens_before_the_search_and_streams_during_it(tmp_path, monkeypatch):
     import wandb

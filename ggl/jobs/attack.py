@@ -34,7 +34,9 @@ from ggl.defenses import defenses_label
 from ggl.gan.prior import load_prior
 from ggl.jobs.live import LiveAttackRun
 from ggl.runs.folder import check_latest_link, create_run_dir, point_latest
-from ggl.runs.logger import Stopwatch, write_json
+from ggl.runs.artifacts import (CAPTURES, MODEL, captures_artifact_name, draft, federation_dir,
+                                 prior_artifact_name, study_group)
+from ggl.runs.logger import Stopwatch, resolve_logger, tag, write_json
 
 Captures = Dict[str, List[Tuple[Path, Path]]]
 
@@ -43,15 +45,19 @@ Captures = Dict[str, List[Tuple[Path, Path]]]
 # inputs
 
 
-def load_attack_prior(path: str, trusted_generators=()):
-    """The GAN prior of ``attack.prior`` (``ggl.gan.prior.load_prior``); relative paths are tried
-    from the working directory, then from the checkout, then from the installed package (the shipped
-    ``checkpoints/``, ``ggl.core.shipped``). Its generator class must be ggl's own or one of
-    ``attack.trusted_generators`` (checked before anything is imported)."""
+def prior_path(path: str) -> Path:
+    """``attack.prior`` as a path: relative paths are tried from the working directory, then from the
+    checkout, then from the installed package (the shipped ``checkpoints/``, ``ggl.core.shipped``)."""
     p = Path(path).expanduser()
     if not p.is_absolute() and not p.exists():
         p = shipped(p) or p
-    return load_prior(str(p), trusted_generators=tuple(trusted_generators or ()))
+    return p
+
+
+def load_attack_prior(path: str, trusted_generators=()):
+    """The GAN prior of ``attack.prior`` (``ggl.gan.prior.load_prior``; path: ``prior_path``). Its generator
+    class must be ggl's own or one of ``attack.trusted_generators`` (checked before anything is imported)."""
+    return load_prior(str(prior_path(path)), trusted_generators=tuple(trusted_generators or ()))
 
 
 def defense_settings(cfg) -> List[Tuple[str, list]]:
@@ -134,12 +140,32 @@ def _units(attacker, a) -> int:
     return search_units(a) if attacker is None else attacker.units(a)
 
 
+def _attacker_name(attacker, a) -> str:
+    return attacker.name if attacker is not None else f"ggl-{a.loss}" + ("-adaptive" if a.adaptive else "")
+
+
+def _wandb_tags(label: str, attacker, a, observations) -> list:
+    """The W&B tags of one setting's run: its defence, attacker and the rounds of its captures."""
+    rounds = sorted({o.round for o in observations})
+    return [tag("defense", label), tag("attacker", _attacker_name(attacker, a))] + [tag("round", r) for r in rounds]
+
+
+def _wandb_inputs(a, prior_given: bool) -> list:
+    """Makers of the artifacts every setting's run uses: the federation's captures and the prior."""
+    makers = []
+    fed = federation_dir(a.source) if a.source else None
+    if fed is not None:
+        makers.append(lambda: draft(captures_artifact_name(fed), CAPTURES, folder=fed / "audit"))
+    if not prior_given and prior_path(a.prior).is_file():
+        makers.append(lambda: draft(prior_artifact_name(prior_path(a.prior)), MODEL, [prior_path(a.prior)]))
+    return makers
+
+
 def _tags(cfg, label: str, setting: str, attacker, obs) -> dict:
     """The job's fields of an ``ImageRecord``: what it attacked and with what, from the objects it holds."""
     a = cfg.attack
     models = attacker.models if attacker is not None else ("adaptive" if a.adaptive else "none")
-    name = attacker.name if attacker is not None else f"ggl-{a.loss}" + ("-adaptive" if a.adaptive else "")
-    return {"setting": setting, "defense": label, "attacker": name, "adaptive": models != "none",
+    return {"setting": setting, "defense": label, "attacker": _attacker_name(attacker, a), "adaptive": models != "none",
             "seed": cfg.seed, "federation": FederationRef.from_source(a.source), "probe": probe_kind(obs)}
 
 
@@ -240,13 +266,15 @@ def run_attack(cfg, prior=None) -> dict:
     retain_freed_memory()  # a generation's trial updates reuse the last one's memory (ggl/core/allocator.py)
     G = prior if prior is not None else load_attack_prior(a.prior, a.trusted_generators)
     name = _run_name(cfg)
+    tracking = resolve_logger(cfg.logger)  # before the folder: a bad W&B setting leaves none
     run_dir, config, captures, observations = prepare(cfg, G, name)
     settings = [(label, label + suffix, attacker) for label in captures for suffix, attacker in _attackers(a)]
     ref = FederationRef.from_source(a.source)
     results = {"config": config, "federation": asdict(ref) if ref else None, "records_format": RECORDS_FORMAT,
                "settings": [], "records": [], "summary": {}, "refused": {}}
     evaluator, grid_rows, first = Evaluator(), [], None
-    group = cfg.logger.group or f"{name}-{run_dir.name}"
+    group = study_group(a.source) or f"{name}-{run_dir.name}"  # the federation's (a study), else this run's
+    inputs = _wandb_inputs(a, prior is not None)
     bar = _bar(sum(len(captures[label]) * _units(att, a) for label, _, att in settings), a.progress)
     try:
         for label, setting, attacker in settings:
@@ -258,8 +286,9 @@ def run_attack(cfg, prior=None) -> dict:
                 bar.update(len(pairs) * _units(attacker, a))
                 continue
             chain = observations[pairs[0][0]].defenses  # what the clients really applied
-            live = LiveAttackRun(cfg, run_dir / setting, name, group, setting, config, chain, len(pairs),
-                                 search_units(a))
+            live = LiveAttackRun(cfg, tracking, run_dir / setting, name, group, setting, config, chain, len(pairs),
+                                 search_units(a), _wandb_tags(label, attacker, a, [observations[o] for o, _ in pairs]),
+                                 inputs)
             try:
                 records, images, summary = attack_setting(cfg, label, setting, attacker, pairs, observations, G,
                                                           evaluator, bar, live)

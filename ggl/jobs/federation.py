@@ -25,7 +25,8 @@ from ggl.models import build_model
 from ggl.models.checkpoint import check_fits, read_state
 from ggl.runs.checkpointing import AtomicCheckpointIO, run_checkpoints
 from ggl.runs.folder import RunFolder, open_run
-from ggl.runs.logger import Stopwatch, is_rank_zero, make_logger, write_json
+from ggl.runs.artifacts import CAPTURES, captures_artifact_name, draft, log_output
+from ggl.runs.logger import Stopwatch, is_rank_zero, make_logger, resolve_logger, tag, write_json
 from ggl.runs.trainer import RunInterrupted, build_trainer
 
 
@@ -176,6 +177,7 @@ def run_federation(cfg: Config, extra_callbacks=()) -> dict:
     config = to_container(cfg)
     # Lightning's rank of this process (a Trainer reads torchrun/SLURM/launcher variables) decides who writes
     rank_zero = build_trainer(cfg.trainer, {"max_epochs": cfg.fl.rounds, "logger": False}).global_rank == 0
+    tracking = resolve_logger(cfg.logger, say=rank_zero)  # before the folder: a bad W&B setting leaves none
     run = open_run(cfg.resume, cfg.output_dir, name, config, "fl", _RESUMABLE_FL_KEYS,
                    example="runs/fed_q4/latest", experiment=functools.partial(experiment, task="fedavg"),
                    rank_zero=rank_zero)
@@ -184,7 +186,7 @@ def run_federation(cfg: Config, extra_callbacks=()) -> dict:
         if done is not None:
             run.release()
             return done
-        trainer, module, writer = _set_up(cfg, dm, run, name, label, config, extra_callbacks)
+        trainer, module, writer = _set_up(cfg, dm, run, name, label, config, extra_callbacks, tracking)
         run.commit()
     except BaseException:
         run.abandon()
@@ -196,13 +198,24 @@ def run_federation(cfg: Config, extra_callbacks=()) -> dict:
     finally:
         run.release()
     run.publish()  # finished (even with no checkpoint yet, e.g. checkpoint_every > fl.rounds): results.json is whole
+    _finish_wandb(trainer, run.path)
     results = writer.results(trainer, module)
     results["run_dir"] = str(run.path)
     return results
 
 
+def _finish_wandb(trainer, run_dir: Path) -> None:
+    """The audit captures as a W&B artifact (the attacks on them declare it their input); the run ends."""
+    logger = trainer.logger if trainer.is_global_zero else None
+    if logger is None or not hasattr(logger, "experiment"):
+        return
+    exp = logger.experiment
+    log_output(exp, draft(captures_artifact_name(run_dir), CAPTURES, folder=run_dir / "audit"))
+    exp.finish()
+
+
 def _set_up(cfg: Config, dm: FederatedDataModule, run: RunFolder, name: str, label: str, config: dict,
-            extra_callbacks):
+            extra_callbacks, tracking):
     run_dir = run.path
     if run.rank_zero:
         atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
@@ -218,8 +231,10 @@ def _set_up(cfg: Config, dm: FederatedDataModule, run: RunFolder, name: str, lab
     ]
     if cfg.audit.rounds:  # victim updates for attack.py source=<this run> (ggl/audit/capture.py)
         callbacks.append(AuditCapture(run_dir, cfg.audit, config["data"], cfg.model.name, cfg.defenses, cfg.seed))
-    logger = make_logger(cfg.logger, run_dir, name=f"{name}-s{cfg.seed}", group=label,
-                         tags=["fedavg", label, cfg.data.name, cfg.model.name, cfg.data.partition],
+    # one W&B group per study: this federation and the attacks on its captures (ggl.runs.artifacts.study_group)
+    logger = make_logger(tracking, run_dir, name=f"{name}-s{cfg.seed}", group=name,
+                         tags=["fedavg", label, tag("defense", label), cfg.data.name, cfg.model.name,
+                               cfg.data.partition] + [tag("round", r) for r in cfg.audit.rounds or ()],
                          config=config, job_type="federation") if run.rank_zero else None
     if logger is not None:
         logger.log_table("data/label_histogram", columns=["client"] + [f"class_{c}" for c in range(hist.shape[1])],

@@ -33,7 +33,8 @@ from ggl.core import shipped
 from ggl.core.shipped import command
 from ggl.runs.checkpointing import AtomicCheckpointIO, run_checkpoints
 from ggl.runs.folder import open_run
-from ggl.runs.logger import Stopwatch, make_logger, write_json
+from ggl.runs.artifacts import MODEL, draft, log_output, prior_artifact_name
+from ggl.runs.logger import Stopwatch, make_logger, resolve_logger, write_json
 from ggl.runs.trainer import build_trainer
 
 
@@ -145,6 +146,7 @@ def _run_gan(cfg: Config) -> dict:
     config = to_container(cfg)
     if g.export:
         check_export(Path(g.export), g.export_overwrite)
+    tracking = resolve_logger(cfg.logger)  # before the folder: a bad W&B setting leaves none
     run = open_run(cfg.resume, cfg.output_dir, name, config, "gan", _RESUMABLE_GAN_KEYS,
                    example="runs/gan_mnist/latest", experiment=functools.partial(experiment, task="gan"))
     done = finished_gan(run, _max_epochs(g, len(public)))
@@ -152,7 +154,8 @@ def _run_gan(cfg: Config) -> dict:
         run.release()
         return done
     try:
-        results = _train_in(run, cfg, clock, data, split, public, heldout, x_pub, y_pub, name, config)
+        results = _train_in(run, cfg, clock, data, split, public, heldout, x_pub, y_pub, name, config,
+                            tracking)
     except BaseException:
         if not run.committed:  # set-up failed: no orphan folder, latest not moved
             run.abandon()
@@ -202,10 +205,12 @@ def check_export(path: Path, overwrite: bool) -> None:
                           f"path or set gan.export_overwrite=true to replace them")
 
 
-def _train_in(run, cfg: Config, clock, data, split, public, heldout, x_pub, y_pub, name, config) -> dict:
+def _train_in(run, cfg: Config, clock, data, split, public, heldout, x_pub, y_pub, name, config,
+              tracking) -> dict:
     """Build, fit, measure and write, inside the run folder ``run``."""
     atomic_write_text(run.path / "config.yaml", to_yaml(cfg))
-    trainer, module, logger, classifier, ref = _build(run, cfg, data, public, heldout, x_pub, y_pub, name, config)
+    trainer, module, logger, classifier, ref = _build(run, cfg, data, public, heldout, x_pub, y_pub, name,
+                                                        config, tracking)
     classifier_seconds = clock.seconds  # everything before GAN training: data, domain classifier, reference
     loader = DataLoader(TensorDataset(x_pub, y_pub), batch_size=cfg.gan.batch_size,
                         sampler=EpochSeededSampler(len(public), cfg.seed), drop_last=True)
@@ -228,12 +233,12 @@ def _train_in(run, cfg: Config, clock, data, split, public, heldout, x_pub, y_pu
     return results
 
 
-def _build(run, cfg: Config, data, public, heldout, x_pub, y_pub, name, config):
+def _build(run, cfg: Config, data, public, heldout, x_pub, y_pub, name, config, tracking):
     """The GAN module, its logger, the Trainer with its callbacks, the domain classifier and the reference."""
     g, run_dir = cfg.gan, run.path
     module = GANModule(to_container(cfg)["gan"], data.channels, data.images.shape[-1], data.num_classes,
                        seed=cfg.seed)
-    logger = make_logger(cfg.logger, run_dir, name=f"{name}-s{cfg.seed}", group="gan",
+    logger = make_logger(tracking, run_dir, name=f"{name}-s{cfg.seed}", group="gan",
                          tags=["gan", cfg.data.name, g.loss, "conditional" if g.conditional else "unconditional"],
                          config=config, job_type="gan")
     trainer_defaults = {"max_epochs": _max_epochs(g, len(public)), "default_root_dir": str(run_dir),
@@ -309,6 +314,9 @@ def _write(run_dir: Path, cfg: Config, results: dict, state: dict, classifier, g
         logger.log_metrics({f"final/{k}": v for k, v in results["metrics"].items() if isinstance(v, (int, float))},
                            step=step)
         logger.log_image(key="final_samples", images=[grid], step=step)
+        log_output(logger.experiment, draft(prior_artifact_name(run_dir / "prior.pt"), MODEL, [run_dir / "prior.pt"],
+                                            metadata={"metrics": results["metrics"], "spec": results["spec"]}))
+        logger.experiment.finish()
 
 
 def _export(path: Path, state: dict, classifier, grid: torch.Tensor, results: dict, overwrite: bool) -> dict:

@@ -24,7 +24,8 @@ from ggl.core.shipped import command
 from ggl.report.collect import Collected, collect, is_json_object, results_files
 from ggl.report.figures import FIGURES, PLOT_METRICS, draw_figures
 from ggl.report.points import Point, build_points, measured_pairs
-from ggl.report.tables import CSV_FILE, TABLE_COLUMNS, markdown, most_leakage, table_rows
+from ggl.report.tables import CSV_FILE, markdown, most_leakage
+from ggl.report.wandb_log import log_report
 
 MARKDOWN_FILE = "privacy_utility.md"
 FILES = (MARKDOWN_FILE, *(f.file for f in FIGURES), CSV_FILE, ACCURACY_FILE)
@@ -92,7 +93,7 @@ def _move_into(stage: Path, out: Path, files: Sequence[str]) -> None:
     fsync_dir(out)
 
 
-def write_report(roots: Sequence[Path], out: Path, wandb_mode: str = "disabled", project: str = "ggl",
+def write_report(roots: Sequence[Path], out: Path, wandb_mode: str = "disabled", project: Optional[str] = None,
                  metric: str = "psnr") -> Report:
     clock = time.perf_counter()
     roots = [Path(r) for r in roots]
@@ -136,19 +137,9 @@ def report_from_csv(csv_path: Path, out: Path, metric: str = "psnr") -> Report:
     return report
 
 
-def log_wandb(points: List[Point], out: Path, mode: str, project: str) -> None:
-    import wandb
-
-    os.environ.setdefault("WANDB_SILENT", "true")
-    run = wandb.init(project=project, job_type="report", name="privacy-utility-report", mode=mode, dir=str(out),
-                     tags=["report"])
-    try:
-        run.log({"privacy_utility/table": wandb.Table(columns=TABLE_COLUMNS, data=table_rows(points)),
-                 "privacy_utility/plot": wandb.Image(str(out / "privacy_utility.png"))})
-        if (out / "reconstructions.png").is_file():
-            run.log({"privacy_utility/reconstructions": wandb.Image(str(out / "reconstructions.png"))})
-    finally:
-        run.finish()
+def log_wandb(points: List[Point], out: Path, mode: str, project: Optional[str]) -> None:
+    """The report's W&B run (``ggl.report.wandb_log``); ``project`` None: WANDB_PROJECT, else "ggl"."""
+    log_report(points, out, mode, project, files=FILES)
 
 
 def finish_line(report: Report, out: Path, metric: str) -> str:
@@ -212,7 +203,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="privacy axis of privacy_utility.png (default: psnr)")
     ap.add_argument("--wandb", default="disabled", choices=("disabled", "offline", "online"),
                     help="also log the table and figures to a W&B report run (default: disabled)")
-    ap.add_argument("--project", default="ggl", help="W&B project of the report run")
+    ap.add_argument("--project", default=None, help="W&B project of the report run (default: WANDB_PROJECT, else ggl)")
     return ap
 
 

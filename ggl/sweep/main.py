@@ -20,6 +20,7 @@ from ggl.audit.reid import HEADLINE
 from ggl.report.collect import collect
 from ggl.report.points import build_points, chance_level
 from ggl.report.tables import most_leakage
+from ggl.runs.logger import tag
 from ggl.sweep.grid import check_parameter_name, load_sweep, parse_overrides
 from ggl.sweep.plan import GridPoint, mark_done, plan
 from ggl.sweep.runner import run_points
@@ -43,8 +44,9 @@ def _log_agent_run(point: GridPoint) -> None:
     """Under ``wandb agent``: the sweep's own run (the agent's WANDB_RUN_ID) gets the setting's numbers."""
     import wandb
 
-    run = wandb.init(config={k: v for k, v in point.params.items()}, job_type="sweep-point",
-                     name=point.setting, tags=["sweep", point.setting])
+    run = wandb.init(config={k: v for k, v in point.params.items()}, job_type="sweep-point", name=point.setting,
+                     group=point.fed.name if point.fed else None,  # the study's group: its federation's name
+                     tags=["sweep", point.setting, tag("defense", point.setting)])
     try:
         found = results_of([point])
         summary = {"setting": point.setting}
