@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from ggl.audit.records import csv_columns
+from ggl.audit.tidy import csv_columns
 from ggl.report.points import Point, measured_pairs
 from ggl.report.tables import TABLE_COLUMNS, table_rows
 from ggl.runs.artifacts import ATTACK, ATTACK_FILES, REPORT, artifact_name, attack_artifact_name, draft, log_output, use_input
