@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,3 +93,29 @@ def test_metric_directions_come_from_the_table():
     assert [metrics.direction(k) for k in ("psnr", "ssim", "lpips", "mse", "feature_mse")] == [1, 1, -1, -1, -1]
     assert metrics.direction("reid_top1_feature_class") == 1 and metrics.direction("unknown") == 0
     assert leakage("lpips", 0.2, {"prior_mean": 0.3, "public_mean": 0.5}) == pytest.approx(0.1)
+
+
+def test_the_lpips_backbone_is_a_key_and_a_missing_one_says_which_file_where(tmp_path, monkeypatch):
+    """attack.lpips_net picks lpips' backbone; without its torchvision weights in torch hub's cache LPIPS is
+    None and the reason names that backbone's file and the folder (nothing is downloaded), and the report
+    says why its LPIPS column is empty."""
+    import torch
+
+    from ggl.attack.schema import LPIPS_NETS
+    from ggl.audit.metrics import LPIPS_BACKBONE_FILES, LPIPSScorer
+    from ggl.config import load_config
+    from ggl.core.errors import ConfigError
+
+    assert set(LPIPS_NETS) == set(LPIPS_BACKBONE_FILES)  # the key's values are the scorer's backbones
+    assert load_config("attack.yaml", ["attack.lpips_net=vgg"]).attack.lpips_net == "vgg"
+    with pytest.raises(ConfigError, match="'attack.lpips_net' = 'resnet' is not one of alex, vgg, squeeze"):
+        load_config("attack.yaml", ["attack.lpips_net=resnet"])
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    for net in LPIPS_NETS:
+        scorer = LPIPSScorer(net)
+        assert scorer.model is None and scorer(torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)) is None
+        assert LPIPS_BACKBONE_FILES[net] in scorer.reason and str(tmp_path / "hub" / "checkpoints") in scorer.reason
+    from ggl.report.build import report_from_csv  # the shipped per-image data has no LPIPS: the report says why
+
+    report_from_csv(Path(__file__).resolve().parent.parent / "reports" / "per_image.csv", tmp_path / "report")
+    assert "LPIPS `–`: not computed when the attack ran" in (tmp_path / "report" / "privacy_utility.md").read_text()

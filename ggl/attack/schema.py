@@ -10,6 +10,8 @@ from ggl.core.checks import changed, count, one_of, unused
 from ggl.core.errors import ConfigError
 from ggl.defenses import parse_defense
 
+LPIPS_NETS = ("alex", "vgg", "squeeze")  # lpips' backbones (their weights: ggl.audit.metrics)
+
 OPTIMIZERS = ("cmaes", "adam", "cmaes_adam")
 LOSSES = ("l2", "cosine")
 EVALUATIONS = ("batched", "loop")
@@ -46,6 +48,7 @@ class AttackConfig:
     trusted_generators: List[str] = field(default_factory=list)  # dotted generator classes a prior may name
     trusted_models: List[str] = field(default_factory=list)  # user models (pkg.module:Class) a capture may name
     image_every: int = 20                 # W&B: the best reconstruction so far every N search steps; 0 = off
+    lpips_net: str = "alex"               # the evaluator's LPIPS backbone (LPIPS_NETS)
 
     def check(self) -> None:
         if self.attackers is not None or self.attacker_options:
@@ -53,7 +56,7 @@ class AttackConfig:
 
 
         for key, allowed in (("optimizer", OPTIMIZERS), ("loss", LOSSES), ("evaluation", EVALUATIONS),
-                             ("device", DEVICES)):
+                             ("device", DEVICES), ("lpips_net", LPIPS_NETS)):
             one_of(getattr(self, key), allowed, f"attack.{key}")
         check_device(self.device)
         uses_cma = self.optimizer in ("cmaes", "cmaes_adam")

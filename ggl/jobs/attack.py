@@ -272,7 +272,7 @@ def run_attack(cfg, prior=None) -> dict:
     ref = FederationRef.from_source(a.source)
     results = {"config": config, "federation": asdict(ref) if ref else None, "records_format": RECORDS_FORMAT,
                "settings": [], "records": [], "summary": {}, "refused": {}}
-    evaluator, grid_rows, first = Evaluator(), [], None
+    evaluator, grid_rows, first = Evaluator(lpips_net=cfg.attack.lpips_net), [], None
     group = study_group(a.source) or f"{name}-{run_dir.name}"  # the federation's (a study), else this run's
     inputs = _wandb_inputs(a, prior is not None)
     bar = _bar(sum(len(captures[label]) * _units(att, a) for label, _, att in settings), a.progress)

@@ -181,6 +181,11 @@ def _notes(c: Collected, points: List[Point]) -> List[str]:
             f"{f.label} (`{f.dir}`, acc {f.test_acc:.3f})" for f in c.feds_alone) + "."]
     if c.skipped:
         lines += ["", "Skipped results.json files:", ""] + [f"- `{p}`: {why}" for p, why in c.skipped]
+    if any(rec.metrics.get("lpips") is None for p in points for rec, _ in p.pairs):
+        lines += ["", "LPIPS `–`: not computed when the attack ran, because its backbone's ImageNet weights were "
+                      "not in torch hub's cache (nothing downloads at run time; `attack.lpips_net` in "
+                      "configs/attack.yaml names the file and where it goes). Each attack's results.json "
+                      "`summary` gives the reason."]
     no_images = [f"{p.key.defense} ({p.kind})" for p in points if p.images is None or not p.images.is_file()]
     if no_images:
         lines += ["", f"Not in the reconstructions figure (no {IMAGES_FILE} of their attack runs here; rerun those "
