@@ -10,7 +10,7 @@ live in ``ggl.audit`` (the evaluator).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +23,7 @@ from ggl.attack.search import SearchResult, run_search, search_units
 from ggl.core.errors import UserError
 
 __all__ = ["Observation", "GGLObjective", "SearchResult", "attack", "check_prior_fits", "infer_labels",
-           "prior_samples", "run_search", "search_units"]
+           "model_and_labels", "prior_samples", "run_search", "search_units"]
 
 
 def check_prior_fits(G: nn.Module, obs: Observation, source: str = "observation") -> None:
@@ -47,14 +47,22 @@ def prior_samples(G: nn.Module, n: int, num_classes: int, seed: int) -> Tensor:
     return G(z, y)
 
 
-def attack(obs: Observation, G: nn.Module, cfg, seed: int, labels: Optional[Tensor] = None,
-           tick=None, model: Optional[nn.Module] = None, watch=None) -> SearchResult:
-    """Reconstruct the images behind ``obs``. ``labels`` overrides label inference (ablation only).
-    The search runs on ``cfg.device``; the result comes back on the CPU. ``watch``: see ``run_search``."""
+def model_and_labels(obs: Observation, G: nn.Module, seed: int, labels: Optional[Tensor] = None,
+                     model: Optional[nn.Module] = None) -> Tuple[nn.Module, Tensor]:
+    """The attacked model (rebuilt from ``obs`` unless given) and the labels (given, or inferred from the
+    last layer's gradient; for a batch, with prior samples as probes): what every latent attacker starts from."""
     model = model if model is not None else obs.build_model()
     if labels is None:
         probes = prior_samples(G, 64, obs.num_classes, seed) if obs.batch_size > 1 else None
         labels = infer_labels(obs, model, probes)
+    return model, labels
+
+
+def attack(obs: Observation, G: nn.Module, cfg, seed: int, labels: Optional[Tensor] = None,
+           tick=None, model: Optional[nn.Module] = None, watch=None) -> SearchResult:
+    """Reconstruct the images behind ``obs``. ``labels`` overrides label inference (ablation only).
+    The search runs on ``cfg.device``; the result comes back on the CPU. ``watch``: see ``run_search``."""
+    model, labels = model_and_labels(obs, G, seed, labels, model)
     objective = GGLObjective(obs, G, labels, loss=cfg.loss, kl_weight=cfg.kl_weight, adaptive=cfg.adaptive,
                              evaluation=cfg.evaluation, model=model,
                              device=attack_device(getattr(cfg, "device", "auto")))

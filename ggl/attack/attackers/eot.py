@@ -19,7 +19,7 @@ from typing import ClassVar, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ggl.attack import infer_labels, prior_samples, run_search
+from ggl.attack import model_and_labels, run_search
 from ggl.attack.attackers import register
 from ggl.attack.attackers.base import Attacker
 from ggl.attack.memory import GRAPH_FACTOR
@@ -222,11 +222,7 @@ class EOTAttacker(Attacker):
         return None
 
     def run(self, obs, G, cfg, seed, labels=None, tick=None, model=None):
-
-        model = model if model is not None else obs.build_model()
-        if labels is None:
-            probes = prior_samples(G, 64, obs.num_classes, seed) if obs.batch_size > 1 else None
-            labels = infer_labels(obs, model, probes)
+        model, labels = model_and_labels(obs, G, seed, labels, model)
         chain = self.chain(obs, derived_seed(seed, 0xE07))
         objective = _objective_class()(obs, G, labels, chain, kl_weight=cfg.kl_weight, model=model)
         return run_search(objective, cfg, seed, tick=tick)

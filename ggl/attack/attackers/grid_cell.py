@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
-from ggl.attack import infer_labels, prior_samples, run_search
+from ggl.attack import model_and_labels, run_search
 from ggl.attack.attackers import register
 from ggl.attack.attackers.base import Attacker
 from ggl.attack.device import attack_device
@@ -69,8 +69,5 @@ class CellAttacker(Attacker):
                                   device=attack_device(getattr(cfg, "device", "auto")))
 
     def run(self, obs, G, cfg, seed, labels=None, tick=None, model=None):
-        model = model if model is not None else obs.build_model()
-        if labels is None:
-            probes = prior_samples(G, 64, obs.num_classes, seed) if obs.batch_size > 1 else None
-            labels = infer_labels(obs, model, probes)
+        model, labels = model_and_labels(obs, G, seed, labels, model)
         return run_search(self.objective(obs, G, cfg, labels, model), cfg, seed, tick=tick)
