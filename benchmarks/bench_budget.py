@@ -67,7 +67,9 @@ from _attack_setup import DEFAULT_PRIOR, prior  # noqa: E402
 from _output import output_folder  # noqa: E402
 
 from ggl.audit.reid import HEADLINE  # noqa: E402
-from ggl.core.stats import paired  # noqa: E402
+from _imports import first  # noqa: E402
+
+paired = first("ggl.core.stats:paired", "ggl.stats:paired")  # this checkout's, or --code's older layout
 
 
 def _cmaes_adam(generations: int, adam_steps: int, adam_restarts: int, adam_lr=None, population: int = 50) -> dict:
@@ -115,7 +117,7 @@ Q4 = [{"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}]
 def federations(victims: int, trained_round: int, threads: int) -> Dict[str, Path]:
     """{setting: run folder} of the two short federations with audit captures (cached)."""
     from ggl.config import load_config
-    from ggl.jobs.federation import run_federation
+    run_federation = first("ggl.jobs.federation:run_federation", "ggl.fl.run:run_federation")
 
     out = {}
     for setting, chain in (("fp32", []), ("q4", Q4)):
@@ -137,7 +139,7 @@ def attack_curve(obs, truth: torch.Tensor, G, cfg, seed: int, reid) -> List[dict
     """[{units, cpu_s, psnr, reid}] along one search; CPU-seconds exclude the watcher's own work.
     ``reid(images)``: the victim's re-identification score of a reconstruction."""
     from ggl.attack import attack
-    from ggl.audit.metrics import psnr
+    psnr = first("ggl.audit.metrics:psnr", "ggl.metrics:psnr")
 
     points, spent_watching = [], [0.0]
     start = time.process_time()
@@ -197,12 +199,12 @@ def main(argv=None) -> int:
     args.out = str(output_folder("bench_budget", args.out, args.overwrite, OUT_FILES))
     torch.set_num_threads(args.threads)
 
-    from ggl.core.allocator import retain_freed_memory
+    retain_freed_memory = first("ggl.core.allocator:retain_freed_memory", "ggl.allocator:retain_freed_memory")
     from ggl.attack.observation import Observation
     from ggl.attack.schema import AttackConfig
     from ggl.audit.evaluate import Evaluator
     from ggl.audit.truth import find_captures
-    from ggl.core.seeding import derived_seed
+    derived_seed = first("ggl.core.seeding:derived_seed", "ggl.seeding:derived_seed")
 
     retain_freed_memory()
     arms = [a for a in args.arms.split(",") if a]
@@ -305,13 +307,15 @@ def main(argv=None) -> int:
                 cheap = new["cpu_s"] <= old["cpu_s"] / 4
                 ok_all &= keeps and cheap
                 eff.append((new["psnr"] / new["cpu_s"]) / (old["psnr"] / old["cpu_s"]))
-                diff = paired(new["per_victim_psnr"], old["per_victim_psnr"])
+                diff = paired(new["per_victim_psnr"], old["per_victim_psnr"])  # None under 2 victims
+                paired_text = ("paired: n/a (one victim)" if diff is None else
+                               f"paired new - {base} {diff.mean_diff:+.2f} dB [{diff.ci.low:+.2f}, "
+                               f"{diff.ci.high:+.2f}], Wilcoxon p = {diff.p_value:.2g}")
                 print(f"  {setting} round {rnd}: new {new['psnr']:.2f} dB (re-id {new['reid']:.2f}) in "
                       f"{new['cpu_s']:.2f} CPU-s vs {base} {old['psnr']:.2f} dB [{old['lo']:.2f}, {old['hi']:.2f}] "
                       f"(re-id {old['reid']:.2f}) in {old['cpu_s']:.2f} CPU-s: CPU ratio "
                       f"{old['cpu_s'] / new['cpu_s']:.2f}x, leakage kept: {'yes' if keeps else 'NO'}, <= 1/4 CPU: "
-                      f"{'yes' if cheap else 'NO'}; paired new - {base} {diff.mean_diff:+.2f} dB "
-                      f"[{diff.ci.low:+.2f}, {diff.ci.high:+.2f}], Wilcoxon p = {diff.p_value:.2g}")
+                      f"{'yes' if cheap else 'NO'}; {paired_text}")
             ratio[base] = float(np.mean(eff))
             print(f"  all cells meet the target: {'yes' if ok_all else 'NO'}; leakage per CPU-second, new / {base}: "
                   f"{ratio[base]:.2f}")
