@@ -11,12 +11,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import torch
-
 from ggl.audit.tidy import csv_columns
+from ggl.core.errors import UserError
+from ggl.core.safe_load import safe_load
 from ggl.report.points import Point, measured_pairs
 from ggl.report.tables import TABLE_COLUMNS, table_rows
-from ggl.runs.artifacts import ATTACK, ATTACK_FILES, REPORT, artifact_name, attack_artifact_name, draft, log_output, use_input
+from ggl.runs.artifacts import (ATTACK, ATTACK_FILES, REPORT, artifact_name, attack_artifact_name, draft, log_output,
+                                use_input)
 from ggl.runs.logger import LoggerConfig, resolve_logger
 
 IMAGE_COLUMNS = ("original", "reconstruction")
@@ -31,8 +32,8 @@ def _images_of(pairs) -> Dict[Tuple[str, int], tuple]:
     out = {}
     for path, recs in by_file.items():
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, ValueError):
+            blob = safe_load(path, "report images")  # weights_only, whatever the environment says
+        except UserError:  # missing, cut or not ours: no image columns for these records
             continue
         recs = sorted(recs, key=lambda r: (r.round if r.round is not None else -1, r.capture_id or "", r.image))
         if len(blob.get("originals", ())) != len(recs):  # not the records' images: no image columns
