@@ -58,6 +58,14 @@ def make_observation(x, y, arch="lenet", init="dlg", seed=0, defenses=(), transf
                        defenses=[dict(d) for d in defenses], obs_id="test")
 
 
+def tiny_victim():
+    """(TinyPrior, the observation of its class-4 image from a seeded latent, the label): one victim in a second."""
+    G = TinyPrior()
+    y = torch.tensor([4])
+    x = G(torch.randn(1, 8, generator=torch.Generator().manual_seed(3)), y)
+    return G, make_observation(x, y), y
+
+
 @pytest.fixture(autouse=False)
 def one_torch_thread():
     """On a shared 2-core machine two OpenMP threads per process spin against other processes (measured

@@ -4,20 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _attack_fixtures import TinyPrior, make_observation, one_torch_thread  # noqa: F401
+from _attack_fixtures import one_torch_thread, tiny_victim  # noqa: F401
 from ggl.attack import attack
 from ggl.attack.objective import match_loss
 from ggl.attack.schema import AttackConfig
 from ggl.attack.search import Patience, search_units
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _victim():
-    G = TinyPrior()
-    y = torch.tensor([4])
-    x = G(torch.randn(1, 8, generator=torch.Generator().manual_seed(3)), y)
-    return G, make_observation(x, y), y
 
 
 def test_patience_counts_updates_without_a_relative_improvement():
@@ -32,7 +25,7 @@ def test_patience_counts_updates_without_a_relative_improvement():
 
 @pytest.mark.parametrize("optimizer", ["cmaes", "adam", "cmaes_adam"])
 def test_early_stopping_ends_a_stalled_search_and_the_bar_still_completes(optimizer):
-    G, obs, y = _victim()
+    G, obs, y = tiny_victim()
     base = dict(optimizer=optimizer, population=6, generations=40, adam_steps=40, adam_restarts=2, sigma=0.3)
     ticks, steps = [], []
     full = attack(obs, G, AttackConfig(**base), seed=0, labels=y, tick=ticks.append)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _attack_fixtures import TinyPrior, make_observation, one_torch_thread  # noqa: F401
+from _attack_fixtures import one_torch_thread, tiny_victim  # noqa: F401
 import ggl.attack.memory as memory
 from ggl.attack import GGLObjective, attack
 from ggl.attack.attackers import get_attacker
@@ -17,13 +17,6 @@ from ggl.core.errors import ConfigError
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _victim():
-    G = TinyPrior()
-    y = torch.tensor([4])
-    x = G(torch.randn(1, 8, generator=torch.Generator().manual_seed(3)), y)
-    return G, make_observation(x, y), y
-
-
 def _room_for(monkeypatch, objective, candidates: int, grad: bool = False) -> None:
     """Pretend the machine has free memory for ``candidates`` candidates of ``objective`` (and a bit)."""
     per = objective.candidate_bytes(grad)
@@ -31,14 +24,14 @@ def _room_for(monkeypatch, objective, candidates: int, grad: bool = False) -> No
 
 
 def test_the_estimate_grows_with_the_model_and_the_graph():
-    G, obs, y = _victim()
+    G, obs, y = tiny_victim()
     objective = GGLObjective(obs, G, y)
     params = sum(t.numel() for t in obs.update)
     assert objective.candidate_bytes(True) > objective.candidate_bytes(False) >= 3 * 4 * params
 
 
 def test_a_population_beyond_memory_is_evaluated_in_chunks_with_the_same_losses(monkeypatch):
-    G, obs, y = _victim()
+    G, obs, y = tiny_victim()
     z = torch.randn(200, 8, generator=torch.Generator().manual_seed(0))
     whole = GGLObjective(obs, G, y)(z)
     objective = GGLObjective(obs, G, y)
@@ -52,7 +45,7 @@ def test_a_population_beyond_memory_is_evaluated_in_chunks_with_the_same_losses(
 
 @pytest.mark.parametrize("optimizer", ["adam", "cmaes_adam"])
 def test_adam_restarts_beyond_memory_are_one_line_naming_the_largest_that_fits(monkeypatch, optimizer):
-    G, obs, y = _victim()
+    G, obs, y = tiny_victim()
     _room_for(monkeypatch, GGLObjective(obs, G, y), 5, grad=True)
     cfg = AttackConfig(optimizer=optimizer, population=4, generations=1, adam_steps=1, adam_restarts=50)
     with pytest.raises(ConfigError) as err:
@@ -64,7 +57,7 @@ def test_adam_restarts_beyond_memory_are_one_line_naming_the_largest_that_fits(m
 
 
 def test_inverting_gradients_restarts_beyond_memory_are_one_line(monkeypatch):
-    G, obs, y = _victim()
+    G, obs, y = tiny_victim()
     ig = get_attacker("inverting-gradients", {"restarts": 400, "steps": 1})
     model = obs.build_model()
     pixels = GGLObjective(obs, PixelParametrisation(obs.channels, obs.image_size), y, loss="cosine", model=model)
@@ -74,7 +67,7 @@ def test_inverting_gradients_restarts_beyond_memory_are_one_line(monkeypatch):
 
 
 def test_one_candidate_that_does_not_fit_is_refused_before_the_search(monkeypatch):
-    G, obs, y = _victim()
+    G, obs, y = tiny_victim()
     monkeypatch.setattr(memory, "free_bytes", lambda device: 1000)
     with pytest.raises(ConfigError, match="'audit.batch_size' = 1 .*not even one candidate fits"):
         attack(obs, G, AttackConfig(optimizer="cmaes", population=4, generations=1), seed=0)
