@@ -23,7 +23,7 @@ from ggl.audit.schema import AuditConfig
 from ggl.core.checks import INT_MAX, at_least, check_seed, count, one_of, short
 from ggl.core.errors import ConfigError
 from ggl.core.plugins import load_plugins
-from ggl.core.shipped import command
+from ggl.core.shipped import REPO_ROOT, command, shipped_candidates
 from ggl.data.schema import DataConfig
 from ggl.defenses import check_chain, parse_defense, to_dicts
 from ggl.fl.schema import FLConfig
@@ -32,11 +32,7 @@ from ggl.models.schema import ModelConfig
 from ggl.runs.logger import LoggerConfig
 from ggl.runs.trainer import check_trainer_args
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# the repository's configs/ in a checkout; an installed wheel carries the same files as ggl/configs
-# (pyproject.toml maps the package ggl.configs onto configs/)
-CONFIG_DIR = REPO_ROOT / "configs"
-PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = REPO_ROOT / "configs"  # the checkout's configs/ (a wheel carries them as ggl/configs: core.shipped)
 
 
 @dataclass
@@ -84,9 +80,9 @@ def _check_int_sizes(node: Any, prefix: str = "") -> None:
 
 
 def config_dirs() -> List[Path]:
-    """Where bare config names are looked up: the checkout's configs/, and the copy an installed wheel
-    carries as ggl/configs (pyproject.toml ships configs/ as the package data ggl.configs)."""
-    return [d for d in (CONFIG_DIR, PACKAGED_CONFIG_DIR) if d.is_dir()]
+    """Where bare config names are looked up: the checkout's configs/, then the installed package's copy
+    (``ggl.core.shipped``, the one place that knows both)."""
+    return [d for d in shipped_candidates("configs") if d.is_dir()]
 
 
 def available_configs(task: str | None = None) -> List[str]:
