@@ -27,6 +27,15 @@ ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "reports"
 GOLDEN = Path(__file__).resolve().parent / "golden"
 REGEN = os.environ.get("GGL_REGEN_GOLDEN") == "1"
+# What the float goldens (tiny-sweep scores, capture tensors) depend on besides the code: torch's CPU kernels.
+# They are compared bit for bit only where the kernels are the kind they were taken on (tests/golden/kernels.json);
+# on another CPU kind (other vector units, other float kernels) only what no float kernel touches is compared.
+KERNELS = {"torch": torch.__version__.split("+")[0], "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+# the columns of the tiny sweep's CSVs that no float computation decides (identities, seeds, counts, paths)
+EXACT_COLUMNS = {"per_image.csv": ("setting", "defense", "attacker", "attacker_name", "adaptive", "seed", "dataset",
+                                   "model", "round", "probe_kind", "probe", "victim_id", "image", "label", "fed_run",
+                                   "images"),
+                 "accuracy.csv": ("fed_run", "defense", "seed", "round")}
 STAMP = re.compile(r"(?<=/)\d{8}-\d{6}(?=/|,|$)", re.M)  # a run folder's timestamp name
 
 
@@ -148,13 +157,36 @@ def tiny_sweep(tmp_path_factory):
     return root
 
 
+def _same_kernels() -> bool:
+    """Are torch's CPU kernels here the kind the float goldens were taken on (tests/golden/kernels.json)?"""
+    if REGEN:
+        _golden_json("kernels.json", KERNELS)
+    return json.loads((GOLDEN / "kernels.json").read_text()) == KERNELS
+
+
+def _columns(text: str, names) -> list:
+    import csv
+    import io
+
+    return [[row[c] for c in names] for row in csv.DictReader(io.StringIO(text))]
+
+
 @pytest.mark.parametrize("name", ["per_image.csv", "accuracy.csv"])
 def test_tiny_sweep_csvs_bit_for_bit(tiny_sweep, name):
     """The tiny sweep's report CSVs equal tests/golden/tiny/<name> bit for bit, except the run folders'
-    timestamp names (in ``fed_run`` and ``images``: the clock, not the code), replaced by <stamp>.
+    timestamp names (in ``fed_run`` and ``images``: the clock, not the code), replaced by <stamp>. On a CPU
+    whose float kernels differ from the golden's (tests/golden/kernels.json), the header and every column
+    no float computation decides (EXACT_COLUMNS) are compared, and the scores are not.
     Regenerate: GGL_REGEN_GOLDEN=1 pytest tests/test_pins.py -k tiny_sweep."""
-    text = (tiny_sweep / "report" / name).read_text()
-    _golden_bytes(f"tiny/{name}", STAMP.sub("<stamp>", text).encode())
+    text = STAMP.sub("<stamp>", (tiny_sweep / "report" / name).read_text())
+    if _same_kernels():
+        _golden_bytes(f"tiny/{name}", text.encode())
+        return
+    golden = (GOLDEN / "tiny" / name).read_text()
+    assert text.splitlines()[0] == golden.splitlines()[0]
+    assert _columns(text, EXACT_COLUMNS[name]) == _columns(golden, EXACT_COLUMNS[name])
+    pytest.skip(f"scores not compared: torch's CPU kernels here {KERNELS} are not the golden's "
+                f"(tests/golden/kernels.json); identities and header matched")
 
 
 def test_tiny_sweep_results_json_keys_and_reconstructions(tiny_sweep):
@@ -213,7 +245,8 @@ def test_capture_parity(make_cfg, tmp_path):
     """SHA-256 of the saved tensors (observation ``update`` and ``state``, ground-truth ``indices`` and
     ``labels``) of (a) fresh_captures for attack.yaml's settings fp32 and q4 and (b) an AuditCapture run of
     a 2-round q4 federation capturing rounds 0 and 1 (lenet, digits, 2 victims): tests/golden/captures.json.
-    Bit-level: the same seeds and kernels on one CPU kind give the same bytes.
+    Bit-level where the float kernels are the golden's kind (tests/golden/kernels.json); elsewhere the draws
+    (``indices``, ``labels``) and ``state_keys`` only.
     Regenerate: GGL_REGEN_GOLDEN=1 pytest tests/test_pins.py -k capture_parity."""
     from ggl.jobs.attack import defense_settings
     from ggl.audit.truth import find_captures
@@ -230,7 +263,16 @@ def test_capture_parity(make_cfg, tmp_path):
     audit = next((tmp_path / "runs").glob("*/*/audit"))
     federation = _capture_hashes(find_captures(audit), audit)
     assert len(fresh) == 4 and len(federation) == 4
-    _golden_json("captures.json", {"fresh_captures": fresh, "audit_capture": federation})
+    got = {"fresh_captures": fresh, "audit_capture": federation}
+    if _same_kernels():
+        _golden_json("captures.json", got)
+        return
+    # another kernel kind: the draws (indices, labels) and the layout, not the float tensors
+    exact = ("state_keys", "indices", "labels")
+    golden = json.loads((GOLDEN / "captures.json").read_text())
+    assert {p: {f: {k: h[k] for k in exact} for f, h in g.items()} for p, g in got.items()} == \
+        {p: {f: {k: h[k] for k in exact} for f, h in g.items()} for p, g in golden.items()}
+    pytest.skip(f"update/state hashes not compared: torch's CPU kernels here {KERNELS} are not the golden's")
 
 
 # ---------------------------------------------------------------------------------------------
