@@ -19,11 +19,11 @@ from ggl.attack.device import attack_device
 from ggl.attack.labels import infer_labels
 from ggl.attack.objective import GGLObjective
 from ggl.attack.observation import Observation
-from ggl.attack.search import SearchResult, run_search, search_units
+from ggl.attack.search import SearchResult, run_search, search_seeds, search_units
 from ggl.core.errors import UserError
 
 __all__ = ["Observation", "GGLObjective", "SearchResult", "attack", "check_prior_fits", "infer_labels",
-           "model_and_labels", "prior_samples", "run_search", "search_units"]
+           "model_and_labels", "prior_samples", "run_search", "search_seeds", "search_units"]
 
 
 def check_prior_fits(G: nn.Module, obs: Observation, source: str = "observation") -> None:

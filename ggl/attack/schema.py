@@ -43,6 +43,7 @@ class AttackConfig:
     progress: bool = True
     device: str = "auto"                  # auto | cpu | cuda (ggl/attack/device.py)
     patience: Optional[int] = None        # early stopping per search phase; null = the full budget
+    search_seeds: int = 1                 # independent searches per victim and attacker (batched in one population)
     attackers: Optional[List[str]] = None  # the portfolio (ggl/attack/attackers); null = one GGL attacker (loss, adaptive)
     attacker_options: Dict[str, Any] = field(default_factory=dict)  # each attacker's own settings, by name
     trusted_generators: List[str] = field(default_factory=list)  # dotted generator classes a prior may name
@@ -79,8 +80,10 @@ class AttackConfig:
                 raise ConfigError(f"config key 'attack.adam_restarts' = {self.adam_restarts} must be >= 1")
             if not self.adam_lr > 0:
                 raise ConfigError(f"config key 'attack.adam_lr' = {self.adam_lr} must be > 0")
+        if self.search_seeds < 1:
+            raise ConfigError(f"config key 'attack.search_seeds' = {self.search_seeds} must be >= 1")
         for key in ("population", "generations", "restarts", "adam_steps", "adam_restarts", "max_observations",
-                    "patience", "torch_threads"):  # the upper ends (ggl.core.checks.LIMITS); the lower ones here
+                    "patience", "torch_threads", "search_seeds"):  # the upper ends (ggl.core.checks.LIMITS); the lower ones here
             count(getattr(self, key), f"attack.{key}", lo=None)
         if self.image_every < 0:
             raise ConfigError(f"config key 'attack.image_every' = {self.image_every} must be >= 0 (0 = no images)")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ class SearchResult:
     curve: List[float] = field(default_factory=list)  # best-so-far loss per generation / Adam step
     evaluations: int = 0
     seconds: float = 0.0
+    runs: List["SearchResult"] = field(default_factory=list)  # every search seed's result (this one first), S > 1
 
 
 @dataclass
@@ -139,96 +140,143 @@ def ask_generation(opt, n: int) -> np.ndarray:
     return np.stack([opt.ask() for _ in range(n)])
 
 
+def search_seeds(seed: int, n: int) -> List[int]:
+    """The seeds of ``n`` independent searches of one victim: the first is ``seed`` itself, so that
+    ``attack.search_seeds: 1`` searches exactly as before."""
+    return [seed] + [derived_seed(seed, 0x5EED, s) for s in range(1, n)]
+
+
 def cmaes_search(objective: GGLObjective, *, population: int, generations: int, restarts: int,
-                 sigma: float, bound: Optional[float], seed: int, best: _Best, progress: "_Progress",
-                 keep: int = 1, patience: Optional[int] = None) -> List[Tensor]:
-    """CMA-ES from the prior's mean; returns the ``keep`` best candidates of the final generations."""
+                 sigma: float, bound: Optional[float], seeds: Sequence[int], bests: List[_Best],
+                 progress: "_Progress", keep: int = 1, patience: Optional[int] = None) -> List[List[Tensor]]:
+    """CMA-ES from the prior's mean, one independent run per seed, their generations evaluated together
+    in one population; returns each seed's ``keep`` best candidates of its final generations."""
     from cmaes import CMA
 
     dim = objective.dim
     bounds = None if bound is None else np.tile([-bound, bound], (dim, 1)).astype(np.float64)
-    finalists: List[tuple] = []
+    finalists: List[List[tuple]] = [[] for _ in seeds]
     for r in range(restarts):
-        opt = CMA(mean=np.zeros(dim), sigma=sigma, bounds=bounds, population_size=population,
-                  seed=derived_seed(seed, r, 0xC3A) % (2 ** 31))
-        stopper = Patience(patience)
+        opts = [CMA(mean=np.zeros(dim), sigma=sigma, bounds=bounds, population_size=population,
+                    seed=derived_seed(seed, r, 0xC3A) % (2 ** 31)) for seed in seeds]
+        stoppers = [Patience(patience) for _ in seeds]
+        last: Dict[int, tuple] = {}          # seed index -> (its losses told, its candidates) of its last generation
+        active = list(range(len(seeds)))
         for g in range(generations):
-            xs = ask_generation(opt, opt.population_size)
-            # the distribution's mean rides along (one extra candidate, never told to CMA-ES): late in
+            xs = {i: ask_generation(opts[i], opts[i].population_size) for i in active}
+            # each distribution's mean rides along (one extra candidate, never told to CMA-ES): late in
             # a run the recombined mean is often better than every sample around it
-            z = torch.from_numpy(np.vstack([xs, opt.mean[None]])).float().to(objective.device)
+            blocks = [np.vstack([xs[i], opts[i].mean[None]]) for i in active]
+            z_all = torch.from_numpy(np.vstack(blocks)).float().to(objective.device)
             with torch.no_grad():
-                losses = objective(z)
-            best.offer(z, losses)
-            losses = losses[:-1]
-            vals = np.nan_to_num(losses.detach().cpu().double().numpy(), nan=np.inf, posinf=1e300)
-            opt.tell(list(zip(xs, vals.clip(max=1e300))))
-            progress.advance("cmaes")
-            if stopper.exhausted(float(vals.min())) or (patience is not None and opt.should_stop()):
-                progress.skip(generations - g - 1)
+                losses_all = objective(z_all)
+            sizes = [len(b) for b in blocks]
+            for i, z, losses in zip(active, z_all.split(sizes), losses_all.split(sizes)):
+                bests[i].offer(z, losses)
+                vals = np.nan_to_num(losses[:-1].detach().cpu().double().numpy(), nan=np.inf, posinf=1e300)
+                opts[i].tell(list(zip(xs[i], vals.clip(max=1e300))))
+                last[i] = (vals, z)
+            progress.advance("cmaes", len(active))
+            for i in list(active):
+                if stoppers[i].exhausted(float(last[i][0].min())) or (patience is not None and opts[i].should_stop()):
+                    progress.skip(generations - g - 1)
+                    active.remove(i)
+            if not active:
                 break
-        order = np.argsort(vals)[:keep]
-        finalists += [(float(vals[i]), z[i]) for i in order]
-    finalists.sort(key=lambda t: t[0])
-    return [z for _, z in finalists[:keep]]
+        for i, (vals, z) in last.items():
+            finalists[i] += [(float(vals[j]), z[j]) for j in np.argsort(vals)[:keep]]
+    out = []
+    for f in finalists:
+        f.sort(key=lambda t: t[0])
+        out.append([z for _, z in f[:keep]])
+    return out
 
 
 def adam_search(objective: GGLObjective, z0: Tensor, *, steps: int, lr: float, bound: Optional[float],
-                best: _Best, progress: "_Progress", patience: Optional[int] = None) -> None:
-    """Adam on z (R, dim) through the generator and the trial update (double backprop), R restarts
-    in one batch."""
+                bests: List[_Best], progress: "_Progress", patience: Optional[int] = None) -> None:
+    """Adam on z (S * R, dim) through the generator and the trial update (double backprop): R restarts
+    of each of the S searches (``bests``) in one batch. Candidates are independent rows and Adam is
+    elementwise, so each search's rows follow the path they would follow alone. ``patience`` stops on the
+    first search's best loss (``run_search`` batches several searches only without early stopping)."""
     z = z0.detach().clone().to(objective.device).requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
     stopper = Patience(patience)
+    rows = z.shape[0] // len(bests)
+
+    def offer(losses: Tensor) -> None:
+        for best, zi, li in zip(bests, z.split(rows), losses.split(rows)):
+            best.offer(zi, li)
+
     for k in range(steps):
         losses = objective(z)
-        best.offer(z, losses)
+        offer(losses)
         opt.zero_grad(set_to_none=True)
         losses.sum().backward()
         opt.step()
         if bound is not None:
             with torch.no_grad():
                 z.clamp_(-bound, bound)
-        progress.advance("adam")
-        if stopper.exhausted(best.loss):
+        progress.advance("adam", len(bests))
+        if stopper.exhausted(bests[0].loss):
             progress.skip(steps - k - 1)
             break
     with torch.no_grad():
-        best.offer(z, objective(z))
+        offer(objective(z))
+    for best in bests:
         best.curve.pop()  # the final check is not a step of its own
 
 
 def run_search(objective: GGLObjective, cfg, seed: int, tick: Tick = None, watch: Watch = None) -> SearchResult:
-    """Search with the optimiser of ``cfg`` (an ``AttackConfig``); the best candidate wins."""
+    """Search with the optimiser of ``cfg`` (an ``AttackConfig``); the best candidate wins. With
+    ``cfg.search_seeds`` = S > 1, S independent searches (seeds ``search_seeds(seed, S)``) run batched in
+    one population (one after the other with early stopping, which is per search); the first search's
+    result is returned with every search's in ``runs``."""
+    seeds = search_seeds(seed, int(getattr(cfg, "search_seeds", 1) or 1))
+    if len(seeds) > 1 and getattr(cfg, "patience", None) is not None:
+        runs = [_search(objective, cfg, [s], tick, watch)[0] for s in seeds]
+    else:
+        runs = _search(objective, cfg, seeds, tick, watch)
+    if len(runs) > 1:
+        runs[0].runs = runs
+    return runs[0]
+
+
+def _search(objective: GGLObjective, cfg, seeds: List[int], tick: Tick, watch: Watch) -> List[SearchResult]:
     from threadpoolctl import threadpool_limits
 
     start = time.perf_counter()
     objective.evaluations = 0
-    best = _Best()
-    progress = _Progress(objective, best, search_units(cfg), tick, watch)
+    bests = [_Best() for _ in seeds]
+    progress = _Progress(objective, bests[0], search_units(cfg) * len(seeds), tick, watch)
     patience = getattr(cfg, "patience", None)
-    gen = torch.Generator().manual_seed(derived_seed(seed, 0xADA))
     objective.check_fits(1, objective.memory_key, grad=False)  # CMA-ES goes in chunks, of at least one
-    if cfg.optimizer in ("adam", "cmaes_adam"):  # Adam's restarts go through the graph at once
-        objective.check_fits(cfg.adam_restarts, "attack.adam_restarts")
+    if cfg.optimizer in ("adam", "cmaes_adam"):  # Adam's restarts (of every search) go through the graph at once
+        objective.check_fits(cfg.adam_restarts * len(seeds), "attack.adam_restarts")
     with threadpool_limits(limits=1, user_api="blas"):
         if cfg.optimizer in ("cmaes", "cmaes_adam"):
             keep = cfg.adam_restarts if cfg.optimizer == "cmaes_adam" else 1
             finalists = cmaes_search(objective, population=cfg.population, generations=cfg.generations,
                                      restarts=cfg.restarts, sigma=cfg.sigma, bound=cfg.latent_bound,
-                                     seed=seed, best=best, progress=progress, keep=keep, patience=patience)
+                                     seeds=seeds, bests=bests, progress=progress, keep=keep, patience=patience)
         if cfg.optimizer in ("adam", "cmaes_adam"):
             if cfg.optimizer == "adam":
-                z0 = torch.randn(cfg.adam_restarts, objective.dim, generator=gen)
-            else:  # fine-tune the best CMA-ES candidates (the overall best first)
-                z0 = torch.stack([best.z] + finalists)[:cfg.adam_restarts]
+                z0 = torch.cat([torch.randn(cfg.adam_restarts, objective.dim,
+                                            generator=torch.Generator().manual_seed(derived_seed(s, 0xADA)))
+                                for s in seeds])
+            else:  # fine-tune each search's best CMA-ES candidates (its overall best first)
+                z0 = torch.cat([torch.stack([best.z] + f)[:cfg.adam_restarts] for best, f in zip(bests, finalists)])
             adam_search(objective, z0, steps=cfg.adam_steps, lr=cfg.adam_lr, bound=cfg.latent_bound,
-                        best=best, progress=progress, patience=patience)
+                        bests=bests, progress=progress, patience=patience)
+    share = 1.0 / len(seeds)  # batched searches share the evaluations and the seconds alike
+    seconds = time.perf_counter() - start
+    return [_result(objective, best, int(objective.evaluations * share), seconds * share) for best in bests]
+
+
+def _result(objective: GGLObjective, best: _Best, evaluations: int, seconds: float) -> SearchResult:
     if best.z is None:  # every candidate was non-finite: fall back to the prior's mean
         best.z = torch.zeros(objective.dim, device=objective.device)
     z = best.z.view(objective.batch, objective.latent_dim)
     with torch.no_grad():
         images = objective.images(best.z.view(1, -1))[0]
     return SearchResult(z=z.detach().cpu(), images=images.detach().cpu(), labels=objective.labels.cpu().clone(),
-                        loss=best.loss, curve=best.curve, evaluations=objective.evaluations,
-                        seconds=time.perf_counter() - start)
+                        loss=best.loss, curve=best.curve, evaluations=evaluations, seconds=seconds)

@@ -101,7 +101,8 @@ class ImageRecord:
     federation: Optional[FederationRef] = None
     images: Optional[str] = None      # the attack's images.pt of this setting (for the figure)
     probe: Optional[str] = None       # what the victim sent: fedsgd | local_update | fl
-    search: Dict[str, Any] = field(default_factory=dict)  # the search behind it: seed, loss, evaluations, seconds
+    search: Dict[str, Any] = field(default_factory=dict)  # the search behind it: seed, index (0, 1, ... of
+    #                                   attack.search_seeds; CSV search_seed), loss, evaluations, seconds
 
     def to_json(self) -> dict:
         blob = asdict(self)
@@ -145,7 +146,9 @@ class ImageRecord:
         """The CSV cells of this record and its federation (``images`` relative to the CSV's ``folder``)."""
         row: Dict[str, Any] = {"setting": self.setting, "defense": self.defense,
                                "attacker": ATTACKER_KINDS[self.adaptive], "attacker_name": self.attacker,
-                               "adaptive": self.adaptive, "seed": self.seed, "round": self.round,
+                               "adaptive": self.adaptive, "seed": self.seed,
+                               "fed_seed": fed.seed if fed is not None and fed.seed is not None else self.seed,
+                               "search_seed": self.search.get("index", 0), "round": self.round,
                                "probe_kind": self.probe, "probe": self.capture_id, "victim_id": self.victim_index,
                                "image": self.image, "label": self.label, "label_pred": self.label_pred,
                                "batch_label_acc": self.batch_label_acc,
@@ -174,7 +177,8 @@ class ImageRecord:
                        for b in BASELINES if any(line.get(f"baseline_{b}_{m}", "") != "" for m in METRICS)},
             leakage={m: f(f"leakage_{m}") for m in METRICS},
             federation=FederationRef(*fed_run.split("/", 1)) if "/" in fed_run else None,
-            images=str(folder / line["images"]) if line.get("images") else None, probe=line.get("probe_kind") or None)
+            images=str(folder / line["images"]) if line.get("images") else None, probe=line.get("probe_kind") or None,
+            search={"index": n("search_seed") or 0})
 
 
 def parse_records(path: Path, data: dict) -> List[ImageRecord]:

@@ -15,7 +15,8 @@ from ggl.audit.records import FED_COLUMNS, GALLERY_KEYS, FederationResult, Image
 from ggl.core.atomic import atomic_write_text
 
 
-ID_COLUMNS = ("setting", "defense", "attacker", "attacker_name", "adaptive", "seed", "dataset", "model", "round",
+ID_COLUMNS = ("setting", "defense", "attacker", "attacker_name", "adaptive", "seed", "fed_seed", "search_seed",
+              "dataset", "model", "round",
               "round_test_acc", "probe_kind", "probe", "victim_id", "image", "label", "label_pred", "batch_label_acc",
               "fed_run", "images")
 
@@ -128,7 +129,8 @@ def _fed_of_row(line: Dict[str, str], rec: ImageRecord, curves: dict, f, n) -> O
     return FederationResult(key=rec.federation.key if rec.federation else ("", ""), dir="", label=rec.defense,
                             test_acc=acc, curve=tuple(curve), bits_per_round=f("bits_per_round"),
                             compression_ratio=f("compression_ratio"), rounds=n("rounds"),
-                            dataset=line.get("dataset") or None, model=line.get("model") or None, seed=rec.seed,
+                            dataset=line.get("dataset") or None, model=line.get("model") or None,
+                            seed=n("fed_seed") if line.get("fed_seed") else rec.seed,
                             epsilon=f("epsilon"), delta=f("delta"), faults=n("faults") or 0)
 
 

@@ -52,7 +52,7 @@ LIMITS = {
     "gan.classifier_epochs": 100_000,
     "attack.population": 100_000, "attack.generations": 10_000_000, "attack.restarts": 10_000,
     "attack.adam_steps": 10_000_000, "attack.adam_restarts": 100_000, "attack.max_observations": 100_000_000,
-    "attack.patience": 10_000_000,
+    "attack.patience": 10_000_000, "attack.search_seeds": 1000,
     "defenses.quantize.bits": 32, "defenses.qsgd.levels": 2 ** 24, "defenses.qsgd.bucket_size": 2 ** 31,
     "attacker_options.InvertingGradients.steps": 10_000_000, "attacker_options.InvertingGradients.restarts": 10_000,
     "attacker_options.EOTAttacker.samples": 100_000,

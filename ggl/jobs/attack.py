@@ -15,8 +15,9 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from ggl.attack import attack, check_prior_fits, search_units
+from ggl.attack import attack, check_prior_fits, search_seeds, search_units
 from ggl.attack.attackers import build_portfolio
+from ggl.attack.attackers.base import with_keys
 from ggl.attack.observation import Observation
 from ggl.audit.evaluate import Evaluator, summarize
 from ggl.audit.records import RECORDS_FORMAT, FederationRef, ImageRecord
@@ -137,7 +138,8 @@ def _attackers(a) -> List[Tuple[str, object]]:
 
 
 def _units(attacker, a) -> int:
-    return search_units(a) if attacker is None else attacker.units(a)
+    """Progress units of one victim: every search seed's search."""
+    return (search_units(a) if attacker is None else attacker.units(a)) * a.search_seeds
 
 
 def _attacker_name(attacker, a) -> str:
@@ -174,33 +176,48 @@ def _tags(cfg, label: str, setting: str, attacker, obs) -> dict:
 
 
 def _attack_one(cfg, attacker, obs, truth_path: Path, k: int, G, evaluator: Evaluator, tick, watch):
+    """(seed, model, results): one result per search seed (``attack.search_seeds``), the first at the
+    victim's own seed. Latent searches batch their seeds (``run_search``); an attacker that does not
+    (Inverting Gradients) runs once per further seed."""
     a = cfg.attack
     given = evaluator.true_labels(truth_path) if a.true_labels else None  # ABLATION ONLY
     seed = derived_seed(cfg.seed, 0x6617, k)
     model = obs.build_model(trusted=_trusted(cfg))
     if attacker is None:
-        return seed, model, attack(obs, G, a, seed, labels=given, tick=tick, model=model, watch=watch)
-    return seed, model, attacker.run(obs, G, a, seed, labels=given, tick=tick, model=model)
+        res = attack(obs, G, a, seed, labels=given, tick=tick, model=model, watch=watch)
+    else:
+        res = attacker.run(obs, G, a, seed, labels=given, tick=tick, model=model)
+    runs = res.runs or [res]
+    if len(runs) < a.search_seeds:
+        one = with_keys(a, search_seeds=1)
+        runs += [attacker.run(obs, G, one, s, labels=given, tick=tick, model=model)
+                 for s in search_seeds(seed, a.search_seeds)[len(runs):]]
+    return seed, model, runs
 
 
 def attack_setting(cfg, label: str, setting: str, attacker, pairs, observations, G, evaluator: Evaluator,
                    bar, live: LiveAttackRun) -> Tuple[List[ImageRecord], Dict[str, torch.Tensor], dict]:
-    """(records, {originals, reconstructions, prior_only}, summary) of one setting."""
+    """(records, {originals, reconstructions, prior_only}, summary) of one setting: every victim's record
+    once per search seed (``search.index``); the images are the first search's."""
     clock = Stopwatch()
     records, images = [], {"originals": [], "reconstructions": [], "prior_only": []}
     for k, (obs_path, truth_path) in enumerate(pairs):
         obs = observations[obs_path]
         bar.set_postfix_str(f"{setting} {obs.obs_id}", refresh=False)
-        seed, model, res = _attack_one(cfg, attacker, obs, truth_path, k, G, evaluator, bar.update,
-                                       live.watcher(k, obs.obs_id))
-        search = {"seed": seed, "loss": res.loss, "evaluations": res.evaluations, "seconds": res.seconds}
-        recs, truth, recon, base = evaluator.evaluate(truth_path, obs.obs_id, res.images, res.labels, G, model,
-                                                      seed, {**_tags(cfg, label, setting, attacker, obs),
-                                                             "search": search})
-        records += recs
-        for key, x in zip(images, (truth, recon, base)):
-            images[key].append(x)
-    summary = summarize(records, clock.seconds, evaluator.lpips.reason, evaluator.reid_note)
+        seed, model, runs = _attack_one(cfg, attacker, obs, truth_path, k, G, evaluator, bar.update,
+                                        live.watcher(k, obs.obs_id))
+        for index, (s, res) in enumerate(zip(search_seeds(seed, len(runs)), runs)):
+            search = {"seed": s, "index": index, "loss": res.loss, "evaluations": res.evaluations,
+                      "seconds": res.seconds}
+            recs, truth, recon, base = evaluator.evaluate(truth_path, obs.obs_id, res.images, res.labels, G, model,
+                                                          seed, {**_tags(cfg, label, setting, attacker, obs),
+                                                                 "search": search})
+            records += recs
+            if index == 0:
+                for key, x in zip(images, (truth, recon, base)):
+                    images[key].append(x)
+    summary = summarize([r for r in records if r.search.get("index", 0) == 0], clock.seconds,
+                        evaluator.lpips.reason, evaluator.reid_note)
     if cfg.attack.true_labels:
         summary["label_acc_note"] = "attack.true_labels=true: the attacker was given the true labels (ablation)"
     return records, {k: torch.cat(v) for k, v in images.items()}, summary
