@@ -70,3 +70,55 @@ def test_l2_loss_may_consume_its_scratch_and_reads_any_layout():
     torch.testing.assert_close(got, expect, rtol=1e-12, atol=0)
     torch.testing.assert_close(scratch[0], (t[0] - g[0]) ** 2, rtol=0, atol=0)  # consumed: overwritten in place
     assert torch.equal(t[1], t[1][:1].expand(4, 7))  # the expanded view: not written
+
+
+class _Bumpy:
+    """A row-independent float64 objective with many minima: what the search needs of a GGLObjective,
+    so that S batched searches and S searches alone compute the same numbers on any CPU."""
+    dim = latent_dim = 6
+    batch, device, memory_key = 1, torch.device("cpu"), "attack.population"
+    labels = torch.tensor([0])
+
+    def __init__(self):
+        self.evaluations = 0
+        self.target = torch.linspace(-1, 1, self.dim, dtype=torch.float64)
+
+    def __call__(self, z):
+        self.evaluations += len(z)
+        d = z.double() - self.target
+        return (d ** 2).sum(1) + 0.3 * torch.cos(4 * d).sum(1)
+
+    def images(self, z):
+        return z.view(len(z), 1, 1, 2, 3)
+
+    def check_fits(self, *args, **kwargs):
+        pass
+
+
+@pytest.mark.parametrize("optimizer", ["cmaes", "adam", "cmaes_adam"])
+def test_search_seeds_batched_in_one_population_are_the_searches_run_alone(optimizer):
+    """attack.search_seeds = 3: one population holding three independent searches gives each search's
+    result exactly as that search run by itself (its own seed), and the first is the one-seed search."""
+    from ggl.attack.search import run_search, search_seeds
+
+    base = dict(optimizer=optimizer, population=8, generations=6, adam_steps=12, adam_restarts=2, sigma=0.5)
+    ticks = []
+    batched = run_search(_Bumpy(), AttackConfig(**base, search_seeds=3), seed=11, tick=ticks.append)
+    assert len(batched.runs) == 3 and batched.runs[0] is batched
+    assert sum(ticks) == 3 * search_units(AttackConfig(**base))
+    seeds = search_seeds(11, 3)
+    assert seeds[0] == 11 and len(set(seeds)) == 3
+    alone = [run_search(_Bumpy(), AttackConfig(**base), seed=s) for s in seeds]
+    for b, a in zip(batched.runs, alone):
+        assert b.loss == a.loss and b.curve == a.curve
+        assert torch.equal(b.z, a.z)
+    assert len({round(r.loss, 9) for r in alone}) > 1  # the seeds are different searches
+
+
+def test_search_seeds_with_early_stopping_run_one_after_the_other():
+    from ggl.attack.search import run_search, search_seeds
+
+    base = dict(optimizer="cmaes_adam", population=8, generations=30, adam_steps=30, adam_restarts=2, patience=2)
+    batched = run_search(_Bumpy(), AttackConfig(**base, search_seeds=2), seed=3)
+    alone = [run_search(_Bumpy(), AttackConfig(**base), seed=s) for s in search_seeds(3, 2)]
+    assert [r.curve for r in batched.runs] == [r.curve for r in alone]
