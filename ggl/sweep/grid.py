@@ -17,7 +17,8 @@ from ggl.core.errors import ConfigError, UserError
 
 SHARED_KEYS = ("seed", "output_dir", "plugins")  # parameters given to both jobs as they are
 SHARED_PREFIXES = ("logger.",)
-SWEEP_KEYS = ("defenses", "fed_config", "attack_config", "attackers", "torch_threads", "workers")
+SWEEP_KEYS = ("defenses", "fed_config", "attack_config", "attackers", "torch_threads", "workers",
+              "search_seeds_by_attacker")
 W_AND_B_TOP_KEYS = {"apiVersion", "kind", "controller", "description", "program", "job", "image_uri", "entity",
                     "project", "method", "command", "name", "run_cap", "metric", "metrics", "scheduler",
                     "early_terminate", "parameters"}

@@ -18,7 +18,7 @@ from ggl.attack.search import search_units
 from ggl.config import experiment, load_config, to_container
 from ggl.core.errors import ConfigError
 from ggl.defenses import NONE, defenses_label, parse_defense
-from ggl.sweep.grid import check_parameter_name, expand, job_overrides
+from ggl.sweep.grid import check_parameter_name, expand, job_overrides, value_text
 
 ATTACKERS = ("non-adaptive", "adaptive")
 # config keys that do not change a job's results (compared when deciding whether a job is done)
@@ -67,8 +67,8 @@ def make_point(params: Dict[str, Any], seeds_vary: bool = False) -> GridPoint:
                           f"fed.audit.rounds (e.g. [0])")
     attackers = params.get("attackers", ["non-adaptive"])
     attackers = [attackers] if isinstance(attackers, str) else list(attackers)
-    if any(a not in ATTACKERS for a in attackers):  # portfolio names: one attack job runs them all
-        point.attacks.append(_portfolio_job(attackers, chain, setting, cfg, params, attack_over))
+    if any(a not in ATTACKERS for a in attackers):  # portfolio names: one attack job per attacker
+        point.attacks += _portfolio_jobs(attackers, chain, setting, cfg, params, attack_over)
         return point
     for attacker in attackers:
         if attacker not in ATTACKERS:
@@ -103,19 +103,44 @@ def portfolio_for(names: Sequence[str], chain: Sequence[dict], setting: str) -> 
     return keep
 
 
-def _portfolio_job(names: Sequence[str], chain: Sequence[dict], setting: str, cfg, params: Dict[str, Any],
-                   attack_over: List[str]) -> Job:
-    """One attack job running the attacker portfolio (``attack.attackers``) on the setting's captures."""
+def _portfolio_jobs(names: Sequence[str], chain: Sequence[dict], setting: str, cfg, params: Dict[str, Any],
+                    attack_over: List[str]) -> List[Job]:
+    """One attack job per portfolio attacker (``attack.attackers: [name]``) on the setting's captures,
+    ``attack-<setting>-<attacker>``: a stopped sweep loses at most the attacker it was running."""
     if any(a in ATTACKERS for a in names):
         raise ConfigError(f"sweep parameter 'attackers' = {list(names)}: give either {' / '.join(ATTACKERS)} "
                           f"or portfolio attacker names (ggl/attack/attackers), not both")
-    keep = portfolio_for(names, chain, setting)
-    name = f"attack-{setting}"
-    over = attack_over + [f"attack.attackers={json.dumps(keep)}", f"name={name}"]
-    acfg = load_config(params.get("attack_config", "attack.yaml"), over)
-    units = sum(a.units(acfg.attack) for a in build_portfolio(keep, dict(acfg.attack.attacker_options or {})))
-    return Job("attack", setting, name, params.get("attack_config", "attack.yaml"), over, attacker="portfolio",
-               cost=float(images_attacked(cfg, acfg) * units))
+    jobs = []
+    options = dict(params.get("attack.attacker_options") or {})
+    seeds_of = _search_seeds_by_attacker(params, names)
+    common = [o for o in attack_over if not o.startswith("attack.attacker_options=")]
+    for attacker in portfolio_for(names, chain, setting):
+        name = f"attack-{setting}-{attacker}"
+        own = {attacker: options[attacker]} if attacker in options else {}  # the others' would warn "does nothing"
+        over = common + [f"attack.attacker_options={value_text(own)}", f"attack.attackers={json.dumps([attacker])}",
+                         f"name={name}"] + ([f"attack.search_seeds={seeds_of[attacker]}"] if attacker in seeds_of else [])
+        acfg = load_config(params.get("attack_config", "attack.yaml"), over)
+        units = build_portfolio([attacker], dict(acfg.attack.attacker_options or {}))[0].units(acfg.attack)
+        jobs.append(Job("attack", setting, name, params.get("attack_config", "attack.yaml"), over,
+                        attacker=attacker, cost=float(images_attacked(cfg, acfg) * units * acfg.attack.search_seeds)))
+    return jobs
+
+
+def _search_seeds_by_attacker(params: Dict[str, Any], names: Sequence[str]) -> Dict[str, int]:
+    """``search_seeds_by_attacker: {name: S}``: attackers whose jobs run S search seeds instead of
+    ``attack.search_seeds`` (the best-of-k control: k runs of one attacker)."""
+    given = params.get("search_seeds_by_attacker") or {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"sweep parameter 'search_seeds_by_attacker' = {given!r} must be a mapping "
+                          f"{{attacker: number of search seeds}}")
+    for name, n in given.items():
+        if name not in names:
+            raise ConfigError(f"sweep parameter 'search_seeds_by_attacker': '{name}' is not in 'attackers' "
+                              f"({', '.join(names)})")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"sweep parameter 'search_seeds_by_attacker.{name}' = {n!r} must be a whole "
+                              f"number >= 1")
+    return dict(given)
 
 
 def images_attacked(cfg, acfg) -> int:
