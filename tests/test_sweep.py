@@ -35,18 +35,41 @@ def test_default_sweep_is_a_wandb_grid_of_defences_rounds_and_the_portfolio():
     assert set(doc) <= W_AND_B_TOP_KEYS and doc["method"] == "grid"
     assert "${args_no_hyphens}" in doc["command"] and "--one" in doc["command"]
     points = plan(grid)
-    assert [p.setting for p in points] == ["q4", "q2", "sign", "clip0.25", "q4-stochastic-global",
-                                           "q2-stochastic-global", "fp32"]
-    # one attack job per setting runs the portfolio; an adaptive twin that models nothing is left out
-    assert all(len(p.attacks) == 1 and p.attacks[0].attacker == "portfolio" for p in points)
-    attackers = {p.setting: _attackers_of(p.attacks[0]) for p in points}
-    assert attackers["q4"] == attackers["sign"] == PORTFOLIO
-    assert attackers["fp32"] == attackers["q4-stochastic-global"] == ["ggl-l2", "ggl-cosine", "ggl-eot",
-                                                                      "inverting-gradients"]
-    fed = {p.setting: p.fed for p in points}["q4"]
-    # the evidence the README quotes: >= 32 victims per point, >= 2 rounds
-    assert "audit.num_images=32" in fed.overrides and "audit.rounds=[0, 9]" in fed.overrides
+    settings = ["q4", "q8-seedgrid", "q2", "sign", "clip0.25", "q4-stochastic-global", "q2-stochastic-global", "fp32"]
+    # seed is the outer axis: every setting of federation seed 0 before seed 1's
+    assert [p.setting for p in points] == [f"{s}-s{seed}" for seed in (0, 1, 2) for s in settings]
+    # one attack job per (setting, attacker); an adaptive twin that models nothing is left out
+    by = {p.setting: p for p in points}
+    assert all(len(_attackers_of(j)) == 1 for p in points for j in p.attacks)
+    names = {s: [_attackers_of(j)[0] for j in by[f"{s}-s0"].attacks] for s in settings}
+    grid_attackers = ["ggl-l2-observed-grid", "ggl-cell", "ggl-l2-decoded", "ggl-cosine-decoded",
+                      "inverting-gradients-decoded"]
+    assert names["q4"] == ["ggl-l2", "ggl-cosine", "inverting-gradients", "ggl-l2-adaptive", "ggl-eot",
+                           *grid_attackers]
+    assert "ggl-l2-adaptive" not in names["fp32"] and "ggl-l2-adaptive" not in names["q4-stochastic-global"]
+    assert [j.name for j in by["q4-s1"].attacks][0] == "attack-q4-s1-ggl-l2"
+    # the best-of-k control: ggl-l2 runs 3 search seeds, every other attacker attack.search_seeds = 2
+    seeds = {_attackers_of(j)[0]: [o for o in j.overrides if o.startswith("attack.search_seeds=")][-1]
+             for j in by["q4-s0"].attacks}
+    assert seeds["ggl-l2"] == "attack.search_seeds=3" and seeds["ggl-cell"] == "attack.search_seeds=2"
+    # each job carries only its own attacker's options (the others' would warn "does nothing")
+    ig = next(j for j in by["q4-s0"].attacks if _attackers_of(j) == ["inverting-gradients-decoded"])
+    opts = [o for o in ig.overrides if o.startswith("attack.attacker_options=")][-1]
+    assert json.loads(opts.split("=", 1)[1]) == {"inverting-gradients-decoded": {"steps": 400, "restarts": 1}}
+    fed = by["q4-s2"].fed
+    # the evidence the issue asks for: 3 federation seeds x 16 victims = 48 per point, rounds 0, 3, 9
+    assert "audit.num_images=16" in fed.overrides and "audit.rounds=[0, 3, 9]" in fed.overrides
+    assert "seed=2" in fed.overrides
     assert 'defenses=[{"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}]' in fed.overrides
+
+
+def test_search_seeds_by_attacker_names_listed_attackers_and_whole_numbers(tmp_path, capsys):
+    assert main([str(TINY), f"output_dir={tmp_path}", "--list", "attackers=[ggl-l2, ggl-cosine]",
+                 "search_seeds_by_attacker={'ggl-cell': 3}"]) == 2
+    assert "'ggl-cell' is not in 'attackers'" in capsys.readouterr().err
+    assert main([str(TINY), f"output_dir={tmp_path}", "--list", "attackers=[ggl-l2, ggl-cosine]",
+                 "search_seeds_by_attacker={'ggl-l2': 0}"]) == 2
+    assert "must be a whole number >= 1" in capsys.readouterr().err
 
 
 def test_portfolio_and_the_single_attacker_names_do_not_mix(tmp_path, capsys):
@@ -60,14 +83,15 @@ def test_agent_arguments_run_exactly_one_point(tmp_path, capsys):
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
     _, grid = load_sweep(DEFAULT)
-    point = expand(grid)[3]  # clip
+    point = expand(grid)[4]  # clip, federation seed 0
     args = create_sweep_command_args({"args": {k: {"value": v} for k, v in point.items()}})["args_no_hyphens"]
     assert any(a.startswith("defenses=[{'name': 'clip'") for a in args)
     assert main([str(DEFAULT), "--one", "--list"] + args + [f"output_dir={tmp_path}"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["clip0.25: fed-clip0.25: to run, attack-clip0.25: to run"]
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith("clip0.25-s0: fed-clip0.25-s0: to run, attack-clip0.25-s0-ggl-l2: to run")
     # --one without choosing a point is an error, not the whole grid
     assert main([str(DEFAULT), "--one", "--list"]) == 2
-    assert "give one value for defenses" in capsys.readouterr().err
+    assert "give one value for seed, defenses" in capsys.readouterr().err
 
 
 def test_time_left_is_work_left_times_the_measured_rate_of_each_kind():
@@ -160,11 +184,13 @@ def test_portfolio_sweep_over_two_rounds_reports_the_worst_case_per_round(tmp_pa
     assert main([str(TINY), f"output_dir={out}", "--no-progress", "attackers=[ggl-l2, ggl-l2-adaptive, ggl-eot]",
                  "defenses=[{name: quantize, bits: 4, rounding: nearest, range: global}]", "fed.fl.rounds=2",
                  "fed.audit.rounds=[0, 1]", "fed.fl.eval_every=1"]) == 0
-    assert "2 jobs run" in capsys.readouterr().out
-    res = json.loads((out / "attack-q4" / "latest" / "results.json").read_text())
-    assert res["settings"] == ["q4@ggl-l2", "q4@ggl-l2-adaptive"]
-    assert "deterministic" in res["refused"]["q4@ggl-eot"]
-    assert {(r["defense"], r["adaptive"], r["attacker"], r["round"]) for r in res["records"]} == {
+    assert "4 jobs run" in capsys.readouterr().out  # the federation, then one attack job per attacker
+    res = {a: json.loads((out / f"attack-q4-{a}" / "latest" / "results.json").read_text())
+           for a in ("ggl-l2", "ggl-l2-adaptive", "ggl-eot")}
+    assert res["ggl-l2"]["settings"] == ["q4@ggl-l2"] and res["ggl-l2-adaptive"]["settings"] == ["q4@ggl-l2-adaptive"]
+    assert "deterministic" in res["ggl-eot"]["refused"]["q4@ggl-eot"]
+    records = res["ggl-l2"]["records"] + res["ggl-l2-adaptive"]["records"]
+    assert {(r["defense"], r["adaptive"], r["attacker"], r["round"]) for r in records} == {
         ("q4", False, "ggl-l2", 0), ("q4", True, "ggl-l2-adaptive", 0),
         ("q4", False, "ggl-l2", 1), ("q4", True, "ggl-l2-adaptive", 1)}
 
