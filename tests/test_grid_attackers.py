@@ -337,3 +337,50 @@ def test_the_cell_loss_of_factored_linear_gradients_equals_the_reference_loop(tr
                                                   "outer_cell_distance")
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12 * float(want.abs().max()))
     torch.testing.assert_close(dense, want, rtol=1e-9, atol=1e-12 * float(want.abs().max()))
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none here)")
+
+
+def _grid_losses(trained, name: str, device: str):
+    """float64 losses of 4 candidates (0: the victim) under attacker ``name``'s objective on ``device``."""
+    import copy
+    import dataclasses
+
+    G, model = trained
+    model = copy.deepcopy(model).double()
+    y = torch.tensor([3])
+    x = G(torch.randn(4, 8, generator=torch.Generator().manual_seed(11)), y.repeat(4)).double().unsqueeze(1)
+    obs = Observation(arch="cnn", channels=1, num_classes=10, state=model.state_dict(),
+                      names=[n for n, _ in model.named_parameters()],
+                      update=_send(client_gradient(model, x[0], y), Q4, 0), kind="gradient", batch_size=1,
+                      local_steps=1, lr=0.1, local_batch_size=1, defenses=[dict(Q4)], obs_id="f64")
+    objective = get_attacker(name).objective(obs, G, dataclasses.replace(CFG, device=device), y, model)
+    zz = torch.zeros(4, objective.dim, dtype=torch.float64)
+    with torch.no_grad():
+        return objective.image_losses(x.to(device), zz.to(device))
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", ["ggl-l2-observed-grid", "ggl-cosine-observed-grid", "ggl-cell"])
+def test_grid_attackers_on_cuda_give_the_cpu_losses_in_float64(trained, name):
+    gpu = _grid_losses(trained, name, "cuda")
+    assert gpu.device.type == "cuda"
+    cpu = _grid_losses(trained, name, "cpu")
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-9, atol=1e-12 * float(cpu.abs().max()))
+
+
+@needs_cuda
+def test_every_grid_attacker_searches_on_cuda_with_batched_search_seeds(trained):
+    """attack.device=cuda: each grid attacker's two search seeds come back on the CPU, as two searches."""
+    G, _ = trained
+    _, y, _, obs = _victim(trained, 1, Q4)
+    cfg = AttackConfig(optimizer="cmaes_adam", population=6, generations=2, adam_steps=3, adam_restarts=2,
+                       sigma=1.0, device="cuda", search_seeds=2)
+    attackers = build_portfolio(NEW, {"inverting-gradients-decoded": {"steps": 2, "restarts": 1}})
+    out = run_portfolio(attackers, obs, G, cfg, seed=1)
+    for name, res in out.items():
+        runs = res.runs or [res]
+        assert all(r.images.device.type == "cpu" and r.z.device.type == "cpu" for r in runs), name
+        if name != "inverting-gradients-decoded":  # IG's seeds run one after the other in the attack job
+            assert len(runs) == 2 and runs[0].loss != runs[1].loss, name
