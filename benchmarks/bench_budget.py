@@ -29,6 +29,11 @@ Arms:
   c5r3a115   the default before the factored linear gradients made the search cheaper (5 + 3 x 115)
   c5r2a150   the previous default (5 x 50, then Adam 150 steps x 2), which the headline sweep keeps
   c10a40, adam70, p20a50, c15a30, ...: the candidates measured on the way to ``new`` (see ARMS)
+  c5r2a100, c5r2a300, c5r4a300, c10r8a400: the round-9 curve (``--trained-round 9 --non-adaptive``):
+             the sweep's search against shorter and longer Adam phases and a much larger search
+
+``--non-adaptive``: q4 is attacked by ggl-l2 (the L2 GGL attacker of the headline's first threat model)
+instead of ggl-l2-adaptive, whose own-grid model of the quantizer is not the client's at trained rounds.
 
 Two baselines. ``today`` runs today's search on this checkout's code, so it separates what the search
 saves from what the kernels save. ``--today-at COMMIT`` also runs today's search on the code of COMMIT
@@ -109,6 +114,11 @@ ARMS = {
     "c5r6a115": _cmaes_adam(5, 115, 6, 0.1),
     "c5r4a170": _cmaes_adam(5, 170, 4, 0.1),  # measured as `new` at 7e3663b: 3.99-4.83x the CPU, too close to 4
     "c10r5a130": _cmaes_adam(10, 130, 5, 0.1),
+    # the round-9 curve (issue 27): the sweep's search against longer Adam phases and a much larger search
+    "c5r2a100": _cmaes_adam(5, 100, 2, 0.1),
+    "c5r2a300": _cmaes_adam(5, 300, 2, 0.1),
+    "c5r4a300": _cmaes_adam(5, 300, 4, 0.1),
+    "c10r8a400": _cmaes_adam(10, 400, 8, 0.1),
 }
 CHECKPOINTS = (5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240)
 Q4 = [{"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}]
@@ -182,6 +192,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--arms", default="today,adam,new", help=f"comma-separated, of {', '.join(ARMS)}")
     ap.add_argument("--settings", default="fp32,q4")
+    ap.add_argument("--non-adaptive", action="store_true", help="attack q4 with ggl-l2 (the non-adaptive L2 "
+                    "attacker, the headline's first threat model) instead of ggl-l2-adaptive")
     ap.add_argument("--rounds", default="0,trained", help="0, trained or both")
     ap.add_argument("--prior", default=str(DEFAULT_PRIOR))
     ap.add_argument("--out", default=None, help="output folder (default: runs/benchmarks/bench_budget/; "
@@ -234,7 +246,8 @@ def main(argv=None) -> int:
                 mine = list(enumerate([(o, t) for o, t in pairs if Observation.load(o).round == rnd][:args.victims]))
                 if args.victim is not None:
                     mine = mine[args.victim:args.victim + 1]
-                cfgs = {arm: AttackConfig(**{**ARMS[arm], "adaptive": setting != "fp32", "device": "cpu",
+                cfgs = {arm: AttackConfig(**{**ARMS[arm], "adaptive": setting != "fp32" and not args.non_adaptive,
+                                             "device": "cpu",
                                              "progress": False}) for arm in arms if not arm.startswith("today@")}
                 for cfg in cfgs.values():
                     cfg.check()
