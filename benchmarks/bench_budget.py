@@ -278,7 +278,7 @@ def main(argv=None) -> int:
     # ------------------------------------------------------------------ the table
     print(note)
     print(f"torch threads {torch.get_num_threads()}, {args.victims} victims per cell, CNN (sweep protocol), "
-          f"fp32 non-adaptive, q4 adaptive; CPU-seconds per victim (process time); re-id: the share of "
+          f"fp32 non-adaptive, q4 {'non-adaptive (ggl-l2)' if args.non_adaptive else 'adaptive'}; CPU-seconds per victim (process time); re-id: the share of "
           f"victims ranked first among the private images of their class ({HEADLINE})")
     print(f"{'setting':7} {'round':>5} {'arm':9} {'units':>6} {'CPU-s':>7} {'PSNR':>6} {'95% CI':>15} {'re-id':>6}")
     rows = []
