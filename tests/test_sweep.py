@@ -38,20 +38,18 @@ def test_default_sweep_is_a_wandb_grid_of_defences_rounds_and_the_portfolio():
     settings = ["q4", "q8-seedgrid", "q2", "sign", "clip0.25", "q4-stochastic-global", "q2-stochastic-global", "fp32"]
     # seed is the outer axis: every setting of federation seed 0 before seed 1's
     assert [p.setting for p in points] == [f"{s}-s{seed}" for seed in (0, 1, 2) for s in settings]
-    # one attack job per (setting, attacker); an adaptive twin that models nothing is left out
+    # one attack job per (setting, attacker)
     by = {p.setting: p for p in points}
     assert all(len(_attackers_of(j)) == 1 for p in points for j in p.attacks)
     names = {s: [_attackers_of(j)[0] for j in by[f"{s}-s0"].attacks] for s in settings}
     grid_attackers = ["ggl-l2-observed-grid", "ggl-cell", "ggl-l2-decoded", "ggl-cosine-decoded",
                       "inverting-gradients-decoded"]
-    assert names["q4"] == ["ggl-l2", "ggl-cosine", "inverting-gradients", "ggl-l2-adaptive", "ggl-eot",
-                           *grid_attackers]
-    assert "ggl-l2-adaptive" not in names["fp32"] and "ggl-l2-adaptive" not in names["q4-stochastic-global"]
+    assert names["q4"] == names["fp32"] == ["ggl-l2", "inverting-gradients", "ggl-eot", *grid_attackers]
     assert [j.name for j in by["q4-s1"].attacks][0] == "attack-q4-s1-ggl-l2"
-    # the best-of-k control: ggl-l2 runs 3 search seeds, every other attacker attack.search_seeds = 2
-    seeds = {_attackers_of(j)[0]: [o for o in j.overrides if o.startswith("attack.search_seeds=")][-1]
-             for j in by["q4-s0"].attacks}
-    assert seeds["ggl-l2"] == "attack.search_seeds=3" and seeds["ggl-cell"] == "attack.search_seeds=2"
+    # every attacker runs attack.search_seeds = 2 searches per victim, with the search the round-9 budget chose
+    for j in by["q4-s0"].attacks:
+        assert "attack.search_seeds=2" in j.overrides and "attack.adam_steps=300" in j.overrides
+        assert "attack.adam_restarts=4" in j.overrides
     # each job carries only its own attacker's options (the others' would warn "does nothing")
     ig = next(j for j in by["q4-s0"].attacks if _attackers_of(j) == ["inverting-gradients-decoded"])
     opts = [o for o in ig.overrides if o.startswith("attack.attacker_options=")][-1]
@@ -70,6 +68,12 @@ def test_search_seeds_by_attacker_names_listed_attackers_and_whole_numbers(tmp_p
     assert main([str(TINY), f"output_dir={tmp_path}", "--list", "attackers=[ggl-l2, ggl-cosine]",
                  "search_seeds_by_attacker={'ggl-l2': 0}"]) == 2
     assert "must be a whole number >= 1" in capsys.readouterr().err
+    _, grid = load_sweep(DEFAULT)
+    grid = {**grid, "seed": [0], "search_seeds_by_attacker": [{"ggl-l2": 3}]}
+    jobs = {_attackers_of(j)[0]: j for j in plan(grid)[0].attacks}
+    assert "attack.search_seeds=3" in jobs["ggl-l2"].overrides  # the control's k runs, this attacker only
+    assert "attack.search_seeds=3" not in jobs["ggl-cell"].overrides
+    assert jobs["ggl-l2"].cost == 1.5 * jobs["ggl-l2-decoded"].cost  # its work counts in the sweep's time left
 
 
 def test_portfolio_and_the_single_attacker_names_do_not_mix(tmp_path, capsys):
