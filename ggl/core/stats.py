@@ -63,6 +63,23 @@ def mean_ci(values: Sequence[Optional[float]], seed: int = 0, level: float = LEV
     return MeanCI(m, lo, hi, int(x.size))
 
 
+def stratified_mean_ci(strata: Sequence[Sequence[float]], seed: int = 0, level: float = LEVEL,
+                       resamples: int = RESAMPLES) -> Optional[MeanCI]:
+    """Mean of every value and a ``level`` percentile bootstrap CI that resamples values within each stratum
+    (victims within a federation seed), so the strata keep their sizes; one stratum: ``mean_ci``."""
+    groups = [_clean(g) for g in strata]
+    groups = [g for g in groups if g.size]
+    if len(groups) <= 1:
+        return mean_ci(groups[0] if groups else [], seed=seed, level=level, resamples=resamples)
+    rng = np.random.default_rng(seed)
+    n = sum(g.size for g in groups)
+    total = np.zeros(resamples)
+    for g in groups:
+        total += g[rng.integers(0, g.size, (resamples, g.size))].sum(1)
+    lo, hi = np.quantile(total / n, [(1 - level) / 2, (1 + level) / 2])
+    return MeanCI(float(sum(g.sum() for g in groups) / n), float(lo), float(hi), int(n))
+
+
 @dataclass(frozen=True)
 class Paired:
     """``a - b`` on the same victims."""

@@ -16,7 +16,7 @@ from ggl.audit.baselines import BASELINES
 from ggl.audit.metrics import direction
 from ggl.audit.records import ATTACKER_KINDS, FederationResult, ImageRecord
 from ggl.audit.reid import HEADLINE, chance
-from ggl.core.stats import MeanCI, mean_ci, paired
+from ggl.core.stats import MeanCI, mean_ci, paired, stratified_mean_ci
 
 Pair = Tuple[ImageRecord, Optional[FederationResult]]
 BOOTSTRAP_SEED = 0
@@ -71,7 +71,8 @@ class Point:
 
     @property
     def n_images(self) -> int:
-        return len(self.pairs)
+        """Victims' images (each search seed's run of one image counts once)."""
+        return len({victim_key(r) for r, _ in self.pairs})
 
     @property
     def victims(self) -> tuple:
@@ -87,7 +88,19 @@ def values(pairs: Sequence[Pair], key: str) -> List[Optional[float]]:
 
 
 def ci(pairs: Sequence[Pair], key: str) -> Optional[MeanCI]:
-    return mean_ci(values(pairs, key), seed=BOOTSTRAP_SEED)
+    """Mean and 95% CI over the victims: a victim's search seeds are averaged first (one victim, one value),
+    and victims are resampled within their federation seed. One run per victim of one seed: ``mean_ci``."""
+    by: Dict[tuple, List[float]] = {}
+    for rec, _ in pairs:
+        v = rec.metric(key)
+        if v is not None and math.isfinite(float(v)):
+            by.setdefault(victim_key(rec), []).append(float(v))
+    if all(len(xs) == 1 for xs in by.values()) and len({k[0] for k in by}) <= 1:
+        return mean_ci(values(pairs, key), seed=BOOTSTRAP_SEED)  # as every report before search seeds
+    strata: Dict[object, List[float]] = {}
+    for k, xs in by.items():
+        strata.setdefault(k[0], []).append(sum(xs) / len(xs))
+    return stratified_mean_ci(list(strata.values()), seed=BOOTSTRAP_SEED)
 
 
 def mean(xs: Iterable[Optional[float]]) -> Optional[float]:

@@ -11,6 +11,7 @@ from ggl.audit.tidy import spreadsheet_safe
 from ggl.audit.reid import HEADLINE
 from ggl.audit.truth import IMAGES_FILE
 from ggl.core.stats import MeanCI, fmt
+from ggl.report import decomposition
 from ggl.report.collect import Collected
 from ggl.report.points import (Pair, Point, ci, chance_level, comparisons, contrast, mean, measured_pairs,
                                strongest_baseline, wins_text, worst_cases)
@@ -143,6 +144,7 @@ def markdown(collected: Collected, points: List[Point], command: str, seconds: f
              "![privacy vs utility](privacy_utility.png)", "", INTRO, ""]
     lines += ["## The worst case per setting and round", "", WORST_CASE_INTRO, ""]
     lines += md_table(HEADLINE_COLUMNS, headline_rows(points))
+    lines += decomposition.sections(points, md_table)
     lines += ["", "![leakage and accuracy over rounds](leakage_vs_round.png)", "", "## Every attacker", ""]
     lines += md_table(TABLE_COLUMNS, table_rows(points))
     cmp_rows = comparison_rows(points)
