@@ -7,6 +7,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -210,8 +211,21 @@ def gpu_for_worker(index: int, gpus: Sequence[str]) -> Optional[str]:
     return gpus[index % len(gpus)]
 
 
+ORPHAN_POLL_SECONDS = 2.0
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    """A worker whose sweep died (killed, say, so its pool never shut down) stops too, within seconds,
+    instead of running on and writing into the sweep's folder behind the user's back (seen here)."""
+    while True:
+        time.sleep(ORPHAN_POLL_SECONDS)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
 def _worker_init(threads: int, counter=None, gpus: Sequence[str] = ()) -> None:
     torch.set_num_threads(threads)
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     if counter is not None:
         with counter.get_lock():  # the workers' start order numbers them
             index = counter.value
