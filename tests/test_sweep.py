@@ -226,3 +226,36 @@ def test_portfolio_sweep_over_two_rounds_reports_the_worst_case_per_round(tmp_pa
     assert md.split(head)[1].split("\n\n")[0] == md2.split(head)[1].split("\n\n")[0]
     assert f"| q4 | 1 | fedsgd | {history[-1]['test_acc']:.3f} | {heads[1].fed.round_test_acc:.3f} |" in md2
     assert (tmp_path / "again" / "leakage_vs_round.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_search_seeds_and_federation_seeds_reach_the_per_image_csv(tmp_path, monkeypatch, capsys):
+    """A sweep over two federation seeds with two search seeds per victim: every (fed seed, victim) has one
+    row per search seed in per_image.csv (fed_seed, search_seed), none dropped. (That the batched seed-0
+    search is the one-search run is tested in float64: tests/test_attack_search.py.)"""
+    import csv
+
+    from ggl.report.build import main as report_main
+
+    import yaml
+
+    monkeypatch.setattr("ggl.jobs.attack.load_attack_prior", lambda path, *_: TinyPrior())
+    doc = yaml.safe_load(TINY.read_text())
+    doc["parameters"]["seed"] = {"values": [0, 1]}  # federation seeds: a grid axis of the sweep file
+    seeded = tmp_path / "sweep_seeds.yaml"
+    seeded.write_text(yaml.safe_dump(doc))
+    common = [str(seeded), "--no-progress", "attackers=[ggl-l2]", "defenses=[]"]
+    out2, out1 = tmp_path / "two", tmp_path / "one"
+    assert main(common + [f"output_dir={out2}", "attack.search_seeds=2"]) == 0
+    assert main(common + [f"output_dir={out1}", "attack.search_seeds=1"]) == 0
+    capsys.readouterr()
+    rows = {}
+    for name, out in (("two", out2), ("one", out1)):
+        assert report_main([str(out), "--out", str(tmp_path / f"rep-{name}")]) == 0
+        with (tmp_path / f"rep-{name}" / "per_image.csv").open() as fh:
+            rows[name] = list(csv.DictReader(fh))
+    two = {(r["fed_seed"], r["victim_id"], r["round"], r["search_seed"]): r["psnr"] for r in rows["two"]}
+    one = {(r["fed_seed"], r["victim_id"], r["round"], r["search_seed"]): r["psnr"] for r in rows["one"]}
+    assert {k[0] for k in two} == {"0", "1"} and {k[3] for k in two} == {"0", "1"}
+    assert len(two) == len(rows["two"]) == 2 * len(one)  # every victim twice, no row lost or merged
+    assert {k for k in two if k[3] == "0"} == set(one)  # the same victims, seeds and rounds
+    assert any(two[(f, v, r, "1")] != two[(f, v, r, "0")] for f, v, r, _ in one)
