@@ -148,15 +148,19 @@ SELECTION_INTRO = ("How much of a worst case is selection: one run of ggl-l2, th
                    "of every attacker (the earlier reports' worst case, which grows with the number of runs).")
 
 
+NO_REFERENCE = ["(no setting here has an fp32 run at the same round to compare with)"]
+
+
 def sections(points: Sequence[Point], table) -> List[str]:
     """The markdown of the three sections (``table``: ``tables.md_table``); [] without search seeds."""
     if not seeded(points):
         return []
     k, threat = threat_rows(points)
     lines = ["", "## The answer per threat model", "", THREAT_INTRO.replace("k attackers", f"k = {k} attackers", 1), ""]
-    lines += table(THREAT_COLUMNS, threat)
+    lines += table(THREAT_COLUMNS, threat) if threat else NO_REFERENCE
+    per_attacker = attacker_rows(points)
     lines += ["", "## Each attacker against no defence", "", ATTACKER_INTRO, ""]
-    lines += table(ATTACKER_COLUMNS, attacker_rows(points))
+    lines += table(ATTACKER_COLUMNS, per_attacker) if per_attacker else NO_REFERENCE
     lines += ["", f"## How much of the worst case is selection (k = {k})", "", SELECTION_INTRO, ""]
     lines += table(SELECTION_COLUMNS, selection_rows(points, k))
     return lines

@@ -144,6 +144,10 @@ def markdown(collected: Collected, points: List[Point], command: str, seconds: f
              "![privacy vs utility](privacy_utility.png)", "", INTRO, ""]
     lines += ["## The worst case per setting and round", "", WORST_CASE_INTRO, ""]
     lines += md_table(HEADLINE_COLUMNS, headline_rows(points))
+    if decomposition.seeded(points):
+        lines += ["", "With several search seeds per victim this worst case is the best of every run of every "
+                      "attacker, which grows with the number of runs; the answer per threat model below takes "
+                      "the best of a fixed number of attackers, and the selection section shows the difference."]
     lines += decomposition.sections(points, md_table)
     lines += ["", "![leakage and accuracy over rounds](leakage_vs_round.png)", "", "## Every attacker", ""]
     lines += md_table(TABLE_COLUMNS, table_rows(points))
