@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from ggl.audit.records import ImageRecord
 from ggl.report.decomposition import attacker_rows, reference_attacker, sections, selection_rows, threat_rows
-from ggl.report.evidence import (best_of_runs, fixed_worst_case, paired_diff, per_victim, portfolio_size, runs,
-                                 search_noise, stratified_ci)
-from ggl.report.points import build_points
+from ggl.report.evidence import (best_of_runs, fixed_worst_case, paired_diff, per_victim, runs, search_noise,
+                                 stratified_ci)
+from ggl.report.points import build_points, portfolio_size, worst_cases
 from ggl.report.tables import md_table
 
 
@@ -67,12 +67,16 @@ def test_the_fixed_worst_case_chooses_on_seed_0_and_scores_seed_1():
     pts = points_of()
     q4 = [p for p in pts if p.worst_case is None and p.key.defense == "q4"]
     fp32 = [p for p in pts if p.worst_case is None and p.key.defense == "fp32"]
-    assert portfolio_size([q4, fp32], "psnr") == 2  # fp32 ran two attackers
+    assert portfolio_size([q4, fp32]) == 2  # fp32 ran two attackers
     worst = fixed_worst_case(q4, "psnr", 2)
     # seed-0 means: decoded 17.75, ggl-l2 16.5, IG 11.5 -> decoded and ggl-l2; scored on their seed-1 runs
     assert worst.attackers == ("ggl-l2-decoded", "ggl-l2")
     assert worst.values == {(0, 9, 1, 0): 19.0, (0, 9, 2, 0): 17.0, (1, 9, 3, 0): 20.0, (1, 9, 4, 0): 17.0}
     assert fixed_worst_case(q4, "psnr", 4) is None  # fewer attackers than k
+    # the report's worst-case point (headline table, figures, comparisons) is this one
+    head = next(p for p in worst_cases(pts) if p.key.defense == "q4")
+    assert head.worst_case.attackers == worst.attackers and head.n_images == 4
+    assert {(r.seed, r.round, r.victim_index, r.image): r.metrics["psnr"] for r, _ in head.pairs} == worst.values
 
 
 def test_the_best_of_k_control_and_pairing_across_settings():

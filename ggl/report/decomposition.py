@@ -7,9 +7,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ggl.core.stats import MeanCI, fmt
 from ggl.report.evidence import (CONTROL, REFERENCE, Diff, best_of_runs, fixed_worst_case, paired_diff,
-                                 per_victim, portfolio_size, scored, search_noise, single_run,
-                                 stratified_ci)
-from ggl.report.points import Point, best_record, victim_key
+                                 per_victim, scored, search_noise, single_run, stratified_ci)
+from ggl.report.points import Point, best_record, portfolio_size, victim_key
 
 KEY = "psnr"
 Group = Tuple[object, ...]  # PointKey.setting: (defence, round, probe, dataset, model)
@@ -70,7 +69,7 @@ def seeded(points: Sequence[Point]) -> bool:
 def threat_rows(points: Sequence[Point]) -> Tuple[int, List[List[str]]]:
     """(k, rows): per setting and round, what the L2 GGL attacker and the best of k attackers lose to it."""
     by = groups(points)
-    k = portfolio_size(list(by.values()), KEY)
+    k = portfolio_size(by.values())
     rows = []
     for group, members in by.items():
         ref = _reference(group, by)

@@ -12,12 +12,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ggl.core.stats import MeanCI, stratified_mean_ci
-from ggl.report.points import BOOTSTRAP_SEED, Point, victim_key
+from ggl.report.points import BOOTSTRAP_SEED, SCORE, SELECT, Point, fixed_portfolio, victim_key
 
 Victim = tuple               # (federation seed, round, victim index, image): the same victim in every setting
 CONTROL = "ggl-l2"           # the attacker of the best-of-k control and of the first threat model
 REFERENCE = "fp32"           # the defence every other is compared with
-SELECT, SCORE = 0, 1         # the fixed worst case picks its attackers on search seed 0, scores them on seed 1
 
 
 def victim(rec) -> Victim:
@@ -97,27 +96,14 @@ def scored(point: Point, key: str) -> bool:
     return any(SELECT in r and SCORE in r for r in runs(point, key).values())
 
 
-def portfolio_size(groups: Sequence[Sequence[Point]], key: str) -> int:
-    """k: the fewest attackers with two search seeds that any (defence, round) ran (0 if none did)."""
-    counts = [sum(scored(p, key) for p in g) for g in groups]
-    counts = [c for c in counts if c]
-    return min(counts) if counts else 0
-
-
 def fixed_worst_case(members: Sequence[Point], key: str, k: int) -> Optional[FixedWorst]:
-    """The ``k`` attackers with the highest mean on search seed 0, each victim's best of their seed-1
-    runs: every setting's worst case is a maximum over the same number of runs, and choosing the
-    attackers does not also pick their lucky runs."""
-    eligible = [p for p in members if scored(p, key)]
-    if k < 1 or len(eligible) < k:
+    """The ``k`` attackers the report's worst case takes (``points.fixed_portfolio``: the highest mean PSNR
+    on search seed 0), each victim's best of their seed-1 runs on ``key``: every setting's worst case is a
+    maximum over k runs, and choosing the attackers does not also pick their lucky runs."""
+    chosen = fixed_portfolio(members, k)
+    if chosen is None:
         return None
-    by = {p.key.attacker: runs(p, key) for p in eligible}
-
-    def select_mean(name: str) -> float:
-        xs = [r[SELECT] for r in by[name].values() if SELECT in r]
-        return sum(xs) / len(xs)
-
-    chosen = tuple(sorted(by, key=lambda a: (-select_mean(a), a))[:k])
+    by = {p.key.attacker: runs(p, key) for p in members if p.key.attacker in chosen}
     victims = set.intersection(*({v for v, r in by[a].items() if SCORE in r} for a in chosen))
     return FixedWorst(chosen, {v: max(by[a][v][SCORE] for a in chosen) for v in victims})
 

@@ -206,19 +206,62 @@ def best_record(records: Sequence[ImageRecord]) -> Tuple[ImageRecord, str]:
     return rec, winner.attacker
 
 
+SELECT, SCORE = 0, 1  # with search seeds, a worst case picks its attackers on seed 0 and scores their seed-1 runs
+
+
+def search_index(rec: ImageRecord) -> int:
+    return int(rec.search.get("index") or 0)
+
+
+def _seeded(p: Point) -> bool:
+    """Did this attacker run search seeds SELECT and SCORE on some victim?"""
+    seen: Dict[tuple, set] = {}
+    for rec, _ in p.pairs:
+        seen.setdefault(victim_key(rec), set()).add(search_index(rec))
+    return any({SELECT, SCORE} <= s for s in seen.values())
+
+
+def portfolio_size(groups: Iterable[Sequence[Point]]) -> int:
+    """k: the fewest attackers with two search seeds that any (defence, round, ...) ran; 0 if none did."""
+    counts = [n for n in (sum(_seeded(p) for p in g) for g in groups) if n]
+    return min(counts) if counts else 0
+
+
+def fixed_portfolio(members: Sequence[Point], k: int, metric: str = WIN_METRIC) -> Optional[Tuple[str, ...]]:
+    """The ``k`` attackers with the highest mean ``metric`` on search seed SELECT (ties by name), or None."""
+    eligible = [p for p in members if _seeded(p)]
+    if k < 1 or len(eligible) < k:
+        return None
+
+    def select_mean(p: Point) -> float:
+        xs = [float(r.metrics[metric]) for r, _ in p.pairs if search_index(r) == SELECT
+              and r.metrics.get(metric) is not None and math.isfinite(float(r.metrics[metric]))]
+        return sum(xs) / len(xs) if xs else -math.inf
+
+    return tuple(p.key.attacker for p in sorted(eligible, key=lambda p: (-select_mean(p), p.key.attacker))[:k])
+
+
 def worst_case_points(points: List[Point]) -> List[Point]:
-    """One worst-case point per (defence, round, probe, dataset, model) that ran two or more attackers."""
+    """One worst-case point per (defence, round, probe, dataset, model) that ran two or more attackers: per
+    victim, the best of its attackers' records. With search seeds, of a fixed number k of attackers (the
+    fewest any setting ran), chosen on search seed 0 and scored on their seed-1 runs, so that every setting's
+    worst case is a maximum over k runs; without, of every attacker (the earlier reports' rule)."""
     groups: Dict[tuple, List[Point]] = {}
     for p in points:
         groups.setdefault(p.key.setting, []).append(p)
+    k = portfolio_size(groups.values())
     out = []
     for members in groups.values():
         if len(members) < 2:
             continue
+        chosen = fixed_portfolio(members, k)
         by_victim: Dict[tuple, List[Pair]] = {}
         for p in members:
+            if chosen is not None and p.key.attacker not in chosen:
+                continue
             for rec, fed in p.pairs:
-                by_victim.setdefault(victim_key(rec), []).append((rec, fed))
+                if chosen is None or search_index(rec) == SCORE:
+                    by_victim.setdefault(victim_key(rec), []).append((rec, fed))
         pairs, won_by, wins = [], {}, {}
         for vk, entries in by_victim.items():
             rec, winner = best_record([r for r, _ in entries])
@@ -226,7 +269,7 @@ def worst_case_points(points: List[Point]) -> List[Point]:
             won_by[vk] = winner
             wins[winner] = wins.get(winner, 0) + 1
         first = members[0]
-        case = WorstCase(attackers=tuple(p.key.attacker for p in members), won_by=won_by,
+        case = WorstCase(attackers=chosen or tuple(p.key.attacker for p in members), won_by=won_by,
                          wins=dict(sorted(wins.items(), key=lambda kv: (-kv[1], kv[0]))))
         out.append(dataclasses.replace(first, key=dataclasses.replace(first.key, attacker=WORST_CASE),
                                        pairs=tuple(pairs), kind="portfolio", images=None, worst_case=case))
