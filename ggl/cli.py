@@ -17,7 +17,7 @@ from ggl.config import available_configs, config_task, load_config, resolve_conf
 from ggl.core import shipped
 from ggl.core.errors import EXIT_USER_ERROR, guarded
 from ggl.core.shipped import command
-from ggl.jobs.attack import _run_name, run_attack
+from ggl.jobs.attack import run_attack
 from ggl.jobs.federation import run_federation
 from ggl.jobs.gan import run_gan
 from ggl.report.build import main as report_main
@@ -128,8 +128,10 @@ def attack_main(argv: Optional[List[str]] = None) -> int:
         cfg = state.get("cfg")
         if cfg is None:
             return f"interrupted; start again with: {again}"
-        latest = Path(cfg.output_dir) / _run_name(cfg) / "latest"
-        return (f"interrupted; an attack does not resume: the settings it finished are in {latest}/results.json; "
+        run_dir = getattr(exc, "run_dir", None)
+        if run_dir is None or not getattr(exc, "kept", False):
+            return f"interrupted before any setting finished (nothing kept); start again with: {again}"
+        return (f"interrupted; an attack does not resume: the settings it finished are in {run_dir}/results.json; "
                 f"start again with: {again}")
     return guarded(go, interrupted)
 

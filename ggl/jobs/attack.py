@@ -320,6 +320,11 @@ def run_attack(cfg, prior=None) -> dict:
             live.finish(summary, grid, setting)
             first = first or (images, summary)
             grid_rows.append((_title(setting, summary), images["reconstructions"]))
+    except KeyboardInterrupt as exc:  # Ctrl-C: the hint names this run; a run with nothing finished is removed
+        exc.run_dir, exc.kept = run_dir, bool(results["settings"])
+        if not exc.kept:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
         bar.close()
     if first is not None:
