@@ -39,12 +39,12 @@ def test_ctrl_c_names_this_run_and_keeps_only_finished_settings(tmp_path, monkey
     _interrupt_at(monkeypatch, 1)  # before any setting finished
     assert attack_main(_args(tmp_path)) == 130
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "nothing kept" in line and str(earlier) not in line
+    assert "nothing kept" in line and f"{earlier}/" not in line
     assert sorted(p.name for p in runs.iterdir() if p.name != "latest") == [earlier.name]  # no half-run left
 
     _interrupt_at(monkeypatch, 2)  # the first setting (no defence) finished, the second (q4) did not
     assert attack_main(_args(tmp_path)) == 130
     line = capsys.readouterr().err.strip().splitlines()[-1]
     (this,) = [p for p in runs.iterdir() if p.name not in ("latest", earlier.name)]
-    assert f"{this}/results.json" in line and str(earlier) not in line
+    assert f"{this}/results.json" in line and f"{earlier}/" not in line
     assert Path(runs / "latest").resolve() == this  # its results are the newest
