@@ -259,3 +259,8 @@ def test_search_seeds_and_federation_seeds_reach_the_per_image_csv(tmp_path, mon
     assert len(two) == len(rows["two"]) == 2 * len(one)  # every victim twice, no row lost or merged
     assert {k for k in two if k[3] == "0"} == set(one)  # the same victims, seeds and rounds
     assert any(two[(f, v, r, "1")] != two[(f, v, r, "0")] for f, v, r, _ in one)
+    # the seeds-aware sections come back the same from the CSV alone
+    assert report_main(["--from-csv", str(tmp_path / "rep-two" / "per_image.csv"), "--out", str(tmp_path / "csv")]) == 0
+    md, again = ((tmp_path / d / "privacy_utility.md").read_text() for d in ("rep-two", "csv"))
+    part = "## How much of the worst case is selection"
+    assert part in md and md.split(part)[1].split("\n\n")[2] == again.split(part)[1].split("\n\n")[2]
