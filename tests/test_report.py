@@ -17,7 +17,7 @@ from ggl.report.collect import collect
 from ggl.defenses import defense_family
 from ggl.report.figures import dodge, reconstruction_rows
 from ggl.report.points import build_points
-from ggl.core.stats import mean_ci
+from ggl.core.stats import mean_ci, stratified_mean_ci
 
 Q4 = {"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}
 # per image: the three label-only baselines' PSNR; the best is 12 and 14 (mean 13)
@@ -149,7 +149,8 @@ def test_report_rows_pairing_and_figures(runs, tmp_path):
         ("q4", "18.00 [18.00, 18.00]", "ggl-l2-adaptive 2", ci([15.0, 17.0]))]
     assert found.collected.skipped == [] and found.collected.ignored == 1  # the GAN run is not an error
     assert found.collected.superseded == 1  # the older q4 attack
-    assert f"prior mean {ci([12.0, 13.0] * 3)} dB" in md  # the baselines over all 6 attacked images
+    # the baselines over the 2 victims, each counted once although 3 attack runs scored them
+    assert f"prior mean {ci([12.0, 13.0])} dB" in md
     cmp = _table(md, "| comparison")
     assert ["q4: adaptive − non-adaptive", "PSNR (dB)", "2", ci([3.0, 1.0])] == cmp[-2][:4]
     assert ["q4 round 3 best per victim − fp32 ggl-l2 (round 3)", "PSNR (dB)", "2", ci([18.0 - 20.0, 18.0 - 22.0])] \
@@ -253,7 +254,10 @@ def test_several_seeds_pool_into_one_point(tmp_path):
         _attack(root, f"attack-s{seed}", "20250101-000100", fed, "fp32", False, psnr, [0.8, 0.9], seed=seed)
     write_report([root], tmp_path / "reports")
     rows = _table((tmp_path / "reports" / "privacy_utility.md").read_text())
-    assert len(rows) == 1 and rows[0][4] == "0.850" and rows[0][6] == mean_ci([20.0, 22.0, 24.0, 26.0]).fmt()
+    # the CI resamples victims within each federation seed (the seeds keep their 2 victims each)
+    want = stratified_mean_ci([[20.0, 22.0], [24.0, 26.0]]).fmt()
+    assert want != mean_ci([20.0, 22.0, 24.0, 26.0]).fmt()
+    assert len(rows) == 1 and rows[0][4] == "0.850" and rows[0][6] == want
     assert rows[0][15:17] == ["4", "2"]
 
 
