@@ -21,3 +21,23 @@ def test_every_table_of_the_shipped_report_is_rebuilt_from_its_csv(tmp_path):
     heads = [p for p in found.points if p.worst_case]
     # the evidence the README quotes: 7 settings x 2 rounds, >= 32 victims each, the portfolio's worst case
     assert len(heads) == 14 and {p.key.round for p in heads} == {0, 9} and min(p.n_images for p in heads) >= 32
+
+
+def test_the_regenerated_q4_fp32_report_is_its_csv_and_holds_the_evidence_issue_26_asks_for(tmp_path):
+    """reports/q4_vs_fp32/ (the README's current answer): its tables come back from its CSV alone, and every
+    (setting, round) has 3 federation seeds, 2 search seeds and >= 48 victims, at rounds 0, 3 and 9."""
+    import csv
+    from collections import defaultdict
+
+    folder = REPORTS / "q4_vs_fp32"
+    report_from_csv(folder / "per_image.csv", tmp_path)
+    shipped = _tables((folder / "privacy_utility.md").read_text())
+    assert len(shipped) > 30 and _tables((tmp_path / "privacy_utility.md").read_text()) == shipped
+    seen = defaultdict(lambda: (set(), set(), set()))
+    with (folder / "per_image.csv").open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            fed, search, victims = seen[(row["defense"], int(row["round"]))]
+            fed.add(row["fed_seed"]), search.add(row["search_seed"]), victims.add((row["fed_seed"], row["victim_id"]))
+    assert {s for s, _ in seen} == {"q4", "fp32"} and {r for _, r in seen} == {0, 3, 9}
+    for key, (fed, search, victims) in seen.items():
+        assert len(fed) >= 3 and len(search) >= 2 and len(victims) >= 48, key
