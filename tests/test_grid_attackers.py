@@ -274,9 +274,9 @@ def test_the_portfolio_records_refusals_and_runs_the_grid_attackers(trained):
     assert all(isinstance(v, str) and "float32" in v for v in refused.values())
 
 
-def _factored_against_the_loop(trained, setting, attacker, monkeypatch, kernel):
-    """float64 losses of 4 candidates (0: the victim) by the factored batched path, the reference loop and the
-    dense batched path, after checking that both linear layers went through ``kernel`` (a factored one)."""
+def _factored_setup(trained, setting, attacker, monkeypatch, kernel):
+    """(objective, x, z, calls): attacker's float64 objective on a victim's payload at the trained model, 4
+    candidates x (0: the victim), kernel (a factored one) counted in ``calls`` and taken by both linear layers."""
     import copy
 
     import ggl.attack.factored as factored_module
@@ -303,7 +303,13 @@ def _factored_against_the_loop(trained, setting, attacker, monkeypatch, kernel):
     for module in (objective_module, grid_module):
         if hasattr(module, kernel):
             monkeypatch.setattr(module, kernel, lambda *a, **k: calls.append(1) or real(*a, **k))
-    zz = torch.zeros(4, objective.dim, dtype=torch.float64)
+    return objective, x, torch.zeros(4, objective.dim, dtype=torch.float64), calls
+
+
+def _factored_against_the_loop(trained, setting, attacker, monkeypatch, kernel):
+    """float64 losses of 4 candidates (0: the victim) by the factored batched path, the reference loop and the
+    dense batched path, after checking that both linear layers went through ``kernel`` (a factored one)."""
+    objective, x, zz, calls = _factored_setup(trained, setting, attacker, monkeypatch, kernel)
     with torch.no_grad():
         got = objective.image_losses(x, zz)
         want = torch.cat([objective.image_loss_reference(x[i], zz[i:i + 1]) for i in range(4)])
@@ -312,6 +318,38 @@ def _factored_against_the_loop(trained, setting, attacker, monkeypatch, kernel):
     assert len(calls) == 2  # both linear layers took the factored path
     assert (want[1:] > want[0]).all()  # the victim's image scores best
     return got, want, dense
+
+
+@pytest.mark.parametrize("name, decoded", [("ggl-cell", None), ("ggl-l2-observed-grid", True),
+                                           ("ggl-l2-observed-grid", False)])
+@pytest.mark.parametrize("setting", ["q4", "q4-per-tensor", "q3-seedgrid"])
+def test_adams_gradient_through_the_factored_grid_losses_equals_autograd_on_the_dense_updates(
+        trained, setting, name, decoded, monkeypatch):
+    """With a gradient (the Adam phase), ggl-cell and the observed-grid L2 take their linear layers through one
+    autograd node over the outer products (``factored.outer_loss``): the same gradient in the images as autograd
+    through the materialised updates (batched dense path and reference loop; the observed grid straight
+    through), float64, at candidates inside, off and outside the payload's range."""
+    import dataclasses
+
+    attacker = get_attacker(name)
+    if decoded is not None:
+        attacker = dataclasses.replace(attacker, decoded=decoded)
+    objective, x, zz, calls = _factored_setup(trained, setting, attacker, monkeypatch, "outer_loss")
+    x = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        loss = objective.image_losses(x, zz)
+        got, = torch.autograd.grad(loss.sum(), x)
+        assert len(calls) == 2  # both linear layers took the one-node path
+        want, = torch.autograd.grad(sum(objective.image_loss_reference(x[i], zz[i:i + 1]).sum() for i in range(4)), x)
+        objective.factored_trial = False
+        dense_loss = objective.image_losses(x, zz)
+        dense, = torch.autograd.grad(dense_loss.sum(), x)
+    assert len(calls) == 2
+    loss, dense_loss = loss.detach(), dense_loss.detach()
+    torch.testing.assert_close(loss, dense_loss, rtol=1e-9, atol=1e-12 * float(dense_loss.abs().max()))
+    assert (want[1:].flatten(1).norm(dim=1) > 0).all()  # the victim's own cells hold it (ggl-cell: loss 0)
+    for g in (got, dense):
+        torch.testing.assert_close(g, want, rtol=1e-9, atol=1e-9 * float(want.abs().max()))
 
 
 @pytest.mark.parametrize("decoded", [True, False])

@@ -8,10 +8,17 @@ never the whole (P, out, in) gradient. Grids: each candidate's own min/max (``Ra
 attacker's) or the payload's (``FixedGrid``, the observed-grid attackers', decoded or not); and the cell
 distance of ggl-cell (``outer_cell_distance``). The same values as the dense paths, in float64
 (tests/test_attack_kernels.py, tests/test_grid_attackers.py).
+
+With a gradient (the Adam phase), ``outer_loss`` sums an elementwise loss of the outer product per candidate
+in one autograd node: forward writes each candidate's block once and keeps the loss's derivative there,
+backward is two matrix-vector products per candidate (``r a`` for delta, ``r^T delta`` for the inputs),
+where autograd through the dense product would keep a graph of float64 temporaries of every coordinate.
+The cell distance (``cell_kernel``) and the observed-grid L2 with a straight-through quantizer
+(``quantized_l2_kernel``) go through it; its gradients equal autograd's on the dense path, in float64.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -160,6 +167,7 @@ class CellRows:
     def __init__(self, codes: Tensor, lo: Tensor, step: Tensor):
         self.codes, self.lo, self.step = codes.to(torch.float64), lo, step
         self.codes32 = codes.to(lo.dtype)
+        self.lower32, self.upper32 = (self.codes32 - 0.5).clamp_min_(0.0), self.codes32 + 0.5  # the cells' edges
         pos0 = (torch.zeros_like(lo) - lo) / step
         self.idle = _cell_d2(pos0.to(torch.float64), self.codes).sum(1)
 
@@ -180,3 +188,64 @@ def outer_cell_distance(t: OuterSum, rows: CellRows) -> Tensor:
         above = pos.sub_(k.add_(0.5)).relu_()                  # pos - upper
         out[i] += below.pow_(2).sum(dtype=torch.float64) + above.pow_(2).sum(dtype=torch.float64)
     return out
+
+
+# kernel(block, i) -> (the loss of candidate i's block, 0-dim float64; c), leaving d loss / d block / c in
+# ``block`` (c scales the two small products instead of the block)
+Kernel = Callable[[Tensor, int], Tuple[Tensor, float]]
+
+
+class _OuterLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, d: Tensor, a: Tensor, kernel: Kernel) -> Tensor:
+        p = d.shape[0]
+        block = d.new_empty(d.shape[1], a.shape[1])  # one candidate's, reused: it stays in cache
+        loss = torch.empty(p, dtype=torch.float64, device=d.device)
+        grad_d, grad_a = torch.empty_like(d), torch.empty_like(a)
+        for i in range(p):
+            loss[i], c = kernel(torch.mul(d[i].unsqueeze(1), a[i], out=block), i)  # fl(d_i a_j), as the dense product
+            # the loss's derivatives in the factors, while the block is in cache (backward only scales them)
+            torch.mv(block, a[i], out=grad_d[i]).mul_(c)
+            torch.mv(block.T, d[i], out=grad_a[i]).mul_(c)
+        ctx.save_for_backward(grad_d, grad_a)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad_d, grad_a = ctx.saved_tensors
+        g = grad.to(grad_d.dtype).unsqueeze(1)
+        return grad_d * g, grad_a * g, None
+
+
+def outer_loss(t: OuterSum, kernel: Kernel) -> Tensor:
+    """(P,) float64 sum of an elementwise loss over each candidate's one-row ``OuterSum`` t, differentiable in
+    its factors (see the module docstring): every row is written, the ones where delta is 0 too (their
+    derivative in delta is not 0)."""
+    return _OuterLoss.apply(t.delta[:, 0], t.inputs[:, 0], kernel)
+
+
+def cell_kernel(rows: CellRows) -> Kernel:
+    """``outer_cell_distance``'s distance and its derivative ``(2 / step) s``, with s = pos - clamp(pos, cell) the
+    signed distance (fl(pos - lower) = -fl(lower - pos): the same squares as that kernel's)."""
+    scratch: List[Tensor] = []
+
+    def kernel(block: Tensor, i: int) -> Tensor:
+        if not scratch:
+            scratch.append(torch.empty_like(block))
+        pos = block.sub_(rows.lo).div_(rows.step)
+        signed = pos.sub_(torch.clamp(pos, rows.lower32, rows.upper32, out=scratch[0]))  # in the block
+        return torch.square(signed, out=scratch[0]).sum(dtype=torch.float64), 2.0 / float(rows.step)
+    return kernel
+
+
+def quantized_l2_kernel(target: Tensor, grid: FixedGrid) -> Kernel:
+    """``outer_quantized_match``'s L2 on the payload's grid (float32 sums) and the straight-through derivative
+    ``2 (q(u) - t)``: the quantizer as identity, as ``Grid.transmitted`` models it for Adam."""
+    scratch: List[Tensor] = []
+
+    def kernel(block: Tensor, i: int) -> Tuple[Tensor, float]:
+        if not scratch:
+            scratch.append(torch.empty_like(block))
+        diff = grid.block_(block, i).sub_(target)
+        return torch.square(diff, out=scratch[0]).sum().to(torch.float64), 2.0
+    return kernel

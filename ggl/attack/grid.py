@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ggl.attack.factored import CellRows, FixedGrid, blockwise, outer_cell_distance
+from ggl.attack.factored import CellRows, FixedGrid, blockwise, cell_kernel, outer_cell_distance, outer_loss
 from ggl.attack.per_candidate import OuterSum
 from ggl.attack.trial import DefenseModel
 from ggl.core.errors import UserError
@@ -161,11 +161,14 @@ class MinMaxGrid(Grid):
         total = 0
         for i, (t, (lo, step), codes) in enumerate(zip(trial, self.ranges, self.codes)):
             if isinstance(t, OuterSum):
-                if blockwise(t) and not torch.is_grad_enabled() and codes is not None:
+                if blockwise(t) and codes is not None:
                     if i not in self._cell_rows:
                         self._cell_rows[i] = CellRows(codes.reshape(t.delta.shape[2], -1), _bcast(lo, t.delta),
                                                       _bcast(step, t.delta))
-                    total = total + outer_cell_distance(t, self._cell_rows[i])
+                    rows = self._cell_rows[i]
+                    # with a gradient (Adam): one autograd node over the blocks, not a graph of every coordinate
+                    grad = torch.is_grad_enabled() and (t.delta.requires_grad or t.inputs.requires_grad)
+                    total = total + (outer_loss(t, cell_kernel(rows)) if grad else outer_cell_distance(t, rows))
                     continue
                 t = t.dense()
             if codes is None:  # a range of one value, sent as it is: every coordinate is lo

@@ -20,7 +20,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ggl.attack.factored import TargetRows, blockwise, candidate_grid, outer_quantized_match
+from ggl.attack.factored import (TargetRows, blockwise, candidate_grid, outer_loss, outer_quantized_match,
+                                 quantized_l2_kernel)
 from ggl.attack.fast_generator import for_batched_search
 from ggl.attack.memory import activation_numel, candidate_bytes, check_fits, fitting
 from ggl.attack.observation import Observation
@@ -170,7 +171,7 @@ class GGLObjective:
     def _total(self, trial: Tuple[Tensor, ...], z: Tensor) -> Tensor:
         loss = None
         if self.defense is not None:
-            if self.factored_trial and not torch.is_grad_enabled():
+            if self.factored_trial:
                 loss = self._quantized_loss(trial)
             if loss is None:
                 trial = self.defense.batched(tuple(t.dense() if isinstance(t, OuterSum) else t for t in trial))
@@ -181,9 +182,20 @@ class GGLObjective:
             loss = loss + self.kl_weight * kl_latent(z.reshape(z.shape[0], self.batch, self.latent_dim))
         return loss
 
+    @property
+    def _grad_blockwise(self) -> bool:
+        """Whether ``_quantized_loss`` takes factored layers with a gradient too: the payload's grid (fixed,
+        straight through) and the L2 loss; a candidate's own grid moves with it (the dense path then)."""
+        return getattr(self.defense, "quantizer", None) is None and self.loss_kind == "l2"
+
     def _quantized_loss(self, trial: Tuple) -> Optional[Tensor]:
         """(P,) losses of the trial updates through the defence's quantizer, one-row factored layers quantized
-        and matched blockwise (``factored.outer_quantized_match``); None when a candidate's range is degenerate."""
+        and matched blockwise (``factored.outer_quantized_match``); None when a candidate's range is degenerate,
+        or with a gradient unless the grid is the payload's and the loss L2 (then ``factored.outer_loss``, with
+        the straight-through quantizer of ``Grid.transmitted``)."""
+        grad = torch.is_grad_enabled()
+        if grad and not self._grad_blockwise:
+            return None
         q = getattr(self.defense, "quantizer", None)
         if q is not None:
             grids = candidate_grid(trial, q.bits, q.range, q.grid)
@@ -196,12 +208,21 @@ class GGLObjective:
         per_layer = []
         for i, (t, g) in enumerate(zip(trial, grids)):
             if blockwise(t):
+                shape = (t.delta.shape[2], -1)
+                if grad:
+                    kernel = quantized_l2_kernel(self.target[i].reshape(shape), g)
+                    per_layer.append(outer_loss(t, kernel).to(t.dtype))
+                    continue
                 if i not in self._target_rows:
-                    self._target_rows[i] = TargetRows(self.target[i].reshape(t.delta.shape[2], -1))
+                    self._target_rows[i] = TargetRows(self.target[i].reshape(shape))
                 per_layer.append(outer_quantized_match(t, self._target_rows[i], g, self.loss_kind).to(t.dtype))
                 continue
-            quantized = g.dense(t.dense() if isinstance(t, OuterSum) else t)
-            per_layer.append(match_loss([quantized], [self.target[i]], self.loss_kind, consume=True))
+            t = t.dense() if isinstance(t, OuterSum) else t
+            if grad:  # straight through: the quantized values forward, the identity backward
+                quantized = t + (g.dense(t.detach()) - t).detach()
+            else:
+                quantized = g.dense(t)
+            per_layer.append(match_loss([quantized], [self.target[i]], self.loss_kind, consume=not grad))
         return torch.stack(per_layer).mean(0)
 
     # ------------------------------------------------------------------ evaluation
@@ -212,7 +233,8 @@ class GGLObjective:
         self.evaluations += z.shape[0]
         if mode == "batched":
             # a factored evaluation needs no chunks, unless its quantizer materialises them (with a gradient)
-            factored = self.factored_trial and (self.defense is None or not torch.is_grad_enabled())
+            factored = self.factored_trial and (self.defense is None or not torch.is_grad_enabled()
+                                                or self._grad_blockwise)
             chunk = z.shape[0] if factored else self.chunk
             if not (z.requires_grad and torch.is_grad_enabled()) and z.shape[0] > 64:
                 # no graph: chunks give the same losses; a population larger than memory goes in parts
