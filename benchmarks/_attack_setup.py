@@ -23,9 +23,9 @@ def prior(path: str | Path) -> Tuple[torch.nn.Module, str]:
             f"prior: {path} not found -> an untrained generator of the prior's architecture (speed only)")
 
 
-def private_observation(arch: str = "lenet", init: str = "dlg", adaptive: bool = False):
+def private_observation(arch: str = "lenet", init: str = "dlg", adaptive: bool = False, rounding: str = "nearest"):
     """The FedSGD gradient of the first private MNIST digit at a fresh ``arch`` model, 4-bit
-    quantized (nearest, global range) when ``adaptive``, as an ``Observation``."""
+    quantized (``rounding``: nearest or stochastic, seeded; global range) when ``adaptive``, as an ``Observation``."""
     from ggl.attack.observation import Observation
     from ggl.config import DataConfig
     from ggl.data.datamodule import load_split
@@ -40,8 +40,8 @@ def private_observation(arch: str = "lenet", init: str = "dlg", adaptive: bool =
     grads = [g.detach() for g in torch.autograd.grad(loss, list(model.parameters()))]
     defenses = []
     if adaptive:
-        grads, _ = quantize_update(grads, 4)
-        defenses = [{"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}]
+        grads, _ = quantize_update(grads, 4, rounding, generator=torch.Generator().manual_seed(0))
+        defenses = [{"name": "quantize", "bits": 4, "rounding": rounding, "range": "global"}]
     return Observation(arch=arch, channels=1, num_classes=10, state=model.state_dict(),
                        names=[n for n, _ in model.named_parameters()], update=grads, kind="gradient",
                        batch_size=1, local_steps=1, lr=0.05, local_batch_size=32, defenses=defenses)

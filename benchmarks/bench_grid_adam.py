@@ -2,11 +2,12 @@
 materialised updates, on the sweep's CNN.
 
     python benchmarks/bench_grid_adam.py [--rows 8] [--seconds 4] [--threads 1]
-                                         [--attackers ggl-cell,ggl-l2-observed-grid]
+                                         [--attackers ggl-cell,ggl-l2-observed-grid,ggl-eot]
 
 An Adam step = the loss of ``--rows`` latents (the sweep's 4 restarts x 2 search seeds = 8) and its backward,
 what the search's Adam phase repeats 300 times per victim (the bulk of a grid attacker's CPU). The observation
-is a real private digit's 4-bit (nearest, global) payload at a fresh CNN. Both paths run in this one process,
+is a real private digit's 4-bit (global) payload at a fresh CNN: nearest rounding, stochastic for ggl-eot
+(its exact likelihood, ``factored.tent_kernel``). Both paths run in this one process,
 timed in interleaved rounds (CPU-seconds of this process at one thread); they must agree on the losses and the
 gradients. Also printed: ggl-l2's step on the same payload (the non-adaptive attacker, for scale). Last line
 per attacker: ``speedup[<attacker>]: <dense ms / factored ms>`` (median of the rounds, with their minimum).
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=4.0, help="per path and round")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--attackers", default="ggl-cell,ggl-l2-observed-grid")
+    ap.add_argument("--attackers", default="ggl-cell,ggl-l2-observed-grid,ggl-eot")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from ggl.attack import GGLObjective, infer_labels
@@ -59,13 +60,15 @@ def main(argv=None) -> int:
     G, note = prior(DEFAULT_PRIOR)
     print(note)
     obs = private_observation("cnn", "default", adaptive=True)
+    stochastic = private_observation("cnn", "default", adaptive=True, rounding="stochastic")
     labels = infer_labels(obs)
     cfg = AttackConfig(device="cpu")
     z = torch.randn(args.rows, G.latent_dim, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     base = step_ms(GGLObjective(obs, G, labels, device="cpu"), z, args.seconds)
     print(f"torch threads {torch.get_num_threads()}, {args.rows} rows; ggl-l2 (no grid) Adam step: {base:.1f} ms")
     for name in args.attackers.split(","):
-        objective = get_attacker(name).objective(obs, G, cfg, labels, None)
+        observed = stochastic if name == "ggl-eot" else obs
+        objective = get_attacker(name).objective(observed, G, cfg, labels, None)
         grads = {}
         for factored in (True, False):
             objective.factored_trial = factored

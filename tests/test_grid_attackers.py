@@ -29,6 +29,8 @@ QUANTIZERS = {
     "q4-per-tensor": {**Q4, "range": "per_tensor"},
     "q3-seedgrid": {**Q4, "bits": 3, "grid": "seed"},
 }
+STOCHASTIC = {"q4-stochastic": {**Q4, "rounding": "stochastic"},
+              "q2-stochastic-per-tensor": {**Q4, "bits": 2, "rounding": "stochastic", "range": "per_tensor"}}
 SIGN = {"name": "sign"}
 QSGD = {"name": "qsgd", "levels": 4, "bucket_size": 512}
 VICTIMS = range(4)
@@ -279,13 +281,14 @@ def _factored_setup(trained, setting, attacker, monkeypatch, kernel):
     candidates x (0: the victim), kernel (a factored one) counted in ``calls`` and taken by both linear layers."""
     import copy
 
+    import ggl.attack.attackers.eot as eot_module
     import ggl.attack.factored as factored_module
     import ggl.attack.grid as grid_module
     import ggl.attack.objective as objective_module
 
     G, model = trained
     model = copy.deepcopy(model).double()
-    spec = QUANTIZERS[setting]
+    spec = QUANTIZERS.get(setting) or STOCHASTIC[setting]
     y = torch.tensor([3])
     z = torch.randn(4, 8, generator=torch.Generator().manual_seed(11))
     x = G(z, y.repeat(4)).double().unsqueeze(1)  # (P, 1, 1, 32, 32); candidate 0 is the victim
@@ -300,10 +303,31 @@ def _factored_setup(trained, setting, attacker, monkeypatch, kernel):
     calls = []
     real = getattr(factored_module, kernel)
     monkeypatch.setattr(factored_module, "BLOCKWISE_MIN", 0)  # the small layer too (by default materialised)
-    for module in (objective_module, grid_module):
+    for module in (objective_module, grid_module, eot_module):
         if hasattr(module, kernel):
             monkeypatch.setattr(module, kernel, lambda *a, **k: calls.append(1) or real(*a, **k))
     return objective, x, torch.zeros(4, objective.dim, dtype=torch.float64), calls
+
+
+@pytest.mark.parametrize("setting", list(STOCHASTIC))
+def test_the_eot_likelihood_of_factored_linear_gradients_equals_the_chains_dense_loss(trained, setting, monkeypatch):
+    """ggl-eot's exact stochastic-rounding likelihood takes its linear layers' outer products blockwise
+    (``factored.tent_kernel`` through ``outer_loss``): the losses and the gradients in the images of the
+    chain's dense loss on the materialised updates, float64, at candidates on, off and outside the grid."""
+    objective, x, zz, calls = _factored_setup(trained, setting, get_attacker("ggl-eot"), monkeypatch, "outer_loss")
+    x = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        got = objective.image_losses(x, zz)
+        dx_got, = torch.autograd.grad(got.sum(), x)
+        assert len(calls) == 2  # both linear layers took the blockwise path
+        objective.factored_trial = False
+        want = objective.image_losses(x, zz)
+        dx_want, = torch.autograd.grad(want.sum(), x)
+    got, want = got.detach(), want.detach()
+    assert (want[1:] > want[0]).all()  # the victim's image is the likeliest
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=0)
+    assert (dx_want.flatten(1).norm(dim=1) > 0).all()
+    torch.testing.assert_close(dx_got, dx_want, rtol=1e-9, atol=1e-9 * float(dx_want.abs().max()))
 
 
 def _factored_against_the_loop(trained, setting, attacker, monkeypatch, kernel):

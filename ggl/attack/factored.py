@@ -249,3 +249,28 @@ def quantized_l2_kernel(target: Tensor, grid: FixedGrid) -> Kernel:
         diff = grid.block_(block, i).sub_(target)
         return torch.square(diff, out=scratch[0]).sum().to(torch.float64), 2.0
     return kernel
+
+
+def tent_kernel(codes: Tensor, lo: Tensor, step: Tensor, tail: float) -> Kernel:
+    """``ggl-eot``'s exact stochastic-rounding likelihood (``eot.tent_nll`` of ``(u - lo) / step - code``, in
+    the trial's dtype, summed in float64) and its derivative: with m = min(|d|, 1 - tail),
+    ``-log(1 - m) + relu(|d| - (1 - tail)) / tail`` and ``sign(d) / (1 - m) / step`` (the tangent's slope
+    1 / tail past the edge, where 1 - m = tail). ``log(1 - m)``, not ``log1p(-m)``: torch's CPU ``log1p`` is
+    not vectorised (8x ``log``'s time), and 1 - m is needed anyway; they differ by half an ulp of 1 where m is
+    tiny (and the term with it)."""
+    edge = 1.0 - tail
+    scratch: List[Tensor] = []
+
+    def kernel(block: Tensor, i: int) -> Tuple[Tensor, float]:
+        if not scratch:
+            scratch.extend(torch.empty_like(block) for _ in range(2))
+        a, m = scratch
+        d = block.sub_(lo).div_(step).sub_(codes)
+        torch.abs(d, out=a)
+        torch.clamp(a, max=edge, out=m)
+        beyond = a.sub_(edge).relu_().sum(dtype=torch.float64) / tail
+        kept = m.neg_().add_(1.0)  # 1 - m, the tent's probability
+        inside = torch.log(kept, out=a).sum(dtype=torch.float64)
+        d.sign_().div_(kept)
+        return beyond - inside, 1.0 / float(step)
+    return kernel

@@ -22,8 +22,10 @@ from torch import Tensor
 from ggl.attack import model_and_labels, run_search
 from ggl.attack.attackers import register
 from ggl.attack.attackers.base import Attacker
+from ggl.attack.factored import blockwise, outer_loss, tent_kernel
 from ggl.attack.memory import GRAPH_FACTOR
 from ggl.attack.objective import GGLObjective, kl_latent, match_loss
+from ggl.attack.per_candidate import OuterSum
 from ggl.core.checks import count
 from ggl.core.errors import ConfigError, UserError
 from ggl.core.seeding import derived_seed
@@ -153,6 +155,25 @@ class DefenseChainModel:
             total = total + tent_nll((part - lo) / step - codes).sum(-1, dtype=torch.float64)
         return total
 
+    def tent_grids(self, dtype: torch.dtype, device) -> Optional[List[Tuple[Tensor, Tensor, Tensor]]]:
+        """Per tensor of the update, (codes, lo, step) of ``_nll``'s grid (its ops, in ``dtype``), when the loss is
+        that likelihood alone: the chain is one stochastic-rounding step with a grid for every range; else None."""
+        if not (self.exact and len(self.steps) == 1 and self.steps[0][0] == "sround"):
+            return None
+        spec = self.steps[0][1]
+        q = self.target.to(device=device, dtype=dtype)
+        out = []
+        for qg in self._groups(q, spec.range):
+            lo, hi = qg.min(), qg.max()
+            step = (hi - lo) / (2 ** spec.bits - 1)
+            if not step > 0:
+                return None
+            out.append((torch.round((qg - lo) / step), lo, step))
+        if spec.range == "global":
+            codes, lo, step = out[0]
+            return [(c, lo, step) for c in torch.split(codes, self.sizes)]
+        return out
+
     def loss(self, trial: Tensor) -> Tensor:
         """(P,) losses (float64) of flat trial updates (P, N)."""
         n = trial.shape[-1]
@@ -175,7 +196,12 @@ def _objective_class():
             super().__init__(obs, generator, labels, loss="l2", kl_weight=kl_weight, adaptive=False,
                              evaluation="batched", model=model)
             self.chain = chain
-            self.factored_trial = False  # the chain transforms the flat updates themselves
+            # the likelihood of one stochastic rounding reads each coordinate alone: a CPU search takes linear
+            # layers' outer products blockwise (factored.outer_loss); otherwise the chain transforms the flat
+            # updates themselves
+            dtype = self.target[0].dtype
+            self.tent = chain.tent_grids(dtype, self.device) if self.device.type == "cpu" else None
+            self.factored_trial = self.tent is not None
             self.memory_key, self.memory_value = "attack.attacker_options.ggl-eot.samples", chain.samples
 
         def candidate_bytes(self, grad):  # + the chain's K transformed copies of each trial update
@@ -183,10 +209,25 @@ def _objective_class():
             return super().candidate_bytes(grad) + extra * (GRAPH_FACTOR if grad else 1)
 
         def _total(self, trial, z):
-            loss = self.chain.loss(torch.cat([t.flatten(1) for t in trial], 1))
+            if self.factored_trial:
+                loss = self._tent_loss(trial)
+            else:
+                loss = self.chain.loss(torch.cat([t.flatten(1) for t in trial], 1))
             if self.kl_weight:
                 loss = loss + self.kl_weight * kl_latent(z.reshape(z.shape[0], self.batch, self.latent_dim))
             return loss
+
+        def _tent_loss(self, trial):
+            """``chain.loss`` of the exact tent (K = 1: the NLL per coordinate), linear layers blockwise."""
+            total = 0
+            for t, (codes, lo, step) in zip(trial, self.tent):
+                if blockwise(t):
+                    rows = codes.view(t.delta.shape[2], -1)
+                    total = total + outer_loss(t, tent_kernel(rows, lo, step, TAIL))
+                    continue
+                t = t.dense() if isinstance(t, OuterSum) else t
+                total = total + tent_nll((t.reshape(t.shape[0], -1) - lo) / step - codes).sum(-1, dtype=torch.float64)
+            return total / len(self.chain.target)
 
     return EOTObjective
 
@@ -221,8 +262,11 @@ class EOTAttacker(Attacker):
                     f"no randomness to take an expectation over; use ggl-l2-adaptive")
         return None
 
+    def objective(self, obs, G, cfg, labels, model, seed: int = 0):
+        """The search's objective: GGL's, with the chain's likelihood / EOT loss (draws seeded by ``seed``)."""
+        chain = self.chain(obs, derived_seed(seed, 0xE07))
+        return _objective_class()(obs, G, labels, chain, kl_weight=cfg.kl_weight, model=model)
+
     def run(self, obs, G, cfg, seed, labels=None, tick=None, model=None):
         model, labels = model_and_labels(obs, G, seed, labels, model)
-        chain = self.chain(obs, derived_seed(seed, 0xE07))
-        objective = _objective_class()(obs, G, labels, chain, kl_weight=cfg.kl_weight, model=model)
-        return run_search(objective, cfg, seed, tick=tick)
+        return run_search(self.objective(obs, G, cfg, labels, model, seed), cfg, seed, tick=tick)
