@@ -288,7 +288,7 @@ def _factored_setup(trained, setting, attacker, monkeypatch, kernel):
 
     G, model = trained
     model = copy.deepcopy(model).double()
-    spec = QUANTIZERS.get(setting) or STOCHASTIC[setting]
+    spec = QUANTIZERS.get(setting) or STOCHASTIC.get(setting) or {"sign": SIGN}[setting]
     y = torch.tensor([3])
     z = torch.randn(4, 8, generator=torch.Generator().manual_seed(11))
     x = G(z, y.repeat(4)).double().unsqueeze(1)  # (P, 1, 1, 32, 32); candidate 0 is the victim
@@ -346,7 +346,7 @@ def _factored_against_the_loop(trained, setting, attacker, monkeypatch, kernel):
 
 @pytest.mark.parametrize("name, decoded", [("ggl-cell", None), ("ggl-l2-observed-grid", True),
                                            ("ggl-l2-observed-grid", False)])
-@pytest.mark.parametrize("setting", ["q4", "q4-per-tensor", "q3-seedgrid"])
+@pytest.mark.parametrize("setting", ["q4", "q4-per-tensor", "q3-seedgrid", "sign"])
 def test_adams_gradient_through_the_factored_grid_losses_equals_autograd_on_the_dense_updates(
         trained, setting, name, decoded, monkeypatch):
     """With a gradient (the Adam phase), ggl-cell and the observed-grid L2 take their linear layers through one
@@ -378,7 +378,7 @@ def test_adams_gradient_through_the_factored_grid_losses_equals_autograd_on_the_
 
 @pytest.mark.parametrize("decoded", [True, False])
 @pytest.mark.parametrize("name", ["ggl-l2-observed-grid", "ggl-cosine-observed-grid"])
-@pytest.mark.parametrize("setting", ["q4", "q4-per-tensor", "q3-seedgrid"])
+@pytest.mark.parametrize("setting", ["q4", "q4-per-tensor", "q3-seedgrid", "sign"])
 def test_the_observed_grid_loss_of_factored_linear_gradients_equals_the_reference_loop(trained, setting, name,
                                                                                      decoded, monkeypatch):
     """The observed-grid search quantizes and matches its linear layers' gradients as outer products on the
@@ -391,12 +391,13 @@ def test_the_observed_grid_loss_of_factored_linear_gradients_equals_the_referenc
     torch.testing.assert_close(dense, want, rtol=1e-9, atol=1e-10 * float(want.abs().max()))
 
 
-@pytest.mark.parametrize("setting", ["q4", "q4-per-tensor", "q3-seedgrid"])
+@pytest.mark.parametrize("setting", ["q4", "q4-per-tensor", "q3-seedgrid", "sign"])
 def test_the_cell_loss_of_factored_linear_gradients_equals_the_reference_loop(trained, setting, monkeypatch):
     """ggl-cell reads its linear layers' cells blockwise from the outer products' factors
-    (``factored.outer_cell_distance``): the reference loop's losses, float64."""
-    got, want, dense = _factored_against_the_loop(trained, setting, get_attacker("ggl-cell"), monkeypatch,
-                                                  "outer_cell_distance")
+    (``factored.outer_cell_distance``; sign's half-lines and scale: ``sign_cell_kernel`` through ``outer_loss``
+    and the factors' L1 norms): the reference loop's losses, float64."""
+    kernel = "outer_loss" if setting == "sign" else "outer_cell_distance"
+    got, want, dense = _factored_against_the_loop(trained, setting, get_attacker("ggl-cell"), monkeypatch, kernel)
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12 * float(want.abs().max()))
     torch.testing.assert_close(dense, want, rtol=1e-9, atol=1e-12 * float(want.abs().max()))
 

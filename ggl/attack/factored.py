@@ -274,3 +274,33 @@ def tent_kernel(codes: Tensor, lo: Tensor, step: Tensor, tail: float) -> Kernel:
         d.sign_().div_(kept)
         return beyond - inside, 1.0 / float(step)
     return kernel
+
+
+class SignBlocks:
+    """``sign``'s payload grid for blocks: one scale s for every candidate (``SignGrid.quantize``'s
+    ``where(u >= 0, s, -s)``, op for op), what ``outer_quantized_match`` and ``quantized_l2_kernel`` read."""
+
+    def __init__(self, scale: Tensor):
+        self.scale = scale
+
+    def block_(self, block: Tensor, i: int = 0) -> Tensor:
+        positive = block >= 0
+        return block.fill_(-self.scale).masked_fill_(positive, self.scale)
+
+    def zero(self, p: int, like: Tensor) -> Tensor:
+        return self.scale.to(torch.float64).expand(p)  # 0 is sent as +s
+
+    def dense(self, t: Tensor) -> Tensor:
+        return torch.where(t >= 0, self.scale, -self.scale)
+
+
+def sign_cell_kernel(flip: Tensor, scale: Tensor) -> Kernel:
+    """``SignGrid.cell_distance``'s per-coordinate term of a block: (relu(-f u / s))^2, f = +1 where +s was sent
+    and -1 where -s was, computed in the trial's dtype (float32: that path's float64 to its rounding), summed in
+    float64; its derivative ``-(2 / s) f relu(-f u / s)``. ``flip`` holds f / s (out, in)."""
+    def kernel(block: Tensor, i: int) -> Tuple[Tensor, float]:
+        d = block.mul_(flip).neg_().relu_()  # the distance outside the sent sign's half-line, in scales
+        loss = torch.square(d).sum(dtype=torch.float64)
+        d.mul_(flip)
+        return loss, -2.0
+    return kernel

@@ -17,7 +17,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ggl.attack.factored import CellRows, FixedGrid, blockwise, cell_kernel, outer_cell_distance, outer_loss
+from ggl.attack.factored import (CellRows, FixedGrid, SignBlocks, blockwise, cell_kernel, outer_cell_distance,
+                                 outer_loss, sign_cell_kernel)
 from ggl.attack.per_candidate import OuterSum
 from ggl.attack.trial import DefenseModel
 from ggl.core.errors import UserError
@@ -215,6 +216,12 @@ class SignGrid(Grid):
         except ValueError as exc:
             raise NoGrid(f"the observed update is not the payload of '{spec.label}' ({exc})") from None
         self.positive = [t >= 0 for t in self.observed]
+        self._flips: dict = {}  # per linear layer, f / s for factored.sign_cell_kernel, made on first use
+
+    @property
+    def blockwise(self) -> bool:
+        """Whether ``cell_distance`` takes factored linear gradients (``OuterSum``): no step before the sign."""
+        return self._prefix_model is None
 
     def quantize(self, trial):
         out = []
@@ -225,7 +232,12 @@ class SignGrid(Grid):
 
     def cell_distance(self, trial):
         total = 0
-        for t, s, pos_code in zip(trial, self.scales, self.positive):
+        for i, (t, s, pos_code) in enumerate(zip(trial, self.scales, self.positive)):
+            if isinstance(t, OuterSum):
+                if blockwise(t) and s > 0:
+                    total = total + self._outer_cell_distance(i, t, s, pos_code)
+                    continue
+                t = t.dense()
             if not s > 0:  # an all-zero tensor: the client's was all zero
                 total = total + t.to(torch.float64).pow(2).reshape(t.shape[0], -1).sum(1)
                 continue
@@ -235,6 +247,18 @@ class SignGrid(Grid):
             scale = t.abs().reshape(t.shape[0], -1).mean(1).to(torch.float64)
             total = total + d.pow(2).reshape(t.shape[0], -1).sum(1) + t[0].numel() * ((scale - float(s)) / float(s)) ** 2
         return total
+
+
+    def _outer_cell_distance(self, i: int, t: OuterSum, s: Tensor, pos_code: Tensor) -> Tensor:
+        """``cell_distance`` of a one-row ``OuterSum``: the coordinates blockwise (``factored.sign_cell_kernel``
+        through ``outer_loss``), the scale from the factors (sum |d_i a_j| = sum |d_i| * sum |a_j|)."""
+        d, a = t.delta[:, 0], t.inputs[:, 0]
+        if i not in self._flips:
+            sign = pos_code.reshape(d.shape[1], -1).to(d.dtype) * 2 - 1
+            self._flips[i] = sign / _bcast(s, d)
+        n = d.shape[1] * a.shape[1]
+        scale = d.abs().sum(1, dtype=torch.float64) * a.abs().sum(1, dtype=torch.float64) / n
+        return outer_loss(t, sign_cell_kernel(self._flips[i], _bcast(s, d))) + n * ((scale - float(s)) / float(s)) ** 2
 
 
 class QSGDGrid(Grid):
@@ -337,8 +361,10 @@ class ObservedGridModel:
         linear gradients blockwise), or None: not a min/max grid, a step of the chain before the quantizer,
         or a range sent unchanged (step 0)."""
         grid = self.grid
-        if not isinstance(grid, MinMaxGrid) or grid._prefix_model is not None:
+        if not isinstance(grid, (MinMaxGrid, SignGrid)) or grid._prefix_model is not None:
             return None
+        if self._blocks is None and isinstance(grid, SignGrid):
+            self._blocks = [SignBlocks(_bcast(s, t)) for s, t in zip(grid.scales, grid.observed)]
         if self._blocks is None:
             blocks = []
             for i, t in enumerate(grid.observed):
