@@ -10,11 +10,13 @@ distance of ggl-cell (``outer_cell_distance``). The same values as the dense pat
 (tests/test_attack_kernels.py, tests/test_grid_attackers.py).
 
 With a gradient (the Adam phase), ``outer_loss`` sums an elementwise loss of the outer product per candidate
-in one autograd node: forward writes each candidate's block once and keeps the loss's derivative there,
-backward is two matrix-vector products per candidate (``r a`` for delta, ``r^T delta`` for the inputs),
-where autograd through the dense product would keep a graph of float64 temporaries of every coordinate.
-The cell distance (``cell_kernel``) and the observed-grid L2 with a straight-through quantizer
-(``quantized_l2_kernel``) go through it; its gradients equal autograd's on the dense path, in float64.
+in one autograd node: forward writes each candidate's block once into a reused buffer, where the kernel
+leaves the loss's derivative ``r``, and takes the two matrix-vector products ``r a`` (for delta) and
+``r^T delta`` (for the inputs) while the block is in cache; backward only scales them. Autograd through the
+dense product would keep a graph of temporaries of every coordinate instead. Kernels: the min/max cell
+distance (``cell_kernel``), the observed-grid L2 with a straight-through quantizer (``quantized_l2_kernel``,
+``SignBlocks`` for ``sign``), sign's cell distance (``sign_cell_kernel``) and ggl-eot's tent likelihood
+(``tent_kernel``); their gradients equal autograd's on the dense path, in float64.
 """
 from __future__ import annotations
 
@@ -201,12 +203,15 @@ class _OuterLoss(torch.autograd.Function):
         p = d.shape[0]
         block = d.new_empty(d.shape[1], a.shape[1])  # one candidate's, reused: it stays in cache
         loss = torch.empty(p, dtype=torch.float64, device=d.device)
+        need_d, need_a = ctx.needs_input_grad[:2]  # both False without a gradient (CMA-ES): no products then
         grad_d, grad_a = torch.empty_like(d), torch.empty_like(a)
         for i in range(p):
             loss[i], c = kernel(torch.mul(d[i].unsqueeze(1), a[i], out=block), i)  # fl(d_i a_j), as the dense product
             # the loss's derivatives in the factors, while the block is in cache (backward only scales them)
-            torch.mv(block, a[i], out=grad_d[i]).mul_(c)
-            torch.mv(block.T, d[i], out=grad_a[i]).mul_(c)
+            if need_d:
+                torch.mv(block, a[i], out=grad_d[i]).mul_(c)
+            if need_a:
+                torch.mv(block.T, d[i], out=grad_a[i]).mul_(c)
         ctx.save_for_backward(grad_d, grad_a)
         return loss
 
@@ -214,7 +219,8 @@ class _OuterLoss(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         grad_d, grad_a = ctx.saved_tensors
         g = grad.to(grad_d.dtype).unsqueeze(1)
-        return grad_d * g, grad_a * g, None
+        need_d, need_a = ctx.needs_input_grad[:2]
+        return grad_d * g if need_d else None, grad_a * g if need_a else None, None
 
 
 def outer_loss(t: OuterSum, kernel: Kernel) -> Tensor:
@@ -229,7 +235,7 @@ def cell_kernel(rows: CellRows) -> Kernel:
     signed distance (fl(pos - lower) = -fl(lower - pos): the same squares as that kernel's)."""
     scratch: List[Tensor] = []
 
-    def kernel(block: Tensor, i: int) -> Tensor:
+    def kernel(block: Tensor, i: int) -> Tuple[Tensor, float]:
         if not scratch:
             scratch.append(torch.empty_like(block))
         pos = block.sub_(rows.lo).div_(rows.step)

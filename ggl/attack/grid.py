@@ -248,7 +248,6 @@ class SignGrid(Grid):
             total = total + d.pow(2).reshape(t.shape[0], -1).sum(1) + t[0].numel() * ((scale - float(s)) / float(s)) ** 2
         return total
 
-
     def _outer_cell_distance(self, i: int, t: OuterSum, s: Tensor, pos_code: Tensor) -> Tensor:
         """``cell_distance`` of a one-row ``OuterSum``: the coordinates blockwise (``factored.sign_cell_kernel``
         through ``outer_loss``), the scale from the factors (sum |d_i a_j| = sum |d_i| * sum |a_j|)."""

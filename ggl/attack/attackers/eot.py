@@ -51,6 +51,16 @@ def tent_nll(d: Tensor) -> Tensor:
     return torch.where(d < edge, inside, -math.log(TAIL) + (d - edge) / TAIL)
 
 
+def _observed_grid(qg: Tensor, bits: int) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
+    """(codes, lo, step) of one range of a received min/max payload (its ops, in its dtype); None when the
+    range is one value (sent unchanged: no grid)."""
+    lo, hi = qg.min(), qg.max()
+    step = (hi - lo) / (2 ** bits - 1)
+    if not step > 0:
+        return None
+    return torch.round((qg - lo) / step), lo, step
+
+
 def _ste(x: Tensor, value: Tensor) -> Tensor:
     """``value`` forward (bit-exact: ``x - x.detach()`` is exactly 0), identity backward (straight-through)."""
     return value.detach() + (x - x.detach())
@@ -144,14 +154,12 @@ class DefenseChainModel:
         q = self.target.to(device=x.device, dtype=x.dtype)
         if kind == "noise":
             return ((x - q) ** 2).sum(-1, dtype=torch.float64) / (2 * arg ** 2)
-        levels = 2 ** arg.bits - 1
         total = torch.zeros(x.shape[:-1], dtype=torch.float64, device=x.device)
         for part, qg in zip(self._groups(x, arg.range), self._groups(q, arg.range)):
-            lo, hi = qg.min(), qg.max()
-            step = (hi - lo) / levels
-            if not step > 0:  # the quantizer sent this group unchanged (all equal): no grid to score on
+            grid = _observed_grid(qg, arg.bits)
+            if grid is None:  # the quantizer sent this group unchanged (all equal): no grid to score on
                 continue
-            codes = torch.round((qg - lo) / step)
+            codes, lo, step = grid
             total = total + tent_nll((part - lo) / step - codes).sum(-1, dtype=torch.float64)
         return total
 
@@ -162,13 +170,9 @@ class DefenseChainModel:
             return None
         spec = self.steps[0][1]
         q = self.target.to(device=device, dtype=dtype)
-        out = []
-        for qg in self._groups(q, spec.range):
-            lo, hi = qg.min(), qg.max()
-            step = (hi - lo) / (2 ** spec.bits - 1)
-            if not step > 0:
-                return None
-            out.append((torch.round((qg - lo) / step), lo, step))
+        out = [_observed_grid(qg, spec.bits) for qg in self._groups(q, spec.range)]
+        if any(grid is None for grid in out):
+            return None
         if spec.range == "global":
             codes, lo, step = out[0]
             return [(c, lo, step) for c in torch.split(codes, self.sizes)]
