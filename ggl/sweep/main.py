@@ -4,6 +4,8 @@
     ggl sweep sweep_defenses.yaml --one key=value ...           # one grid point (wandb agent)
     ggl sweep sweep_defenses.yaml --point I                     # grid point I of --list (SLURM array task)
     ggl sweep sweep_defenses.yaml --commands                    # one --point command per point (any scheduler)
+    ggl sweep sweep_defenses.yaml --keep DIR                    # also keep finished points light in DIR (and
+                                                                # start from them): a sweep across machines
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from ggl.report.points import build_points, chance_level
 from ggl.report.tables import most_leakage
 from ggl.runs.logger import tag
 from ggl.sweep.grid import check_parameter_name, load_sweep, parse_overrides
-from ggl.sweep.plan import GridPoint, mark_done, plan
+from ggl.sweep.keep import keep_points, restore
+from ggl.sweep.plan import GridPoint, job_folder, mark_done, plan
 from ggl.sweep.runner import run_points
 
 DESCRIPTION = "The privacy-utility sweep: defence settings -> federations with audit captures -> GGL attacks."
@@ -105,8 +108,10 @@ def _grid(args: argparse.Namespace) -> Tuple[Dict[str, List[Any]], bool]:
     return grid, seeds_vary
 
 
-def _print_list(points: List[GridPoint]) -> None:
+def _print_list(points: List[GridPoint], keep: Optional[Path] = None) -> None:
     mark_done(points)
+    if keep is not None:
+        keep_points(points, keep)
     for p in points:
         jobs = [p.fed] + p.attacks
         state = ", ".join(f"{j.name}: {'done' if j.done_dir else 'resume' if j.resume_dir else 'to run'}"
@@ -141,6 +146,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="run grid point I only (0-based, the order of --list), e.g. --point $SLURM_ARRAY_TASK_ID")
     ap.add_argument("--commands", action="store_true",
                     help="print one command per grid point (each with --point I), for any scheduler; run nothing")
+    ap.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                    help="a light copy of each finished grid point (results, images, configs; not the captures "
+                    "and checkpoints) goes to DIR, and what DIR holds is put back first, so a sweep stopped on one "
+                    "machine goes on on another (commit DIR, clone, rerun); with --list it only brings DIR up to date")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_intermixed_args(argv)  # the agent puts --one between the file and the key=values
     try:
@@ -154,10 +163,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         if args.point is not None:
             points = pick_point(points, args.point)
+        if args.keep is not None and points:
+            put_back = restore(args.keep, job_folder(points[0].fed).parent)
+            if put_back:
+                print(f"sweep: {put_back} finished runs put back from {args.keep}", file=sys.stderr)
         if args.list:
-            _print_list(points)
+            _print_list(points, args.keep)
             return 0
-        summary = run_points(points, progress=not args.no_progress, workers=workers)
+        summary = run_points(points, progress=not args.no_progress, workers=workers, keep=args.keep)
         if args.one and os.environ.get("WANDB_SWEEP_ID") and not summary["failed"]:
             _log_agent_run(points[0])
     except UserError as exc:

@@ -20,6 +20,7 @@ from ggl.core.environ import without_env
 from ggl.core.errors import UserError
 from ggl.jobs import attack as attack_job, federation as federation_job
 from ggl.runs.folder import RunLock
+from ggl.sweep.keep import captures_missing, keep_points
 from ggl.sweep.plan import JOB_LOCK, GridPoint, Job, find_attack, find_fed, job_folder, mark_done
 
 # environment the W&B agent sets for its one run; the jobs' own W&B runs must not inherit it
@@ -146,6 +147,12 @@ def _run_point(p: GridPoint, write, start=None, done=None) -> List[Tuple[Job, st
         if job.kind == "attack" and p.fed.done_dir is None:  # its federation failed
             emit(job, "failed")
             continue
+        if job.kind == "attack" and captures_missing(p.fed.done_dir):
+            write(f"[sweep] attack {job.name} failed: its federation {p.fed.done_dir} was put back from a kept "
+                  f"copy (--keep) without the captures an attack reads; delete that folder and rerun to run "
+                  f"the federation, and this setting's attacks, again")
+            emit(job, "failed")
+            continue
         status, seconds = _locked_job(p, job, write, start)
         emit(job, status, seconds)
     return out
@@ -244,9 +251,11 @@ def _worker_point(p: GridPoint) -> Tuple[GridPoint, List[Tuple[str, str, float]]
 Record = Callable[[Job, str, float], None]
 
 
-def _run_pool(points: List[GridPoint], workers: int, threads: int, record: Record, write) -> None:
+def _run_pool(points: List[GridPoint], workers: int, threads: int, record: Record, write,
+              finished: Callable[[GridPoint], None] = lambda p: None) -> None:
     """The points in ``workers`` spawned processes of ``threads`` threads each; each job's status is
-    ``record``ed as its point comes back (a worker that died fails its point's jobs not done yet)."""
+    ``record``ed as its point comes back (a worker that died fails its point's jobs not done yet), then
+    the point is handed to ``finished``."""
     ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools
     gpus = visible_gpus()
     if len(gpus) > 1:
@@ -271,15 +280,20 @@ def _run_pool(points: List[GridPoint], workers: int, threads: int, record: Recor
                     continue
                 job.done_dir = by_name[job.name].done_dir
                 record(job, name_status[1], name_status[2])
+            finished(p)
 
 
-def run_points(points: List[GridPoint], progress: bool = True, workers: int = 1) -> dict:
+def run_points(points: List[GridPoint], progress: bool = True, workers: int = 1,
+               keep: Optional[Path] = None) -> dict:
     """Run every job not done yet; a failing job is reported and its setting's later jobs skipped.
+    ``keep``: a folder that gets a light copy of each point as it finishes (``ggl.sweep.keep``).
 
     ``workers`` > 1: grid points (independent of each other) run in that many worker processes of
     ``torch_threads`` threads each (1 if unset), e.g. two one-thread processes on 2 cores instead of
     one two-thread process; a point's own jobs still run in order (its attacks need its federation)."""
     mark_done(points)
+    if keep is not None:
+        keep_points(points, keep)
     threads = points[0].params.get("torch_threads") if points else None
     if threads:
         torch.set_num_threads(int(threads))
@@ -296,11 +310,13 @@ def run_points(points: List[GridPoint], progress: bool = True, workers: int = 1)
             bar.skip(job)
 
     try:
+        finished = (lambda p: keep_points([p], keep)) if keep is not None else (lambda p: None)
         if workers > 1 and len(points) > 1:
-            _run_pool(points, workers, int(threads or 1), record, bar.write)
+            _run_pool(points, workers, int(threads or 1), record, bar.write, finished)
         else:
             for p in points:
                 _run_point(p, bar.write, bar.start, record)
+                finished(p)
     finally:
         bar.close()
         summary["wall_seconds"] = time.perf_counter() - clock
