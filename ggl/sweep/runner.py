@@ -310,7 +310,15 @@ def run_points(points: List[GridPoint], progress: bool = True, workers: int = 1,
             bar.skip(job)
 
     try:
-        finished = (lambda p: keep_points([p], keep)) if keep is not None else (lambda p: None)
+        def finished(p: GridPoint) -> None:
+            if keep is None:
+                return
+            try:
+                keep_points([p], keep)
+            except OSError as exc:  # the runs themselves are intact: the sweep goes on, and says so
+                bar.write(f"[sweep] could not keep {p.setting} in {keep} ({exc}); `--list --keep {keep}` "
+                          f"copies it later")
+
         if workers > 1 and len(points) > 1:
             _run_pool(points, workers, int(threads or 1), record, bar.write, finished)
         else:
