@@ -87,3 +87,20 @@ def test_only_points_whose_jobs_are_all_done_are_kept(tmp_path):
     assert json.loads((tmp_path / "kept" / "attack-a" / attack.name / "results.json").read_text()) == {}
     assert not (tmp_path / "kept" / "fed-a" / run.name / "audit").exists()
     assert keep_points([point], tmp_path / "kept") == 0  # kept already: nothing copied twice
+
+
+def test_a_keep_folder_that_cannot_be_written_is_one_line_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("ggl.jobs.attack.load_attack_prior", lambda path, *_: TinyPrior())
+    monkeypatch.chdir(tmp_path)
+    Path("blocked").write_text("a file where the keep folder's subfolders would go")
+    assert main([str(TINY), "output_dir=runs", "--no-progress", "--keep", "blocked"]) == 2
+    err = capsys.readouterr().err
+    assert "--keep blocked: not a folder" in err and "Traceback" not in err
+    Path("kept").mkdir()
+    Path("kept/fed-fp32").write_text("a file in the way of the federation's kept folder")
+    assert main([str(TINY), "output_dir=runs", "--no-progress", "--keep", "kept"]) == 0
+    captured = capsys.readouterr()
+    assert "5 jobs run, 0 skipped" in captured.out
+    assert "could not keep finished points in kept" in captured.err and "Traceback" not in captured.err
+    assert sorted(p.parent.parent.name for p in Path("kept").glob("*/*/results.json")) == [
+        "attack-q4", "attack-q4-adaptive", "fed-q4"]  # the other point is kept whole

@@ -49,6 +49,17 @@ def light_files(run: Path) -> Iterator[Path]:
     yield from found
 
 
+def keep_or_say(points: Iterable[GridPoint], keep_dir: Path, write) -> None:
+    """``keep_points``, where a copy that fails (a full disk, a read-only folder) is one line to ``write``:
+    the runs themselves are intact, so the sweep goes on."""
+    for p in points:  # one point that cannot be copied does not hold back the others
+        try:
+            keep_points([p], keep_dir)
+        except OSError as exc:
+            write(f"[sweep] could not keep finished points in {keep_dir} ({p.setting}: {exc}); the runs are "
+                  f"intact; `--list --keep {keep_dir}` copies them later")
+
+
 def _copy_run(src: Path, dst: Path, files: Iterable[Path], note: str = "") -> None:
     """``files`` of run ``src`` into ``dst``, through a temporary folder renamed into place: a copy
     stopped part-way leaves no run folder that a sweep or a report could take for a finished one."""

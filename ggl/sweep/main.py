@@ -24,7 +24,7 @@ from ggl.report.points import build_points, chance_level
 from ggl.report.tables import most_leakage
 from ggl.runs.logger import tag
 from ggl.sweep.grid import check_parameter_name, load_sweep, parse_overrides
-from ggl.sweep.keep import keep_points, restore
+from ggl.sweep.keep import keep_or_say, restore
 from ggl.sweep.plan import GridPoint, job_folder, mark_done, plan
 from ggl.sweep.runner import run_points
 
@@ -111,7 +111,7 @@ def _grid(args: argparse.Namespace) -> Tuple[Dict[str, List[Any]], bool]:
 def _print_list(points: List[GridPoint], keep: Optional[Path] = None) -> None:
     mark_done(points)
     if keep is not None:
-        keep_points(points, keep)
+        keep_or_say(points, keep, lambda msg: print(msg, file=sys.stderr))
     for p in points:
         jobs = [p.fed] + p.attacks
         state = ", ".join(f"{j.name}: {'done' if j.done_dir else 'resume' if j.resume_dir else 'to run'}"

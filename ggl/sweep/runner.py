@@ -20,7 +20,7 @@ from ggl.core.environ import without_env
 from ggl.core.errors import UserError
 from ggl.jobs import attack as attack_job, federation as federation_job
 from ggl.runs.folder import RunLock
-from ggl.sweep.keep import captures_missing, keep_points
+from ggl.sweep.keep import captures_missing, keep_or_say
 from ggl.sweep.plan import JOB_LOCK, GridPoint, Job, find_attack, find_fed, job_folder, mark_done
 
 # environment the W&B agent sets for its one run; the jobs' own W&B runs must not inherit it
@@ -293,7 +293,7 @@ def run_points(points: List[GridPoint], progress: bool = True, workers: int = 1,
     one two-thread process; a point's own jobs still run in order (its attacks need its federation)."""
     mark_done(points)
     if keep is not None:
-        keep_points(points, keep)
+        keep_or_say(points, keep, lambda msg: print(msg, file=sys.stderr))
     threads = points[0].params.get("torch_threads") if points else None
     if threads:
         torch.set_num_threads(int(threads))
@@ -311,13 +311,8 @@ def run_points(points: List[GridPoint], progress: bool = True, workers: int = 1,
 
     try:
         def finished(p: GridPoint) -> None:
-            if keep is None:
-                return
-            try:
-                keep_points([p], keep)
-            except OSError as exc:  # the runs themselves are intact: the sweep goes on, and says so
-                bar.write(f"[sweep] could not keep {p.setting} in {keep} ({exc}); `--list --keep {keep}` "
-                          f"copies it later")
+            if keep is not None:
+                keep_or_say([p], keep, bar.write)
 
         if workers > 1 and len(points) > 1:
             _run_pool(points, workers, int(threads or 1), record, bar.write, finished)
