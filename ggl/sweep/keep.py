@@ -14,8 +14,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator, List
+from typing import Iterable, List, Sequence
 
+from ggl.core.atomic import fsync_dir
 from ggl.core.errors import UserError
 from ggl.sweep.plan import GridPoint
 
@@ -33,7 +34,7 @@ def captures_missing(fed_run: Path) -> bool:
     return (Path(fed_run) / PUT_BACK).is_file()
 
 
-def light_files(run: Path) -> Iterator[Path]:
+def light_files(run: Path) -> List[Path]:
     """The files of a run folder worth keeping, relative to it, ``results.json`` last."""
     run = Path(run)
     found: List[Path] = []
@@ -46,7 +47,7 @@ def light_files(run: Path) -> Iterator[Path]:
                 continue
             found.append(rel_dir / name)
     found.sort(key=lambda p: (p == Path(DONE_FILE), str(p)))
-    yield from found
+    return found
 
 
 def keep_or_say(points: Iterable[GridPoint], keep_dir: Path, write) -> None:
@@ -60,21 +61,33 @@ def keep_or_say(points: Iterable[GridPoint], keep_dir: Path, write) -> None:
                   f"intact; `--list --keep {keep_dir}` copies them later")
 
 
-def _copy_run(src: Path, dst: Path, files: Iterable[Path], note: str = "") -> None:
+def _copy_run(src: Path, dst: Path, files: Sequence[Path], note: str = "") -> None:
     """``files`` of run ``src`` into ``dst``, through a temporary folder renamed into place: a copy
-    stopped part-way leaves no run folder that a sweep or a report could take for a finished one."""
+    stopped part-way leaves no run folder that a sweep or a report could take for a finished one. Each
+    file and the folder are on disk before the rename, and the rename before this returns (a power cut
+    then loses either the whole copy or nothing)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
         for rel in files:
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / rel, tmp / rel)
+            _fsync_file(tmp / rel)
         if note:
             (tmp / PUT_BACK).write_text(note)
+            _fsync_file(tmp / PUT_BACK)
+        for folder in sorted({(tmp / rel).parent for rel in files} | {tmp}, reverse=True):
+            fsync_dir(folder)
         os.replace(tmp, dst)
+        fsync_dir(dst.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
 
 
 def point_runs(p: GridPoint) -> List[Path]:
