@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 from _attack_setup import DEFAULT_PRIOR, prior, private_observation, rate  # noqa: E402
 
 ROUNDS = 5  # batched/loop measurement rounds per mode, interleaved
+GEMM_SIZE = 1024  # the matrix product that stands for this core's float32 speed
 _INIT = {"lenet": "dlg", "cnn": "default"}  # each victim model's init, as the audits use it
 
 
@@ -110,9 +111,27 @@ def measure(args, G, adaptive: bool) -> float:
     if args.device != "cpu":
         print(f"[{mode_name}] peak GPU memory (torch.cuda.max_memory_allocated) over this mode: "
               f"{torch.cuda.max_memory_allocated() / 2 ** 30:.2f} GB")
+    if args.device == "cpu":
+        floor(args, obj, z, rates)
     print(f"speedup[{'adaptive' if adaptive else 'non-adaptive'}]: {ratio:.2f} (median of {ROUNDS} rounds; "
           f"per-round minimum {min(ratios):.2f})")
     return ratio
+
+
+def floor(args, obj, z, rates) -> None:
+    """The products' FLOPs per candidate, each mode's GFLOP/s on them and one large float32 GEMM's."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        obj.image_loss_reference(obj.images(z[:1], obj.G)[0], z[:1])
+    flops = counter.get_total_flops()
+    a = torch.randn(GEMM_SIZE, GEMM_SIZE, generator=torch.Generator().manual_seed(2))
+    gemm = rate(lambda: torch.mm(a, a), 1, args.seconds / 2, _clock(args)) * 2 * GEMM_SIZE ** 3
+    batched, loop = rates["batched"] * flops, rates["loop"] * flops
+    print(f"arithmetic floor: {flops / 1e6:.1f} MFLOP of products per candidate (update + loss + generator); "
+          f"batched runs them at {batched / 1e9:.0f} GFLOP/s, one at a time at {loop / 1e9:.0f}, one "
+          f"{GEMM_SIZE}x{GEMM_SIZE} float32 GEMM at {gemm / 1e9:.0f}: the batched path is at "
+          f"{batched / gemm:.0%} of it, and a path at that speed would be {gemm / loop:.1f}x this loop")
 
 
 def victims_batched(args, G) -> None:
