@@ -190,7 +190,8 @@ def test_the_cell_loss_is_exactly_zero_at_the_truth(trained, setting):
 
 # ------------------------------------------------------------------------------------------- the losses
 
-RANKED = [(name, setting) for name in ("ggl-l2-observed-grid", "ggl-cosine-observed-grid", "ggl-cell")
+RANKED = [(name, setting) for name in ("ggl-l2-observed-grid", "ggl-cosine-observed-grid", "ggl-cell",
+                                      "inverting-gradients-observed-grid")
           for setting in list(QUANTIZERS) + ["sign"]] + [("ggl-cell", "qsgd")] + [
           (name, setting) for name in ("ggl-cosine-decoded",) for setting in QUANTIZERS]
 
@@ -221,7 +222,8 @@ def test_each_defence_aware_loss_ranks_the_truth_and_a_perturbation_first(traine
 # ------------------------------------------------------------------------------------------- refusals
 
 NEW = ["ggl-l2-observed-grid", "ggl-cosine-observed-grid", "ggl-cell", "ggl-l2-decoded", "ggl-cosine-decoded",
-       "inverting-gradients-decoded"]
+       "inverting-gradients-decoded", "inverting-gradients-observed-grid"]
+IG_OPTIONS = {name: {"steps": 2, "restarts": 1} for name in NEW if name.startswith("inverting-gradients")}
 
 
 DECODED = ["ggl-l2-decoded", "ggl-cosine-decoded", "inverting-gradients-decoded"]
@@ -235,7 +237,8 @@ DECODED = ["ggl-l2-decoded", "ggl-cosine-decoded", "inverting-gradients-decoded"
     ([Q4, {"name": "noise", "std": 0.01}], NEW, "does not end in a quantizer"),
     ([{"name": "topk", "fraction": 0.1}, Q4], NEW, "mask"),                     # not observable after quantizing
     ([SIGN], DECODED, "nothing to decode"),                                     # no cell holds 0
-    ([QSGD], ["ggl-l2-observed-grid", "ggl-cosine-observed-grid"] + DECODED, "unbiased|nothing to decode"),
+    ([QSGD], ["ggl-l2-observed-grid", "ggl-cosine-observed-grid", "inverting-gradients-observed-grid"] + DECODED,
+     "unbiased|nothing to decode"),
     ([{"name": "clip", "max_norm": 1.0}, Q4], [], ""),
 ])
 def test_grid_attackers_refuse_what_they_cannot_use_in_one_line(chain, refused, why):
@@ -259,13 +262,34 @@ def test_grid_attackers_refuse_what_they_cannot_use_in_one_line(chain, refused, 
             assert reason is None, (name, chain, reason)
 
 
+@pytest.mark.parametrize("setting", list(QUANTIZERS) + ["sign"])
+def test_inverting_gradients_on_the_observed_grid_sees_the_payload_at_the_true_pixels(trained, setting):
+    """Its pixel-space trial update at the victim's own pixels, through its defence model, is the (decoded)
+    payload bit for bit; plain inverting-gradients' trial there is not the payload."""
+    from ggl.attack.attackers.inverting_gradients import PixelParametrisation
+
+    G, model = trained
+    spec = SIGN if setting == "sign" else QUANTIZERS[setting]
+    pixels = PixelParametrisation(1, 32)
+    for k in VICTIMS:
+        z, y, _, obs = _victim(trained, k, spec)
+        truth = G(z, y).reshape(1, -1)
+        with torch.no_grad():
+            on_grid = get_attacker("inverting-gradients-observed-grid").objective(obs, pixels, CFG, y, model)
+            trial = on_grid.defense.batched(on_grid.sim.batched(on_grid.images(truth), on_grid.labels))
+            assert all(torch.equal(t[0], o) for t, o in zip(trial, on_grid.target)), f"victim {k}"
+            plain = get_attacker("inverting-gradients").objective(obs, pixels, CFG, y, model)
+            trial = plain.sim.batched(plain.images(truth), plain.labels)
+            assert plain.defense is None and not all(torch.equal(t[0], o) for t, o in zip(trial, obs.update))
+
+
 def test_the_portfolio_records_refusals_and_runs_the_grid_attackers(trained):
     """One q4 victim, every grid attacker through run_portfolio (tiny budget); a decoded attacker is its base
     attacker on the decoded observation, the same search to the bit."""
     G, model = trained
     _, y, _, obs = _victim(trained, 1, Q4)
     cfg = AttackConfig(optimizer="cmaes", population=6, generations=2, sigma=1.0)
-    attackers = build_portfolio(NEW, {"inverting-gradients-decoded": {"steps": 2, "restarts": 1}})
+    attackers = build_portfolio(NEW, IG_OPTIONS)
     out = run_portfolio(attackers, obs, G, cfg, seed=1)
     assert list(out) == NEW and not any(isinstance(v, str) for v in out.values())
     assert all(r.images.shape == (1, 1, 32, 32) and r.labels.tolist() == y.tolist() for r in out.values())
@@ -440,10 +464,10 @@ def test_every_grid_attacker_searches_on_cuda_with_batched_search_seeds(trained)
     _, y, _, obs = _victim(trained, 1, Q4)
     cfg = AttackConfig(optimizer="cmaes_adam", population=6, generations=2, adam_steps=3, adam_restarts=2,
                        sigma=1.0, device="cuda", search_seeds=2)
-    attackers = build_portfolio(NEW, {"inverting-gradients-decoded": {"steps": 2, "restarts": 1}})
+    attackers = build_portfolio(NEW, IG_OPTIONS)
     out = run_portfolio(attackers, obs, G, cfg, seed=1)
     for name, res in out.items():
         runs = res.runs or [res]
         assert all(r.images.device.type == "cpu" and r.z.device.type == "cpu" for r in runs), name
-        if name != "inverting-gradients-decoded":  # IG's seeds run one after the other in the attack job
+        if not name.startswith("inverting-gradients"):  # IG's seeds run one after the other in the attack job
             assert len(runs) == 2 and runs[0].loss != runs[1].loss, name

@@ -9,6 +9,10 @@ zero cell decoded as 0, taking the common offset ``c0`` out of the cosine. ``sig
 scales; steps before the quantizer (clip) are replayed as the adaptive attacker does. Refuses (one line)
 an observation without a deterministic grid: float32, stochastic rounding (``ggl-eot``), QSGD
 (``ggl-cell``), a chain that does not end in the quantizer.
+
+``inverting-gradients-observed-grid``: pixel-space Inverting Gradients (its search, cosine, TV and options)
+matching through the same observed-grid model, decoded: the prior-free attacker that is the strongest one
+on trained models without a defence, given what the payload makes public.
 """
 from __future__ import annotations
 
@@ -18,8 +22,23 @@ from typing import ClassVar, Optional
 from ggl.attack import GGLObjective, model_and_labels, run_search
 from ggl.attack.attackers import register
 from ggl.attack.attackers.base import Attacker
+from ggl.attack.attackers.inverting_gradients import InvertingGradients
 from ggl.attack.device import attack_device
 from ggl.attack.grid import ObservedGridModel, grid_refusal, observed_grid
+
+
+def on_observed_grid(objective: GGLObjective, obs, decoded: bool) -> GGLObjective:
+    """``objective`` with the payload's grid as its defence model (``decoded``: both sides with the zero cell
+    read as 0, where the grid has one)."""
+    grid = observed_grid(obs, objective.target)
+    decoded = decoded and grid.decodes
+    objective.defense = ObservedGridModel(grid, decoded)
+    if decoded:
+        objective.target = grid.decode()
+    # the payload's min/max grid quantizes factored linear gradients blockwise (ggl/attack/factored.py);
+    # another grid reads the trial updates themselves
+    objective.factored_trial = objective.device.type == "cpu" and objective.defense.block_grids() is not None
+    return objective
 
 
 @register("ggl-l2-observed-grid", loss_kind="l2")
@@ -48,16 +67,25 @@ class ObservedGridAttacker(Attacker):
         objective = GGLObjective(obs, G, labels, loss=self.loss_kind, kl_weight=cfg.kl_weight, adaptive=False,
                                  evaluation=getattr(cfg, "evaluation", "batched"), model=model,
                                  device=attack_device(getattr(cfg, "device", "auto")))
-        grid = observed_grid(obs, objective.target)
-        decoded = self.decoded and grid.decodes
-        objective.defense = ObservedGridModel(grid, decoded)
-        if decoded:
-            objective.target = grid.decode()
-        # the payload's min/max grid quantizes factored linear gradients blockwise (ggl/attack/factored.py);
-        # another grid reads the trial updates themselves
-        objective.factored_trial = objective.device.type == "cpu" and objective.defense.block_grids() is not None
-        return objective
+        return on_observed_grid(objective, obs, self.decoded)
 
     def run(self, obs, G, cfg, seed, labels=None, tick=None, model=None):
         model, labels = model_and_labels(obs, G, seed, labels, model)
         return run_search(self.objective(obs, G, cfg, labels, model), cfg, seed, tick=tick)
+
+
+@register("inverting-gradients-observed-grid", adaptive=False)
+@dataclass
+class ObservedGridInvertingGradients(InvertingGradients):
+    @property
+    def models(self) -> str:  # type: ignore[override]
+        return "adaptive"  # it reads the defence's public grid
+
+    def describe(self) -> dict:
+        return {**super().describe(), "grid": "observed"}
+
+    def refusal(self, obs) -> Optional[str]:
+        return grid_refusal(obs, "quantize")
+
+    def objective(self, obs, G, cfg, labels, model) -> GGLObjective:
+        return on_observed_grid(super().objective(obs, G, cfg, labels, model), obs, decoded=True)

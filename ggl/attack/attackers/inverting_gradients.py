@@ -76,14 +76,18 @@ class InvertingGradients(Attacker):
     def units(self, cfg) -> int:
         return self.steps
 
+    def objective(self, obs, G, cfg, labels, model) -> GGLObjective:
+        """The cosine objective of ``G``'s images (``PixelParametrisation`` in the search), adaptive or not; a
+        subclass that matches through the defence's public grid replaces it (``grid_observed.py``)."""
+        return GGLObjective(obs, G, labels, loss="cosine", adaptive=self.adaptive, evaluation="batched", model=model)
+
     def run(self, obs, G, cfg, seed, labels=None, tick=None, model=None):
         start = time.perf_counter()
         model = model if model is not None else obs.build_model()
         if labels is None:
             labels = infer_labels(obs, model, None)
         pixels = PixelParametrisation(obs.channels, obs.image_size)
-        objective = GGLObjective(obs, pixels, labels, loss="cosine", adaptive=self.adaptive, evaluation="batched",
-                                 model=model)
+        objective = self.objective(obs, pixels, cfg, labels, model)
         objective.check_fits(self.restarts, f"attack.attacker_options.{self.name}.restarts")
         dtype = next(model.parameters()).dtype
         gen = torch.Generator().manual_seed(int(seed) % (2 ** 63))
