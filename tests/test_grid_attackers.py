@@ -191,8 +191,8 @@ def test_the_cell_loss_is_exactly_zero_at_the_truth(trained, setting):
 # ------------------------------------------------------------------------------------------- the losses
 
 RANKED = [(name, setting) for name in ("ggl-l2-observed-grid", "ggl-cosine-observed-grid", "ggl-cell",
-                                      "inverting-gradients-observed-grid")
-          for setting in list(QUANTIZERS) + ["sign"]] + [("ggl-cell", "qsgd")] + [
+                                      "inverting-gradients-observed-grid", "inverting-gradients-cell")
+          for setting in list(QUANTIZERS) + ["sign"]] + [("ggl-cell", "qsgd"), ("inverting-gradients-cell", "qsgd")] + [
           (name, setting) for name in ("ggl-cosine-decoded",) for setting in QUANTIZERS]
 
 
@@ -222,7 +222,7 @@ def test_each_defence_aware_loss_ranks_the_truth_and_a_perturbation_first(traine
 # ------------------------------------------------------------------------------------------- refusals
 
 NEW = ["ggl-l2-observed-grid", "ggl-cosine-observed-grid", "ggl-cell", "ggl-l2-decoded", "ggl-cosine-decoded",
-       "inverting-gradients-decoded", "inverting-gradients-observed-grid"]
+       "inverting-gradients-decoded", "inverting-gradients-observed-grid", "inverting-gradients-cell"]
 IG_OPTIONS = {name: {"steps": 2, "restarts": 1} for name in NEW if name.startswith("inverting-gradients")}
 
 
@@ -263,9 +263,10 @@ def test_grid_attackers_refuse_what_they_cannot_use_in_one_line(chain, refused, 
 
 
 @pytest.mark.parametrize("setting", list(QUANTIZERS) + ["sign"])
-def test_inverting_gradients_on_the_observed_grid_sees_the_payload_at_the_true_pixels(trained, setting):
+def test_the_grid_inverting_gradients_see_the_payload_at_the_true_pixels(trained, setting):
     """Its pixel-space trial update at the victim's own pixels, through its defence model, is the (decoded)
-    payload bit for bit; plain inverting-gradients' trial there is not the payload."""
+    payload bit for bit; plain inverting-gradients' trial there is not the payload. inverting-gradients-cell's
+    loss is 0 there (to float32 rounding at a cell's edge), and not at noise."""
     from ggl.attack.attackers.inverting_gradients import PixelParametrisation
 
     G, model = trained
@@ -281,6 +282,10 @@ def test_inverting_gradients_on_the_observed_grid_sees_the_payload_at_the_true_p
             plain = get_attacker("inverting-gradients").objective(obs, pixels, CFG, y, model)
             trial = plain.sim.batched(plain.images(truth), plain.labels)
             assert plain.defense is None and not all(torch.equal(t[0], o) for t, o in zip(trial, obs.update))
+            noise = torch.rand(4, truth.shape[1], generator=torch.Generator().manual_seed(k))
+            cell = get_attacker("inverting-gradients-cell").objective(obs, pixels, CFG, y, model)
+            # 0 up to the trial's float32 rounding at a cell's edge (~1e-7 of a step, squared)
+            assert float(cell(truth)) < 1e-9 * float(cell(noise).min()), f"victim {k}"
 
 
 def test_the_portfolio_records_refusals_and_runs_the_grid_attackers(trained):

@@ -9,6 +9,9 @@ plus the scale ``mean |u|`` as one squared relative error; ``qsgd``: level ``l``
 lies within one unit ``||v|| / levels`` of ``s l`` units, plus the bucket norm as one squared relative
 error. Refuses (one line) an observation without a grid: float32, stochastic min/max rounding
 (``ggl-eot`` has its exact likelihood), a chain that does not end in a quantizer.
+
+``inverting-gradients-cell``: pixel-space Inverting Gradients (its search, TV and options) scored by the same
+cell loss instead of the cosine: a prior-free attacker with an exact gradient through the payload's cells.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from typing import ClassVar, Optional
 from ggl.attack import model_and_labels, run_search
 from ggl.attack.attackers import register
 from ggl.attack.attackers.base import Attacker
+from ggl.attack.attackers.inverting_gradients import InvertingGradients
 from ggl.attack.device import attack_device
 from ggl.attack.grid import grid_refusal, observed_grid
 from ggl.attack.objective import GGLObjective, kl_latent
@@ -71,3 +75,22 @@ class CellAttacker(Attacker):
     def run(self, obs, G, cfg, seed, labels=None, tick=None, model=None):
         model, labels = model_and_labels(obs, G, seed, labels, model)
         return run_search(self.objective(obs, G, cfg, labels, model), cfg, seed, tick=tick)
+
+
+@register("inverting-gradients-cell", adaptive=False)
+@dataclass
+class CellInvertingGradients(InvertingGradients):
+    loss: ClassVar[str] = "cell+tv"
+
+    @property
+    def models(self) -> str:  # type: ignore[override]
+        return "adaptive"  # it reads the defence's public grid
+
+    def describe(self) -> dict:
+        return {**super().describe(), "grid": "cell"}
+
+    def refusal(self, obs) -> Optional[str]:
+        return grid_refusal(obs, "cell")
+
+    def objective(self, obs, G, cfg, labels, model) -> GGLObjective:
+        return _objective_class()(obs, G, labels, evaluation="batched", model=model)
