@@ -41,3 +41,16 @@ def test_the_regenerated_q4_fp32_report_is_its_csv_and_holds_the_evidence_issue_
     assert {s for s, _ in seen} == {"q4", "fp32"} and {r for _, r in seen} == {0, 3, 9}
     for key, (fed, search, victims) in seen.items():
         assert len(fed) >= 3 and len(search) >= 2 and len(victims) >= 48, key
+
+
+def test_the_grid_inverting_gradients_supplement_is_its_csv_and_says_what_the_readme_quotes(tmp_path):
+    """reports/supplement_ig_grid/: its tables come back from its CSV alone, and at round 9 neither prior-free
+    grid attacker reaches the latent observed-grid attacker on the same victims (the README's reading)."""
+    folder = REPORTS / "supplement_ig_grid"
+    found = report_from_csv(folder / "per_image.csv", tmp_path)
+    assert _tables((tmp_path / "privacy_utility.md").read_text()) == _tables((folder / "privacy_utility.md").read_text())
+    at9 = {p.key.attacker: p for p in found.points if p.key.round == 9 and not p.worst_case}
+    latent = at9["ggl-l2-observed-grid"].ci("psnr")
+    for name in ("inverting-gradients-observed-grid", "inverting-gradients-cell"):
+        got = at9[name].ci("psnr")
+        assert at9[name].n_images == 16 and got.high < latent.low, (name, got, latent)
