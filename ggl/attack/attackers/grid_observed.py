@@ -11,8 +11,10 @@ an observation without a deterministic grid: float32, stochastic rounding (``ggl
 (``ggl-cell``), a chain that does not end in the quantizer.
 
 ``inverting-gradients-observed-grid``: pixel-space Inverting Gradients (its search, cosine, TV and options)
-matching through the same observed-grid model, decoded: the prior-free attacker that is the strongest one
-on trained models without a defence, given what the payload makes public.
+matching through the same observed-grid model, decoded. Inverting Gradients is the strongest attacker on
+trained models without a defence; this is it given what a quantized payload makes public. Measured on q4
+(reports/supplement_ig_grid/): below ``inverting-gradients-decoded`` at every round, since the
+straight-through rounding leaves the pixel-space signed Adam little to follow.
 """
 from __future__ import annotations
 
