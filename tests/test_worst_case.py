@@ -3,6 +3,7 @@ each metric (lower is better for LPIPS), with the PSNR winner named; missing sco
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +112,35 @@ def test_table_order_and_comparisons_come_from_the_attackers_registrations(throw
     points = build_points([(r, None) for r in recs])
     assert [p.key.attacker for p in points] == [WORST_CASE, "ggl-l2", "mid", "zz-first", "aa-second", "gone-attacker"]
     assert [name for name, *_ in comparisons(points) if "−" in name and ":" in name] == ["q4: mid − ggl-l2"] * 2
+
+
+def test_the_report_names_only_the_rows_its_reconstructions_figure_leaves_out(tmp_path):
+    """reconstructions.png draws each setting's worst case from its winners' images.pt: with those files here the
+    report must not call the row missing (it named every worst case, once per round); a setting whose files are
+    gone is named, with its round."""
+    from dataclasses import replace
+
+    from ggl.report.tables import without_images
+
+    here = tmp_path / "here.pt"
+    here.write_bytes(b"images")
+    points = []
+    for defense, images in (("q4", here), ("sign", tmp_path / "gone.pt")):
+        for name in ("ggl-l2", "ggl-cell"):
+            recs = [replace(_rec(name, probe, 20.0, None, 1.0, 5.0), defense=defense, images=str(images))
+                    for probe in ("b0", "b1")]
+            points.append(Point(key=PointKey(defense, name, 9, "fedsgd", "mnist5k", "cnn"),
+                                pairs=tuple((r, None) for r in recs), fed=FedSummary(), seeds=(0,), kind="adaptive",
+                                images=Path(str(images))))
+    heads = worst_case_points(points)
+    assert [p.key.defense for p in without_images(points + heads)] == ["sign"]
+
+
+def test_a_points_victims_do_not_depend_on_order_or_search_seeds():
+    """The report's 'different sets of victim images' note compares points' victims: the same victims in
+    another order, or each attacked by two search seeds, are the same set."""
+    one = [_rec("ggl-l2", probe, 20.0, None, 1.0, 5.0) for probe in ("b0", "b1")]
+    point = lambda recs: Point(key=PointKey("q4", "ggl-l2", 9, "fedsgd", "mnist5k", "cnn"),  # noqa: E731
+                               pairs=tuple((r, None) for r in recs), fed=FedSummary(), seeds=(0,), kind="adaptive")
+    assert point(one).victims == point(one[::-1]).victims == point(one + one[::-1]).victims
+    assert point(one).victims != point(one[:1]).victims

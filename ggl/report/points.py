@@ -75,8 +75,10 @@ class Point:
         return len({victim_key(r) for r, _ in self.pairs})
 
     @property
-    def victims(self) -> tuple:
-        return tuple((r.seed, r.victim_index) for r, _ in self.pairs)
+    def victims(self) -> frozenset:
+        """Which victims (federation seed, victim index) the point attacked, whatever the order and the
+        number of search seeds."""
+        return frozenset((r.seed, r.victim_index) for r, _ in self.pairs)
 
     def ci(self, key: str) -> Optional[MeanCI]:
         """Mean and 95% bootstrap CI of a flat metric name over the point's images (``ImageRecord.metric``)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from pathlib import Path
 from typing import List, Optional, Sequence
 
 from ggl.audit.baselines import BASELINES
@@ -192,11 +193,20 @@ def _notes(c: Collected, points: List[Point]) -> List[str]:
                       "not in torch hub's cache (nothing downloads at run time; `attack.lpips_net` in "
                       "configs/attack.yaml names the file and where it goes). Each attack's results.json "
                       "`summary` gives the reason."]
-    no_images = [f"{p.key.defense} ({p.kind})" for p in points if p.images is None or not p.images.is_file()]
+    no_images = [f"{p.key.defense}" + (f" round {p.key.round}" if p.key.round is not None else "")
+                 for p in without_images(points)]
     if no_images:
         lines += ["", f"Not in the reconstructions figure (no {IMAGES_FILE} of their attack runs here; rerun those "
                       f"attacks): " + ", ".join(no_images) + "."]
     return lines
+
+
+def without_images(points: Sequence[Point]) -> List[Point]:
+    """The rows of reconstructions.png (each setting's worst case, or its one attacker, per round) whose
+    records' attack runs have no images.pt here: the figure leaves them out."""
+    def here(p: Point) -> bool:  # a worst case's record names its winner's file; one attacker's, its own run's
+        return all(rec.images and Path(rec.images).is_file() for rec, _ in p.pairs)
+    return [p for p in worst_cases(points) if not here(p)]
 
 
 def most_leakage(points: Sequence[Point]) -> str:
