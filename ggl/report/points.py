@@ -192,9 +192,11 @@ def victim_key(rec: ImageRecord) -> tuple:
 
 def best_record(records: Sequence[ImageRecord]) -> Tuple[ImageRecord, str]:
     """One victim's records (one per attacker) -> (a record holding the best score of any attacker on
-    every metric and leakage, the attacker that won on PSNR; ties go to the first)."""
-    winner = records[0]
-    for r in records[1:]:
+    every metric and leakage, the attacker that won on PSNR; ties go to the first attacker by name, so the
+    runs and their CSV, read in other orders, name the same winner)."""
+    ordered = sorted(records, key=lambda r: r.attacker or "")
+    winner = ordered[0]
+    for r in ordered[1:]:
         if _better(WIN_METRIC, r.metrics.get(WIN_METRIC), winner.metrics.get(WIN_METRIC)):
             winner = r
     metrics = {key: next((r.metrics[key] for r in records if r.metrics.get(key) is not None), None)
