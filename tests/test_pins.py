@@ -127,12 +127,16 @@ def _figures_data(csv_path: Path) -> dict:
             "reconstructions": _recon_data(rows)}
 
 
-def test_figure_data_of_the_shipped_report():
+def test_figure_data_of_the_shipped_report(tmp_path):
     """What privacy_utility.png (each --metric), leakage_vs_round.png and reconstructions.png plot from
     reports/per_image.csv (+ accuracy.csv): tests/golden/figures.json. The shipped CSV's images.pt files
     are not in the repository, so its reconstructions are empty here; the tiny sweep pins a full one.
+    The CSVs are read from a copy in tmp_path: the images' paths are relative to the CSV, and a checkout
+    that still has the sweep's runs/ beside it must pin the same data as a fresh clone.
     Regenerate: GGL_REGEN_GOLDEN=1 pytest tests/test_pins.py -k figure_data."""
-    _golden_json("figures.json", _figures_data(REPORTS / "per_image.csv"))
+    for name in ("per_image.csv", "accuracy.csv"):
+        shutil.copyfile(REPORTS / name, tmp_path / name)
+    _golden_json("figures.json", _figures_data(tmp_path / "per_image.csv"))
 
 
 # ---------------------------------------------------------------------------------------------
