@@ -50,8 +50,9 @@ def test_the_shipped_report_holds_the_evidence_issue_26_asks_for():
 
 
 def test_the_regenerated_q4_fp32_report_is_its_csv_and_holds_the_evidence_issue_26_asks_for(tmp_path):
-    """reports/q4_vs_fp32/ (an earlier, independent run of the same two points): its tables come back from its CSV alone, and every
-    (setting, round) has 3 federation seeds, 2 search seeds and >= 48 victims, at rounds 0, 3 and 9."""
+    """reports/q4_vs_fp32/ (an earlier, independent run of the same two points): its tables come back from its
+    CSV alone, and every (setting, round) has 3 federation seeds, 2 search seeds and >= 48 victims, at rounds
+    0, 3 and 9."""
     folder = REPORTS / "q4_vs_fp32"
     report_from_csv(folder / "per_image.csv", tmp_path)
     shipped = _tables((folder / "privacy_utility.md").read_text())

@@ -3,7 +3,6 @@ each metric (lower is better for LPIPS), with the PSNR winner named; missing sco
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -131,7 +130,7 @@ def test_the_report_names_only_the_rows_its_reconstructions_figure_leaves_out(tm
                     for probe in ("b0", "b1")]
             points.append(Point(key=PointKey(defense, name, 9, "fedsgd", "mnist5k", "cnn"),
                                 pairs=tuple((r, None) for r in recs), fed=FedSummary(), seeds=(0,), kind="adaptive",
-                                images=Path(str(images))))
+                                images=images))
     heads = worst_case_points(points)
     assert [p.key.defense for p in without_images(points + heads)] == ["sign"]
 
