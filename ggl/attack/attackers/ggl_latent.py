@@ -6,6 +6,12 @@ public defence spec to its trial updates; randomised steps by their expectation)
 
 They call ``ggl.attack.attack`` with the ``attack:`` section's search budget and only ``loss`` and
 ``adaptive`` replaced, so they are exactly the attacker ``attack.py`` runs with those two keys.
+
+Option ``minmax_grids`` (adaptive only; default true): ``false`` refuses a payload of the min/max
+quantizer, where re-quantizing each trial on its own min/max compares it on another grid than the
+payload's at trained rounds (issue 26; ``ggl-l2-observed-grid`` and ``ggl-cell`` read the payload's grid),
+so that a sweep runs the adaptive model only where it is exact: clipping (a public bound), sign (the
+trial's own per-tensor scale, which the payload's scale is compared with), top-k, pruning.
 """
 from __future__ import annotations
 
@@ -15,6 +21,10 @@ from typing import ClassVar
 from ggl.attack import attack
 from ggl.attack.attackers import register
 from ggl.attack.attackers.base import Attacker, with_keys
+from ggl.core.errors import ConfigError
+from ggl.defenses import parse_defense
+from ggl.defenses.base import FLOAT_BITS
+from ggl.defenses.quantize import Quantize
 
 
 @register("ggl-l2", order=10, loss_kind="l2", adaptive=False)
@@ -25,7 +35,26 @@ from ggl.attack.attackers.base import Attacker, with_keys
 class GGLAttacker(Attacker):
     loss_kind: str = "l2"
     adaptive: bool = False
+    minmax_grids: bool = True   # false: refuse min/max-quantized payloads (adaptive only; see the docstring)
     search: ClassVar[str] = "attack.optimizer (cmaes | adam | cmaes_adam)"
+
+    def check(self, key: str) -> None:
+        if not isinstance(self.minmax_grids, bool):
+            raise ConfigError(f"config key '{key}.minmax_grids' = {self.minmax_grids!r} must be true or false")
+        if not self.minmax_grids and not self.adaptive:
+            raise ConfigError(f"config key '{key}.minmax_grids' = false does nothing: '{self.name}' does not model "
+                              f"the defence; set it on an adaptive attacker (e.g. ggl-l2-adaptive)")
+
+    def refusal(self, obs):
+        if self.minmax_grids or not self.adaptive:
+            return None
+        for i, spec in enumerate(obs.defenses):
+            step = parse_defense(dict(spec) if isinstance(spec, dict) else spec, f"observation.defenses[{i}]")
+            if isinstance(step, Quantize) and step.bits < FLOAT_BITS:
+                return (f"'{step.label}' is a min/max quantizer and minmax_grids is false: a trial re-quantized on "
+                        f"its own min/max is compared on another grid than the payload's; ggl-l2-observed-grid and "
+                        f"ggl-cell read the payload's grid")
+        return None
 
     @property
     def loss(self) -> str:  # type: ignore[override]
