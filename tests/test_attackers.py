@@ -165,6 +165,45 @@ def test_eot_refuses_a_deterministic_defence_in_one_line(chain):
     assert "deterministic" in msg and "ggl-l2-adaptive" in msg and "\n" not in msg
 
 
+MINMAX = [[{"name": "quantize", "bits": 4, "rounding": "nearest", "range": "global"}],
+          [{"name": "quantize", "bits": 8, "grid": "seed"}],
+          [{"name": "clip", "max_norm": 0.5}, {"name": "quantize", "bits": 2, "rounding": "stochastic"}]]
+
+
+@pytest.mark.parametrize("chain", MINMAX)
+def test_adaptive_without_minmax_grids_refuses_min_max_quantizers_in_one_line(chain):
+    G = TinyPrior()
+    _, _, obs = _victim(G, 1)
+    obs.defenses = [dict(d) for d in chain]
+    assert get_attacker("ggl-l2-adaptive").refusal(obs) is None  # the default still attacks them
+    with pytest.raises(UserError) as err:
+        get_attacker("ggl-l2-adaptive", {"minmax_grids": False})(obs, G, FAST, seed=0)
+    msg = str(err.value)
+    assert "min/max quantizer" in msg and "ggl-l2-observed-grid" in msg and "\n" not in msg
+
+
+def test_adaptive_without_minmax_grids_attacks_clipping_exactly_as_the_default():
+    from ggl.defenses.clip import clip_update
+
+    G = TinyPrior()
+    x, y, _ = _victim(G, 2)
+    obs = make_observation(x, y, defenses=[{"name": "clip", "max_norm": 0.05}],
+                           transform=lambda g: clip_update(g, 0.05)[0])
+    only = get_attacker("ggl-l2-adaptive", {"minmax_grids": False})
+    assert only.refusal(obs) is None
+    a, b = only(obs, G, FAST, seed=3), get_attacker("ggl-l2-adaptive")(obs, G, FAST, seed=3)
+    assert torch.equal(a.images, b.images)
+    obs.defenses = [{"name": "sign"}]
+    assert only.refusal(obs) is None
+
+
+def test_minmax_grids_on_an_attacker_that_models_nothing_is_a_config_error():
+    with pytest.raises(ConfigError, match="attack.attacker_options.ggl-cosine.minmax_grids"):
+        check_portfolio(["ggl-cosine"], {"ggl-cosine": {"minmax_grids": False}})
+    with pytest.raises(ConfigError, match="true or false"):
+        get_attacker("ggl-l2-adaptive", {"minmax_grids": "no"})
+
+
 def test_eot_accepts_noise_and_noise_after_clipping():
     G = TinyPrior()
     _, _, obs = _victim(G, 1)

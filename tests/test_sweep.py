@@ -44,7 +44,12 @@ def test_default_sweep_is_a_wandb_grid_of_defences_rounds_and_the_portfolio():
     names = {s: [_attackers_of(j)[0] for j in by[f"{s}-s0"].attacks] for s in settings}
     grid_attackers = ["ggl-l2-observed-grid", "ggl-cell", "ggl-l2-decoded", "ggl-cosine-decoded",
                       "inverting-gradients-decoded"]
-    assert names["q4"] == names["fp32"] == ["ggl-l2", "inverting-gradients", "ggl-eot", *grid_attackers]
+    assert names["fp32"] == ["ggl-l2", "inverting-gradients", "ggl-eot", *grid_attackers]
+    # the adaptive twin runs where it models something (clipping, sign; refusing the min/max grids), not on fp32
+    assert names["q4"] == names["clip0.25"] == names["fp32"] + ["ggl-l2-adaptive"]
+    adaptive = next(j for j in by["clip0.25-s0"].attacks if _attackers_of(j) == ["ggl-l2-adaptive"])
+    opts = [o for o in adaptive.overrides if o.startswith("attack.attacker_options=")][-1]
+    assert json.loads(opts.split("=", 1)[1]) == {"ggl-l2-adaptive": {"minmax_grids": False}}
     assert [j.name for j in by["q4-s1"].attacks][0] == "attack-q4-s1-ggl-l2"
     # every attacker runs attack.search_seeds = 2 searches per victim, with the search the round-9 budget chose
     for j in by["q4-s0"].attacks:
