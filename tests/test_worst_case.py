@@ -143,3 +143,24 @@ def test_a_points_victims_do_not_depend_on_order_or_search_seeds():
                                pairs=tuple((r, None) for r in recs), fed=FedSummary(), seeds=(0,), kind="adaptive")
     assert point(one).victims == point(one[::-1]).victims == point(one + one[::-1]).victims
     assert point(one).victims != point(one[:1]).victims
+
+
+def test_the_report_names_defended_points_that_no_attacker_modelling_the_defence_attacked():
+    """The first complete headline showed clip0.25 at round 0 near the label-only level because no attacker in
+    the portfolio modelled clipping: the report must say so for such a point, and stop once one ran."""
+    from dataclasses import replace
+
+    from ggl.report.tables import unmodelled
+
+    def point(defense, name, adaptive, rnd=0):
+        recs = [replace(_rec(name, probe, 12.0, None, 0.0, 0.5), defense=defense, adaptive=adaptive, round=rnd)
+                for probe in ("b0", "b1")]
+        return Point(key=PointKey(defense, name, rnd, "fedsgd", "mnist5k", "cnn"), pairs=tuple((r, None) for r in recs),
+                     fed=FedSummary(), seeds=(0,), kind="adaptive" if adaptive else "non-adaptive")
+
+    blind = [point("clip0.25", "ggl-l2", False), point("clip0.25", "inverting-gradients", False),
+             point("clip0.25", "ggl-l2", False, rnd=9), point("fp32", "ggl-l2", False)]
+    heads = worst_case_points(blind)
+    assert unmodelled(blind + heads) == ["clip0.25 round 0", "clip0.25 round 9"]  # fp32 has nothing to model
+    fixed = blind + [point("clip0.25", "ggl-l2-adaptive", True)]
+    assert unmodelled(fixed + worst_case_points(fixed)) == ["clip0.25 round 9"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from ggl.audit.baselines import BASELINES
 from ggl.audit.tidy import spreadsheet_safe
@@ -193,12 +193,32 @@ def _notes(c: Collected, points: List[Point]) -> List[str]:
                       "not in torch hub's cache (nothing downloads at run time; `attack.lpips_net` in "
                       "configs/attack.yaml names the file and where it goes). Each attack's results.json "
                       "`summary` gives the reason."]
+    blind = unmodelled(points)
+    if blind:
+        lines += ["", "**No attacker that models the defence ran on:** " + ", ".join(blind) + ". Every attacker "
+                      "there matched the update as if it were undefended, so a low score is what such attackers "
+                      "reach, not the defence's protection: add one that models it (ggl-l2-adaptive, the grid "
+                      "attackers, ggl-eot) before reading a drop as protection."]
     no_images = [f"{p.key.defense}" + (f" round {p.key.round}" if p.key.round is not None else "")
                  for p in without_images(points)]
     if no_images:
         lines += ["", f"Not in the reconstructions figure (no {IMAGES_FILE} of their attack runs here; rerun those "
                       f"attacks): " + ", ".join(no_images) + "."]
     return lines
+
+
+def unmodelled(points: Sequence[Point]) -> List[str]:
+    """'<setting> round <r>' of each defended setting and round that no attacker modelling the defence
+    (an adaptive, grid or EOT attacker: a record with ``adaptive``) attacked: its worst case is blind to the
+    defence (clipping looked protective this way when the portfolio had no attacker that models it)."""
+    seen: Dict[tuple, bool] = {}
+    for p in points:
+        if p.key.defense == "fp32" or p.kind == "portfolio":
+            continue
+        where = (p.key.defense, p.key.round, p.key.probe, p.key.dataset)
+        seen[where] = seen.get(where, False) or any(rec.adaptive for rec, _ in p.pairs)
+    return [f"{d}" + (f" round {r}" if r is not None else "") for (d, r, *_), modelled in seen.items()
+            if not modelled]
 
 
 def without_images(points: Sequence[Point]) -> List[Point]:
