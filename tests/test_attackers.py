@@ -198,8 +198,10 @@ def test_adaptive_without_minmax_grids_attacks_clipping_exactly_as_the_default()
 
 
 def test_minmax_grids_on_an_attacker_that_models_nothing_is_a_config_error():
-    with pytest.raises(ConfigError, match="attack.attacker_options.ggl-cosine.minmax_grids"):
+    with pytest.raises(ConfigError, match=r"attack.attacker_options.ggl-cosine.minmax_grids'; it takes no options"):
         check_portfolio(["ggl-cosine"], {"ggl-cosine": {"minmax_grids": False}})
+    with pytest.raises(ConfigError, match="it takes no options"):
+        get_attacker("ggl-l2-decoded", {"minmax_grids": False})
     with pytest.raises(ConfigError, match="true or false"):
         get_attacker("ggl-l2-adaptive", {"minmax_grids": "no"})
 

@@ -27,26 +27,24 @@ from ggl.defenses.base import FLOAT_BITS
 from ggl.defenses.quantize import Quantize
 
 
-@register("ggl-l2", order=10, loss_kind="l2", adaptive=False)
+# a non-adaptive entry models no grid: minmax_grids is fixed there, so it takes no options
+@register("ggl-l2", order=10, loss_kind="l2", adaptive=False, minmax_grids=True)
 @register("ggl-l2-adaptive", order=20, compare_with=("ggl-l2",), loss_kind="l2", adaptive=True)
-@register("ggl-cosine", order=30, loss_kind="cosine", adaptive=False)
+@register("ggl-cosine", order=30, loss_kind="cosine", adaptive=False, minmax_grids=True)
 @register("ggl-cosine-adaptive", order=40, loss_kind="cosine", adaptive=True)
 @dataclass
 class GGLAttacker(Attacker):
     loss_kind: str = "l2"
     adaptive: bool = False
-    minmax_grids: bool = True   # false: refuse min/max-quantized payloads (adaptive only; see the docstring)
+    minmax_grids: bool = True   # false: refuse min/max-quantized payloads (an adaptive entry's option)
     search: ClassVar[str] = "attack.optimizer (cmaes | adam | cmaes_adam)"
 
     def check(self, key: str) -> None:
         if not isinstance(self.minmax_grids, bool):
             raise ConfigError(f"config key '{key}.minmax_grids' = {self.minmax_grids!r} must be true or false")
-        if not self.minmax_grids and not self.adaptive:
-            raise ConfigError(f"config key '{key}.minmax_grids' = false does nothing: '{self.name}' does not model "
-                              f"the defence; set it on an adaptive attacker (e.g. ggl-l2-adaptive)")
 
     def refusal(self, obs):
-        if self.minmax_grids or not self.adaptive:
+        if self.minmax_grids:
             return None
         for i, spec in enumerate(obs.defenses):
             step = parse_defense(dict(spec) if isinstance(spec, dict) else spec, f"observation.defenses[{i}]")

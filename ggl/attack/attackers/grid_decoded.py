@@ -38,8 +38,8 @@ class Decoded:
                            model=model)
 
 
-@register("ggl-l2-decoded", loss_kind="l2", adaptive=False)
-@register("ggl-cosine-decoded", loss_kind="cosine", adaptive=False)
+@register("ggl-l2-decoded", loss_kind="l2", adaptive=False, minmax_grids=True)
+@register("ggl-cosine-decoded", loss_kind="cosine", adaptive=False, minmax_grids=True)
 @dataclass
 class DecodedGGL(Decoded, GGLAttacker):
     pass
