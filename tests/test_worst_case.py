@@ -115,24 +115,33 @@ def test_table_order_and_comparisons_come_from_the_attackers_registrations(throw
 
 def test_the_report_names_only_the_rows_its_reconstructions_figure_leaves_out(tmp_path):
     """reconstructions.png draws each setting's worst case from its winners' images.pt: with those files here the
-    report must not call the row missing (it named every worst case, once per round); a setting whose files are
-    gone is named, with its round."""
+    report must not call the row missing (it named every worst case, once per round); a setting whose file is
+    gone, unreadable or of another size is named, with its round, by the code that draws the figure."""
     from dataclasses import replace
 
-    from ggl.report.tables import without_images
+    import torch
 
-    here = tmp_path / "here.pt"
-    here.write_bytes(b"images")
+    from ggl.report.figures import reconstruction_rows, rows_left_out
+
+    def images(n):
+        return {k: torch.zeros(n, 1, 4, 4) for k in ("originals", "reconstructions", "prior_only")}
+
+    here, short, damaged = tmp_path / "here.pt", tmp_path / "short.pt", tmp_path / "damaged.pt"
+    torch.save(images(2), here)
+    torch.save(images(1), short)  # one image for two victims: not this attack's file
+    damaged.write_bytes(b"not a torch file")
     points = []
-    for defense, images in (("q4", here), ("sign", tmp_path / "gone.pt")):
+    for defense, path in (("q4", here), ("sign", tmp_path / "gone.pt"), ("q2", short), ("clip0.25", damaged)):
         for name in ("ggl-l2", "ggl-cell"):
-            recs = [replace(_rec(name, probe, 20.0, None, 1.0, 5.0), defense=defense, images=str(images))
+            recs = [replace(_rec(name, probe, 20.0, None, 1.0, 5.0), defense=defense, images=str(path))
                     for probe in ("b0", "b1")]
             points.append(Point(key=PointKey(defense, name, 9, "fedsgd", "mnist5k", "cnn"),
                                 pairs=tuple((r, None) for r in recs), fed=FedSummary(), seeds=(0,), kind="adaptive",
-                                images=images))
+                                images=path))
     heads = worst_case_points(points)
-    assert [p.key.defense for p in without_images(points + heads)] == ["sign"]
+    assert [p.key.defense for p in rows_left_out(points + heads)] == ["sign", "q2", "clip0.25"]
+    drawn = [title for title, _ in reconstruction_rows(points + heads)]
+    assert drawn[0] == "original" and [t.split(",")[0] for t in drawn[1:-1]] == ["q4"]
 
 
 def test_a_points_victims_do_not_depend_on_order_or_search_seeds():

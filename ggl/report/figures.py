@@ -252,12 +252,13 @@ def _image_positions(points: Sequence[Point]) -> Dict[str, Dict[tuple, int]]:
     return {f: {k: i for i, k in enumerate(sorted(ks))} for f, ks in keys.items()}
 
 
-def reconstruction_rows(points: List[Point], max_victims: int = MAX_VICTIMS_SHOWN) -> List[Tuple[str, Any]]:
+def reconstruction_rows(points: List[Point], max_victims: int = MAX_VICTIMS_SHOWN,
+                        left_out: Optional[List[Point]] = None) -> List[Tuple[str, Any]]:
     """(title, images) rows of the reconstructions figure, per attacked round: the victims' originals,
     then one row per setting (its worst case over the attackers: each victim's best reconstruction,
     or its one attacker's; titled with the mean PSNR and re-identification), in table order; the
     prior-only images last. Images come from each record's attack ``images.pt``; a setting whose files
-    are missing is left out (the markdown names it)."""
+    are missing, unreadable or of another size is left out (appended to ``left_out``; the markdown names it)."""
     import torch
 
     positions = _image_positions(points)
@@ -285,6 +286,8 @@ def reconstruction_rows(points: List[Point], max_victims: int = MAX_VICTIMS_SHOW
                 victims = list(recs)[:max_victims]
             tiles = [tile(recs[v], "reconstructions") if v in recs else None for v in victims]
             if not tiles or any(t is None for t in tiles):
+                if left_out is not None:
+                    left_out.append(p)
                 continue
             if originals is None:
                 originals = torch.stack([tile(recs[v], "originals") for v in victims])
@@ -296,6 +299,14 @@ def reconstruction_rows(points: List[Point], max_victims: int = MAX_VICTIMS_SHOW
             where = "" if len(rounds) == 1 or rnd is None else f", round {rnd}"
             labelled += [(f"original{where}", originals)] + block + [prior]
     return labelled
+
+
+def rows_left_out(points: List[Point], max_victims: int = MAX_VICTIMS_SHOWN) -> List[Point]:
+    """The rows (each setting's worst case, or its one attacker, per round) that ``reconstruction_rows`` leaves
+    out, decided by the very code that draws the figure."""
+    out: List[Point] = []
+    reconstruction_rows(points, max_victims, left_out=out)
+    return out
 
 
 def victim_titles(points: List[Point], max_victims: int = MAX_VICTIMS_SHOWN) -> Optional[List[str]]:

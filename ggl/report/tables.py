@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from ggl.audit.baselines import BASELINES
@@ -14,6 +13,7 @@ from ggl.audit.truth import IMAGES_FILE
 from ggl.core.stats import MeanCI, fmt
 from ggl.report import decomposition
 from ggl.report.collect import Collected
+from ggl.report.figures import rows_left_out
 from ggl.report.points import (Pair, Point, ci, chance_level, comparisons, contrast, mean, measured_pairs,
                                strongest_baseline, wins_text, worst_cases)
 
@@ -200,10 +200,10 @@ def _notes(c: Collected, points: List[Point]) -> List[str]:
                       "reach, not the defence's protection: add one that models it (ggl-l2-adaptive, the grid "
                       "attackers, ggl-eot) before reading a drop as protection."]
     no_images = [f"{p.key.defense}" + (f" round {p.key.round}" if p.key.round is not None else "")
-                 for p in without_images(points)]
+                 for p in rows_left_out(points)]
     if no_images:
-        lines += ["", f"Not in the reconstructions figure (no {IMAGES_FILE} of their attack runs here; rerun those "
-                      f"attacks): " + ", ".join(no_images) + "."]
+        lines += ["", f"Not in the reconstructions figure (the {IMAGES_FILE} of their attack runs is not here, or is "
+                      f"unreadable or of another size; rerun those attacks): " + ", ".join(no_images) + "."]
     return lines
 
 
@@ -219,14 +219,6 @@ def unmodelled(points: Sequence[Point]) -> List[str]:
         seen[where] = seen.get(where, False) or any(rec.adaptive for rec, _ in p.pairs)
     return [f"{d}" + (f" round {r}" if r is not None else "") for (d, r, *_), modelled in seen.items()
             if not modelled]
-
-
-def without_images(points: Sequence[Point]) -> List[Point]:
-    """The rows of reconstructions.png (each setting's worst case, or its one attacker, per round) whose
-    records' attack runs have no images.pt here: the figure leaves them out."""
-    def here(p: Point) -> bool:  # a worst case's record names its winner's file; one attacker's, its own run's
-        return all(rec.images and Path(rec.images).is_file() for rec, _ in p.pairs)
-    return [p for p in worst_cases(points) if not here(p)]
 
 
 def most_leakage(points: Sequence[Point]) -> str:
