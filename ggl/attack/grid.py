@@ -34,7 +34,8 @@ class NoGrid(UserError):
     """The observation carries no public grid this module can use (the message says why, in one line)."""
 
 
-def _parsed(specs: Sequence) -> list:
+def defence_steps(specs: Sequence) -> list:
+    """An observation's defence specs as ``Defense`` objects, the no-op steps (fp32, identity) left out."""
     out = []
     for i, s in enumerate(specs):
         d = parse_defense(dict(s) if isinstance(s, dict) else s, f"observation.defenses[{i}]")
@@ -301,7 +302,7 @@ def observed_grid(obs, update: Optional[Sequence[Tensor]] = None) -> Grid:
     """The public grid of ``obs``'s payload (``update``: the same update on the search's device and dtype;
     default ``obs.update``); ``NoGrid`` (one line) when it has none to use."""
 
-    chain = _parsed(obs.defenses)
+    chain = defence_steps(obs.defenses)
     if not chain:
         raise NoGrid("its update is sent in float32 (no quantizer): there is no grid to use")
     last, prefix = chain[-1], chain[:-1]

@@ -21,8 +21,8 @@ from typing import ClassVar
 from ggl.attack import attack
 from ggl.attack.attackers import register
 from ggl.attack.attackers.base import Attacker, with_keys
+from ggl.attack.grid import defence_steps
 from ggl.core.errors import ConfigError
-from ggl.defenses import parse_defense
 from ggl.defenses.base import FLOAT_BITS
 from ggl.defenses.quantize import Quantize
 
@@ -46,8 +46,7 @@ class GGLAttacker(Attacker):
     def refusal(self, obs):
         if self.minmax_grids:
             return None
-        for i, spec in enumerate(obs.defenses):
-            step = parse_defense(dict(spec) if isinstance(spec, dict) else spec, f"observation.defenses[{i}]")
+        for step in defence_steps(obs.defenses):
             if isinstance(step, Quantize) and step.bits < FLOAT_BITS:
                 return (f"'{step.label}' is a min/max quantizer and minmax_grids is false: a trial re-quantized on "
                         f"its own min/max is compared on another grid than the payload's; ggl-l2-observed-grid and "
