@@ -25,7 +25,7 @@ from ggl.core.errors import ConfigError
 from ggl.core.plugins import load_plugins
 from ggl.core.shipped import REPO_ROOT, command, shipped_candidates
 from ggl.data.schema import DataConfig
-from ggl.defenses import check_chain, parse_defense, to_dicts
+from ggl.defenses import check_chain, parse_chain, parse_defense, to_dicts
 from ggl.fl.schema import FLConfig
 from ggl.gan.schema import GANConfig
 from ggl.models.schema import ModelConfig
@@ -264,7 +264,7 @@ def load_config(path: str | Path | None = None, overrides: List[str] | None = No
     if tasks:
         _check_task(cfg.task, tasks, source)
     load_plugins(cfg.plugins)  # before any name is looked up: a plugin registers defences / attackers
-    cfg.defenses = [parse_defense(d, f"defenses[{i}]") for i, d in enumerate(cfg.defenses)]
+    cfg.defenses = parse_chain(cfg.defenses)
     check_chain(cfg.defenses)
     cfg.check()
     cfg._source = str(source) if source else None  # type: ignore[attr-defined]

@@ -22,7 +22,7 @@ from ggl.attack.factored import (CellRows, FixedGrid, SignBlocks, blockwise, cel
 from ggl.attack.per_candidate import OuterSum
 from ggl.attack.trial import DefenseModel
 from ggl.core.errors import UserError
-from ggl.defenses import MASK, NONE, parse_defense
+from ggl.defenses import MASK, NONE, parse_chain
 from ggl.defenses.qsgd import QSGD, payload_norms
 from ggl.defenses.quantize import Quantize, grid_intervals, payload_grid, quantize_on_grid
 from ggl.defenses.sign import Sign, payload_scales
@@ -36,12 +36,7 @@ class NoGrid(UserError):
 
 def defence_steps(specs: Sequence) -> list:
     """An observation's defence specs as ``Defense`` objects, the no-op steps (fp32, identity) left out."""
-    out = []
-    for i, s in enumerate(specs):
-        d = parse_defense(dict(s) if isinstance(s, dict) else s, f"observation.defenses[{i}]")
-        if d.label not in ("fp32", "identity"):
-            out.append(d)
-    return out
+    return [d for d in parse_chain(specs, "observation.defenses") if d.label not in ("fp32", "identity")]
 
 
 def _check_prefix(prefix: list) -> None:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ggl.core.atomic import atomic_write_with
 from ggl.core.errors import UserError
 from ggl.core.safe_load import safe_load
-from ggl.defenses import check_chain, parse_defense
+from ggl.defenses import check_chain, parse_chain
 from ggl.models import available_models, build_model, check_trusted_model, is_dotted, model_name_of
 
 FORMAT = "ggl.observation/1"
@@ -159,8 +159,7 @@ class Observation:
         if isinstance(defense_spec, Mapping) or hasattr(defense_spec, "label"):
             defense_spec = [defense_spec]
 
-        specs = [parse_defense(dict(d) if isinstance(d, Mapping) else d, f"defense_spec[{i}]")
-                 for i, d in enumerate(defense_spec)]
+        specs = parse_chain(defense_spec, "defense_spec")
         check_chain(specs, "defense_spec")
         obs = cls(arch=str(arch), channels=int(channels), num_classes=int(num_classes), state=state, names=names,
                   update=update, kind=kind, batch_size=int(batch_size), local_steps=steps, lr=float(lr),

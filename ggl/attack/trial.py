@@ -24,7 +24,7 @@ from torch.func import functional_call, grad, vmap
 from ggl.attack.observation import Observation
 from ggl.attack.per_candidate import PerCandidateGradients, supports as supports_per_candidate
 from ggl.core.errors import UserError
-from ggl.defenses import MASK, NONE, parse_defense
+from ggl.defenses import MASK, NONE, parse_chain
 from ggl.defenses.quantize import Quantize
 
 
@@ -129,8 +129,7 @@ class DefenseModel:
         self.quantizer: Optional[Quantize] = None
         # the same steps on P trial updates at once, where every defence gives a batched form
         batched_steps: List[Optional[Callable[[Sequence[Tensor]], List[Tensor]]]] = []
-        for i, raw in enumerate(specs):
-            defense = parse_defense(dict(raw) if isinstance(raw, dict) else raw, f"observation.defenses[{i}]")
+        for defense in parse_chain(specs, "observation.defenses"):
             model = defense.attack_model()
             if model.kind == NONE:
                 raise UserError(f"attack.adaptive=true: the adaptive attacker has no model of defence "

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ggl.audit.baselines import BASELINES, best_baseline
 from ggl.audit.metrics import METRICS
-from ggl.defenses import defenses_label, parse_defense
+from ggl.defenses import defenses_label, parse_chain
 
 RECORDS_FORMAT = "ggl.records/2"
 GALLERY_KEYS = ("reid_gallery_all", "reid_gallery_class")
@@ -224,7 +224,7 @@ class FederationResult:
         if not isinstance(chain, list):
             raise SchemaError("config.defenses is missing")
         try:
-            label = defenses_label([parse_defense(dict(d), f"defenses[{i}]") for i, d in enumerate(chain)])
+            label = defenses_label(parse_chain(chain))
         except Exception as exc:
             raise SchemaError(f"config.defenses: {exc}") from None
         privacy = final.get("privacy") if isinstance(final.get("privacy"), dict) else {}

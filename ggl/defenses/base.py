@@ -186,6 +186,11 @@ def parse_defense(entry: Any, key: str) -> Defense:
     return spec
 
 
+def parse_chain(entries: Sequence[Any], key: str = "defenses") -> List[Defense]:
+    """A whole ``defenses:`` list through ``parse_defense``, entry i's errors named ``<key>[i]``."""
+    return [parse_defense(entry, f"{key}[{i}]") for i, entry in enumerate(entries)]
+
+
 def check_chain(specs: Sequence[Defense], key: str = "defenses") -> None:
     """Checks that need the whole chain (each entry's own keys are checked by ``parse_defense``)."""
     specs = list(specs)

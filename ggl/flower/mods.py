@@ -25,7 +25,7 @@ from ggl.attack.observation import Observation
 from ggl.audit.schema import AuditConfig
 from ggl.audit.truth import GroundTruth, capture_paths
 from ggl.audit.victim import draw_private, probe_update
-from ggl.defenses.base import FLOAT_BITS, Defense, check_chain, defenses_label, parse_defense
+from ggl.defenses.base import FLOAT_BITS, Defense, check_chain, defenses_label, parse_chain
 from ggl.core.errors import UserError
 from ggl.fl.schema import FLConfig
 from ggl.fl.update import ClientUpdate
@@ -92,7 +92,7 @@ def _torch(arrays: ArrayRecord) -> Dict[str, Tensor]:
 def _chain(chain) -> List[Defense]:
     if isinstance(chain, dict) or isinstance(chain, Defense):
         chain = [chain]
-    specs = [parse_defense(dict(d) if isinstance(d, dict) else d, f"defenses[{i}]") for i, d in enumerate(chain or [])]
+    specs = parse_chain(chain or [])
     check_chain(specs)
     return specs
 

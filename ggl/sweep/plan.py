@@ -17,7 +17,7 @@ from ggl.attack.attackers import build_portfolio, check_portfolio, get_attacker
 from ggl.attack.search import search_units
 from ggl.config import experiment, load_config, to_container
 from ggl.core.errors import ConfigError
-from ggl.defenses import NONE, defenses_label, parse_defense
+from ggl.defenses import NONE, defenses_label, parse_chain
 from ggl.sweep.grid import check_parameter_name, expand, job_overrides, value_text
 
 ATTACKERS = ("non-adaptive", "adaptive")
@@ -155,13 +155,12 @@ def images_attacked(cfg, acfg) -> int:
 def adaptive_differs(chain: Sequence[dict]) -> bool:
     """False when the adaptive attacker models nothing of the chain (no defence; unbiased randomness, whose
     expectation it applies, is the identity), so its search is the non-adaptive one. Each defense says."""
-    return any(parse_defense(dict(d), f"defenses[{i}]").attack_model().changes_search for i, d in enumerate(chain))
+    return any(d.attack_model().changes_search for d in parse_chain(chain))
 
 
 def check_adaptive(chain: Sequence[dict], setting: str) -> None:
     """An adaptive attacker on a defence it has no model of is an error, never a silent non-adaptive run."""
-    for i, d in enumerate(chain):
-        defense = parse_defense(dict(d), f"defenses[{i}]")
+    for defense in parse_chain(chain):
         model = defense.attack_model()
         if model.kind == NONE:
             raise ConfigError(f"sweep setting '{setting}': the adaptive attacker has no model of defence "

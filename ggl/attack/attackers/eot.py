@@ -29,7 +29,7 @@ from ggl.attack.per_candidate import OuterSum
 from ggl.core.checks import count
 from ggl.core.errors import ConfigError, UserError
 from ggl.core.seeding import derived_seed
-from ggl.defenses import defenses_label, parse_defense, resolve_noise
+from ggl.defenses import defenses_label, parse_chain, resolve_noise
 from ggl.defenses.clip import EPS, Clip
 from ggl.defenses.identity import Identity
 from ggl.defenses.noise import Noise
@@ -71,8 +71,7 @@ class DefenseChainModel:
 
     def __init__(self, specs: Sequence, observed: Sequence[Tensor], samples: int = 8, mode: str = "likelihood",
                  match: str = "l2", seed: int = 0):
-        parsed = [parse_defense(dict(s), f"observation.defenses[{i}]") if isinstance(s, dict) else s
-                  for i, s in enumerate(specs)]
+        parsed = parse_chain(specs, "observation.defenses")
         self.label = defenses_label(parsed)
         self.sizes = [t.numel() for t in observed]
         self.target = torch.cat([t.reshape(-1) for t in observed]).double()
