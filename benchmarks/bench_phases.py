@@ -103,7 +103,8 @@ def main(argv=None) -> int:
     c, a = statistics.median(cma), statistics.median(adam)
     share = c / (c + a)
     print(f"CMA-ES: {c:.2f} CPU-s per search; Adam: {a:.2f} CPU-s (medians of {ROUNDS} interleaved rounds)")
-    print(f"CMA-ES share of the search: {share:.1%} (rounds {', '.join(f'{x / (x + y):.1%}' for x, y in zip(cma, adam))}); "
+    rounds = ", ".join(f"{x / (x + y):.1%}" for x, y in zip(cma, adam))
+    print(f"CMA-ES share of the search: {share:.1%} (rounds {rounds}); "
           f"a k-times faster batched evaluation saves (1 - 1/k) of it: at most {share:.1%} of the search")
     per_row_8, per_row_64 = a / s["adam_steps"] / rows, statistics.median(wide) / 64
     print(f"Adam per row: {per_row_8 * 1e3:.2f} ms at {rows} rows, {per_row_64 * 1e3:.2f} ms at 64 rows "

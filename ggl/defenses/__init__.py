@@ -12,7 +12,8 @@ import importlib
 
 from ggl.defenses.base import (EXPECTATION, FLOAT_BITS, MASK, NONE, REAPPLY, REGISTRY, AttackModel, Defense,
                                check_chain, defense_family, defenses_label, expectation, known_names,
-                               label_owner, no_model, observed_mask, parse_chain, parse_defense, reapply, register, to_dicts)
+                               label_owner, no_model, observed_mask, parse_chain, parse_defense, reapply, register,
+                               to_dicts)
 
 # the defences this package ships, one module each (base, accounting: the machinery)
 SHIPPED = ("clip", "identity", "noise", "prune", "qsgd", "quantize", "sign", "soteria", "topk")
@@ -23,4 +24,5 @@ from ggl.defenses.noise import resolve_noise  # noqa: E402  (the noise module re
 
 __all__ = ["AttackModel", "Defense", "EXPECTATION", "FLOAT_BITS", "MASK", "NONE", "REAPPLY", "REGISTRY", "SHIPPED",
            "check_chain", "defense_family", "defenses_label", "expectation", "known_names", "label_owner",
-           "no_model", "observed_mask", "parse_chain", "parse_defense", "reapply", "register", "resolve_noise", "to_dicts"]
+           "no_model", "observed_mask", "parse_chain", "parse_defense", "reapply", "register", "resolve_noise",
+           "to_dicts"]
