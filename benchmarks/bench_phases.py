@@ -29,7 +29,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from _attack_setup import DEFAULT_PRIOR, prior, private_observation  # noqa: E402
+from _attack_setup import DEFAULT_PRIOR, prior, private_observation, rate  # noqa: E402
 
 ROUNDS = 5
 SEARCH_KEYS = ("population", "generations", "adam_steps", "adam_restarts", "search_seeds")
@@ -44,13 +44,8 @@ def sweep_search(path: Path) -> dict:
 
 
 def per_call(fn, seconds: float) -> float:
-    """CPU-seconds of one call of ``fn`` (after a warm-up call), over about ``seconds``."""
-    fn()
-    calls, start = 0, time.process_time()
-    while time.process_time() - start < seconds or calls < 2:
-        fn()
-        calls += 1
-    return (time.process_time() - start) / calls
+    """CPU-seconds of one call of ``fn``, over about ``seconds`` (``rate``: after a warm-up call)."""
+    return 1.0 / rate(fn, 1, seconds, time.process_time)
 
 
 def adam_step(objective, rows: int):

@@ -23,7 +23,6 @@ from ggl.attack.attackers import register
 from ggl.attack.attackers.base import Attacker, with_keys
 from ggl.attack.grid import defence_steps
 from ggl.core.errors import ConfigError
-from ggl.defenses.base import FLOAT_BITS
 from ggl.defenses.quantize import Quantize
 
 
@@ -46,8 +45,8 @@ class GGLAttacker(Attacker):
     def refusal(self, obs):
         if self.minmax_grids:
             return None
-        for step in defence_steps(obs.defenses):
-            if isinstance(step, Quantize) and step.bits < FLOAT_BITS:
+        for step in defence_steps(obs.defenses):  # a 32-bit quantizer is fp32, left out there
+            if isinstance(step, Quantize):
                 return (f"'{step.label}' is a min/max quantizer and minmax_grids is false: a trial re-quantized on "
                         f"its own min/max is compared on another grid than the payload's; ggl-l2-observed-grid and "
                         f"ggl-cell read the payload's grid")
